@@ -1,0 +1,147 @@
+"""The `compress` command: parses arguments and calls the same functions the tests call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.logging import RichHandler
+from rich.table import Table
+
+from compress import __version__
+from compress.errors import CompressError
+from compress.ui import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distil, prune, quantize, export and profile a PyTorch teacher for a target device.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("compress")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=console, show_path=False, show_time=False))
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False  # onnxruntime's quantizer configures the root logger; don't print twice
+    for noisy in ("transformers", "onnxruntime", "nncf", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"compress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: export/<recipe name>).")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run every stage, ignoring cached outputs.")] = False,
+    only: Annotated[Optional[str], typer.Option(help="Run only this stage (name or 1-based position).")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
+) -> None:
+    """Run a recipe: every stage in order, reusing finished stages from the cache."""
+    from compress import pipeline
+
+    result = pipeline.run(recipe, out, force=force, only=only, from_stage=from_)
+    console.print((result.out_dir / "report.md").read_text(), markup=False)
+    for flag in result.report.get("flags", []):
+        console.print(f"[yellow]warning[/]: {flag['message']}")
+    console.print(f"artifacts, report.md/json and manifest.json in {result.out_dir}")
+
+
+@app.command()
+def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")]) -> None:
+    """Check the schema and resolve every model, data set and device, without training."""
+    from compress import pipeline
+
+    for line in pipeline.validate(recipe):
+        console.print(f"[green]ok[/] {line}")
+
+
+@app.command()
+def profile(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    device: Annotated[list[str], typer.Option(help="Device profile name or YAML file (repeatable).")],
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    sequence: Annotated[int, typer.Option(help="Sequence length for text models.")] = 128,
+    runs: Annotated[int, typer.Option(help="Timed runs.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Warm-up runs.")] = 10,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Measure the latency of one ONNX file on device profiles."""
+    from compress.devices import resolve_device
+    from compress.errors import ExportError
+    from compress.runtimes.base import get_runtime
+
+    if not model.is_file():
+        raise ExportError(f"model file {model} does not exist.")
+    results = {}
+    for ref in device:
+        dev = resolve_device(ref)
+        rt = get_runtime(dev.runtime)
+        results[dev.name] = rt.benchmark(model, threads=dev.threads, provider=dev.provider,
+                                         shape={"batch": batch, "sequence": sequence}, runs=runs, warmup=warmup)
+    if json_out:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    table = Table("device", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "throughput/s", "cold start ms",
+                  "peak RSS MB")
+    for name, st in results.items():
+        table.add_row(name, *(f"{st[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")),
+                      f"{st['throughput_per_s']:.1f}", f"{st['cold_start_ms']:.1f}", f"{st['peak_rss_mb']:.0f}")
+    console.print(table)
+
+
+@app.command()
+def devices() -> None:
+    """List the built-in device profiles and whether each can be measured here."""
+    from compress.devices import builtin_names, resolve_device
+    from compress.runtimes.base import get_runtime
+
+    table = Table("device", "runtime", "provider", "threads", "runs here", "description")
+    for name in builtin_names():
+        dev = resolve_device(name)
+        try:
+            ok, why = get_runtime(dev.runtime).available(dev.provider)
+        except CompressError as exc:
+            ok, why = False, str(exc)
+        table.add_row(name, dev.runtime, dev.provider or "-", str(dev.threads or "all"),
+                      "yes" if ok else f"no: {why}", dev.description)
+    console.print(table)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a recipe (point your editor's YAML plugin at it)."""
+    from compress.recipe.schema import Recipe
+
+    typer.echo(json.dumps(Recipe.model_json_schema(), indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except CompressError as exc:
+        console.print(f"[bold red]error[/]: {exc}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted; finished stages are cached, re-run to resume.")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

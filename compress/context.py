@@ -1,0 +1,71 @@
+"""What every stage may use besides its input artifacts: the recipe, folders, data and loaded models."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compress.data.dataset import DataBundle, fingerprint, load_data
+from compress.errors import StageError
+
+if TYPE_CHECKING:
+    from compress.artifacts import Artifact
+    from compress.models.task_model import TaskModel
+    from compress.recipe.schema import Recipe
+
+log = logging.getLogger("compress")
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    recipe_path: Path
+    out_dir: Path
+    stage_dir: Path = Path()
+    _data: DataBundle | None = None
+    _models: dict[str, Any] = field(default_factory=dict)
+    tokenizer_folder: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the recipe are relative to the recipe file."""
+        return self.recipe_path.parent
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out_dir / ".cache"
+
+    def data_fingerprint(self) -> str:
+        if "_fingerprint" not in self._models:
+            self._models["_fingerprint"] = fingerprint(self.recipe.data, self.base_dir)
+        return str(self._models["_fingerprint"])
+
+    def data(self) -> DataBundle:
+        """The recipe's splits, loaded once (text is tokenised with the teacher's tokenizer)."""
+        if self._data is None:
+            tokenizer = None
+            if self.recipe.data.modality == "text":
+                if self.tokenizer_folder is None:
+                    raise StageError("text data needs the teacher's tokenizer, but no teacher is loaded yet.")
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_folder)
+            self._data = load_data(self.recipe.data, self.base_dir, tokenizer, self.seed)
+            d = self._data
+            log.info("data: %d train / %d dev / %d test examples, %d labels", len(d.train), len(d.dev),
+                     len(d.test), d.num_labels)
+        return self._data
+
+    def load_model(self, artifact: Artifact) -> TaskModel:
+        """Load a model artifact (a fresh copy each call: stages may train it in place)."""
+        from compress.models.task_model import TaskModel
+
+        if artifact.kind != "model":
+            raise StageError(f"artifact {artifact.name!r} is {artifact.kind}, not a PyTorch model.")
+        return TaskModel.load(artifact.path)

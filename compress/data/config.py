@@ -1,0 +1,57 @@
+"""The recipe's `data` section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from compress.recipe.base import Strict
+
+TEXT_FORMATS = ("tsv", "csv", "jsonl")
+
+
+class Columns(Strict):
+    """Which columns (or JSON keys) hold the text and the label."""
+
+    text: str = Field("sentence", description="Column with the text.")
+    text_pair: str | None = Field(None, description="Optional second text column (sentence pairs).")
+    label: str = Field("label", description="Column with the label (integers, or strings mapped to ids).")
+
+
+class SplitFractions(Strict):
+    """Fractions held out from `train` when `dev` / `test` are not given (always used for sklearn_digits)."""
+
+    dev: float = Field(0.15, gt=0, lt=0.5, description="Fraction of the data used as the dev split.")
+    test: float = Field(0.15, gt=0, lt=0.5, description="Fraction of the data used as the test split.")
+
+
+class DataConfig(Strict):
+    """Where the data comes from and how it is prepared."""
+
+    format: Literal["tsv", "csv", "jsonl", "sklearn_digits", "image_folder"] = Field(
+        ..., description="tsv / csv / jsonl text files, the built-in sklearn digits, or an image folder "
+        "(`<split>/<class>/<image>`)."
+    )
+    train: str | None = Field(None, description="Training file or folder (relative to the recipe file).")
+    dev: str | None = Field(None, description="Dev file or folder, used to pick the best checkpoint.")
+    test: str | None = Field(None, description="Test file or folder: every reported accuracy is on this split.")
+    columns: Columns = Field(default_factory=Columns, description="Column mapping for text files.")  # type: ignore[arg-type]
+    max_length: int = Field(128, gt=0, le=8192, description="Truncate tokenised text to this many tokens.")
+    max_train_samples: int | None = Field(None, gt=0, description="Use only the first N training examples.")
+    max_eval_samples: int | None = Field(None, gt=0, description="Use only the first N dev and test examples.")
+    split: SplitFractions = Field(default_factory=SplitFractions, description="Hold-out fractions.")  # type: ignore[arg-type]
+    image_size: int | None = Field(None, gt=0, description="Resize images to this square size (image_folder).")
+    grayscale: bool = Field(False, description="Load images as one channel (image_folder).")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.format != "sklearn_digits" and not self.train:
+            raise ValueError(f"format {self.format} needs a `train` path")
+        if self.format == "sklearn_digits" and (self.train or self.dev or self.test):
+            raise ValueError("sklearn_digits is built in: remove train/dev/test")
+        return self
+
+    @property
+    def modality(self) -> Literal["text", "image"]:
+        return "text" if self.format in TEXT_FORMATS else "image"

@@ -1,0 +1,175 @@
+"""Train / dev / test splits as torch datasets, with dynamic padding for text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from compress.data import images, text
+from compress.data.config import DataConfig
+from compress.errors import DataError
+
+Batch = dict[str, torch.Tensor]
+
+
+class Split(Dataset):
+    """One split. Text: token id lists; images: a tensor. Every item knows its index (teacher-output cache)."""
+
+    def __init__(self, name: str, features: Sequence[Any] | torch.Tensor, labels: torch.Tensor, pad_id: int = 0):
+        self.name, self.features, self.labels, self.pad_id = name, features, labels, pad_id
+        self.is_text = not isinstance(features, torch.Tensor)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, indices: list[int]) -> Batch:
+        idx = torch.tensor(indices, dtype=torch.long)
+        batch: Batch = {"labels": self.labels[idx], "index": idx}
+        if self.is_text:
+            seqs = [self.features[i] for i in indices]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for row, s in enumerate(seqs):
+                ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+                mask[row, : len(s)] = 1
+            batch["input_ids"], batch["attention_mask"] = ids, mask
+        else:
+            assert isinstance(self.features, torch.Tensor)
+            batch["pixel_values"] = self.features[idx]
+        return batch
+
+    def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(self, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate, generator=gen)
+
+    def subset(self, n: int) -> Split:
+        n = min(n, len(self))
+        return Split(self.name, self.features[:n], self.labels[:n], self.pad_id)
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    dev: Split
+    test: Split
+    num_labels: int
+    modality: str
+    in_channels: int | None = None
+    label_names: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(cfg: DataConfig, base_dir: Path) -> str:
+    """Hash of the data config and the content of every file it names (cache key input)."""
+    h = hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode())
+    for key in ("train", "dev", "test"):
+        value = getattr(cfg, key)
+        if value:
+            path = base_dir / value
+            if path.is_file():
+                h.update(_file_sha(path).encode())
+            elif path.is_dir():
+                for f in sorted(path.rglob("*")):
+                    if f.is_file():
+                        h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def _holdout(n: int, cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_dev, n_test = int(n * cfg.split.dev), int(n * cfg.split.test)
+    return perm[n_dev + n_test :], perm[:n_dev], perm[n_dev : n_dev + n_test]
+
+
+def _limit(bundle: DataBundle, cfg: DataConfig) -> DataBundle:
+    if cfg.max_train_samples:
+        bundle.train = bundle.train.subset(cfg.max_train_samples)
+    if cfg.max_eval_samples:
+        bundle.dev = bundle.dev.subset(cfg.max_eval_samples)
+        bundle.test = bundle.test.subset(cfg.max_eval_samples)
+    return bundle
+
+
+def load_data(cfg: DataConfig, base_dir: Path, tokenizer: Any = None, seed: int = 0) -> DataBundle:
+    """Load and prepare all three splits described by the recipe's `data` section."""
+    fp = fingerprint(cfg, base_dir)
+    if cfg.format == "sklearn_digits":
+        x, y = images.load_digits_arrays()
+        tr, dv, te = _holdout(len(y), cfg, seed)
+        splits = [Split(n, x[i], y[i]) for n, i in (("train", tr), ("dev", dv), ("test", te))]
+        bundle = DataBundle(*splits, num_labels=10, modality="image", in_channels=1, fingerprint=fp)
+    elif cfg.format == "image_folder":
+        bundle = _image_folder(cfg, base_dir, seed, fp)
+    else:
+        bundle = _text(cfg, base_dir, tokenizer, seed, fp)
+    return _limit(bundle, cfg)
+
+
+def _image_folder(cfg: DataConfig, base_dir: Path, seed: int, fp: str) -> DataBundle:
+    assert cfg.train is not None
+    x, y, classes = images.load_image_folder(base_dir / cfg.train, cfg, None)
+    if cfg.dev and cfg.test:
+        xd, yd, _ = images.load_image_folder(base_dir / cfg.dev, cfg, classes)
+        xt, yt, _ = images.load_image_folder(base_dir / cfg.test, cfg, classes)
+        splits = [Split("train", x, y), Split("dev", xd, yd), Split("test", xt, yt)]
+    else:
+        tr, dv, te = _holdout(len(y), cfg, seed)
+        splits = [Split(n, x[i], y[i]) for n, i in (("train", tr), ("dev", dv), ("test", te))]
+    return DataBundle(*splits, num_labels=len(classes), modality="image", in_channels=x.shape[1],
+                      label_names=classes, fingerprint=fp)
+
+
+def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -> DataBundle:
+    if tokenizer is None:
+        raise DataError("text data needs the teacher's tokenizer; the teacher has none (use an `hf` teacher).")
+    raw: dict[str, tuple[list[str], list[str] | None, list[Any]]] = {}
+    for key in ("train", "dev", "test"):
+        value = getattr(cfg, key)
+        if value:
+            path = base_dir / value
+            rows = text.read_rows(path, cfg.format)
+            raw[key] = text.extract(rows, cfg, path)
+    mapping = text.label_mapping([r[2] for r in raw.values()])
+    num_labels = max(mapping.values()) + 1
+    pad_id = tokenizer.pad_token_id or 0
+
+    def make(name: str, texts: list[str], pairs: list[str] | None, labels: list[Any]) -> Split:
+        ids = text.tokenize(tokenizer, texts, pairs, cfg.max_length)
+        y = torch.tensor([mapping[str(v).strip()] for v in labels], dtype=torch.long)
+        return Split(name, ids, y, pad_id)
+
+    if "dev" in raw and "test" in raw:
+        splits = [make(k, *raw[k]) for k in ("train", "dev", "test")]
+    else:
+        full = make("train", *raw["train"])
+        tr, dv, te = _holdout(len(full), cfg, seed)
+        held = {"dev": raw.get("dev"), "test": raw.get("test")}
+        parts = {"train": tr, "dev": dv, "test": te}
+        splits = []
+        for name, idx in parts.items():
+            given = held.get(name)
+            if given is not None:
+                splits.append(make(name, *given))
+            else:
+                splits.append(Split(name, [full.features[i] for i in idx.tolist()], full.labels[idx], pad_id))
+    names = sorted(mapping, key=mapping.__getitem__)
+    return DataBundle(*splits, num_labels=num_labels, modality="text", label_names=names, fingerprint=fp)

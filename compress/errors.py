@@ -1,0 +1,50 @@
+"""Typed errors. Every error a user can cause derives from :class:`CompressError`.
+
+The CLI prints ``str(error)`` (one paragraph, no traceback) and exits with ``error.exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class CompressError(Exception):
+    """Base class: a problem the user can fix. The message names the key or file and the fix."""
+
+    exit_code = 2
+
+
+class RecipeError(CompressError):
+    """The recipe file is malformed, has unknown keys or invalid values."""
+
+
+class RegistryError(CompressError):
+    """A name (stage, loss, runtime, device...) that is not registered."""
+
+
+class DataError(CompressError):
+    """A data file is missing or does not have the expected columns or layout."""
+
+
+class ModelError(CompressError):
+    """A model cannot be found, loaded, built or saved."""
+
+
+class ExportError(CompressError):
+    """A model does not export, or the exported artifact does not match PyTorch."""
+
+
+class DeviceError(CompressError):
+    """A device profile is unknown, malformed, or cannot be measured here."""
+
+
+class RuntimeMissingError(CompressError):
+    """A runtime package is not installed; the message names the pip extra to install."""
+
+
+class StageError(CompressError):
+    """A stage cannot run with the artifacts it was given."""
+
+
+class BudgetError(CompressError):
+    """A latency/size/accuracy budget was missed."""
+
+    exit_code = 3

@@ -1,0 +1,17 @@
+"""Distillation losses: plain functions (`functional`) and the registered, configurable terms (`terms`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from compress.losses.terms import LOSSES, Captured, LossConfig, LossTerm, build_terms
+
+__all__ = ["LOSSES", "Captured", "LossConfig", "LossTerm", "build_terms", "loss_config_union"]
+
+
+def loss_config_union() -> object:
+    """The discriminated union of every registered loss config (rebuilt when losses are added)."""
+    configs = tuple(d.config for _, d in LOSSES.items())
+    return Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007

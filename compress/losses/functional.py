@@ -1,0 +1,82 @@
+"""Distillation losses as plain functions: tensors in, scalar out, hyper-parameters keyword-only."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """Logit distillation (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network").
+
+    ``T^2 * KL(softmax(t / T) || softmax(s / T))``, averaged over the batch. The ``T^2`` factor keeps the
+    gradient scale independent of the temperature.
+    """
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * (t * t)
+
+
+def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy with the ground-truth labels: ``-mean(log softmax(s)[y])``."""
+    return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+
+
+def hint_loss(
+    student_feature: torch.Tensor, teacher_feature: torch.Tensor, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """FitNets hint (Romero et al., 2015, "FitNets: Hints for Thin Deep Nets").
+
+    ``mean((r(f_s) - f_t)^2)`` where the caller has already applied the learned regressor ``r``. For token
+    features ``(B, S, H)`` a ``(B, S)`` mask excludes padding positions.
+    """
+    diff = (student_feature - teacher_feature).pow(2)
+    if mask is None:
+        return diff.mean()
+    m = mask.unsqueeze(-1).to(diff.dtype)
+    return (diff * m).sum() / (m.sum() * diff.shape[-1]).clamp_min(1.0)
+
+
+def attention_relation(x: torch.Tensor, heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """Log of the scaled dot-product relation ``softmax(X_h X_h^T / sqrt(d_h))`` per relation head.
+
+    ``x``: ``(B, S, D)`` -> ``(B, heads, S, S)`` log-probabilities over keys; padded keys get no mass.
+    """
+    b, s, d = x.shape
+    if d % heads:
+        raise ValueError(f"width {d} is not divisible by {heads} relation heads")
+    xh = x.view(b, s, heads, d // heads).transpose(1, 2)
+    scores = xh @ xh.transpose(-1, -2) / math.sqrt(d // heads)
+    if mask is not None:
+        scores = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+def minilm_relation_loss(
+    student_qkv: list[torch.Tensor],
+    teacher_qkv: list[torch.Tensor],
+    *,
+    relation_heads: int,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Self-attention relation distillation (Wang et al., 2021, "MiniLMv2: Multi-Head Self-Attention
+    Relation Distillation for Compressing Pretrained Transformers").
+
+    For each of Q, K and V: ``KL(R_t || R_s)`` with ``R = softmax(X X^T / sqrt(d_r))`` computed over
+    ``relation_heads`` heads (so teacher and student widths may differ), averaged over heads and over
+    non-padding query positions, then averaged over Q, K, V.
+    """
+    total = student_qkv[0].new_zeros(())
+    for xs, xt in zip(student_qkv, teacher_qkv, strict=True):
+        log_rs = attention_relation(xs, relation_heads, mask)
+        log_rt = attention_relation(xt, relation_heads, mask)
+        kl = (log_rt.exp() * (log_rt - log_rs)).sum(-1)  # (B, heads, S)
+        if mask is None:
+            total = total + kl.mean()
+        else:
+            q = mask[:, None, :].to(kl.dtype)
+            total = total + (kl * q).sum() / (q.sum() * kl.shape[1]).clamp_min(1.0)
+    return total / len(student_qkv)

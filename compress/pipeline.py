@@ -1,0 +1,257 @@
+"""Runs a recipe: stages in order, each cached under a key of its config and its inputs' hashes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress import __version__
+from compress.artifacts import Artifact, Artifacts
+from compress.context import Context
+from compress.environment import environment
+from compress.errors import CompressError, RecipeError, StageError
+from compress.fileio import atomic_write_json, sha256_json
+from compress.models.source import build_model
+from compress.recipe.load import load_recipe
+from compress.recipe.schema import Recipe
+from compress.report.report import write_report
+from compress.stages import STAGES
+
+log = logging.getLogger("compress")
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class StageRecord:
+    index: int
+    stage: str
+    key: str
+    dir: str
+    cached: bool
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    artifacts: Artifacts
+    stages: list[StageRecord] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _stage_key(config: dict[str, Any], inputs: Artifacts, ctx: Context) -> str:
+    return sha256_json({
+        "config": config,
+        "inputs": {n: a.sha256 for n, a in sorted(inputs.items())},
+        "data": ctx.data_fingerprint(),
+        "seed": ctx.seed,
+        "version": __version__,
+    })
+
+
+def _load_stage(folder: Path, out_dir: Path) -> Artifacts:
+    data = json.loads((folder / STAGE_FILE).read_text())
+    return {a["name"]: Artifact.from_json(a, out_dir) for a in data["artifacts"]}
+
+
+def _save_stage(tmp: Path, final: Path, produced: Artifacts, out_dir: Path, meta: dict[str, Any]) -> Artifacts:
+    """Write stage.json last, then rename the folder into place: only complete stages are ever trusted."""
+    for art in produced.values():
+        if art.path.is_relative_to(tmp):
+            art.path = final / art.path.relative_to(tmp)
+    atomic_write_json(tmp / STAGE_FILE, {**meta, "artifacts": [a.to_json(out_dir) for a in produced.values()]})
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return produced
+
+
+def _teacher_stage(recipe: Recipe, ctx: Context) -> tuple[dict[str, Any], Any]:
+    """The teacher is the output of stage 0: built (and its head initialised) once, then cached."""
+    spec = recipe.teacher.model_dump(exclude_none=True)
+
+    def run(_: Artifacts, __: Any, c: Context) -> Artifacts:
+        modality = recipe.data.modality
+        num_labels, in_channels = _label_info(recipe, c)
+        torch.manual_seed(c.seed)
+        model = build_model(recipe.teacher, modality=modality, num_labels=num_labels, in_channels=in_channels,
+                            base_dir=c.base_dir)
+        folder = c.stage_dir / "teacher"
+        model.save(folder)
+        art = Artifact("teacher", "model", folder, "teacher", params=model.num_params(),
+                       info={"family": model.family, "source": recipe.teacher.describe()})
+        return {"teacher": art.finalize()}
+
+    return {"stage": "teacher", **spec}, run
+
+
+def _label_info(recipe: Recipe, ctx: Context) -> tuple[int, int | None]:
+    """Labels and channels come from the data; text data needs a tokenizer, so peek at the label column only."""
+    if recipe.data.modality == "image":
+        d = ctx.data()
+        return d.num_labels, d.in_channels
+    from compress.data import text
+
+    cfg = recipe.data
+    labels = []
+    for key in ("train", "dev", "test"):
+        value = getattr(cfg, key)
+        if value:
+            path = ctx.base_dir / value
+            labels.append(text.extract(text.read_rows(path, cfg.format), cfg, path)[2])
+    mapping = text.label_mapping(labels)
+    return max(mapping.values()) + 1, None
+
+
+def _select(recipe: Recipe, ref: str | None, flag: str) -> int | None:
+    if ref is None:
+        return None
+    names = [s.stage for s in recipe.stages]
+    if ref.isdigit() and 1 <= int(ref) <= len(names):
+        return int(ref) - 1
+    hits = [i for i, n in enumerate(names) if n == ref]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise RecipeError(f"{flag} {ref!r} is ambiguous: the recipe has {len(hits)} such stages; pass its "
+                          f"1-based position ({', '.join(str(h + 1) for h in hits)}).")
+    raise RecipeError(f"{flag} {ref!r}: the recipe has no such stage (stages: {', '.join(names)}).")
+
+
+def _attach_log(out_dir: Path) -> logging.Handler:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / "compress.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def run(recipe_path: Path, out: Path | None = None, *, force: bool = False, only: str | None = None,
+        from_stage: str | None = None) -> RunResult:
+    """Run every stage of the recipe at ``recipe_path``; the CLI and the tests call exactly this."""
+    recipe_path = Path(recipe_path).resolve()
+    recipe = load_recipe(recipe_path)
+    only_i, from_i = _select(recipe, only, "--only"), _select(recipe, from_stage, "--from")
+    out_dir = (out or Path("export") / recipe.name).resolve()
+    handler = _attach_log(out_dir)
+    try:
+        return _run(recipe, recipe_path, out_dir, force, only_i, from_i)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(recipe: Recipe, recipe_path: Path, out_dir: Path, force: bool, only_i: int | None,
+         from_i: int | None) -> RunResult:
+    ctx = Context(recipe, recipe_path, out_dir)
+    result = RunResult(out_dir, {})
+    artifacts: Artifacts = {}
+    history: list[Artifact] = []
+    entries: list[tuple[str, dict[str, Any], Any, Any]] = []
+    teacher_cfg, teacher_run = _teacher_stage(recipe, ctx)
+    entries.append(("teacher", teacher_cfg, teacher_run, None))
+    for entry in recipe.stages:
+        entries.append((entry.stage, entry.model_dump(), STAGES.get(entry.stage).run, entry))
+    started = time.perf_counter()
+    for pos, (name, cfg, fn, entry) in enumerate(entries):
+        index = pos - 1  # position among the recipe's stages; -1 is the teacher
+        key = _stage_key(cfg, artifacts, ctx)
+        folder = out_dir / f"{pos:02d}-{name}-{key[:12]}"
+        must_run = force or (only_i is not None and index == only_i) or (from_i is not None and index >= from_i)
+        if only_i is not None and index > only_i:
+            break
+        reuse = (folder / STAGE_FILE).is_file() and not must_run
+        if not reuse and ((only_i is not None and index < only_i) or (from_i is not None and index < from_i)):
+            raise StageError(f"stage {pos} ({name}) has no cached output for this recipe; run the whole recipe "
+                             "first (without --only/--from).")
+        t0 = time.perf_counter()
+        if reuse:
+            produced = _load_stage(folder, out_dir)
+            log.info("stage %d %s: cached (%s)", pos, name, folder.name)
+        else:
+            log.info("stage %d %s: running", pos, name)
+            if name != "teacher" and ctx.tokenizer_folder is None and "teacher" in artifacts:
+                ctx.tokenizer_folder = artifacts["teacher"].path
+            tmp = out_dir / f".tmp-{folder.name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            ctx.stage_dir = tmp
+            try:
+                produced = fn(artifacts, entry, ctx)
+                produced = _save_stage(tmp, folder, produced, out_dir, {"stage": name, "key": key, "config": cfg})
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if name == "teacher":
+            ctx.tokenizer_folder = produced["teacher"].path
+        seconds = time.perf_counter() - t0
+        result.stages.append(StageRecord(pos, name, key, folder.name, reuse, round(seconds, 3)))
+        artifacts.update(produced)
+        history.extend(produced.values())
+        log.info("stage %d %s: %s in %.1fs", pos, name, "loaded" if reuse else "done", seconds)
+    result.artifacts = artifacts
+    recipe_dict = {"name": recipe.name, "path": str(recipe_path), **recipe.model_dump(mode="json", exclude={"name"})}
+    result.report = write_report(artifacts, recipe_dict, out_dir)
+    _write_manifest(result, recipe_dict, history, time.perf_counter() - started)
+    return result
+
+
+def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Artifact], seconds: float) -> None:
+    out_dir = result.out_dir
+    atomic_write_json(out_dir / "manifest.json", {
+        "compress_version": __version__,
+        "recipe": recipe,
+        "seconds": round(seconds, 3),
+        "stages": [vars(s) for s in result.stages],
+        "artifacts": [a.to_json(out_dir) for a in result.artifacts.values()],
+        "history": [{"name": a.name, "stage": a.stage, "path": a.to_json(out_dir)["path"], "sha256": a.sha256}
+                    for a in history],
+        "environment": environment(),
+    })
+
+
+def validate(recipe_path: Path) -> list[str]:
+    """Check the schema and resolve every model, data file and device without training. Returns findings."""
+    from compress.devices import resolve_device
+    from compress.models.source import resolve_hf_path
+    from compress.models.task_model import import_factory
+
+    recipe_path = Path(recipe_path).resolve()
+    recipe = load_recipe(recipe_path)
+    ctx = Context(recipe, recipe_path, Path("."))
+    found = [f"schema: ok ({len(recipe.stages)} stages: {', '.join(s.stage for s in recipe.stages)})"]
+    sources = [("teacher", recipe.teacher)] + [
+        (f"stages[{i}].student", s.student) for i, s in enumerate(recipe.stages) if getattr(s, "student", None)
+    ]
+    for where, src in sources:
+        if src.hf or src.hf_package:
+            found.append(f"{where}: {resolve_hf_path(src, ctx.base_dir)}")
+        elif src.python:
+            import_factory(src.python)
+            found.append(f"{where}: factory {src.python} imports")
+        else:
+            found.append(f"{where}: built-in {src.describe()}")
+    if recipe.data.modality == "text":
+        n_labels, _ = _label_info(recipe, ctx)
+        found.append(f"data: {recipe.data.format} files readable, columns present, {n_labels} labels")
+    else:
+        d = ctx.data()
+        found.append(f"data: {len(d.train)}/{len(d.dev)}/{len(d.test)} examples, {d.num_labels} labels")
+    for i, s in enumerate(recipe.stages):
+        for ref in getattr(s, "devices", []) or []:
+            dev = resolve_device(ref, ctx.base_dir)
+            from compress.runtimes.base import get_runtime
+
+            ok, why = get_runtime(dev.runtime).available(dev.provider)
+            if not ok:
+                raise CompressError(f"stages[{i}].devices: {dev.name} cannot be measured here: {why}")
+            found.append(f"stages[{i}].devices: {dev.name} ({why})")
+    return found

@@ -1,0 +1,82 @@
+"""Post-training int8 with onnxruntime's quantizer: dynamic, and static QDQ with per-channel weights.
+
+(optimum's ORTQuantizer wraps these same calls; since optimum 2 it lives in `optimum-onnx`, which pins
+transformers < 4.58, so we call onnxruntime.quantization directly.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import ExportError
+
+log = logging.getLogger("compress")
+
+# Integer kernels onnxruntime CPU runs fast. Attention softmax, LayerNorm, GELU and residual Adds stay in
+# float: quantizing them with calibrated ranges is what collapses Transformer accuracy (see anchors.md).
+TEXT_OPS = ["MatMul", "Gemm"]
+IMAGE_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """onnxruntime's recommended pre-processing (symbolic shape inference + graph optimisation)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        return dst
+    except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
+        log.warning("quantization pre-processing failed (%s); quantizing the unprocessed graph", exc)
+        return src
+
+
+def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = _preprocess(src, Path(tmp) / "pre.onnx")
+        try:
+            ort_quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=[o for o in op_types if o != "Conv"], per_channel=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"onnxruntime dynamic quantization of {src.name} failed: {exc}") from None
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over batches of real inputs."""
+
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]]) -> None:
+        self._it = batches
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def quantize_static(src: Path, dst: Path, batches: Iterator[dict[str, np.ndarray]], *, op_types: list[str],
+                    method: str, per_channel: bool = True) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = _preprocess(src, Path(tmp) / "pre.onnx")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                ort_quantize_static(
+                    str(pre), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=op_types, per_channel=per_channel, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                    extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.99},
+                )
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"onnxruntime static quantization of {src.name} failed: {exc}") from None

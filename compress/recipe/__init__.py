@@ -1,0 +1,1 @@
+"""The recipe: schema (`schema`), safe YAML with line numbers (`yaml_loader`), loading (`load`)."""

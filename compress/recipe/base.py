@@ -1,0 +1,32 @@
+"""Base classes shared by every recipe section, stage config and loss config."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """A recipe section: unknown keys are errors, never silent defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+
+
+class TrainSchedule(Strict):
+    """Optimiser and schedule shared by every stage that trains (AdamW, linear warm-up then decay)."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split (fractions allowed).")
+    max_steps: int | None = Field(
+        None, gt=0, description="Stop after this many optimiser steps (overrides `epochs` when smaller)."
+    )
+    batch_size: int = Field(32, gt=0, description="Training batch size.")
+    eval_batch_size: int = Field(128, gt=0, description="Batch size for evaluation and teacher inference.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before linear decay to 0.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: no clipping).")
+    eval_every: int | None = Field(
+        None,
+        gt=0,
+        description="Evaluate on the dev split every N steps (default: once per epoch and at the end). "
+        "The checkpoint with the best dev accuracy is kept.",
+    )

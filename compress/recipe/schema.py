@@ -1,0 +1,46 @@
+"""The whole recipe as pydantic models. Field descriptions are the documentation (see `compress schema`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator
+
+from compress.data.config import DataConfig
+from compress.models.source import ModelSource
+from compress.recipe.base import Strict
+from compress.stages import STAGES
+
+
+def stage_union() -> object:
+    configs = tuple(d.config for _, d in STAGES.items())
+    return Annotated[Union[configs], Field(discriminator="stage")]  # noqa: UP007
+
+
+StageUnion = stage_union()
+
+
+class Recipe(Strict):
+    """A compression recipe: a teacher, data, and the stages that turn the teacher into deployable artifacts."""
+
+    name: str = Field(..., description="Recipe name; artifacts go to `export/<name>/` unless --out is given.")
+    seed: int = Field(0, description="Seed for data splits, initialisation and shuffling.")
+    task: Literal["classification"] = Field("classification", description="The task (classification).")
+    data: DataConfig = Field(..., description="The data set.")
+    teacher: ModelSource = Field(..., description="The teacher model.")
+    stages: list[StageUnion] = Field(..., min_length=1, description="Stages, run in order.")  # type: ignore[valid-type]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names the output folder)")
+        return v
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher(cls, v: ModelSource) -> ModelSource:
+        if v.bert is not None:
+            raise ValueError("`bert` builds a student from a teacher; give the teacher as hf, hf_package, python or cnn")
+        return v

@@ -1,0 +1,109 @@
+"""report.json and report.md: one row per artifact, with the "compressed but not faster" check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compress.artifacts import Artifact, Artifacts
+from compress.fileio import atomic_write_json, atomic_write_text
+
+# A speed-up smaller than this is within run-to-run noise on shared machines: not "measurably faster".
+MIN_SPEEDUP = 1.05
+
+
+def baseline_of(art: Artifact, artifacts: Artifacts, device: str) -> Artifact | None:
+    """The artifact this one should beat on ``device``.
+
+    An int8 ONNX file is compared with the fp32 ONNX it was quantized from; the fp32 ONNX of a model is
+    compared with the fp32 ONNX of the nearest ancestor model (a student with its teacher).
+    """
+    parent = artifacts.get(art.parent or "")
+    if parent is None:
+        return None
+    if parent.kind == "onnx":
+        return parent if device in parent.latency else None
+    seen: set[str] = set()
+    model = artifacts.get(parent.parent or "")
+    while model is not None and model.name not in seen:
+        seen.add(model.name)
+        exported = artifacts.get(f"{model.name}.onnx")
+        if exported is not None and device in exported.latency:
+            return exported
+        model = artifacts.get(model.parent or "")
+    return None
+
+
+def build_report(artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    rows, flags = [], []
+    devices = sorted({d for a in artifacts.values() for d in a.latency})
+    for art in artifacts.values():
+        row: dict[str, Any] = {
+            "name": art.name,
+            "path": art.to_json(out_dir)["path"],
+            "format": art.format,
+            "precision": art.precision,
+            "parent": art.parent,
+            "params": art.params,
+            "size_bytes": art.size_bytes,
+            "sha256": art.sha256,
+            "metrics": art.metrics,
+            "latency": {},
+        }
+        for device in devices:
+            if device not in art.latency:
+                continue
+            stats = dict(art.latency[device])
+            base = baseline_of(art, artifacts, device)
+            if base is not None:
+                speedup = base.latency[device]["p50_ms"] / stats["p50_ms"]
+                stats["baseline"] = base.name
+                stats["speedup_vs_baseline"] = speedup
+                smaller = art.size_bytes < 0.95 * base.size_bytes
+                if speedup < MIN_SPEEDUP:
+                    msg = (f"{art.name} is not measurably faster than {base.name} on {device} "
+                           f"(p50 {stats['p50_ms']:.3f} ms vs {base.latency[device]['p50_ms']:.3f} ms, "
+                           f"{speedup:.2f}x){' although it is smaller' if smaller else ''}.")
+                    flags.append({"artifact": art.name, "device": device, "kind": "not_faster", "message": msg})
+            row["latency"][device] = stats
+        rows.append(row)
+    return {"recipe": recipe, "devices": devices, "artifacts": rows, "flags": flags}
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    name = report["recipe"].get("name", "recipe")
+    lines = [f"# Compression report: {name}", ""]
+    devices = report["devices"]
+    head = ["artifact", "format", "precision", "params", "size MB", "test acc"]
+    for d in devices:
+        head += [f"{d} p50 ms", f"{d} p90 ms", f"{d} speed-up"]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in report["artifacts"]:
+        acc = row["metrics"].get("accuracy")
+        cells = [row["name"], row["format"], row["precision"],
+                 _fmt(row["params"] / 1e6 if row["params"] else None, ".2f") + ("M" if row["params"] else ""),
+                 f"{row['size_bytes'] / 1e6:.2f}", _fmt(acc * 100 if acc is not None else None, ".2f") + "%"]
+        for d in devices:
+            st = row["latency"].get(d, {})
+            sp = st.get("speedup_vs_baseline")
+            cells += [_fmt(st.get("p50_ms"), ".3f"), _fmt(st.get("p90_ms"), ".3f"),
+                      f"{sp:.2f}x vs {st['baseline']}" if sp is not None else "-"]
+        lines.append("| " + " | ".join(cells).replace("-%", "-") + " |")
+    lines.append("")
+    if report["flags"]:
+        lines += ["## Flags", ""] + [f"- **{f['kind']}**: {f['message']}" for f in report["flags"]] + [""]
+    else:
+        lines += ["No flags: every measured artifact is faster than the one it came from.", ""]
+    lines.append("Accuracy is measured on the test split, on each artifact's own runtime (PyTorch or onnxruntime).")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    report = build_report(artifacts, recipe, out_dir)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.md", render_markdown(report))
+    return report

@@ -1,0 +1,59 @@
+"""The small interface every runtime implements (one file per runtime, imported lazily)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from compress.errors import RuntimeMissingError
+from compress.registry import Registry
+
+
+class Predictor(Protocol):
+    input_names: list[str]
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class Runtime(Protocol):
+    name: str
+
+    def available(self, provider: str | None) -> tuple[bool, str]: ...
+
+    def version(self) -> str: ...
+
+    def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> Predictor: ...
+
+    def benchmark(self, path: Path, *, threads: int | None, provider: str | None, shape: dict[str, int],
+                  runs: int, warmup: int) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class RuntimeRef:
+    """Where a runtime lives and which pip extra installs its package."""
+
+    target: str  # "module:Class"
+    package: str
+    extra: str
+
+    def load(self) -> Runtime:
+        module_name, _, cls = self.target.partition(":")
+        try:
+            importlib.import_module(self.package.replace("-", "_"))
+        except ImportError:
+            raise RuntimeMissingError(
+                f"runtime needs the package {self.package!r}: pip install 'edge-compress[{self.extra}]'."
+            ) from None
+        return getattr(importlib.import_module(module_name), cls)()  # type: ignore[no-any-return]
+
+
+RUNTIMES: Registry[RuntimeRef] = Registry("runtime")
+RUNTIMES.add("onnxruntime", RuntimeRef("compress.runtimes.onnxruntime:OnnxRuntime", "onnxruntime", "onnxruntime"))
+
+
+def get_runtime(name: str) -> Runtime:
+    return RUNTIMES.get(name).load()

@@ -1,0 +1,117 @@
+"""`distill`: train a student from the teacher with registered distillation losses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+from safetensors.torch import load_file, save_file
+
+from compress.artifacts import Artifact, Artifacts
+from compress.context import Context
+from compress.data.dataset import Batch, DataBundle
+from compress.fileio import sha256_json
+from compress.losses import LossConfig, build_terms, loss_config_union
+from compress.losses.taps import FeatureTaps
+from compress.losses.terms import Captured, CEConfig, KDConfig
+from compress.models.source import ModelSource, build_model
+from compress.models.task_model import TaskModel
+from compress.recipe.base import TrainSchedule
+from compress.stages.base import StageConfig, register_stage, require
+from compress.stages.common import save_model_artifact
+from compress.training.evaluate import predict_logits
+from compress.training.loop import train
+
+log = logging.getLogger("compress")
+LossUnion = loss_config_union()
+
+
+def _default_losses() -> list[LossConfig]:
+    return [KDConfig(name="kd", weight=1.0, temperature=2.0), CEConfig(name="ce", weight=0.5)]
+
+
+class DistillConfig(StageConfig, TrainSchedule):
+    """Distil the teacher into a student."""
+
+    stage: Literal["distill"]
+    student: ModelSource | None = Field(
+        None, description="The student to build. Default: the `student` artifact of an earlier stage (e.g. search)."
+    )
+    losses: list[LossUnion] = Field(  # type: ignore[valid-type]
+        default_factory=_default_losses,
+        description="Weighted loss terms, by `name`: kd, ce, hidden, minilm (see the loss table).",
+    )
+    cache_teacher_outputs: bool = Field(
+        True, description="Compute the teacher's logits on the training split once and cache them on disk "
+        "(only when every loss needs just the teacher's logits: inputs are not augmented).",
+    )
+    output: str = Field("student", description="Name of the produced model artifact.")
+
+    @field_validator("losses")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("give at least one loss")
+        return v
+
+
+def _cached_teacher_logits(teacher: TaskModel, source: Artifact, data: DataBundle, ctx: Context, bs: int) -> torch.Tensor:
+    key = sha256_json([source.sha256, data.fingerprint, len(data.train), "train-logits"])[:24]
+    path = ctx.cache_dir / "teacher-logits" / f"{key}.safetensors"
+    if path.is_file():
+        log.info("teacher logits: cache hit %s", path.name)
+        return load_file(str(path))["logits"]
+    logits = predict_logits(teacher, data.train, bs, "teacher logits (cached once)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"logits": logits.contiguous()}, str(tmp))
+    tmp.replace(path)
+    return logits
+
+
+@register_stage("distill", DistillConfig)
+def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
+    require(artifacts, "teacher", "distill")
+    data = ctx.data()
+    teacher = ctx.load_model(artifacts["teacher"])
+    if config.student is not None:
+        torch.manual_seed(ctx.seed)
+        student = build_model(config.student, modality=data.modality, num_labels=data.num_labels,  # type: ignore[arg-type]
+                              in_channels=data.in_channels, base_dir=ctx.base_dir, teacher=teacher)
+    else:
+        require(artifacts, "student", "distill")
+        student = ctx.load_model(artifacts["student"])
+    teacher.module.eval().requires_grad_(False)
+    probe = next(iter(data.train.loader(min(8, len(data.train)))))
+    terms = build_terms(config.losses, student, teacher, probe)
+    s_paths = sorted({p for t in terms for p in t.student_paths})
+    t_paths = sorted({p for t in terms for p in t.teacher_paths})
+    cached = None
+    if config.cache_teacher_outputs and not t_paths:
+        cached = _cached_teacher_logits(teacher, artifacts["teacher"], data, ctx, config.eval_batch_size)
+    log.info("distill: teacher %d params -> student %d params; losses %s; teacher %s", teacher.num_params(),
+             student.num_params(), ", ".join(f"{c.name}x{c.weight:g}" for c in config.losses),
+             "logits cached" if cached is not None else "run every step")
+
+    def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        with FeatureTaps(student.module, s_paths) as s_feats:
+            s = Captured(student.logits(batch), s_feats)
+        if cached is not None:
+            t = Captured(cached[batch["index"]])
+        else:
+            with torch.no_grad(), FeatureTaps(teacher.module, t_paths) as t_feats:
+                t = Captured(teacher.logits(batch), dict(t_feats))
+        total = torch.zeros(())
+        parts: dict[str, float] = {}
+        for term in terms:
+            value = term(s, t, batch)
+            parts[f"loss_{type(term).__name__[:-4].lower()}"] = float(value)
+            total = total + term.weight * value
+        return total, parts
+
+    result = train(student, step, data.train, data.dev, config, seed=ctx.seed, extra=terms, label="distill")
+    art = save_model_artifact(student, config.output, ctx, "distill", "teacher", data, config.eval_batch_size, result)
+    art.info["losses"] = [c.model_dump() for c in config.losses]
+    return {config.output: art}

@@ -1,0 +1,137 @@
+"""`export`: ONNX fp32 with a parity check, onnxruntime int8 (dynamic, static QDQ), accuracy on the artifact."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from compress.artifacts import Artifact, Artifacts
+from compress.context import Context
+from compress.data.dataset import DataBundle, Split
+from compress.errors import ExportError
+from compress.exporters.onnx import MIN_OPSET, export_onnx
+from compress.models.task_model import TaskModel
+from compress.quant import ort as ortq
+from compress.recipe.base import Strict
+from compress.runtimes.onnxruntime import OrtPredictor
+from compress.stages.base import StageConfig, register_stage, require
+from compress.ui import progress
+
+log = logging.getLogger("compress")
+
+
+class ParityConfig(Strict):
+    """Thresholds of the fp32 ONNX vs PyTorch check on real test inputs; the stage fails beyond them."""
+
+    samples: int = Field(128, gt=0, description="Test examples compared.")
+    max_abs_diff: float = Field(1e-3, gt=0, description="Largest allowed |logit_onnx - logit_torch|.")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="Smallest allowed top-1 agreement.")
+
+
+class ExportConfig(StageConfig):
+    """Export models to ONNX and quantize them to int8 with onnxruntime."""
+
+    stage: Literal["export"]
+    models: list[str] | None = Field(None, description="Model artifacts to export (default: every model).")
+    opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=23, description="ONNX opset.")
+    int8: list[Literal["dynamic", "static"]] = Field(
+        default_factory=lambda: ["dynamic", "static"],
+        description="onnxruntime post-training int8 variants: `dynamic` (weights int8, activations quantized "
+        "at run time) and `static` (QDQ, per-channel weights, activations calibrated on training data).",
+    )
+    calibration_samples: int = Field(256, gt=0, description="Training examples used to calibrate `static`.")
+    calibration_method: Literal["minmax", "percentile", "entropy"] = Field(
+        "percentile", description="How `static` picks activation ranges."
+    )
+    quantize_ops: list[str] | None = Field(
+        None, description="Operator types quantized (default: MatMul, Gemm for text; Conv, MatMul, Gemm for images)."
+    )
+    per_channel: bool = Field(True, description="Per-channel weight scales for `static`.")
+    parity: ParityConfig = Field(default_factory=ParityConfig, description="fp32 parity thresholds.")  # type: ignore[arg-type]
+    eval_batch_size: int = Field(64, gt=0, description="Batch size for accuracy on onnxruntime.")
+
+
+def feeds(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, np.ndarray]:
+    return {n: batch[n].numpy() for n in names}
+
+
+def onnx_logits(predictor: OrtPredictor, split: Split, batch_size: int, label: str) -> np.ndarray:
+    loader = split.loader(batch_size)
+    out = []
+    with progress(label, len(loader)) as bar:
+        for batch in loader:
+            out.append(predictor(feeds(batch, predictor.input_names)))
+            bar.advance()
+    return np.concatenate(out)
+
+
+def check_parity(model: TaskModel, path: Path, split: Split, cfg: ParityConfig, name: str) -> dict[str, float]:
+    sub = split.subset(cfg.samples)
+    pred = OrtPredictor(path, None, None)
+    ort_out = onnx_logits(pred, sub, 32, f"parity {name}")
+    model.module.eval()
+    with torch.no_grad():
+        torch_out = torch.cat([model.logits(b) for b in sub.loader(32)]).numpy()
+    diff = float(np.abs(ort_out - torch_out).max())
+    agree = float((ort_out.argmax(-1) == torch_out.argmax(-1)).mean())
+    if diff > cfg.max_abs_diff or agree < cfg.min_top1_agreement:
+        raise ExportError(
+            f"ONNX export of {name!r} does not match PyTorch on {len(sub)} test inputs: max abs diff {diff:.2e} "
+            f"(allowed {cfg.max_abs_diff:.0e}), top-1 agreement {agree:.3f} (needed {cfg.min_top1_agreement}). "
+            "Raise export.parity thresholds only if you accept the difference."
+        )
+    return {"parity_max_abs_diff": diff, "parity_top1_agreement": agree}
+
+
+def calibration_batches(split: Split, n: int, names: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    for batch in split.subset(n).loader(16):
+        yield feeds(batch, names)
+
+
+def _onnx_artifact(name: str, path: Path, parent: str, precision: str, params: int | None, data: DataBundle,
+                   cfg: ExportConfig, fp32_logits: np.ndarray | None, extra: dict[str, float]) -> tuple[Artifact, np.ndarray]:
+    pred = OrtPredictor(path, None, None)
+    logits = onnx_logits(pred, data.test, cfg.eval_batch_size, f"accuracy {name}")
+    metrics = {"accuracy": float((logits.argmax(-1) == data.test.labels.numpy()).mean()), **extra}
+    if fp32_logits is not None:
+        metrics["top1_agreement_with_fp32"] = float((logits.argmax(-1) == fp32_logits.argmax(-1)).mean())
+    art = Artifact(name, "onnx", path, "export", parent=parent, precision=precision, params=params, metrics=metrics)
+    log.info("%s: accuracy %.4f (onnxruntime, test split)", name, metrics["accuracy"])
+    return art.finalize(), logits
+
+
+@register_stage("export", ExportConfig)
+def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
+    names = config.models or [n for n, a in artifacts.items() if a.kind == "model"]
+    for n in names:
+        require(artifacts, n, "export")
+    data = ctx.data()
+    out: Artifacts = {}
+    for name in names:
+        source = artifacts[name]
+        model = ctx.load_model(source)
+        fp32_path = ctx.stage_dir / f"{name}.onnx"
+        export_onnx(model, next(iter(data.test.loader(2))), fp32_path, opset=config.opset)
+        parity = check_parity(model, fp32_path, data.test, config.parity, name)
+        fp32, fp32_logits = _onnx_artifact(f"{name}.onnx", fp32_path, name, "fp32", source.params, data, config,
+                                           None, parity)
+        out[fp32.name] = fp32
+        ops = config.quantize_ops or (ortq.TEXT_OPS if data.modality == "text" else ortq.IMAGE_OPS)
+        for mode in config.int8:
+            q_path = ctx.stage_dir / f"{name}.int8-{mode}.onnx"
+            if mode == "dynamic":
+                ortq.quantize_dynamic(fp32_path, q_path, ops)
+            else:
+                ortq.quantize_static(fp32_path, q_path, calibration_batches(data.train, config.calibration_samples,
+                                     model.input_names()), op_types=ops, method=config.calibration_method,
+                                     per_channel=config.per_channel)
+            art, _ = _onnx_artifact(q_path.name, q_path, fp32.name, f"int8-{mode}", source.params, data, config,
+                                    fp32_logits, {})
+            out[art.name] = art
+    return out
