@@ -40,7 +40,9 @@ class Artifact:
 
     def to_json(self, out_dir: Path) -> dict[str, Any]:
         data = asdict(self)
-        data["path"] = self.path.relative_to(out_dir).as_posix() if self.path.is_relative_to(out_dir) else str(self.path)
+        data["path"] = (
+            self.path.relative_to(out_dir).as_posix() if self.path.is_relative_to(out_dir) else str(self.path)
+        )
         data["format"] = self.format
         return data
 

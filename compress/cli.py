@@ -16,8 +16,12 @@ from compress import __version__
 from compress.errors import CompressError
 from compress.ui import console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Distil, prune, quantize, export and profile a PyTorch teacher for a target device.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distil, prune, quantize, export and profile a PyTorch teacher for a target device.",
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -38,8 +42,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     _setup_logging(verbose)
@@ -93,16 +98,28 @@ def profile(
     for ref in device:
         dev = resolve_device(ref)
         rt = get_runtime(dev.runtime)
-        results[dev.name] = rt.benchmark(model, threads=dev.threads, provider=dev.provider,
-                                         shape={"batch": batch, "sequence": sequence}, runs=runs, warmup=warmup)
+        results[dev.name] = rt.benchmark(
+            model,
+            threads=dev.threads,
+            provider=dev.provider,
+            shape={"batch": batch, "sequence": sequence},
+            runs=runs,
+            warmup=warmup,
+        )
     if json_out:
         typer.echo(json.dumps(results, indent=2))
         return
-    table = Table("device", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "throughput/s", "cold start ms",
-                  "peak RSS MB")
+    table = Table(
+        "device", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "throughput/s", "cold start ms", "peak RSS MB"
+    )
     for name, st in results.items():
-        table.add_row(name, *(f"{st[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")),
-                      f"{st['throughput_per_s']:.1f}", f"{st['cold_start_ms']:.1f}", f"{st['peak_rss_mb']:.0f}")
+        table.add_row(
+            name,
+            *(f"{st[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")),
+            f"{st['throughput_per_s']:.1f}",
+            f"{st['cold_start_ms']:.1f}",
+            f"{st['peak_rss_mb']:.0f}",
+        )
     console.print(table)
 
 
@@ -119,8 +136,14 @@ def devices() -> None:
             ok, why = get_runtime(dev.runtime).available(dev.provider)
         except CompressError as exc:
             ok, why = False, str(exc)
-        table.add_row(name, dev.runtime, dev.provider or "-", str(dev.threads or "all"),
-                      "yes" if ok else f"no: {why}", dev.description)
+        table.add_row(
+            name,
+            dev.runtime,
+            dev.provider or "-",
+            str(dev.threads or "all"),
+            "yes" if ok else f"no: {why}",
+            dev.description,
+        )
     console.print(table)
 
 

@@ -58,8 +58,13 @@ class Context:
                 tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_folder)
             self._data = load_data(self.recipe.data, self.base_dir, tokenizer, self.seed)
             d = self._data
-            log.info("data: %d train / %d dev / %d test examples, %d labels", len(d.train), len(d.dev),
-                     len(d.test), d.num_labels)
+            log.info(
+                "data: %d train / %d dev / %d test examples, %d labels",
+                len(d.train),
+                len(d.dev),
+                len(d.test),
+                d.num_labels,
+            )
         return self._data
 
     def load_model(self, artifact: Artifact) -> TaskModel:

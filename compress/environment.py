@@ -7,8 +7,19 @@ import os
 import platform
 from typing import Any
 
-PACKAGES = ("edge-compress", "torch", "onnx", "onnxruntime", "transformers", "numpy", "pydantic", "scikit-learn",
-            "nncf", "torch-pruning", "bitsandbytes")
+PACKAGES = (
+    "edge-compress",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "transformers",
+    "numpy",
+    "pydantic",
+    "scikit-learn",
+    "nncf",
+    "torch-pruning",
+    "bitsandbytes",
+)
 
 
 def cpu_info() -> dict[str, Any]:
@@ -16,9 +27,7 @@ def cpu_info() -> dict[str, Any]:
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name") and not model.strip(" x86_64"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("model name"):
+                if line.startswith("model name"):
                     model = line.split(":", 1)[1].strip()
                 elif line.startswith("flags"):
                     flags = line.split(":", 1)[1].split()
@@ -32,7 +41,7 @@ def cpu_info() -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = importlib.metadata.version(pkg)

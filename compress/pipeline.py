@@ -48,13 +48,15 @@ class RunResult:
 
 
 def _stage_key(config: dict[str, Any], inputs: Artifacts, ctx: Context) -> str:
-    return sha256_json({
-        "config": config,
-        "inputs": {n: a.sha256 for n, a in sorted(inputs.items())},
-        "data": ctx.data_fingerprint(),
-        "seed": ctx.seed,
-        "version": __version__,
-    })
+    return sha256_json(
+        {
+            "config": config,
+            "inputs": {n: a.sha256 for n, a in sorted(inputs.items())},
+            "data": ctx.data_fingerprint(),
+            "seed": ctx.seed,
+            "version": __version__,
+        }
+    )
 
 
 def _load_stage(folder: Path, out_dir: Path) -> Artifacts:
@@ -82,12 +84,19 @@ def _teacher_stage(recipe: Recipe, ctx: Context) -> tuple[dict[str, Any], Any]:
         modality = recipe.data.modality
         num_labels, in_channels = _label_info(recipe, c)
         torch.manual_seed(c.seed)
-        model = build_model(recipe.teacher, modality=modality, num_labels=num_labels, in_channels=in_channels,
-                            base_dir=c.base_dir)
+        model = build_model(
+            recipe.teacher, modality=modality, num_labels=num_labels, in_channels=in_channels, base_dir=c.base_dir
+        )
         folder = c.stage_dir / "teacher"
         model.save(folder)
-        art = Artifact("teacher", "model", folder, "teacher", params=model.num_params(),
-                       info={"family": model.family, "source": recipe.teacher.describe()})
+        art = Artifact(
+            "teacher",
+            "model",
+            folder,
+            "teacher",
+            params=model.num_params(),
+            info={"family": model.family, "source": recipe.teacher.describe()},
+        )
         return {"teacher": art.finalize()}
 
     return {"stage": "teacher", **spec}, run
@@ -121,8 +130,10 @@ def _select(recipe: Recipe, ref: str | None, flag: str) -> int | None:
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
-        raise RecipeError(f"{flag} {ref!r} is ambiguous: the recipe has {len(hits)} such stages; pass its "
-                          f"1-based position ({', '.join(str(h + 1) for h in hits)}).")
+        raise RecipeError(
+            f"{flag} {ref!r} is ambiguous: the recipe has {len(hits)} such stages; pass its "
+            f"1-based position ({', '.join(str(h + 1) for h in hits)})."
+        )
     raise RecipeError(f"{flag} {ref!r}: the recipe has no such stage (stages: {', '.join(names)}).")
 
 
@@ -135,8 +146,14 @@ def _attach_log(out_dir: Path) -> logging.Handler:
     return handler
 
 
-def run(recipe_path: Path, out: Path | None = None, *, force: bool = False, only: str | None = None,
-        from_stage: str | None = None) -> RunResult:
+def run(
+    recipe_path: Path,
+    out: Path | None = None,
+    *,
+    force: bool = False,
+    only: str | None = None,
+    from_stage: str | None = None,
+) -> RunResult:
     """Run every stage of the recipe at ``recipe_path``; the CLI and the tests call exactly this."""
     recipe_path = Path(recipe_path).resolve()
     recipe = load_recipe(recipe_path)
@@ -150,8 +167,9 @@ def run(recipe_path: Path, out: Path | None = None, *, force: bool = False, only
         handler.close()
 
 
-def _run(recipe: Recipe, recipe_path: Path, out_dir: Path, force: bool, only_i: int | None,
-         from_i: int | None) -> RunResult:
+def _run(
+    recipe: Recipe, recipe_path: Path, out_dir: Path, force: bool, only_i: int | None, from_i: int | None
+) -> RunResult:
     ctx = Context(recipe, recipe_path, out_dir)
     result = RunResult(out_dir, {})
     artifacts: Artifacts = {}
@@ -170,9 +188,11 @@ def _run(recipe: Recipe, recipe_path: Path, out_dir: Path, force: bool, only_i: 
         if only_i is not None and index > only_i:
             break
         reuse = (folder / STAGE_FILE).is_file() and not must_run
-        if not reuse and ((only_i is not None and index < only_i) or (from_i is not None and index < from_i)):
-            raise StageError(f"stage {pos} ({name}) has no cached output for this recipe; run the whole recipe "
-                             "first (without --only/--from).")
+        if not reuse and only_i is not None and index < only_i:
+            raise StageError(
+                f"--only: stage {pos} ({name}) has no cached output for this recipe; run the whole "
+                "recipe first (or use --from)."
+            )
         t0 = time.perf_counter()
         if reuse:
             produced = _load_stage(folder, out_dir)
@@ -206,16 +226,21 @@ def _run(recipe: Recipe, recipe_path: Path, out_dir: Path, force: bool, only_i: 
 
 def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Artifact], seconds: float) -> None:
     out_dir = result.out_dir
-    atomic_write_json(out_dir / "manifest.json", {
-        "compress_version": __version__,
-        "recipe": recipe,
-        "seconds": round(seconds, 3),
-        "stages": [vars(s) for s in result.stages],
-        "artifacts": [a.to_json(out_dir) for a in result.artifacts.values()],
-        "history": [{"name": a.name, "stage": a.stage, "path": a.to_json(out_dir)["path"], "sha256": a.sha256}
-                    for a in history],
-        "environment": environment(),
-    })
+    atomic_write_json(
+        out_dir / "manifest.json",
+        {
+            "compress_version": __version__,
+            "recipe": recipe,
+            "seconds": round(seconds, 3),
+            "stages": [vars(s) for s in result.stages],
+            "artifacts": [a.to_json(out_dir) for a in result.artifacts.values()],
+            "history": [
+                {"name": a.name, "stage": a.stage, "path": a.to_json(out_dir)["path"], "sha256": a.sha256}
+                for a in history
+            ],
+            "environment": environment(),
+        },
+    )
 
 
 def validate(recipe_path: Path) -> list[str]:
@@ -229,7 +254,9 @@ def validate(recipe_path: Path) -> list[str]:
     ctx = Context(recipe, recipe_path, Path("."))
     found = [f"schema: ok ({len(recipe.stages)} stages: {', '.join(s.stage for s in recipe.stages)})"]
     sources = [("teacher", recipe.teacher)] + [
-        (f"stages[{i}].student", s.student) for i, s in enumerate(recipe.stages) if getattr(s, "student", None)
+        (f"stages[{i}].student", student)
+        for i, s in enumerate(recipe.stages)
+        if (student := getattr(s, "student", None)) is not None
     ]
     for where, src in sources:
         if src.hf or src.hf_package:

@@ -30,8 +30,9 @@ class DataConfig(Strict):
     """Where the data comes from and how it is prepared."""
 
     format: Literal["tsv", "csv", "jsonl", "sklearn_digits", "image_folder"] = Field(
-        ..., description="tsv / csv / jsonl text files, the built-in sklearn digits, or an image folder "
-        "(`<split>/<class>/<image>`)."
+        ...,
+        description="tsv / csv / jsonl text files, the built-in sklearn digits, or an image folder "
+        "(`<split>/<class>/<image>`).",
     )
     train: str | None = Field(None, description="Training file or folder (relative to the recipe file).")
     dev: str | None = Field(None, description="Dev file or folder, used to pick the best checkpoint.")

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -64,7 +64,7 @@ class DataBundle:
     dev: Split
     test: Split
     num_labels: int
-    modality: str
+    modality: Literal["text", "image"]
     in_channels: int | None = None
     label_names: list[str] = field(default_factory=list)
     fingerprint: str = ""
@@ -116,7 +116,9 @@ def load_data(cfg: DataConfig, base_dir: Path, tokenizer: Any = None, seed: int 
         x, y = images.load_digits_arrays()
         tr, dv, te = _holdout(len(y), cfg, seed)
         splits = [Split(n, x[i], y[i]) for n, i in (("train", tr), ("dev", dv), ("test", te))]
-        bundle = DataBundle(*splits, num_labels=10, modality="image", in_channels=1, fingerprint=fp)
+        bundle = DataBundle(
+            splits[0], splits[1], splits[2], num_labels=10, modality="image", in_channels=1, fingerprint=fp
+        )
     elif cfg.format == "image_folder":
         bundle = _image_folder(cfg, base_dir, seed, fp)
     else:
@@ -134,8 +136,16 @@ def _image_folder(cfg: DataConfig, base_dir: Path, seed: int, fp: str) -> DataBu
     else:
         tr, dv, te = _holdout(len(y), cfg, seed)
         splits = [Split(n, x[i], y[i]) for n, i in (("train", tr), ("dev", dv), ("test", te))]
-    return DataBundle(*splits, num_labels=len(classes), modality="image", in_channels=x.shape[1],
-                      label_names=classes, fingerprint=fp)
+    return DataBundle(
+        splits[0],
+        splits[1],
+        splits[2],
+        num_labels=len(classes),
+        modality="image",
+        in_channels=x.shape[1],
+        label_names=classes,
+        fingerprint=fp,
+    )
 
 
 def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -> DataBundle:
@@ -147,6 +157,8 @@ def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -
         if value:
             path = base_dir / value
             rows = text.read_rows(path, cfg.format)
+            if key == "train" and cfg.max_train_samples and cfg.dev and cfg.test:
+                rows = rows[: cfg.max_train_samples]  # don't tokenise what will be dropped
             raw[key] = text.extract(rows, cfg, path)
     mapping = text.label_mapping([r[2] for r in raw.values()])
     num_labels = max(mapping.values()) + 1
@@ -172,4 +184,6 @@ def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -
             else:
                 splits.append(Split(name, [full.features[i] for i in idx.tolist()], full.labels[idx], pad_id))
     names = sorted(mapping, key=mapping.__getitem__)
-    return DataBundle(*splits, num_labels=num_labels, modality="text", label_names=names, fingerprint=fp)
+    return DataBundle(
+        splits[0], splits[1], splits[2], num_labels=num_labels, modality="text", label_names=names, fingerprint=fp
+    )

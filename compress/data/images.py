@@ -21,7 +21,9 @@ def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     return (x - 0.5) / 0.5, torch.tensor(digits.target, dtype=torch.long)
 
 
-def load_image_folder(root: Path, cfg: DataConfig, classes: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_image_folder(
+    root: Path, cfg: DataConfig, classes: list[str] | None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     try:
         from PIL import Image
     except ImportError:

@@ -30,9 +30,7 @@ def read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
-def extract(
-    rows: list[dict[str, Any]], cfg: DataConfig, path: Path
-) -> tuple[list[str], list[str] | None, list[Any]]:
+def extract(rows: list[dict[str, Any]], cfg: DataConfig, path: Path) -> tuple[list[str], list[str] | None, list[Any]]:
     cols = cfg.columns
     if not rows:
         raise DataError(f"data file {path} has no rows.")

@@ -51,8 +51,14 @@ def export_onnx(model: TaskModel, sample: Batch, path: Path, *, opset: int = MIN
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _LogitsOnly(model).eval(), args, str(path), input_names=names, output_names=["logits"],
-                dynamic_axes=dynamic_axes(model), opset_version=opset, dynamo=False,
+                _LogitsOnly(model).eval(),
+                args,
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=dynamic_axes(model),
+                opset_version=opset,
+                dynamo=False,
             )
         onnx.checker.check_model(str(path))
     except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one clear error

@@ -24,7 +24,9 @@ def check_paths(model: nn.Module, paths: list[str], role: str) -> None:
     missing = [p for p in paths if p not in names]
     if missing:
         sample = ", ".join(list(names)[1:8])
-        raise StageError(f"{role} has no module {', '.join(map(repr, missing))} to tap (modules include: {sample}, ...).")
+        raise StageError(
+            f"{role} has no module {', '.join(map(repr, missing))} to tap (modules include: {sample}, ...)."
+        )
 
 
 class FeatureTaps:
@@ -47,7 +49,9 @@ class FeatureTaps:
 
         return hook
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

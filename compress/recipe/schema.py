@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
 from compress.data.config import DataConfig
 from compress.models.source import ModelSource
 from compress.recipe.base import Strict
-from compress.stages import STAGES
+from compress.stages import STAGES, StageConfig
 
 
 def stage_union() -> object:
@@ -18,7 +18,10 @@ def stage_union() -> object:
     return Annotated[Union[configs], Field(discriminator="stage")]  # noqa: UP007
 
 
-StageUnion = stage_union()
+if TYPE_CHECKING:
+    StageUnion = StageConfig
+else:
+    StageUnion = stage_union()
 
 
 class Recipe(Strict):
@@ -29,7 +32,7 @@ class Recipe(Strict):
     task: Literal["classification"] = Field("classification", description="The task (classification).")
     data: DataConfig = Field(..., description="The data set.")
     teacher: ModelSource = Field(..., description="The teacher model.")
-    stages: list[StageUnion] = Field(..., min_length=1, description="Stages, run in order.")  # type: ignore[valid-type]
+    stages: list[StageUnion] = Field(..., min_length=1, description="Stages, run in order.")
 
     @field_validator("name")
     @classmethod
@@ -42,5 +45,7 @@ class Recipe(Strict):
     @classmethod
     def _teacher(cls, v: ModelSource) -> ModelSource:
         if v.bert is not None:
-            raise ValueError("`bert` builds a student from a teacher; give the teacher as hf, hf_package, python or cnn")
+            raise ValueError(
+                "`bert` builds a student from a teacher; give the teacher as hf, hf_package, python or cnn"
+            )
         return v

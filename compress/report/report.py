@@ -61,9 +61,11 @@ def build_report(artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path) ->
                 stats["speedup_vs_baseline"] = speedup
                 smaller = art.size_bytes < 0.95 * base.size_bytes
                 if speedup < MIN_SPEEDUP:
-                    msg = (f"{art.name} is not measurably faster than {base.name} on {device} "
-                           f"(p50 {stats['p50_ms']:.3f} ms vs {base.latency[device]['p50_ms']:.3f} ms, "
-                           f"{speedup:.2f}x){' although it is smaller' if smaller else ''}.")
+                    msg = (
+                        f"{art.name} is not measurably faster than {base.name} on {device} "
+                        f"(p50 {stats['p50_ms']:.3f} ms vs {base.latency[device]['p50_ms']:.3f} ms, "
+                        f"{speedup:.2f}x){' although it is smaller' if smaller else ''}."
+                    )
                     flags.append({"artifact": art.name, "device": device, "kind": "not_faster", "message": msg})
             row["latency"][device] = stats
         rows.append(row)
@@ -84,14 +86,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in report["artifacts"]:
         acc = row["metrics"].get("accuracy")
-        cells = [row["name"], row["format"], row["precision"],
-                 _fmt(row["params"] / 1e6 if row["params"] else None, ".2f") + ("M" if row["params"] else ""),
-                 f"{row['size_bytes'] / 1e6:.2f}", _fmt(acc * 100 if acc is not None else None, ".2f") + "%"]
+        cells = [
+            row["name"],
+            row["format"],
+            row["precision"],
+            _fmt(row["params"] / 1e6 if row["params"] else None, ".2f") + ("M" if row["params"] else ""),
+            f"{row['size_bytes'] / 1e6:.2f}",
+            _fmt(acc * 100 if acc is not None else None, ".2f") + "%",
+        ]
         for d in devices:
             st = row["latency"].get(d, {})
             sp = st.get("speedup_vs_baseline")
-            cells += [_fmt(st.get("p50_ms"), ".3f"), _fmt(st.get("p90_ms"), ".3f"),
-                      f"{sp:.2f}x vs {st['baseline']}" if sp is not None else "-"]
+            cells += [
+                _fmt(st.get("p50_ms"), ".3f"),
+                _fmt(st.get("p90_ms"), ".3f"),
+                f"{sp:.2f}x vs {st['baseline']}" if sp is not None else "-",
+            ]
         lines.append("| " + " | ".join(cells).replace("-%", "-") + " |")
     lines.append("")
     if report["flags"]:

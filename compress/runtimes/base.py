@@ -28,8 +28,9 @@ class Runtime(Protocol):
 
     def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> Predictor: ...
 
-    def benchmark(self, path: Path, *, threads: int | None, provider: str | None, shape: dict[str, int],
-                  runs: int, warmup: int) -> dict[str, Any]: ...
+    def benchmark(
+        self, path: Path, *, threads: int | None, provider: str | None, shape: dict[str, int], runs: int, warmup: int
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,26 @@ class OnnxRuntime:
     def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> OrtPredictor:
         return OrtPredictor(path, threads, provider)
 
-    def benchmark(self, path: Path, *, threads: int | None, provider: str | None, shape: dict[str, int],
-                  runs: int, warmup: int) -> dict[str, Any]:
-        cmd = [sys.executable, str(BENCH_SCRIPT), str(path), "--threads", str(threads or 0),
-               "--provider", provider or "CPUExecutionProvider", "--batch", str(shape["batch"]),
-               "--sequence", str(shape["sequence"]), "--runs", str(runs), "--warmup", str(warmup)]
+    def benchmark(
+        self, path: Path, *, threads: int | None, provider: str | None, shape: dict[str, int], runs: int, warmup: int
+    ) -> dict[str, Any]:
+        cmd = [
+            sys.executable,
+            str(BENCH_SCRIPT),
+            str(path),
+            "--threads",
+            str(threads or 0),
+            "--provider",
+            provider or "CPUExecutionProvider",
+            "--batch",
+            str(shape["batch"]),
+            "--sequence",
+            str(shape["sequence"]),
+            "--runs",
+            str(runs),
+            "--warmup",
+            str(warmup),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from compress.artifacts import Artifacts
 from compress.context import Context
@@ -16,7 +17,7 @@ class StageConfig(Strict):
     stage: str
 
 
-StageFn = Callable[[Artifacts, StageConfig, Context], Artifacts]
+StageFn = Callable[[Artifacts, Any, Context], Artifacts]  # Any: each stage takes its own config class
 
 
 @dataclass
@@ -39,4 +40,6 @@ def register_stage(name: str, config: type[StageConfig]) -> Callable[[StageFn], 
 def require(artifacts: Artifacts, name: str, stage: str) -> None:
     if name not in artifacts:
         have = ", ".join(sorted(artifacts)) or "none"
-        raise StageError(f"stage `{stage}` needs the artifact {name!r}, which no earlier stage produced (have: {have}).")
+        raise StageError(
+            f"stage `{stage}` needs the artifact {name!r}, which no earlier stage produced (have: {have})."
+        )

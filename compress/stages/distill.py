@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -25,7 +25,10 @@ from compress.training.evaluate import predict_logits
 from compress.training.loop import train
 
 log = logging.getLogger("compress")
-LossUnion = loss_config_union()
+if TYPE_CHECKING:
+    LossUnion = LossConfig
+else:
+    LossUnion = loss_config_union()
 
 
 def _default_losses() -> list[LossConfig]:
@@ -39,12 +42,13 @@ class DistillConfig(StageConfig, TrainSchedule):
     student: ModelSource | None = Field(
         None, description="The student to build. Default: the `student` artifact of an earlier stage (e.g. search)."
     )
-    losses: list[LossUnion] = Field(  # type: ignore[valid-type]
+    losses: list[LossUnion] = Field(
         default_factory=_default_losses,
         description="Weighted loss terms, by `name`: kd, ce, hidden, minilm (see the loss table).",
     )
     cache_teacher_outputs: bool = Field(
-        True, description="Compute the teacher's logits on the training split once and cache them on disk "
+        True,
+        description="Compute the teacher's logits on the training split once and cache them on disk "
         "(only when every loss needs just the teacher's logits: inputs are not augmented).",
     )
     output: str = Field("student", description="Name of the produced model artifact.")
@@ -57,7 +61,9 @@ class DistillConfig(StageConfig, TrainSchedule):
         return v
 
 
-def _cached_teacher_logits(teacher: TaskModel, source: Artifact, data: DataBundle, ctx: Context, bs: int) -> torch.Tensor:
+def _cached_teacher_logits(
+    teacher: TaskModel, source: Artifact, data: DataBundle, ctx: Context, bs: int
+) -> torch.Tensor:
     key = sha256_json([source.sha256, data.fingerprint, len(data.train), "train-logits"])[:24]
     path = ctx.cache_dir / "teacher-logits" / f"{key}.safetensors"
     if path.is_file():
@@ -78,8 +84,14 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     teacher = ctx.load_model(artifacts["teacher"])
     if config.student is not None:
         torch.manual_seed(ctx.seed)
-        student = build_model(config.student, modality=data.modality, num_labels=data.num_labels,  # type: ignore[arg-type]
-                              in_channels=data.in_channels, base_dir=ctx.base_dir, teacher=teacher)
+        student = build_model(
+            config.student,
+            modality=data.modality,
+            num_labels=data.num_labels,
+            in_channels=data.in_channels,
+            base_dir=ctx.base_dir,
+            teacher=teacher,
+        )
     else:
         require(artifacts, "student", "distill")
         student = ctx.load_model(artifacts["student"])
@@ -91,9 +103,13 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     cached = None
     if config.cache_teacher_outputs and not t_paths:
         cached = _cached_teacher_logits(teacher, artifacts["teacher"], data, ctx, config.eval_batch_size)
-    log.info("distill: teacher %d params -> student %d params; losses %s; teacher %s", teacher.num_params(),
-             student.num_params(), ", ".join(f"{c.name}x{c.weight:g}" for c in config.losses),
-             "logits cached" if cached is not None else "run every step")
+    log.info(
+        "distill: teacher %d params -> student %d params; losses %s; teacher %s",
+        teacher.num_params(),
+        student.num_params(),
+        ", ".join(f"{c.name}x{c.weight:g}" for c in config.losses),
+        "logits cached" if cached is not None else "run every step",
+    )
 
     def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         with FeatureTaps(student.module, s_paths) as s_feats:
@@ -111,7 +127,8 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
             total = total + term.weight * value
         return total, parts
 
-    result = train(student, step, data.train, data.dev, config, seed=ctx.seed, extra=terms, label="distill")
+    extra = torch.nn.ModuleList(terms)  # regressors of hint losses train with the student
+    result = train(student, step, data.train, data.dev, config, seed=ctx.seed, extra=extra, label="distill")
     art = save_model_artifact(student, config.output, ctx, "distill", "teacher", data, config.eval_batch_size, result)
     art.info["losses"] = [c.model_dump() for c in config.losses]
     return {config.output: art}

@@ -26,6 +26,10 @@ from compress.ui import progress
 log = logging.getLogger("compress")
 
 
+Int8Mode = Literal["dynamic", "static"]
+INT8_MODES: tuple[Int8Mode, ...] = ("dynamic", "static")
+
+
 class ParityConfig(Strict):
     """Thresholds of the fp32 ONNX vs PyTorch check on real test inputs; the stage fails beyond them."""
 
@@ -40,8 +44,8 @@ class ExportConfig(StageConfig):
     stage: Literal["export"]
     models: list[str] | None = Field(None, description="Model artifacts to export (default: every model).")
     opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=23, description="ONNX opset.")
-    int8: list[Literal["dynamic", "static"]] = Field(
-        default_factory=lambda: ["dynamic", "static"],
+    int8: list[Int8Mode] = Field(
+        default_factory=lambda: list(INT8_MODES),
         description="onnxruntime post-training int8 variants: `dynamic` (weights int8, activations quantized "
         "at run time) and `static` (QDQ, per-channel weights, activations calibrated on training data).",
     )
@@ -89,13 +93,28 @@ def check_parity(model: TaskModel, path: Path, split: Split, cfg: ParityConfig, 
     return {"parity_max_abs_diff": diff, "parity_top1_agreement": agree}
 
 
-def calibration_batches(split: Split, n: int, names: list[str]) -> Iterator[dict[str, np.ndarray]]:
+def calibration_batches(split: Split, n: int, names: list[str], length: int) -> Iterator[dict[str, np.ndarray]]:
+    """Real training inputs; text is padded to one fixed length because onnxruntime's histogram
+    calibrators concatenate every batch of a tensor."""
     for batch in split.subset(n).loader(16):
+        if split.is_text:
+            pad = length - batch["input_ids"].shape[1]
+            batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, pad), value=split.pad_id)
+            batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
         yield feeds(batch, names)
 
 
-def _onnx_artifact(name: str, path: Path, parent: str, precision: str, params: int | None, data: DataBundle,
-                   cfg: ExportConfig, fp32_logits: np.ndarray | None, extra: dict[str, float]) -> tuple[Artifact, np.ndarray]:
+def _onnx_artifact(
+    name: str,
+    path: Path,
+    parent: str,
+    precision: str,
+    params: int | None,
+    data: DataBundle,
+    cfg: ExportConfig,
+    fp32_logits: np.ndarray | None,
+    extra: dict[str, float],
+) -> tuple[Artifact, np.ndarray]:
     pred = OrtPredictor(path, None, None)
     logits = onnx_logits(pred, data.test, cfg.eval_batch_size, f"accuracy {name}")
     metrics = {"accuracy": float((logits.argmax(-1) == data.test.labels.numpy()).mean()), **extra}
@@ -119,19 +138,28 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
         fp32_path = ctx.stage_dir / f"{name}.onnx"
         export_onnx(model, next(iter(data.test.loader(2))), fp32_path, opset=config.opset)
         parity = check_parity(model, fp32_path, data.test, config.parity, name)
-        fp32, fp32_logits = _onnx_artifact(f"{name}.onnx", fp32_path, name, "fp32", source.params, data, config,
-                                           None, parity)
+        fp32, fp32_logits = _onnx_artifact(
+            f"{name}.onnx", fp32_path, name, "fp32", source.params, data, config, None, parity
+        )
         out[fp32.name] = fp32
         ops = config.quantize_ops or (ortq.TEXT_OPS if data.modality == "text" else ortq.IMAGE_OPS)
         for mode in config.int8:
             q_path = ctx.stage_dir / f"{name}.int8-{mode}.onnx"
             if mode == "dynamic":
-                ortq.quantize_dynamic(fp32_path, q_path, ops)
+                ortq.quantize_dynamic(fp32_path, q_path, config.quantize_ops or ortq.DYNAMIC_OPS)
             else:
-                ortq.quantize_static(fp32_path, q_path, calibration_batches(data.train, config.calibration_samples,
-                                     model.input_names()), op_types=ops, method=config.calibration_method,
-                                     per_channel=config.per_channel)
-            art, _ = _onnx_artifact(q_path.name, q_path, fp32.name, f"int8-{mode}", source.params, data, config,
-                                    fp32_logits, {})
+                ortq.quantize_static(
+                    fp32_path,
+                    q_path,
+                    calibration_batches(
+                        data.train, config.calibration_samples, model.input_names(), ctx.recipe.data.max_length
+                    ),
+                    op_types=ops,
+                    method=config.calibration_method,
+                    per_channel=config.per_channel,
+                )
+            art, _ = _onnx_artifact(
+                q_path.name, q_path, fp32.name, f"int8-{mode}", source.params, data, config, fp32_logits, {}
+            )
             out[art.name] = art
     return out

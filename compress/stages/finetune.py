@@ -40,5 +40,7 @@ def run(artifacts: Artifacts, config: FinetuneConfig, ctx: Context) -> Artifacts
         return loss, {}
 
     result = train(model, step, data.train, data.dev, config, seed=ctx.seed, label=f"finetune {config.target}")
-    art = save_model_artifact(model, config.target, ctx, "finetune", source.parent, data, config.eval_batch_size, result)
+    art = save_model_artifact(
+        model, config.target, ctx, "finetune", source.parent, data, config.eval_batch_size, result
+    )
     return {config.target: art}

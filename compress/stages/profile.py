@@ -30,8 +30,9 @@ class ProfileConfig(StageConfig):
     """Measure latency of the ONNX artifacts on device profiles."""
 
     stage: Literal["profile"]
-    devices: list[str] = Field(default_factory=lambda: ["x86-cpu"], min_length=1,
-                               description="Device profile names or YAML paths.")
+    devices: list[str] = Field(
+        default_factory=lambda: ["x86-cpu"], min_length=1, description="Device profile names or YAML paths."
+    )
     shape: Shape = Field(default_factory=Shape, description="Input shape.")  # type: ignore[arg-type]
     runs: int = Field(100, gt=0, description="Timed runs per artifact and device.")
     warmup: int = Field(10, ge=0, description="Untimed warm-up runs.")
@@ -43,8 +44,10 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
     targets = config.artifacts or [n for n, a in artifacts.items() if a.kind == "onnx"]
     missing = [n for n in targets if n not in artifacts]
     if missing or not targets:
-        raise StageError(f"profile: no ONNX artifact {', '.join(missing) or ''} to measure; add an `export` stage "
-                         f"before `profile` (have: {', '.join(artifacts) or 'none'}).")
+        raise StageError(
+            f"profile: no ONNX artifact {', '.join(missing) or ''} to measure; add an `export` stage "
+            f"before `profile` (have: {', '.join(artifacts) or 'none'})."
+        )
     out: Artifacts = {}
     for ref in config.devices:
         device = resolve_device(ref, ctx.base_dir)
@@ -55,8 +58,14 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
         with progress(f"profiling on {device.name}", len(targets)) as bar:
             for name in targets:
                 art = out.get(name) or artifacts[name]
-                stats = runtime.benchmark(art.path, threads=device.threads, provider=device.provider,
-                                          shape=config.shape.model_dump(), runs=config.runs, warmup=config.warmup)
+                stats = runtime.benchmark(
+                    art.path,
+                    threads=device.threads,
+                    provider=device.provider,
+                    shape=config.shape.model_dump(),
+                    runs=config.runs,
+                    warmup=config.warmup,
+                )
                 art.latency = {**art.latency, device.name: stats}
                 out[name] = art
                 log.info("%s on %s: p50 %.3f ms, p90 %.3f ms", name, device.name, stats["p50_ms"], stats["p90_ms"])

