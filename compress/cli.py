@@ -62,10 +62,34 @@ def run(
     from compress import pipeline
 
     result = pipeline.run(recipe, out, force=force, only=only, from_stage=from_)
-    console.print((result.out_dir / "report.md").read_text(), markup=False)
+    console.print(_report_table(result.report))
     for flag in result.report.get("flags", []):
         console.print(f"[yellow]warning[/]: {flag['message']}")
     console.print(f"artifacts, report.md/json and manifest.json in {result.out_dir}")
+
+
+def _report_table(report: dict) -> Table:
+    devices = report["devices"]
+    table = Table("artifact", "precision", "params", "size MB", "test acc", title=report["recipe"].get("name"))
+    for d in devices:
+        table.add_column(f"{d} p50 ms", justify="right")
+        table.add_column("speed-up vs source", justify="right")
+    for row in report["artifacts"]:
+        acc = row["metrics"].get("accuracy")
+        cells = [
+            row["name"],
+            row["precision"],
+            f"{row['params'] / 1e6:.2f}M" if row["params"] else "-",
+            f"{row['size_bytes'] / 1e6:.2f}",
+            f"{100 * acc:.2f}%" if acc is not None else "-",
+        ]
+        for d in devices:
+            st = row["latency"].get(d, {})
+            cells.append(f"{st['p50_ms']:.3f}" if st else "-")
+            sp = st.get("speedup_vs_baseline")
+            cells.append(f"{sp:.2f}x" if sp is not None else "-")
+        table.add_row(*cells)
+    return table
 
 
 @app.command()
@@ -148,8 +172,15 @@ def devices() -> None:
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the recipe reference as Markdown.")] = False,
+) -> None:
     """Print the JSON Schema of a recipe (point your editor's YAML plugin at it)."""
+    if markdown:
+        from compress.recipe.docs import render
+
+        typer.echo(render(), nl=False)
+        return
     from compress.recipe.schema import Recipe
 
     typer.echo(json.dumps(Recipe.model_json_schema(), indent=2))

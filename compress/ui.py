@@ -17,6 +17,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+if not console.is_terminal:
+    console.width = 160  # logs and CI: no terminal to size tables by
 
 
 class Bar:

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.data.config import DataConfig
+from compress.data.dataset import load_data
+from compress.errors import DataError
+
+
+class WhitespaceTokenizer:
+    """A tokenizer with the Hugging Face call signature, enough to test file parsing."""
+
+    pad_token_id = 0
+
+    def __call__(self, texts, pairs=None, truncation=True, max_length=8, padding=False):  # noqa: ANN001, ANN204
+        return {"input_ids": [[len(w) + 1 for w in t.split()][:max_length] or [1] for t in texts]}
+
+
+def test_jsonl_with_string_labels_and_column_mapping(tmp_path: Path) -> None:
+    rows = [{"review": f"text number {i}", "sentiment": "pos" if i % 2 else "neg"} for i in range(40)]
+    (tmp_path / "all.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = DataConfig(format="jsonl", train="all.jsonl", columns={"text": "review", "label": "sentiment"})  # type: ignore[arg-type]
+    data = load_data(cfg, tmp_path, WhitespaceTokenizer(), seed=0)
+    assert data.label_names == ["neg", "pos"] and data.num_labels == 2
+    assert len(data.train) + len(data.dev) + len(data.test) == 40
+    again = load_data(cfg, tmp_path, WhitespaceTokenizer(), seed=0)
+    assert torch.equal(data.test.labels, again.test.labels)  # seeded split
+
+
+def test_csv_quotes_and_tsv_literal_quotes(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("sentence,label\n" + '"a, quoted, text",1\nplain,0\n' * 10)
+    data = load_data(DataConfig(format="csv", train="d.csv"), tmp_path, WhitespaceTokenizer())
+    assert data.num_labels == 2
+    (tmp_path / "d.tsv").write_text("sentence\tlabel\n" + "it 's a \" quote\t1\nx\t0\n" * 10)
+    data = load_data(DataConfig(format="tsv", train="d.tsv"), tmp_path, WhitespaceTokenizer())
+    assert len(data.train) + len(data.dev) + len(data.test) == 20
+
+
+def test_wrong_column_names_what_the_file_has(tmp_path: Path) -> None:
+    (tmp_path / "d.tsv").write_text("sentence\tlabel\nx\t0\n")
+    with pytest.raises(DataError, match=r"has no column 'text' \(it has: sentence, label\)"):
+        load_data(DataConfig(format="tsv", train="d.tsv", columns={"text": "text"}), tmp_path, WhitespaceTokenizer())  # type: ignore[arg-type]
+
+
+def test_bad_jsonl_line_is_located(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text('{"sentence": "a", "label": 0}\n{oops\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: not valid JSON"):
+        load_data(DataConfig(format="jsonl", train="d.jsonl"), tmp_path, WhitespaceTokenizer())
+
+
+def test_digits_and_image_folder(tmp_path: Path) -> None:
+    digits = load_data(DataConfig(format="sklearn_digits"), tmp_path)
+    assert digits.train.features.shape[1:] == (1, 8, 8) and digits.num_labels == 10  # type: ignore[union-attr]
+    pil = pytest.importorskip("PIL.Image")
+    for split in ("train", "test", "dev"):
+        for cls in ("cat", "dog"):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                pil.new("RGB", (10, 10), (i * 40, 0, 0)).save(tmp_path / "img" / split / cls / f"{i}.png")
+    cfg = DataConfig(format="image_folder", train="img/train", dev="img/dev", test="img/test", image_size=6)
+    data = load_data(cfg, tmp_path)
+    assert data.label_names == ["cat", "dog"] and data.in_channels == 3
+    batch = next(iter(data.train.loader(4)))
+    assert batch["pixel_values"].shape == (4, 3, 6, 6)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.artifacts import Artifact
+from compress.report.report import baseline_of, build_report, render_markdown
+
+
+def _art(name: str, kind: str, parent: str | None, p50: float | None, size: int = 100) -> Artifact:
+    art = Artifact(name, kind, Path(f"/x/{name}"), "test", parent=parent, size_bytes=size, metrics={"accuracy": 0.9})  # type: ignore[arg-type]
+    if p50 is not None:
+        art.latency = {"cpu": {"p50_ms": p50, "p90_ms": p50 * 1.1}}
+    return art
+
+
+def _artifacts() -> dict[str, Artifact]:
+    arts = [
+        _art("teacher", "model", None, None),
+        _art("student", "model", "teacher", None),
+        _art("teacher.onnx", "onnx", "teacher", 10.0),
+        _art("student.onnx", "onnx", "student", 5.0),
+        _art("student.int8-dynamic.onnx", "onnx", "student.onnx", 2.5, size=25),
+        _art("student.int8-static.onnx", "onnx", "student.onnx", 4.9, size=25),
+    ]
+    return {a.name: a for a in arts}
+
+
+def test_baselines_follow_the_lineage() -> None:
+    arts = _artifacts()
+    assert baseline_of(arts["student.int8-dynamic.onnx"], arts, "cpu").name == "student.onnx"  # type: ignore[union-attr]
+    assert baseline_of(arts["student.onnx"], arts, "cpu").name == "teacher.onnx"  # type: ignore[union-attr]
+    assert baseline_of(arts["teacher.onnx"], arts, "cpu") is None
+
+
+def test_compressed_but_not_faster_is_flagged() -> None:
+    report = build_report(_artifacts(), {"name": "r"}, Path("/x"))
+    flagged = {f["artifact"] for f in report["flags"]}
+    assert flagged == {"student.int8-static.onnx"}  # 4.9 ms vs 5.0 ms: smaller, not faster
+    assert "although it is smaller" in report["flags"][0]["message"]
+    row = next(r for r in report["artifacts"] if r["name"] == "student.int8-dynamic.onnx")
+    assert row["latency"]["cpu"]["speedup_vs_baseline"] == 2.0
+    md = render_markdown(report)
+    assert "| student.int8-dynamic.onnx |" in md and "not_faster" in md

@@ -1,0 +1,60 @@
+"""The CLI driven as a user would: a real subprocess of `python -m compress`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compress.devices import resolve_device
+from compress.errors import DeviceError, RegistryError
+from compress.recipe.docs import render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_version_devices_and_schema() -> None:
+    assert cli("--version").stdout.startswith("compress ")
+    devices = cli("devices")
+    assert devices.returncode == 0 and "x86-cpu" in devices.stderr and "yes" in devices.stderr
+    schema = json.loads(cli("schema").stdout)
+    assert schema["additionalProperties"] is False and "stages" in schema["properties"]
+
+
+def test_docs_page_is_generated_from_the_current_schema() -> None:
+    assert (ROOT / "docs" / "recipe.md").read_text() == render(), "run: compress schema --markdown > docs/recipe.md"
+
+
+def test_run_then_profile_an_artifact(tmp_path: Path) -> None:
+    from tests.conftest import DIGITS_RECIPE
+
+    (tmp_path / "r.yaml").write_text(DIGITS_RECIPE.replace("epochs: 3", "epochs: 1"))
+    run = cli("run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"))
+    assert run.returncode == 0, run.stderr
+    assert "student.int8-static.onnx" in run.stderr
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "manifest.json").is_file()
+    onnx = next((tmp_path / "out").glob("*export*/student.onnx"))
+    prof = cli("profile", str(onnx), "--device", "x86-cpu", "--runs", "5", "--warmup", "1", "--json")
+    stats = json.loads(prof.stdout)["x86-cpu"]
+    assert stats["runs"] == 5 and stats["p50_ms"] > 0 and stats["runtime"] == "onnxruntime"
+    missing = cli("profile", str(tmp_path / "nope.onnx"), "--device", "x86-cpu")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_device_profiles_errors(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="Did you mean 'x86-cpu'"):
+        resolve_device("x86_cpu")
+    bad = tmp_path / "board.yaml"
+    bad.write_text("name: board\nthread: 4\n")
+    with pytest.raises(
+        DeviceError, match=r"board.yaml: thread: Extra inputs are not permitted. Did you mean 'threads'"
+    ):
+        resolve_device(str(bad))
+    assert resolve_device("x86-cpu").threads == 2
