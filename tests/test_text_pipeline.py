@@ -64,6 +64,10 @@ def test_text_recipe_end_to_end(tmp_path: Path, tiny_bert_dir: Path, sst2_slice:
         assert 0 <= arts[name].metrics["accuracy"] <= 1
         assert arts[name].latency["x86-cpu"]["p50_ms"] > 0
     assert arts["student.onnx"].metrics["parity_max_abs_diff"] < 1e-3
+    dynamic = arts["student.int8-dynamic.onnx"]
+    assert dynamic.info["fused_ops"].get("Attention") == 2  # fused before quantizing ...
+    assert dynamic.info["integer_ops"].get("QAttention") == 2  # ... so attention runs as one int8 kernel
+    assert arts["student.int8-static.onnx"].info["integer_ops"]["QuantizeLinear"] > 0
     history = arts["student"].info["training"]["history"]
     assert {"loss_kd", "loss_ce", "loss_hidden", "loss_minilm"} <= set(history[-1])
 
@@ -97,12 +101,12 @@ def test_distillation_loss_falls_and_gradients_reach_only_the_student(tiny_bert_
     teacher.module.requires_grad_(False)
     cfgs = [KDConfig(name="kd"), HiddenConfig(name="hidden"), MiniLMConfig(name="minilm", relation_heads=2)]
     terms = build_terms(cfgs, student, teacher, batch)  # hidden 16 vs 32: a learned projection is needed
-    assert any(isinstance(m, torch.nn.Linear) for m in terms.modules())
+    assert any(isinstance(m, torch.nn.Linear) for m in torch.nn.ModuleList(terms).modules())
     from compress.losses.taps import FeatureTaps
 
     s_paths = sorted({p for t in terms for p in t.student_paths})
     t_paths = sorted({p for t in terms for p in t.teacher_paths})
-    params = list(student.module.parameters()) + list(terms.parameters())
+    params = list(student.module.parameters()) + list(torch.nn.ModuleList(terms).parameters())
     opt = torch.optim.AdamW(params, lr=3e-3)
     losses = []
     for _ in range(15):

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from compress.data import images, text
 from compress.data.config import DataConfig
 from compress.errors import DataError
+from compress.fileio import sha256_file
 
 Batch = dict[str, torch.Tensor]
 
@@ -70,14 +71,6 @@ class DataBundle:
     fingerprint: str = ""
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(cfg: DataConfig, base_dir: Path) -> str:
     """Hash of the data config and the content of every file it names (cache key input)."""
     h = hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode())
@@ -86,7 +79,7 @@ def fingerprint(cfg: DataConfig, base_dir: Path) -> str:
         if value:
             path = base_dir / value
             if path.is_file():
-                h.update(_file_sha(path).encode())
+                h.update(sha256_file(path).encode())
             elif path.is_dir():
                 for f in sorted(path.rglob("*")):
                     if f.is_file():

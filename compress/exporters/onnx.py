@@ -38,12 +38,23 @@ def dynamic_axes(model: TaskModel) -> dict[str, dict[int, str]]:
     return axes
 
 
+def _eager_attention(model: TaskModel) -> None:
+    """Export attention as explicit MatMul/Softmax (not SDPA): the graph runtimes' attention fusions match."""
+    setter = getattr(model.module, "set_attn_implementation", None)
+    if setter is not None:
+        try:
+            setter("eager")
+        except (ValueError, NotImplementedError) as exc:
+            log.debug("keeping the model's attention implementation: %s", exc)
+
+
 def export_onnx(model: TaskModel, sample: Batch, path: Path, *, opset: int = MIN_OPSET) -> None:
     """Export ``model`` to ``path`` and check it. Uses the TorchScript-based exporter (``dynamo=False``):
     it handles `dynamic_axes` on Hugging Face encoders in one pass and needs no extra packages."""
     import onnx
 
     model.module.eval()
+    _eager_attention(model)
     names = model.input_names()
     args = tuple(sample[n][:2] for n in names)
     sink = io.StringIO()

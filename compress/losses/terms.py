@@ -46,7 +46,7 @@ class LossTerm(nn.Module):
         self.teacher_paths = teacher_paths or []
 
     def forward(self, s: Captured, t: Captured, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError  # every registered term overrides this
+        raise TypeError(f"{type(self).__name__} must define forward(student, teacher, batch)")
 
 
 @dataclass

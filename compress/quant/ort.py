@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from compress.errors import ExportError
 
@@ -25,7 +26,7 @@ TEXT_OPS = ["MatMul", "Gemm"]
 IMAGE_OPS = ["Conv", "MatMul", "Gemm"]
 # Dynamic quantization also stores embedding tables (Gather) in int8, as onnxruntime's default does; Conv is
 # left out because onnxruntime's CPU ConvInteger has no int8-weight kernel.
-DYNAMIC_OPS = ["MatMul", "Gemm", "Gather"]
+DYNAMIC_OPS = ["MatMul", "Gemm", "Gather", "Attention"]
 
 
 def _preprocess(src: Path, dst: Path) -> Path:
@@ -44,6 +45,23 @@ def _preprocess(src: Path, dst: Path) -> Path:
     return src
 
 
+# Hugging Face model types whose encoder graph onnxruntime's BERT fusion recognises.
+FUSABLE_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "camembert"}
+
+
+def fuse_transformer(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """onnxruntime's transformer optimizer: fuse attention, SkipLayerNorm, BiasGelu and embeddings into
+    onnxruntime contrib ops. Quantizing the fused graph is what gives int8 its speed: a fused `Attention`
+    becomes one int8 QAttention kernel instead of unfused MatMuls around float softmax. Returns the counts of
+    fused operators (empty if nothing was fused)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+        model.save_model_to_file(str(dst))
+    return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+
+
 def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
@@ -57,10 +75,33 @@ def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=[o for o in op_types if o != "Conv"],
                 per_channel=False,
-                extra_options={"EnableSubgraph": False},
+                extra_options={"EnableSubgraph": False, "DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"onnxruntime dynamic quantization of {src.name} failed: {exc}") from None
+
+
+INTEGER_OPS = {
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "QLinearMatMul",
+    "QLinearConv",
+    "ConvInteger",
+    "QGemm",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+}
+
+
+def integer_ops(path: Path) -> dict[str, int]:
+    """Counts of integer / quantization operators in an ONNX graph (empty: the model is still float)."""
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.op_type in INTEGER_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
 
 
 class _Reader:

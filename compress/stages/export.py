@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,6 +58,12 @@ class ExportConfig(StageConfig):
         None, description="Operator types quantized (default: MatMul, Gemm for text; Conv, MatMul, Gemm for images)."
     )
     per_channel: bool = Field(True, description="Per-channel weight scales for `static`.")
+    fuse: bool = Field(
+        True,
+        description="Before `dynamic` int8 of BERT-family encoders, fuse attention / SkipLayerNorm / BiasGelu with "
+        "onnxruntime's transformer optimizer (onnxruntime contrib ops: the int8 artifact targets onnxruntime; the "
+        "fp32 `.onnx` stays plain, portable ONNX).",
+    )
     parity: ParityConfig = Field(default_factory=ParityConfig, description="fp32 parity thresholds.")  # type: ignore[arg-type]
     eval_batch_size: int = Field(64, gt=0, description="Batch size for accuracy on onnxruntime.")
 
@@ -96,12 +103,19 @@ def check_parity(model: TaskModel, path: Path, split: Split, cfg: ParityConfig, 
 def calibration_batches(split: Split, n: int, names: list[str], length: int) -> Iterator[dict[str, np.ndarray]]:
     """Real training inputs; text is padded to one fixed length because onnxruntime's histogram
     calibrators concatenate every batch of a tensor."""
-    for batch in split.subset(n).loader(16):
-        if split.is_text:
-            pad = length - batch["input_ids"].shape[1]
-            batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, pad), value=split.pad_id)
-            batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
-        yield feeds(batch, names)
+    loader = split.subset(n).loader(16)
+    with progress("calibrating int8", len(loader)) as bar:
+        for batch in loader:
+            bar.advance()
+            yield _padded(batch, split, length, names)
+
+
+def _padded(batch: dict[str, torch.Tensor], split: Split, length: int, names: list[str]) -> dict[str, np.ndarray]:
+    if split.is_text:
+        pad = length - batch["input_ids"].shape[1]
+        batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, pad), value=split.pad_id)
+        batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
+    return feeds(batch, names)
 
 
 def _onnx_artifact(
@@ -125,6 +139,18 @@ def _onnx_artifact(
     return art.finalize(), logits
 
 
+def _fused(model: TaskModel, fp32_path: Path, ctx: Context) -> tuple[Path, dict[str, int]]:
+    """The fused graph of a BERT-family encoder, or the plain export when the model is not one."""
+    cfg: Any = getattr(model.module, "config", None)
+    if model.family != "hf" or getattr(cfg, "model_type", None) not in ortq.FUSABLE_MODEL_TYPES:
+        return fp32_path, {}
+    fused = ctx.stage_dir / ".fused" / fp32_path.name
+    fused.parent.mkdir(exist_ok=True)
+    ops = ortq.fuse_transformer(fp32_path, fused, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+    log.info("%s: fused for onnxruntime: %s", fp32_path.name, ", ".join(f"{k} x{v}" for k, v in ops.items()) or "none")
+    return fused, ops
+
+
 @register_stage("export", ExportConfig)
 def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
     names = config.models or [n for n, a in artifacts.items() if a.kind == "model"]
@@ -146,7 +172,8 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
         for mode in config.int8:
             q_path = ctx.stage_dir / f"{name}.int8-{mode}.onnx"
             if mode == "dynamic":
-                ortq.quantize_dynamic(fp32_path, q_path, config.quantize_ops or ortq.DYNAMIC_OPS)
+                src, fused_ops = _fused(model, fp32_path, ctx) if config.fuse else (fp32_path, {})
+                ortq.quantize_dynamic(src, q_path, config.quantize_ops or ortq.DYNAMIC_OPS)
             else:
                 ortq.quantize_static(
                     fp32_path,
@@ -161,5 +188,10 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
             art, _ = _onnx_artifact(
                 q_path.name, q_path, fp32.name, f"int8-{mode}", source.params, data, config, fp32_logits, {}
             )
+            art.info["integer_ops"] = ortq.integer_ops(q_path)
+            art.info["fused_ops"] = fused_ops if mode == "dynamic" else {}
+            if not art.info["integer_ops"]:
+                log.warning("%s holds no integer operators: it stays float (nothing matched %s)", art.name, ops)
             out[art.name] = art
+    shutil.rmtree(ctx.stage_dir / ".fused", ignore_errors=True)  # intermediate graphs, not artifacts
     return out
