@@ -31,6 +31,7 @@ stages:
     warmup_steps: 4
   - stage: export
     int8: [dynamic]
+    quantize_embeddings: true
 """
 
 
@@ -46,4 +47,5 @@ def test_real_minilm_exports_with_parity_and_int8_agreement(tmp_path: Path) -> N
     assert fp32.metrics["parity_top1_agreement"] >= 0.99
     assert fp32.metrics["accuracy"] > 0.6  # 40 steps already learn something real
     assert int8.metrics["top1_agreement_with_fp32"] >= 0.9
-    assert int8.size_bytes < fp32.size_bytes / 3
+    assert int8.size_bytes < fp32.size_bytes / 3  # embedding table stored in int8 as well
+    assert int8.info["integer_ops"]["QAttention"] == 6  # fused attention runs as int8 kernels

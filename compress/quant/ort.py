@@ -24,9 +24,10 @@ log = logging.getLogger("compress")
 # float: quantizing them with calibrated ranges is what collapses Transformer accuracy (see anchors.md).
 TEXT_OPS = ["MatMul", "Gemm"]
 IMAGE_OPS = ["Conv", "MatMul", "Gemm"]
-# Dynamic quantization also stores embedding tables (Gather) in int8, as onnxruntime's default does; Conv is
-# left out because onnxruntime's CPU ConvInteger has no int8-weight kernel.
-DYNAMIC_OPS = ["MatMul", "Gemm", "Gather", "Attention"]
+# Dynamic int8: matrix products and fused attention. Conv is left out because onnxruntime's CPU ConvInteger has
+# no int8-weight kernel. Embedding tables (Gather, fused EmbedLayerNormalization) are opt-in: EMBEDDING_OPS.
+DYNAMIC_OPS = ["MatMul", "Gemm", "Attention"]
+EMBEDDING_OPS = ["Gather", "EmbedLayerNormalization"]
 
 
 def _preprocess(src: Path, dst: Path) -> Path:

