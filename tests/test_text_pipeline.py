@@ -57,7 +57,9 @@ stages:
 
 def test_text_recipe_end_to_end(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
     recipe = write_recipe(tmp_path, TEXT_RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir))
+    cwd_before = set(Path.cwd().iterdir())
     result = pipeline.run(recipe, tmp_path / "out")
+    assert set(Path.cwd().iterdir()) == cwd_before  # onnxruntime's scratch files stay out of the user's folder
     arts = result.artifacts
     assert arts["student"].params < arts["teacher"].params
     for name in ("teacher.onnx", "student.onnx", "student.int8-dynamic.onnx", "student.int8-static.onnx"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,19 @@ IMAGE_OPS = ["Conv", "MatMul", "Gemm"]
 # no int8-weight kernel. Embedding tables (Gather, fused EmbedLayerNormalization) are opt-in: EMBEDDING_OPS.
 DYNAMIC_OPS = ["MatMul", "Gemm", "Attention"]
 EMBEDDING_OPS = ["Gather", "EmbedLayerNormalization"]
+
+
+@contextlib.contextmanager
+def _scratch_cwd() -> Iterator[Path]:
+    """onnxruntime's quantizer and optimizer save intermediate models with external data named by uuid in
+    the current directory; run them from a temporary one so nothing is left in the user's folder."""
+    old = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="compress-ort-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(old)
 
 
 def _preprocess(src: Path, dst: Path) -> Path:
@@ -57,7 +71,8 @@ def fuse_transformer(src: Path, dst: Path, *, num_heads: int, hidden_size: int) 
     fused operators (empty if nothing was fused)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    src, dst = src.resolve(), dst.resolve()
+    with _scratch_cwd(), contextlib.redirect_stdout(io.StringIO()):
         model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
         model.save_model_to_file(str(dst))
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
@@ -67,8 +82,9 @@ def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = _preprocess(src, Path(tmp) / "pre.onnx")
+    src, dst = src.resolve(), dst.resolve()
+    with _scratch_cwd() as tmp:
+        pre = _preprocess(src, tmp / "pre.onnx")
         try:
             ort_quantize_dynamic(
                 str(pre),
@@ -132,8 +148,9 @@ def quantize_static(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = _preprocess(src, Path(tmp) / "pre.onnx")
+    src, dst = src.resolve(), dst.resolve()
+    with _scratch_cwd() as tmp:
+        pre = _preprocess(src, tmp / "pre.onnx")
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 ort_quantize_static(
