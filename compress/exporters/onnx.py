@@ -44,7 +44,7 @@ def _eager_attention(model: TaskModel) -> None:
     if setter is not None:
         try:
             setter("eager")
-        except (ValueError, NotImplementedError) as exc:
+        except ValueError as exc:
             log.debug("keeping the model's attention implementation: %s", exc)
 
 
