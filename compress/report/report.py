@@ -34,6 +34,19 @@ def baseline_of(art: Artifact, artifacts: Artifacts, device: str) -> Artifact | 
     return None
 
 
+def _flag_not_smaller(art: Artifact, artifacts: Artifacts, flags: list[dict[str, Any]]) -> None:
+    """Quantized artifacts aim to be smaller than their source: flag one that is not (by 5% or more)."""
+    source = artifacts.get(art.parent or "")
+    if not art.precision.startswith("int8") or source is None or source.kind != "onnx":
+        return
+    if art.size_bytes >= 0.95 * source.size_bytes:
+        msg = (
+            f"{art.name} is not smaller than {source.name} ({art.size_bytes / 1e6:.2f} MB vs "
+            f"{source.size_bytes / 1e6:.2f} MB): no weights were stored in int8."
+        )
+        flags.append({"artifact": art.name, "device": None, "kind": "not_smaller", "message": msg})
+
+
 def build_report(artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     rows, flags = [], []
     devices = sorted({d for a in artifacts.values() for d in a.latency})
@@ -68,6 +81,7 @@ def build_report(artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path) ->
                     )
                     flags.append({"artifact": art.name, "device": device, "kind": "not_faster", "message": msg})
             row["latency"][device] = stats
+        _flag_not_smaller(art, artifacts, flags)
         rows.append(row)
     return {"recipe": recipe, "devices": devices, "artifacts": rows, "flags": flags}
 

@@ -7,7 +7,17 @@ from compress.report.report import baseline_of, build_report, render_markdown
 
 
 def _art(name: str, kind: str, parent: str | None, p50: float | None, size: int = 100) -> Artifact:
-    art = Artifact(name, kind, Path(f"/x/{name}"), "test", parent=parent, size_bytes=size, metrics={"accuracy": 0.9})  # type: ignore[arg-type]
+    precision = "int8-" + name.split("int8-")[1].split(".")[0] if "int8-" in name else "fp32"
+    art = Artifact(
+        name,
+        kind,
+        Path(f"/x/{name}"),
+        "test",
+        parent=parent,
+        precision=precision,  # type: ignore[arg-type]
+        size_bytes=size,
+        metrics={"accuracy": 0.9},
+    )
     if p50 is not None:
         art.latency = {"cpu": {"p50_ms": p50, "p90_ms": p50 * 1.1}}
     return art
@@ -34,10 +44,19 @@ def test_baselines_follow_the_lineage() -> None:
 
 def test_compressed_but_not_faster_is_flagged() -> None:
     report = build_report(_artifacts(), {"name": "r"}, Path("/x"))
-    flagged = {f["artifact"] for f in report["flags"]}
+    flagged = {f["artifact"] for f in report["flags"] if f["kind"] == "not_faster"}
     assert flagged == {"student.int8-static.onnx"}  # 4.9 ms vs 5.0 ms: smaller, not faster
     assert "although it is smaller" in report["flags"][0]["message"]
     row = next(r for r in report["artifacts"] if r["name"] == "student.int8-dynamic.onnx")
     assert row["latency"]["cpu"]["speedup_vs_baseline"] == 2.0
     md = render_markdown(report)
     assert "| student.int8-dynamic.onnx |" in md and "not_faster" in md
+
+
+def test_int8_that_is_not_smaller_is_flagged() -> None:
+    arts = _artifacts()
+    arts["student.int8-dynamic.onnx"].size_bytes = 99  # nothing was quantized
+    report = build_report(arts, {"name": "r"}, Path("/x"))
+    kinds = {(f["artifact"], f["kind"]) for f in report["flags"]}
+    assert ("student.int8-dynamic.onnx", "not_smaller") in kinds
+    assert ("student.int8-static.onnx", "not_smaller") not in kinds
