@@ -17,12 +17,13 @@ from compress import __version__
 from compress.artifacts import Artifact, Artifacts
 from compress.context import Context
 from compress.environment import environment
-from compress.errors import CompressError, RecipeError, StageError
+from compress.errors import BudgetError, CompressError, RecipeError, StageError
 from compress.fileio import atomic_write_json, sha256_json
 from compress.models.source import build_model
 from compress.recipe.load import load_recipe
 from compress.recipe.schema import Recipe
-from compress.report.report import write_report
+from compress.report import budgets
+from compress.report.report import build_report, write_report
 from compress.stages import STAGES
 
 log = logging.getLogger("compress")
@@ -158,6 +159,7 @@ def run(
     recipe_path = Path(recipe_path).resolve()
     recipe = load_recipe(recipe_path)
     only_i, from_i = _select(recipe, only, "--only"), _select(recipe, from_stage, "--from")
+    check_budget_devices(recipe, recipe_path.parent)
     out_dir = (out or Path("export") / recipe.name).resolve()
     handler = _attach_log(out_dir)
     try:
@@ -219,9 +221,36 @@ def _run(
         log.info("stage %d %s: %s in %.1fs", pos, name, "loaded" if reuse else "done", seconds)
     result.artifacts = artifacts
     recipe_dict = {"name": recipe.name, "path": str(recipe_path), **recipe.model_dump(mode="json", exclude={"name"})}
-    result.report = write_report(artifacts, recipe_dict, out_dir)
+    checks = None
+    if recipe.budgets:
+        checks = budgets.evaluate(build_report(artifacts, recipe_dict, out_dir), recipe.budgets)
+        budgets.write_junit(checks, out_dir / "junit.xml", recipe.name)
+        budgets.write_github_summary(checks, recipe.name)
+    result.report = write_report(artifacts, recipe_dict, out_dir, checks)
     _write_manifest(result, recipe_dict, history, time.perf_counter() - started)
+    missed = [c for c in checks or [] if not c["passed"]]
+    if missed:
+        raise BudgetError(
+            f"{len(missed)} of {len(checks or [])} budget checks missed (report.md, junit.xml in {out_dir}):\n"
+            + "\n".join(f"  {budgets.describe(c)}" for c in missed)
+        )
     return result
+
+
+def check_budget_devices(recipe: Recipe, base_dir: Path) -> None:
+    """Every device named in `budgets` must be measured by a profile stage, else the budget could never pass."""
+    if not recipe.budgets:
+        return
+    from compress.devices import resolve_device
+
+    profiled = {resolve_device(ref, base_dir).name for s in recipe.stages for ref in getattr(s, "devices", None) or []}
+    for device in recipe.budgets:
+        if device not in profiled:
+            have = ", ".join(sorted(profiled)) or "none"
+            raise RecipeError(
+                f"budgets.{device}: no profile stage measures this device (profiled: {have}). "
+                "Add it to a profile stage's `devices` or fix the name."
+            )
 
 
 def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Artifact], seconds: float) -> None:
@@ -252,6 +281,7 @@ def validate(recipe_path: Path) -> list[str]:
     recipe_path = Path(recipe_path).resolve()
     recipe = load_recipe(recipe_path)
     ctx = Context(recipe, recipe_path, Path("."))
+    check_budget_devices(recipe, recipe_path.parent)
     found = [f"schema: ok ({len(recipe.stages)} stages: {', '.join(s.stage for s in recipe.stages)})"]
     sources = [("teacher", recipe.teacher)] + [
         (f"stages[{i}].student", student)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +40,37 @@ def _is_tag(node: dict, part: str) -> bool:
     return node.get("stage") == part or node.get("name") == part
 
 
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return node[part]
+    return None
+
+
 def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
     """The pydantic model class describing the mapping at ``loc`` (for key suggestions)."""
     model: type[BaseModel] | None = Recipe
     node = data
+    mapping_value: Any = None  # the value type while inside a dict[str, Model] field
     for part in loc:
-        if model is None:
-            return None
-        if isinstance(part, int):
-            node = node[part] if isinstance(node, list) and part < len(node) else None
+        node = _child(node, part)
+        if mapping_value is not None:
+            model, mapping_value = _resolve(mapping_value, node), None
             continue
-        field = model.model_fields.get(part)
-        node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return None
+        if typing.get_origin(field.annotation) is dict:
+            mapping_value = typing.get_args(field.annotation)[1]
+            continue
         model = _resolve(field.annotation, node)
     return model
 
 
 def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
-    import typing
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from compress.data.config import DataConfig
 from compress.models.source import ModelSource
 from compress.recipe.base import Strict
+from compress.report.budgets import Budget
 from compress.stages import STAGES, StageConfig
 
 
@@ -33,6 +34,11 @@ class Recipe(Strict):
     data: DataConfig = Field(..., description="The data set.")
     teacher: ModelSource = Field(..., description="The teacher model.")
     stages: list[StageUnion] = Field(..., min_length=1, description="Stages, run in order.")
+    budgets: dict[str, Budget] = Field(
+        default_factory=dict,
+        description="Per device name: limits the artifacts must meet. A miss fails the run (exit code 3) after "
+        "report.json, report.md and junit.xml are written.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -122,12 +122,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## Flags", ""] + [f"- **{f['kind']}**: {f['message']}" for f in report["flags"]] + [""]
     else:
         lines += ["No flags: every measured artifact is faster than the one it came from.", ""]
+    if report.get("budgets"):
+        from compress.report.budgets import describe
+
+        lines += ["## Budgets", ""] + [f"- {describe(c)}" for c in report["budgets"]] + [""]
     lines.append("Accuracy is measured on the test split, on each artifact's own runtime (PyTorch or onnxruntime).")
     return "\n".join(lines) + "\n"
 
 
-def write_report(artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def write_report(
+    artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path, budget_checks: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     report = build_report(artifacts, recipe, out_dir)
+    if budget_checks is not None:
+        report["budgets"] = budget_checks
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     return report

@@ -1,0 +1,122 @@
+"""Budgets per device (`budgets:` in the recipe): evaluated on the report, written as JUnit XML and a GitHub
+job summary, and turned into a non-zero exit when one is missed."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from pydantic import Field
+
+from compress.fileio import atomic_write_text
+from compress.recipe.base import Strict
+
+
+class Budget(Strict):
+    """Limits one device's artifacts must meet; a run that misses one exits with code 3."""
+
+    p50_ms: float | None = Field(None, gt=0, description="Largest allowed median latency (ms).")
+    p90_ms: float | None = Field(None, gt=0, description="Largest allowed 90th-percentile latency (ms).")
+    size_mb: float | None = Field(None, gt=0, description="Largest allowed artifact size (MB, 10^6 bytes).")
+    accuracy_drop: float | None = Field(
+        None,
+        ge=0,
+        description="Largest allowed test-accuracy loss in points against the teacher's fp32 ONNX "
+        "(or the teacher model when it was not exported).",
+    )
+    artifacts: list[str] | None = Field(
+        None,
+        description="Artifact names or glob patterns held to this budget (default: every ONNX artifact "
+        "that is not the teacher's).",
+    )
+
+
+def _selected(budget: Budget, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    onnx = [r for r in rows if r["format"] == "onnx"]
+    if budget.artifacts is None:
+        return [r for r in onnx if not r["name"].startswith("teacher")]
+    return [r for r in onnx if any(fnmatch.fnmatchcase(r["name"], p) for p in budget.artifacts)]
+
+
+def _teacher_accuracy(rows: list[dict[str, Any]]) -> float | None:
+    by_name = {r["name"]: r for r in rows}
+    for name in ("teacher.onnx", "teacher"):
+        acc = by_name.get(name, {}).get("metrics", {}).get("accuracy")
+        if acc is not None:
+            return float(acc)
+    return None
+
+
+def evaluate(report: dict[str, Any], budgets: dict[str, Budget]) -> list[dict[str, Any]]:
+    """One check per artifact x device x limit: {artifact, device, limit, allowed, measured, passed}."""
+    rows = report["artifacts"]
+    teacher_acc = _teacher_accuracy(rows)
+    checks = []
+    for device, budget in budgets.items():
+        for row in _selected(budget, rows):
+            lat = row["latency"].get(device, {})
+            acc = row["metrics"].get("accuracy")
+            measured: dict[str, float | None] = {
+                "p50_ms": lat.get("p50_ms"),
+                "p90_ms": lat.get("p90_ms"),
+                "size_mb": row["size_bytes"] / 1e6,
+                "accuracy_drop": None if acc is None or teacher_acc is None else 100 * (teacher_acc - acc),
+            }
+            for limit, value in measured.items():
+                allowed = getattr(budget, limit)
+                if allowed is None:
+                    continue
+                passed = value is not None and value <= allowed
+                checks.append(
+                    {
+                        "artifact": row["name"],
+                        "device": device,
+                        "limit": limit,
+                        "allowed": allowed,
+                        "measured": value,
+                        "passed": passed,
+                    }
+                )
+    return checks
+
+
+def describe(check: dict[str, Any]) -> str:
+    value = check["measured"]
+    got = "not measured" if value is None else f"{value:.3f}"
+    verdict = "ok" if check["passed"] else "MISSED"
+    return f"{check['artifact']} on {check['device']}: {check['limit']} {got} (allowed {check['allowed']:g}) {verdict}"
+
+
+def write_junit(checks: list[dict[str, Any]], path: Path, suite: str) -> None:
+    failures = sum(not c["passed"] for c in checks)
+    root = ET.Element("testsuites", name="compress", tests=str(len(checks)), failures=str(failures))
+    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(checks)), failures=str(failures), errors="0")
+    for c in checks:
+        case = ET.SubElement(ts, "testcase", classname=f"{suite}.{c['device']}", name=f"{c['artifact']}:{c['limit']}")
+        if not c["passed"]:
+            ET.SubElement(case, "failure", message=describe(c), type="BudgetMissed")
+    atomic_write_text(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
+
+
+def write_github_summary(checks: list[dict[str, Any]], suite: str) -> None:
+    """Append a Markdown table to the GitHub job summary when running under GitHub Actions."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target or not checks:
+        return
+    lines = [
+        f"### compress budgets: {suite}",
+        "",
+        "| artifact | device | limit | measured | allowed | |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in checks:
+        got = "-" if c["measured"] is None else f"{c['measured']:.3f}"
+        lines.append(
+            f"| {c['artifact']} | {c['device']} | {c['limit']} | {got} | {c['allowed']:g} | "
+            f"{'pass' if c['passed'] else '**missed**'} |"
+        )
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n\n")

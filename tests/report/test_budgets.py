@@ -1,0 +1,67 @@
+"""Budgets gate a run: checks per artifact x device x limit, junit.xml, GitHub summary, exit code 3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from compress import pipeline
+from compress.errors import BudgetError
+from tests.conftest import DIGITS_RECIPE, write_recipe
+
+
+@pytest.fixture(scope="module")
+def cached_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("budgets")
+    pipeline.run(write_recipe(folder, DIGITS_RECIPE.replace("epochs: 3", "epochs: 1")), folder / "out")
+    return folder
+
+
+def _with_budgets(folder: Path, budgets: str, name: str) -> Path:
+    return write_recipe(folder, DIGITS_RECIPE.replace("epochs: 3", "epochs: 1") + budgets, name)
+
+
+def test_met_budgets_pass_and_write_junit(cached_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = cached_run / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    recipe = _with_budgets(
+        cached_run, "budgets:\n  x86-cpu: {p90_ms: 1000, size_mb: 100, accuracy_drop: 100}\n", "ok.yaml"
+    )
+    result = pipeline.run(recipe, cached_run / "out")
+    assert all(s.cached for s in result.stages)  # budgets do not invalidate any stage
+    checks = result.report["budgets"]
+    assert len(checks) == 3 * 3 and all(c["passed"] for c in checks)  # 3 student ONNX artifacts x 3 limits
+    suite = ET.parse(cached_run / "out" / "junit.xml").getroot()
+    assert suite.get("tests") == "9" and suite.get("failures") == "0"
+    assert len(suite.findall("./testsuite/testcase")) == 9
+    assert "| student.onnx | x86-cpu | p90_ms |" in summary.read_text()
+
+
+def test_missed_budget_fails_with_exit_code_3_after_writing_reports(cached_run: Path) -> None:
+    budgets = "budgets:\n  x86-cpu: {p50_ms: 0.000001, artifacts: ['student.int8-*']}\n"
+    recipe = _with_budgets(cached_run, budgets, "tight.yaml")
+    with pytest.raises(BudgetError, match=r"2 of 2 budget checks missed") as info:
+        pipeline.run(recipe, cached_run / "out")
+    assert info.value.exit_code == 3
+    report = json.loads((cached_run / "out" / "report.json").read_text())
+    assert {c["artifact"] for c in report["budgets"]} == {"student.int8-dynamic.onnx", "student.int8-static.onnx"}
+    suite = ET.parse(cached_run / "out" / "junit.xml").getroot()
+    assert suite.get("failures") == "2"
+    proc = subprocess.run(
+        [sys.executable, "-m", "compress", "run", str(recipe), "--out", str(cached_run / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 3 and "MISSED" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_budget_on_a_device_no_stage_profiles_is_rejected_before_work(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, DIGITS_RECIPE + "budgets:\n  x86-cpu-1thread: {p90_ms: 1}\n")
+    with pytest.raises(Exception, match=r"budgets.x86-cpu-1thread: no profile stage measures this device"):
+        pipeline.run(recipe, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("00-*"))
