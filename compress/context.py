@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from compress.data.dataset import DataBundle, fingerprint, load_data
 from compress.errors import StageError
@@ -25,7 +25,7 @@ class Context:
     out_dir: Path
     stage_dir: Path = Path()
     _data: DataBundle | None = None
-    _models: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = None
     tokenizer_folder: Path | None = None
 
     @property
@@ -42,9 +42,9 @@ class Context:
         return self.out_dir / ".cache"
 
     def data_fingerprint(self) -> str:
-        if "_fingerprint" not in self._models:
-            self._models["_fingerprint"] = fingerprint(self.recipe.data, self.base_dir)
-        return str(self._models["_fingerprint"])
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.recipe.data, self.base_dir)
+        return self._fingerprint
 
     def data(self) -> DataBundle:
         """The recipe's splits, loaded once (text is tokenised with the teacher's tokenizer)."""

@@ -221,12 +221,13 @@ def _run(
         log.info("stage %d %s: %s in %.1fs", pos, name, "loaded" if reuse else "done", seconds)
     result.artifacts = artifacts
     recipe_dict = {"name": recipe.name, "path": str(recipe_path), **recipe.model_dump(mode="json", exclude={"name"})}
+    report = build_report(artifacts, recipe_dict, out_dir)
     checks = None
     if recipe.budgets:
-        checks = budgets.evaluate(build_report(artifacts, recipe_dict, out_dir), recipe.budgets)
+        checks = report["budgets"] = budgets.evaluate(report, recipe.budgets)
         budgets.write_junit(checks, out_dir / "junit.xml", recipe.name)
         budgets.write_github_summary(checks, recipe.name)
-    result.report = write_report(artifacts, recipe_dict, out_dir, checks)
+    result.report = write_report(report, out_dir)
     _write_manifest(result, recipe_dict, history, time.perf_counter() - started)
     missed = [c for c in checks or [] if not c["passed"]]
     if missed:

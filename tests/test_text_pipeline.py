@@ -74,6 +74,16 @@ def test_text_recipe_end_to_end(tmp_path: Path, tiny_bert_dir: Path, sst2_slice:
     assert {"loss_kd", "loss_ce", "loss_hidden", "loss_minilm"} <= set(history[-1])
 
 
+def sst2_config(folder: Path, *, max_length: int) -> DataConfig:
+    return DataConfig(
+        format="tsv",
+        train=str(folder / "train.tsv"),
+        dev=str(folder / "dev.tsv"),
+        test=str(folder / "test.tsv"),
+        max_length=max_length,
+    )
+
+
 def _tiny_setup(tiny_bert_dir: Path, sst2_slice: Path) -> tuple[TaskModel, TaskModel, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     teacher = build_model(
@@ -87,13 +97,7 @@ def _tiny_setup(tiny_bert_dir: Path, sst2_slice: Path) -> tuple[TaskModel, TaskM
         base_dir=Path("."),
         teacher=teacher,
     )
-    cfg = DataConfig(
-        format="tsv",
-        train=str(sst2_slice / "train.tsv"),
-        dev=str(sst2_slice / "dev.tsv"),
-        test=str(sst2_slice / "test.tsv"),
-        max_length=32,
-    )
+    cfg = sst2_config(sst2_slice, max_length=32)
     data = load_data(cfg, Path("."), teacher.tokenizer)
     return teacher, student, next(iter(data.train.loader(16)))
 
@@ -147,13 +151,7 @@ def test_text_data_reads_real_sst2_with_dynamic_padding(sst2_slice: Path, tiny_b
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    cfg = DataConfig(
-        format="tsv",
-        train=str(sst2_slice / "train.tsv"),
-        dev=str(sst2_slice / "dev.tsv"),
-        test=str(sst2_slice / "test.tsv"),
-        max_length=16,
-    )
+    cfg = sst2_config(sst2_slice, max_length=16)
     data = load_data(cfg, Path("."), tok)
     assert (len(data.train), len(data.dev), len(data.test), data.num_labels) == (256, 64, 64, 2)
     batch = next(iter(data.train.loader(8)))

@@ -130,12 +130,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(
-    artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path, budget_checks: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    report = build_report(artifacts, recipe, out_dir)
-    if budget_checks is not None:
-        report["budgets"] = budget_checks
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     return report

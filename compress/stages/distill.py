@@ -111,6 +111,8 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         "logits cached" if cached is not None else "run every step",
     )
 
+    part_names = [f"loss_{c.name}" for c in config.losses]
+
     def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         with FeatureTaps(student.module, s_paths) as s_feats:
             s = Captured(student.logits(batch), s_feats)
@@ -121,9 +123,9 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
                 t = Captured(teacher.logits(batch), dict(t_feats))
         total = torch.zeros(())
         parts: dict[str, float] = {}
-        for term in terms:
+        for name, term in zip(part_names, terms, strict=True):
             value = term(s, t, batch)
-            parts[f"loss_{type(term).__name__[:-4].lower()}"] = float(value)
+            parts[name] = float(value)
             total = total + term.weight * value
         return total, parts
 
