@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from compress.errors import ModelError
+from compress.models.structure import encoder_layers
 from compress.recipe.base import Strict
 
 log = logging.getLogger("compress")
@@ -38,15 +39,13 @@ def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 
 def _layers_of(model: PreTrainedModel) -> nn.ModuleList:
-    base = getattr(model, model.base_model_prefix, None)
-    encoder = getattr(base, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if not isinstance(layers, nn.ModuleList):
+    try:
+        return encoder_layers(model)
+    except ModelError:
         raise ModelError(
             f"the teacher ({type(model).__name__}) has no `<base>.encoder.layer` list; built-in BERT students "
             "need a BERT-family teacher. Use `student: {hf: ...}` or `student: {python: ...}` instead."
-        )
-    return layers
+        ) from None
 
 
 def build_bert_student(teacher: PreTrainedModel, spec: BertStudentSpec) -> PreTrainedModel:

@@ -100,7 +100,9 @@ class TaskModel:
         if family == "hf":
             from transformers import AutoModelForSequenceClassification
 
-            module = AutoModelForSequenceClassification.from_pretrained(folder)
+            from compress.models.structure import load_structured
+
+            module = load_structured(folder) or AutoModelForSequenceClassification.from_pretrained(folder)
         else:
             module = build_module(family, spec)
             load_model(module, str(folder / "model.safetensors"))

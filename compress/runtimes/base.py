@@ -32,6 +32,17 @@ class Runtime(Protocol):
         self, path: Path, *, threads: int | None, provider: str | None, shape: dict[str, int], runs: int, warmup: int
     ) -> dict[str, Any]: ...
 
+    def benchmark_many(
+        self,
+        paths: list[Path],
+        *,
+        threads: int | None,
+        provider: str | None,
+        shape: dict[str, int],
+        runs: int,
+        warmup: int,
+    ) -> list[dict[str, Any]]: ...
+
 
 @dataclass(frozen=True)
 class RuntimeRef:

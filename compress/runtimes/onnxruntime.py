@@ -47,10 +47,23 @@ class OnnxRuntime:
     def benchmark(
         self, path: Path, *, threads: int | None, provider: str | None, shape: dict[str, int], runs: int, warmup: int
     ) -> dict[str, Any]:
+        return self.benchmark_many([path], threads=threads, provider=provider, shape=shape, runs=runs, warmup=warmup)[0]
+
+    def benchmark_many(
+        self,
+        paths: list[Path],
+        *,
+        threads: int | None,
+        provider: str | None,
+        shape: dict[str, int],
+        runs: int,
+        warmup: int,
+    ) -> list[dict[str, Any]]:
+        """Measure several models one after the other in one benchmark process (one interpreter start)."""
         cmd = [
             sys.executable,
             str(BENCH_SCRIPT),
-            str(path),
+            *[str(p) for p in paths],
             "--threads",
             str(threads or 0),
             "--provider",
@@ -67,5 +80,7 @@ class OnnxRuntime:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DeviceError(f"benchmark of {path.name} failed on onnxruntime ({provider}): {tail}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+            names = ", ".join(p.name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+            raise DeviceError(f"benchmark of {names} failed on onnxruntime ({provider}): {tail}")
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        return [out] if isinstance(out, dict) else out  # type: ignore[no-any-return]

@@ -65,23 +65,14 @@ def summarize(ms: list[float], batch: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--provider", default="CPUExecutionProvider")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--sequence", type=int, default=128)
-    p.add_argument("--runs", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=10)
-    args = p.parse_args()
+def measure(model: str, args: argparse.Namespace) -> dict[str, object]:
     base_rss = rss_mb()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     t0 = time.perf_counter()
-    session = ort.InferenceSession(args.model, opts, providers=[args.provider])
+    session = ort.InferenceSession(model, opts, providers=[args.provider])
     cold_ms = (time.perf_counter() - t0) * 1000.0
     feeds = make_inputs(session, args.batch, args.sequence)
     t0 = time.perf_counter()
@@ -110,7 +101,21 @@ def main() -> None:
             "machine": platform.machine(),
         }
     )
-    print(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("models", nargs="+", help="one model prints one JSON object; several print a JSON list")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--provider", default="CPUExecutionProvider")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--sequence", type=int, default=128)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    args = p.parse_args()
+    results = [measure(m, args) for m in args.models]
+    print(json.dumps(results[0] if len(results) == 1 else results))
 
 
 if __name__ == "__main__":

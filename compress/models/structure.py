@@ -1,0 +1,85 @@
+"""Per-layer encoder structure of BERT-family models: how many attention heads and FFN units each layer keeps.
+
+Hugging Face BERT sizes every layer from one config (``hidden / heads`` per head, ``intermediate_size`` units).
+Searched and pruned students differ per layer, so the structure is recorded in the config as
+``compress_structure = {"heads": [...], "ffn": [...]}`` and re-applied when the model is loaded. The head size
+stays the config's ``hidden_size // num_attention_heads``; HF's attention reshapes with ``-1`` heads, so a layer
+with smaller Q/K/V projections simply runs fewer heads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compress.errors import ModelError
+
+STRUCTURE_KEY = "compress_structure"
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ``<base>.encoder.layer`` list of a Hugging Face BERT-family model."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelError(
+            f"{type(model).__name__} has no `<base>.encoder.layer` list; this needs a BERT-family model "
+            "(BERT, MiniLM, RoBERTa, ...)."
+        )
+    return layers
+
+
+def head_size(config: Any) -> int:
+    return int(config.hidden_size // config.num_attention_heads)
+
+
+def current_structure(model: nn.Module) -> dict[str, list[int]]:
+    """Heads and FFN units of every layer, read from the modules themselves."""
+    heads, ffn = [], []
+    d = head_size(model.config)  # type: ignore[attr-defined]
+    for layer in encoder_layers(model):
+        heads.append(layer.attention.self.query.out_features // d)
+        ffn.append(layer.intermediate.dense.out_features)
+    return {"heads": heads, "ffn": ffn}
+
+
+def resize_encoder(model: nn.Module, heads: list[int], ffn: list[int]) -> None:
+    """Replace each layer's projections with ones sized for ``heads[i]`` heads and ``ffn[i]`` units (new weights)."""
+    layers = encoder_layers(model)
+    if len(heads) != len(layers) or len(ffn) != len(layers):
+        raise ModelError(f"structure has {len(heads)} heads / {len(ffn)} ffn entries for {len(layers)} layers.")
+    config = model.config  # type: ignore[attr-defined]
+    hidden, d = config.hidden_size, head_size(config)
+    for layer, n, f in zip(layers, heads, ffn, strict=True):
+        if n < 1 or f < 1:
+            raise ModelError(f"every layer needs at least one head and one FFN unit (got heads={n}, ffn={f}).")
+        attn = layer.attention.self
+        attn.query, attn.key, attn.value = (nn.Linear(hidden, n * d) for _ in range(3))
+        attn.num_attention_heads, attn.all_head_size = n, n * d
+        layer.attention.output.dense = nn.Linear(n * d, hidden)
+        layer.intermediate.dense = nn.Linear(hidden, f)
+        layer.output.dense = nn.Linear(f, hidden)
+    uniform = len(set(heads)) == 1 and heads[0] * d == hidden and len(set(ffn)) == 1
+    if uniform:
+        config.intermediate_size = ffn[0]
+        if hasattr(config, STRUCTURE_KEY):
+            delattr(config, STRUCTURE_KEY)
+    else:
+        setattr(config, STRUCTURE_KEY, {"heads": list(heads), "ffn": list(ffn)})
+
+
+def load_structured(folder: Path) -> nn.Module | None:
+    """Load a saved model whose config carries a per-layer structure; None when it has none."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(folder)
+    structure = getattr(config, STRUCTURE_KEY, None)
+    if not structure:
+        return None
+    model = AutoModelForSequenceClassification.from_config(config)
+    resize_encoder(model, structure["heads"], structure["ffn"])
+    load_model(model, str(folder / "model.safetensors"))
+    return model

@@ -1,0 +1,72 @@
+"""Search budgets: parameters, FLOPs (torch's own flop counter) and latency predicted for a device profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import Field, model_validator
+from torch.utils.flop_counter import FlopCounterMode
+
+from compress.models.task_model import TaskModel
+from compress.recipe.base import Strict
+
+
+class SearchBudget(Strict):
+    """Hard limits every candidate must meet (give at least one)."""
+
+    max_params: float | None = Field(None, gt=0, description="Most parameters, e.g. 5e6.")
+    max_mflops: float | None = Field(
+        None, gt=0, description="Most MFLOPs per example (torch.utils.flop_counter, batch 1, `sequence` tokens)."
+    )
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="Most p50 latency in ms on `device` (batch 1, `sequence` tokens), fp32 ONNX."
+    )
+    device: str = Field("x86-cpu", description="Device profile for `max_latency_ms` (name or YAML path).")
+    sequence: int = Field(128, gt=0, description="Sequence length for FLOPs and latency (text models).")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> SearchBudget:
+        if self.max_params is None and self.max_mflops is None and self.max_latency_ms is None:
+            raise ValueError("give at least one of max_params, max_mflops, max_latency_ms")
+        return self
+
+
+@dataclass
+class Cost:
+    params: int
+    mflops: float
+    latency_ms: float | None = None
+    measured_ms: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def violations(self, budget: SearchBudget) -> list[str]:
+        out = []
+        if budget.max_params is not None and self.params > budget.max_params:
+            out.append(f"params {self.params:,} > {budget.max_params:,.0f}")
+        if budget.max_mflops is not None and self.mflops > budget.max_mflops:
+            out.append(f"MFLOPs {self.mflops:.1f} > {budget.max_mflops:g}")
+        if budget.max_latency_ms is not None and self.latency_ms is not None and self.latency_ms > budget.max_latency_ms:
+            out.append(f"predicted latency {self.latency_ms:.3f} ms > {budget.max_latency_ms:g} ms")
+        return out
+
+
+def dummy_inputs(model: TaskModel, sequence: int, image_shape: tuple[int, ...] | None) -> dict[str, torch.Tensor]:
+    if model.modality == "text":
+        ids = torch.full((1, sequence), 1000, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    assert image_shape is not None
+    return {"pixel_values": torch.zeros((1, *image_shape))}
+
+
+def count_mflops(model: TaskModel, inputs: dict[str, torch.Tensor]) -> float:
+    """FLOPs of one forward pass, counted by torch.utils.flop_counter (matmul/conv/attention kernels)."""
+    model.module.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.logits(inputs)
+    return counter.get_total_flops() / 1e6
+
+
+def static_cost(model: TaskModel, sequence: int, image_shape: tuple[int, ...] | None) -> Cost:
+    return Cost(model.num_params(), count_mflops(model, dummy_inputs(model, sequence, image_shape)))

@@ -1,0 +1,332 @@
+"""`search`: pick the student architecture for this teacher and budget (DisWOT or AutoDistil)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from compress.artifacts import Artifacts
+from compress.context import Context
+from compress.data.dataset import DataBundle
+from compress.devices import resolve_device
+from compress.errors import StageError
+from compress.models.task_model import TaskModel
+from compress.recipe.base import Strict
+from compress.search.budget import Cost, SearchBudget, static_cost
+from compress.search.candidates import build_candidate, resolve_transformer_space
+from compress.search.evolution import Evaluated, SearchResult, evolve
+from compress.search.latency import CnnLatency, TransformerLatency, latency_model
+from compress.search.space import Arch, CnnSpace, Space, TransformerSpace, arch_key
+from compress.stages.base import StageConfig, register_stage, require
+from compress.stages.common import save_model_artifact
+
+log = logging.getLogger("compress")
+
+
+def _space_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return str(v.get("kind") or ("transformer" if {"layers", "hidden", "heads", "ffn"} & set(v) else "cnn"))
+    return str(getattr(v, "kind", "cnn"))
+
+
+SpaceField = Annotated[
+    Annotated[CnnSpace, Tag("cnn")] | Annotated[TransformerSpace, Tag("transformer")], Discriminator(_space_kind)
+]
+
+
+class Evolution(Strict):
+    """Evolutionary search settings (spaces no larger than population x (generations + 1) are enumerated)."""
+
+    population: int = Field(16, ge=2, description="Candidates per generation.")
+    generations: int = Field(10, ge=0, description="Generations after the initial population.")
+    mutation_prob: float = Field(0.3, gt=0, le=1, description="Probability of re-drawing each choice.")
+
+
+class Supernet(Strict):
+    """AutoDistil super-network training, per sub-space."""
+
+    subspaces: int = Field(2, ge=1, description="K: sub-spaces (groups of hidden sizes), one super-network each.")
+    steps: int = Field(300, gt=0, description="Sandwich-rule steps per super-network.")
+    batch_size: int = Field(32, gt=0, description="Unlabelled sentences per step.")
+    lr: float = Field(5e-5, gt=0, description="AdamW peak learning rate (linear warm-up 10%, then decay).")
+    random_subnets: int = Field(2, ge=0, description="Random sub-networks per step, besides the largest and smallest.")
+    eval_batches: int = Field(8, gt=0, description="Held-out (dev) batches that score each sub-network.")
+
+
+class SearchConfig(StageConfig):
+    """Search the student architecture under a budget; the chosen student feeds the next stage."""
+
+    stage: Literal["search"]
+    method: Literal["diswot", "autodistil"] = Field(
+        ..., description="`diswot` (training-free score) or `autodistil` (weight-sharing super-networks)."
+    )
+    space: SpaceField | None = Field(
+        None,
+        description="The search space: CNN keys (block, stages, depth, width, kernel, expansion) or Transformer "
+        "keys (layers, hidden, heads, ffn). Default: derived from the teacher.",
+    )
+    budget: SearchBudget = Field(..., description="Limits every candidate must meet.")
+    evolution: Evolution = Field(default_factory=Evolution)  # type: ignore[arg-type]
+    supernet: Supernet = Field(default_factory=Supernet)  # type: ignore[arg-type]
+    batch_size: int = Field(64, gt=1, description="DisWOT: examples in the scoring batch.")
+    feature: str | None = Field(
+        None, description="DisWOT on image teachers: module path of the teacher's last feature map (default: found)."
+    )
+    top_k: int = Field(5, gt=0, description="Best candidates kept in the report (and measured end to end).")
+    output: str = Field("student", description="Name of the produced model artifact.")
+
+    @model_validator(mode="after")
+    def _method_fits_space(self) -> SearchConfig:
+        if self.method == "autodistil" and isinstance(self.space, CnnSpace):
+            raise ValueError("autodistil searches Transformer students; give a transformer space or use diswot")
+        return self
+
+
+# ---- set-up checks, before any expensive work ------------------------------------------------------
+def _resolve_space(config: SearchConfig, teacher: TaskModel) -> Space:
+    space = config.space
+    if space is None:
+        space = TransformerSpace() if teacher.modality == "text" else CnnSpace()
+    if isinstance(space, TransformerSpace):
+        return resolve_transformer_space(space, teacher, "search.space")
+    if teacher.modality != "image":
+        raise StageError("search.space: a CNN space needs image data; this teacher takes text.")
+    return space
+
+
+def _smallest(space: Space) -> Arch:
+    if isinstance(space, TransformerSpace):
+        return space.smallest()
+    n = min(space.stages)
+    block = "mbv2" if "mbv2" in space.block and len(space.block) == 1 else space.block[0]
+    return {
+        "block": block,
+        "kernel": min(space.kernel),
+        "expansion": min(space.expansion) if block == "mbv2" else 1,
+        "widths": [min(space.width)] * n,
+        "depths": [min(space.depth)] * n,
+    }
+
+
+class Costs:
+    """Params / FLOPs (memoised) and predicted latency of candidates; the budget verdict of each."""
+
+    def __init__(self, space: Space, teacher: TaskModel, data: DataBundle, config: SearchConfig, ctx: Context):
+        self.space, self.teacher, self.budget = space, teacher, config.budget
+        self.in_channels, self.seed = data.in_channels, ctx.seed
+        x = data.train.features[:1] if teacher.modality == "image" else None
+        self.image_shape = tuple(x.shape[1:]) if x is not None else None
+        self.cache: dict[str, Cost] = {}
+        self.latency: CnnLatency | TransformerLatency | None = None
+        if self.budget.max_latency_ms is not None:
+            device = resolve_device(self.budget.device, ctx.base_dir)
+            self.latency = latency_model(
+                space, device, sequence=self.budget.sequence, teacher=teacher, image_shape=self.image_shape,
+                classes=teacher.num_labels, cache_dir=ctx.out_dir / ".cache" / "latency",
+            )  # fmt: skip
+
+    def static(self, arch: Arch) -> Cost:
+        key = arch_key(arch)
+        if key not in self.cache:
+            model = build_candidate(self.space, arch, self.teacher, in_channels=self.in_channels, seed=self.seed)
+            self.cache[key] = static_cost(model, self.budget.sequence, self.image_shape)
+        return self.cache[key]
+
+    def violations(self, archs: list[Arch]) -> list[list[str]]:
+        costs = [self.static(a) for a in archs]
+        verdicts = [c.violations(self.budget) for c in costs]
+        if self.latency is not None:
+            todo = [i for i, v in enumerate(verdicts) if not v]
+            for i, ms in zip(todo, self.latency.predict([archs[i] for i in todo]), strict=True):
+                costs[i].latency_ms = ms
+                verdicts[i] = costs[i].violations(self.budget)
+        return verdicts
+
+
+def _check_budget_reachable(costs: Costs) -> None:
+    arch = _smallest(costs.space)
+    why = costs.violations([arch])[0]
+    if why:
+        raise StageError(
+            f"search.budget: no candidate can meet it; the smallest in the space "
+            f"({costs.space.describe(arch)}) already has {'; '.join(why)}. Loosen the budget or shrink the space."
+        )
+
+
+# ---- the two methods ----------------------------------------------------------------------------------
+def _diswot(config: SearchConfig, space: Space, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context):
+    from compress.search.diswot import diswot_score, last_feature_path, signature
+
+    feature = config.feature or last_feature_path(teacher)
+    batch = next(iter(data.train.loader(config.batch_size, shuffle=True, seed=ctx.seed)))
+    t_sig = signature(teacher, batch, feature)
+
+    def score(archs: list[Arch]) -> list[dict[str, float]]:
+        out = []
+        for arch in archs:
+            cand = build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed)
+            out.append(diswot_score(t_sig, signature(cand, batch, last_feature_path(cand))))
+        return out
+
+    all_archs = space.all() if isinstance(space, TransformerSpace) else None
+    result = _evolve(config, space, score, costs, all_archs)
+    return result, None
+
+
+def _autodistil(config: SearchConfig, space: TransformerSpace, teacher: TaskModel, data: DataBundle, costs, ctx):
+    from compress.search.autodistil import HeldOut, relation_heads, train_supernet
+    from compress.search.supernet import SuperNet
+
+    heads = relation_heads(space, teacher)
+    held = HeldOut(teacher, data.dev, config.supernet.eval_batches, config.supernet.batch_size, heads)
+    ranked: list[Evaluated] = []
+    nets: dict[str, SuperNet] = {}
+    trainings, evaluated, rejected = [], 0, 0
+    subspaces = space.split(config.supernet.subspaces)
+    for k, sub in enumerate(subspaces):
+        feasible = [a for a, v in zip(sub.all(), costs.violations(sub.all()), strict=True) if not v]
+        if not feasible:
+            log.info("autodistil: sub-space %d (hidden %s) has no candidate within the budget; skipped", k, sub.hidden)
+            continue
+        net = SuperNet(teacher.module)
+        s = config.supernet
+        trainings.append(
+            train_supernet(
+                net, teacher, sub, data.train, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
+                random_subnets=s.random_subnets, heads=heads, seed=ctx.seed + k, label=f"sub-space {k + 1}/{len(subspaces)}",
+            ).__dict__ | {"hidden": sub.hidden}
+        )  # fmt: skip
+
+        def score(archs: list[Arch], net: SuperNet = net) -> list[dict[str, float]]:
+            return [{"score": -(loss := held.loss(net, a)), "loss": loss} for a in archs]
+
+        res = _evolve(config, sub, score, costs, sub.all())
+        for e in res.ranked:
+            nets[arch_key(e.arch)] = net
+        ranked += res.ranked
+        evaluated, rejected = evaluated + res.evaluated, rejected + res.rejected
+    if not ranked:
+        raise StageError("search.budget: no sub-network of any sub-space meets the budget.")
+    ranked.sort(key=lambda e: -e.score)
+    return SearchResult(ranked, evaluated, rejected, True), (nets, trainings)
+
+
+def _evolve(config: SearchConfig, space: Space, score, costs: Costs, all_archs: list[Arch] | None) -> SearchResult:
+    e = config.evolution
+    t0 = time.perf_counter()
+    result = evolve(
+        space, score, costs.violations, population=e.population, generations=e.generations,
+        mutation_prob=e.mutation_prob, seed=costs.seed, all_archs=all_archs,
+    )  # fmt: skip
+    dt = time.perf_counter() - t0
+    log.info(
+        "search: %d candidates scored (%d rejected by the budget) in %.1f s: %.1f candidates/s; best %s (%.4f)",
+        result.evaluated, result.rejected, dt, result.evaluated / max(dt, 1e-9),
+        space.describe(result.ranked[0].arch), result.ranked[0].score,
+    )  # fmt: skip
+    return result
+
+
+# ---- choosing, measuring and building the student ----------------------------------------------------
+def _measure_top(top: list[Evaluated], costs: Costs) -> list[float] | None:
+    """End-to-end latency of the top candidates, to check the table's prediction and the budget."""
+    if costs.latency is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="compress-top-") as tmp:
+        paths = []
+        for i, e in enumerate(top):
+            paths.append(Path(tmp) / f"top{i}.onnx")
+            costs.latency.export_full(e.arch, paths[-1])
+        return costs.latency.measure(paths)
+
+
+def _rows(top: list[Evaluated], costs: Costs, measured: list[float] | None, space: Space) -> list[dict[str, Any]]:
+    rows = []
+    for i, e in enumerate(top):
+        c = costs.static(e.arch)
+        rows.append(
+            {
+                "rank": i + 1, "arch": e.arch, "describe": space.describe(e.arch), "score": e.score,
+                "parts": e.parts, "params": c.params, "mflops": round(c.mflops, 3),
+                "predicted_ms": c.latency_ms, "measured_ms": measured[i] if measured else None,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _pick(rows: list[dict[str, Any]], budget: SearchBudget) -> dict[str, Any]:
+    if budget.max_latency_ms is None:
+        return rows[0]
+    for row in rows:
+        if row["measured_ms"] <= budget.max_latency_ms:
+            return row
+    raise StageError(
+        f"search.budget.max_latency_ms: none of the top {len(rows)} candidates measures within "
+        f"{budget.max_latency_ms} ms end to end (measured {[round(r['measured_ms'], 3) for r in rows]} ms; the "
+        "latency table predicted them within). Raise `top_k` or loosen the budget."
+    )
+
+
+@register_stage("search", SearchConfig)
+def run(artifacts: Artifacts, config: SearchConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
+    require(artifacts, "teacher", "search")
+    teacher = ctx.load_model(artifacts["teacher"])
+    teacher.module.requires_grad_(False)
+    data = ctx.data()
+    space = _resolve_space(config, teacher)
+    costs = Costs(space, teacher, data, config, ctx)
+    _check_budget_reachable(costs)
+    log.info("search: %s over a %s space of %d candidates", config.method, space.kind, space.size())
+    t0 = time.perf_counter()
+    if config.method == "diswot":
+        result, extra = _diswot(config, space, teacher, data, costs, ctx)
+    else:
+        assert isinstance(space, TransformerSpace)
+        result, extra = _autodistil(config, space, teacher, data, costs, ctx)
+    search_s = time.perf_counter() - t0
+    top = result.ranked[: config.top_k]
+    measured = _measure_top(top, costs)
+    rows = _rows(top, costs, measured, space)
+    chosen = _pick(rows, config.budget)
+    student = _build_student(config, space, chosen["arch"], teacher, data, ctx, extra)
+    art = save_model_artifact(student, config.output, ctx, "search", "teacher", data, 128)
+    art.info["search"] = _info(config, space, result, rows, chosen, search_s, extra)
+    log.info("search: chose %s (rank %d)", chosen["describe"], chosen["rank"])
+    return {config.output: art}
+
+
+def _build_student(config, space, arch, teacher, data, ctx, extra) -> TaskModel:
+    if isinstance(space, CnnSpace):  # DisWOT's CNN students train from scratch, as in the paper
+        return build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed)
+    from compress.search.supernet import SuperNet
+
+    net = extra[0][arch_key(arch)] if extra else SuperNet(teacher.module)  # DisWOT: slice the rewired teacher
+    module = net.extract(arch)
+    return TaskModel(module, "hf", "text", teacher.num_labels, teacher.tokenizer, {"search": arch})
+
+
+def _info(config, space, result: SearchResult, rows, chosen, seconds: float, extra) -> dict[str, Any]:
+    errors = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows if r["measured_ms"]]
+    info: dict[str, Any] = {
+        "method": config.method,
+        "space": space.model_dump(),
+        "space_size": space.size(),
+        "budget": config.budget.model_dump(),
+        "evaluated": result.evaluated,
+        "rejected": result.rejected,
+        "exhaustive": result.exhaustive,
+        "seconds": round(seconds, 2),
+        "top": rows,
+        "chosen": chosen,
+        "latency_table_mape": sum(errors) / len(errors) if errors else None,
+    }
+    if extra:
+        info["supernets"] = extra[1]
+    return info
+
+
