@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Any
 
 from pydantic import Field
-from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from compress.errors import ModelError
@@ -38,7 +38,7 @@ def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return [round(step * (i + 1)) - 1 for i in range(student_layers)]
 
 
-def _layers_of(model: PreTrainedModel) -> nn.ModuleList:
+def _layers_of(model: PreTrainedModel) -> list[Any]:
     try:
         return encoder_layers(model)
     except ModelError:

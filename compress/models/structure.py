@@ -19,8 +19,9 @@ from compress.errors import ModelError
 STRUCTURE_KEY = "compress_structure"
 
 
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The ``<base>.encoder.layer`` list of a Hugging Face BERT-family model."""
+def encoder_layers(model: nn.Module) -> list[Any]:
+    """The ``<base>.encoder.layer`` modules of a Hugging Face BERT-family model (typed loosely: HF layers
+    expose their sub-modules as dynamic attributes)."""
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if not isinstance(layers, nn.ModuleList):
@@ -28,7 +29,7 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
             f"{type(model).__name__} has no `<base>.encoder.layer` list; this needs a BERT-family model "
             "(BERT, MiniLM, RoBERTa, ...)."
         )
-    return layers
+    return list(layers)
 
 
 def head_size(config: Any) -> int:
@@ -50,7 +51,7 @@ def resize_encoder(model: nn.Module, heads: list[int], ffn: list[int]) -> None:
     layers = encoder_layers(model)
     if len(heads) != len(layers) or len(ffn) != len(layers):
         raise ModelError(f"structure has {len(heads)} heads / {len(ffn)} ffn entries for {len(layers)} layers.")
-    config = model.config  # type: ignore[attr-defined]
+    config: Any = model.config
     hidden, d = config.hidden_size, head_size(config)
     for layer, n, f in zip(layers, heads, ffn, strict=True):
         if n < 1 or f < 1:

@@ -19,9 +19,10 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     """Drop the union tags pydantic inserts (stage and loss names, model class names) from an error path."""
     out: list[str | int] = []
     node = data
-    for part in loc:
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1  # a missing key is reported at the end of the path: keep it
         tag_like = isinstance(part, str) and (
-            part in STAGES or not part.isidentifier() or part[0].isupper() or _is_tag(node, part)
+            part in STAGES or not part.isidentifier() or part[0].isupper() or _is_tag(node, part) or not last
         )
         if isinstance(node, dict) and part not in node and out and tag_like:
             continue  # a discriminator tag or a function-validator marker, not a key of the YAML mapping
@@ -36,8 +37,8 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     return tuple(out)
 
 
-def _is_tag(node: dict, part: str) -> bool:
-    return node.get("stage") == part or node.get("name") == part
+def _is_tag(node: Any, part: str) -> bool:
+    return isinstance(node, dict) and (node.get("stage") == part or node.get("name") == part)
 
 
 def _child(node: Any, part: str | int) -> Any:
@@ -53,18 +54,24 @@ def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
     model: type[BaseModel] | None = Recipe
     node = data
     mapping_value: Any = None  # the value type while inside a dict[str, Model] field
+    item_type: Any = None  # the item type while inside a list[Model] field (resolved on the item itself)
     for part in loc:
         node = _child(node, part)
         if mapping_value is not None:
             model, mapping_value = _resolve(mapping_value, node), None
             continue
         if isinstance(part, int):
+            if item_type is not None:
+                model, item_type = _resolve(item_type, node), None
             continue
         field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return None
         if typing.get_origin(field.annotation) is dict:
             mapping_value = typing.get_args(field.annotation)[1]
+            continue
+        if typing.get_origin(field.annotation) is list:
+            item_type = typing.get_args(field.annotation)[0]
             continue
         model = _resolve(field.annotation, node)
     return model

@@ -19,6 +19,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ log = logging.getLogger("compress")
 
 def relation_heads(space: TransformerSpace, teacher: TaskModel) -> int:
     """The most relation heads (at most the teacher's heads) that divide every Q/K/V width involved."""
-    cfg = teacher.module.config  # type: ignore[union-attr]
+    cfg: Any = teacher.module.config
     d = head_size(cfg)
     widths = [h * d for h in space.choices()["heads"]] + [cfg.num_attention_heads * d]
     return max(r for r in range(1, cfg.num_attention_heads + 1) if all(w % r == 0 for w in widths))
@@ -51,9 +52,7 @@ def _teacher_qkv(teacher: TaskModel, batch: Batch) -> list[torch.Tensor]:
     return [feats[p] for p in paths]
 
 
-def subnet_loss(
-    net: SuperNet, arch: Arch, batch: Batch, t_qkv: list[torch.Tensor], heads: int
-) -> torch.Tensor:
+def subnet_loss(net: SuperNet, arch: Arch, batch: Batch, t_qkv: list[torch.Tensor], heads: int) -> torch.Tensor:
     paths = net.qkv_paths(arch)
     with FeatureTaps(net.skeleton(arch), paths) as feats:
         net.forward_sub(arch, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
@@ -105,7 +104,7 @@ def train_supernet(
                 for arch in archs:
                     loss = subnet_loss(net, arch, batch, t_qkv, heads) / len(archs)
                     loss.backward()
-                    total += float(loss)
+                    total += float(loss.detach())
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 sched.step()

@@ -46,7 +46,11 @@ class Cost:
             out.append(f"params {self.params:,} > {budget.max_params:,.0f}")
         if budget.max_mflops is not None and self.mflops > budget.max_mflops:
             out.append(f"MFLOPs {self.mflops:.1f} > {budget.max_mflops:g}")
-        if budget.max_latency_ms is not None and self.latency_ms is not None and self.latency_ms > budget.max_latency_ms:
+        if (
+            budget.max_latency_ms is not None
+            and self.latency_ms is not None
+            and self.latency_ms > budget.max_latency_ms
+        ):
             out.append(f"predicted latency {self.latency_ms:.3f} ms > {budget.max_latency_ms:g} ms")
         return out
 

@@ -66,12 +66,19 @@ def build_candidate(space: Space, arch: Arch, teacher: TaskModel, *, in_channels
 def resolve_transformer_space(space: TransformerSpace, teacher: TaskModel, key: str) -> TransformerSpace:
     """Fill unset choices from the teacher and check every choice fits it (errors name ``key``)."""
     if teacher.family != "hf" or teacher.modality != "text":
-        raise StageError(f"{key}: a transformer space needs a Hugging Face text teacher (got a {teacher.family} model).")
-    cfg = teacher.module.config  # type: ignore[union-attr]
+        raise StageError(
+            f"{key}: a transformer space needs a Hugging Face text teacher (got a {teacher.family} model)."
+        )
+    cfg: Any = teacher.module.config
     encoder_layers(teacher.module)
     if getattr(cfg, "compress_structure", None):
         raise StageError(f"{key}: the teacher has a per-layer pruned structure; search needs a uniform teacher.")
-    n_layers, hidden, heads, ffn = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size
+    n_layers, hidden, heads, ffn = (
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+    )
     d = head_size(cfg)
 
     def frac(total: int, lo: float, unit: int = 1) -> list[int]:

@@ -85,7 +85,8 @@ def evolve(
                 _tick(bar, pool, len(ok[i : i + population]))
         return SearchResult(sorted(pool, key=lambda e: -e.score), len(pool), rejected, True)
 
-    init, tries = [], 0
+    init: list[Arch] = []
+    tries = 0
     while len(init) < population and tries < 50:
         ok, bad = _feasible_batch([space.sample(rng) for _ in range(population)], feasible, seen)
         init += ok

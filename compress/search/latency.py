@@ -117,7 +117,8 @@ class CnnLatency(LatencyTable):
         x = torch.zeros(1, c, h, w)
         parts: list[tuple[str, nn.Module]] = [("stem", net.stem)]
         for si, stage in enumerate(net.stages):
-            parts += [(f"s{si}b{bi}", block) for bi, block in enumerate(stage)]  # type: ignore[arg-type]
+            blocks: list[nn.Module] = list(stage.children())
+            parts += [(f"s{si}b{bi}", block) for bi, block in enumerate(blocks)]
         out: dict[str, Callable[[Path], None]] = {}
         for _, module in parts:
             key = f"{type(module).__name__}:{tuple(x.shape)}:{_signature(module)}"

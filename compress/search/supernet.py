@@ -70,7 +70,7 @@ class SuperNet(nn.Module):
         cfg = teacher_module.config  # type: ignore[attr-defined]
         if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
             raise ModelError("the AutoDistil super-network supports absolute position embeddings only.")
-        self.model = copy.deepcopy(teacher_module)
+        self.model = copy.deepcopy(teacher_module).requires_grad_(True)
         self.config: Any = self.model.config
         self.n_layers = len(encoder_layers(self.model))
         rewire(self.model)

@@ -19,7 +19,7 @@ from compress.models.task_model import TaskModel
 from compress.recipe.base import Strict
 from compress.search.budget import Cost, SearchBudget, static_cost
 from compress.search.candidates import build_candidate, resolve_transformer_space
-from compress.search.evolution import Evaluated, SearchResult, evolve
+from compress.search.evolution import Evaluated, ScoreFn, SearchResult, evolve
 from compress.search.latency import CnnLatency, TransformerLatency, latency_model
 from compress.search.space import Arch, CnnSpace, Space, TransformerSpace, arch_key
 from compress.stages.base import StageConfig, register_stage, require
@@ -74,6 +74,11 @@ class SearchConfig(StageConfig):
     evolution: Evolution = Field(default_factory=Evolution)  # type: ignore[arg-type]
     supernet: Supernet = Field(default_factory=Supernet)  # type: ignore[arg-type]
     batch_size: int = Field(64, gt=1, description="DisWOT: examples in the scoring batch.")
+    semantic: Literal["class", "sample"] = Field(
+        "class",
+        description="DisWOT semantic similarity: `class` (class-by-class Gram of the class-activation weights, "
+        "the paper's) or `sample` (sample-by-sample Gram of per-sample Grad-CAM / attention maps).",
+    )
     feature: str | None = Field(
         None, description="DisWOT on image teachers: module path of the teacher's last feature map (default: found)."
     )
@@ -119,7 +124,7 @@ class Costs:
     def __init__(self, space: Space, teacher: TaskModel, data: DataBundle, config: SearchConfig, ctx: Context):
         self.space, self.teacher, self.budget = space, teacher, config.budget
         self.in_channels, self.seed = data.in_channels, ctx.seed
-        x = data.train.features[:1] if teacher.modality == "image" else None
+        x: Any = data.train.features[:1] if teacher.modality == "image" else None
         self.image_shape = tuple(x.shape[1:]) if x is not None else None
         self.cache: dict[str, Cost] = {}
         self.latency: CnnLatency | TransformerLatency | None = None
@@ -159,7 +164,12 @@ def _check_budget_reachable(costs: Costs) -> None:
 
 
 # ---- the two methods ----------------------------------------------------------------------------------
-def _diswot(config: SearchConfig, space: Space, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context):
+Extra = tuple[dict[str, Any], list[dict[str, Any]]] | None  # AutoDistil: super-network per arch, trainings
+
+
+def _diswot(
+    config: SearchConfig, space: Space, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context
+) -> tuple[SearchResult, Extra]:
     from compress.search.diswot import diswot_score, last_feature_path, signature
 
     feature = config.feature or last_feature_path(teacher)
@@ -170,7 +180,8 @@ def _diswot(config: SearchConfig, space: Space, teacher: TaskModel, data: DataBu
         out = []
         for arch in archs:
             cand = build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed)
-            out.append(diswot_score(t_sig, signature(cand, batch, last_feature_path(cand))))
+            s_sig = signature(cand, batch, last_feature_path(cand))
+            out.append(diswot_score(t_sig, s_sig, semantic=config.semantic))
         return out
 
     all_archs = space.all() if isinstance(space, TransformerSpace) else None
@@ -178,15 +189,18 @@ def _diswot(config: SearchConfig, space: Space, teacher: TaskModel, data: DataBu
     return result, None
 
 
-def _autodistil(config: SearchConfig, space: TransformerSpace, teacher: TaskModel, data: DataBundle, costs, ctx):
+def _autodistil(
+    config: SearchConfig, space: TransformerSpace, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context
+) -> tuple[SearchResult, Extra]:
     from compress.search.autodistil import HeldOut, relation_heads, train_supernet
     from compress.search.supernet import SuperNet
 
     heads = relation_heads(space, teacher)
     held = HeldOut(teacher, data.dev, config.supernet.eval_batches, config.supernet.batch_size, heads)
     ranked: list[Evaluated] = []
-    nets: dict[str, SuperNet] = {}
-    trainings, evaluated, rejected = [], 0, 0
+    nets: dict[str, Any] = {}
+    trainings: list[dict[str, Any]] = []
+    evaluated = rejected = 0
     subspaces = space.split(config.supernet.subspaces)
     for k, sub in enumerate(subspaces):
         feasible = [a for a, v in zip(sub.all(), costs.violations(sub.all()), strict=True) if not v]
@@ -195,12 +209,12 @@ def _autodistil(config: SearchConfig, space: TransformerSpace, teacher: TaskMode
             continue
         net = SuperNet(teacher.module)
         s = config.supernet
-        trainings.append(
-            train_supernet(
-                net, teacher, sub, data.train, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
-                random_subnets=s.random_subnets, heads=heads, seed=ctx.seed + k, label=f"sub-space {k + 1}/{len(subspaces)}",
-            ).__dict__ | {"hidden": sub.hidden}
+        label = f"sub-space {k + 1}/{len(subspaces)}"
+        trained = train_supernet(
+            net, teacher, sub, data.train, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
+            random_subnets=s.random_subnets, heads=heads, seed=ctx.seed + k, label=label,
         )  # fmt: skip
+        trainings.append(trained.__dict__ | {"hidden": sub.hidden})
 
         def score(archs: list[Arch], net: SuperNet = net) -> list[dict[str, float]]:
             return [{"score": -(loss := held.loss(net, a)), "loss": loss} for a in archs]
@@ -216,7 +230,9 @@ def _autodistil(config: SearchConfig, space: TransformerSpace, teacher: TaskMode
     return SearchResult(ranked, evaluated, rejected, True), (nets, trainings)
 
 
-def _evolve(config: SearchConfig, space: Space, score, costs: Costs, all_archs: list[Arch] | None) -> SearchResult:
+def _evolve(
+    config: SearchConfig, space: Space, score: ScoreFn, costs: Costs, all_archs: list[Arch] | None
+) -> SearchResult:
     e = config.evolution
     t0 = time.perf_counter()
     result = evolve(
@@ -293,14 +309,16 @@ def run(artifacts: Artifacts, config: SearchConfig, ctx: Context) -> Artifacts: 
     measured = _measure_top(top, costs)
     rows = _rows(top, costs, measured, space)
     chosen = _pick(rows, config.budget)
-    student = _build_student(config, space, chosen["arch"], teacher, data, ctx, extra)
+    student = _build_student(space, chosen["arch"], teacher, data, ctx, extra)
     art = save_model_artifact(student, config.output, ctx, "search", "teacher", data, 128)
     art.info["search"] = _info(config, space, result, rows, chosen, search_s, extra)
     log.info("search: chose %s (rank %d)", chosen["describe"], chosen["rank"])
     return {config.output: art}
 
 
-def _build_student(config, space, arch, teacher, data, ctx, extra) -> TaskModel:
+def _build_student(
+    space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, ctx: Context, extra: Extra
+) -> TaskModel:
     if isinstance(space, CnnSpace):  # DisWOT's CNN students train from scratch, as in the paper
         return build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed)
     from compress.search.supernet import SuperNet
@@ -310,7 +328,15 @@ def _build_student(config, space, arch, teacher, data, ctx, extra) -> TaskModel:
     return TaskModel(module, "hf", "text", teacher.num_labels, teacher.tokenizer, {"search": arch})
 
 
-def _info(config, space, result: SearchResult, rows, chosen, seconds: float, extra) -> dict[str, Any]:
+def _info(
+    config: SearchConfig,
+    space: Space,
+    result: SearchResult,
+    rows: list[dict[str, Any]],
+    chosen: dict[str, Any],
+    seconds: float,
+    extra: Extra,
+) -> dict[str, Any]:
     errors = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows if r["measured_ms"]]
     info: dict[str, Any] = {
         "method": config.method,
@@ -328,5 +354,3 @@ def _info(config, space, result: SearchResult, rows, chosen, seconds: float, ext
     if extra:
         info["supernets"] = extra[1]
     return info
-
-
