@@ -79,7 +79,7 @@ def main() -> None:
     scores = []
     for a in archs:
         cand = build_candidate(SPACE, a, teacher, in_channels=1, seed=args.seed)
-        s_sig = signature(cand, batch, last_feature_path(cand))
+        s_sig = signature(cand, batch, last_feature_path(cand), candidate=True)
         sample = diswot_score(t_sig, s_sig, semantic="sample")
         scores.append(
             diswot_score(t_sig, s_sig) | {"score_sample": sample["score"], "semantic_sample": sample["semantic"]}
@@ -123,7 +123,7 @@ def main() -> None:
     acc = np.array([r["accuracy"] for r in rows])
     rand = np.random.default_rng(args.seed)
     rand_rhos = [spearmanr(rand.random(len(rows)), acc).statistic for _ in range(1000)]
-    rho = {
+    rho: dict[str, float] = {
         "diswot": spearmanr([r["diswot"] for r in rows], acc).statistic,
         "diswot, sample-by-sample CAM semantic": spearmanr([r["diswot_sample"] for r in rows], acc).statistic,
         "diswot_semantic_only": spearmanr([-r["semantic"] for r in rows], acc).statistic,
@@ -142,10 +142,10 @@ def main() -> None:
         f"\nDisWOT scoring of {len(rows)} candidates: {score_s:.2f} s; distilling all of them: {train_s:.0f} s "
         f"({train_s / max(score_s, 1e-9):.0f}x). Accuracy range {100 * acc.min():.2f}-{100 * acc.max():.2f}%."
     )
-    target = {
-        "rho>=0.5": rho["diswot"] >= 0.5,
-        "beats params": rho["diswot"] > rho["params"],
-        "beats random": rho["diswot"] > rho["random (one draw)"],
+    target = {  # plain bools: JSON
+        "rho>=0.5": bool(rho["diswot"] >= 0.5),
+        "beats params": bool(rho["diswot"] > rho["params"]),
+        "beats random": bool(rho["diswot"] > rho["random (one draw)"]),
     }
     print(f"target: {target}")
     out = {

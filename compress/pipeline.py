@@ -221,7 +221,7 @@ def _run(
         log.info("stage %d %s: %s in %.1fs", pos, name, "loaded" if reuse else "done", seconds)
     result.artifacts = artifacts
     recipe_dict = {"name": recipe.name, "path": str(recipe_path), **recipe.model_dump(mode="json", exclude={"name"})}
-    report = build_report(artifacts, recipe_dict, out_dir)
+    report = build_report(artifacts, recipe_dict, out_dir, history)
     checks = None
     if recipe.budgets:
         checks = report["budgets"] = budgets.evaluate(report, recipe.budgets)

@@ -47,7 +47,20 @@ def _flag_not_smaller(art: Artifact, artifacts: Artifacts, flags: list[dict[str,
         flags.append({"artifact": art.name, "device": None, "kind": "not_smaller", "message": msg})
 
 
-def build_report(artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def _searches(history: list[Artifact]) -> list[dict[str, Any]]:
+    """What each search stage chose and its top candidates (the searched student is replaced by later stages)."""
+    out = []
+    for art in history:
+        info = art.info.get("search")
+        if info:
+            keep = ("method", "chosen", "top", "evaluated", "rejected", "seconds", "latency_table_mape", "budget")
+            out.append({"artifact": art.name} | {k: info.get(k) for k in keep})
+    return out
+
+
+def build_report(
+    artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path, history: list[Artifact] | None = None
+) -> dict[str, Any]:
     rows, flags = [], []
     devices = sorted({d for a in artifacts.values() for d in a.latency})
     for art in artifacts.values():
@@ -83,7 +96,13 @@ def build_report(artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path) ->
             row["latency"][device] = stats
         _flag_not_smaller(art, artifacts, flags)
         rows.append(row)
-    return {"recipe": recipe, "devices": devices, "artifacts": rows, "flags": flags}
+    return {
+        "recipe": recipe,
+        "devices": devices,
+        "artifacts": rows,
+        "flags": flags,
+        "searches": _searches(history or []),
+    }
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -122,12 +141,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## Flags", ""] + [f"- **{f['kind']}**: {f['message']}" for f in report["flags"]] + [""]
     else:
         lines += ["No flags: every measured artifact is faster than the one it came from.", ""]
+    for search in report.get("searches", []):
+        lines += _search_markdown(search)
     if report.get("budgets"):
         from compress.report.budgets import describe
 
         lines += ["## Budgets", ""] + [f"- {describe(c)}" for c in report["budgets"]] + [""]
     lines.append("Accuracy is measured on the test split, on each artifact's own runtime (PyTorch or onnxruntime).")
     return "\n".join(lines) + "\n"
+
+
+def _search_markdown(s: dict[str, Any]) -> list[str]:
+    mape = s.get("latency_table_mape")
+    lines = [
+        f"## Search: {s['method']} -> `{s['artifact']}`",
+        "",
+        f"{s['evaluated']} candidates scored ({s['rejected']} rejected by the budget) in {s['seconds']:.1f} s; "
+        f"chose **{s['chosen']['describe']}** (rank {s['chosen']['rank']})."
+        + (f" Latency table error on the top candidates: {100 * mape:.1f}%." if mape is not None else ""),
+        "",
+        "| rank | candidate | score | params | MFLOPs | predicted ms | measured ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in s["top"]:
+        lines.append(
+            f"| {r['rank']} | {r['describe']} | {r['score']:.4f} | {r['params']:,} | {r['mflops']:.1f} | "
+            f"{_fmt(r['predicted_ms'], '.3f')} | {_fmt(r['measured_ms'], '.3f')} |"
+        )
+    return [*lines, ""]
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -57,9 +57,12 @@ def class_weights(logits: torch.Tensor, labels: torch.Tensor, pooled: torch.Tens
     return err.T @ pooled.float() / len(labels)
 
 
-def cnn_signature(model: TaskModel, batch: Batch, feature_path: str) -> Signature:
-    """Grad-CAM of the true class at ``feature_path`` (a (B, C, h, w) feature map) and its pooled features."""
-    model.module.eval()
+def cnn_signature(model: TaskModel, batch: Batch, feature_path: str, *, batch_stats: bool = False) -> Signature:
+    """Grad-CAM of the true class at ``feature_path`` (a (B, C, h, w) feature map) and its pooled features.
+
+    ``batch_stats``: run batch norm on the batch's statistics (train mode), as training-free scores do for
+    randomly initialised candidates, whose running statistics are still the identity."""
+    model.module.train(batch_stats)
     with FeatureTaps(model.module, [feature_path]) as feats, torch.enable_grad():
         x = batch["pixel_values"].clone().requires_grad_(True)  # graph reaches the features even if frozen
         logits = model.logits({"pixel_values": x})
@@ -109,12 +112,13 @@ def diswot_score(teacher: Signature, student: Signature, *, semantic: str = "cla
     return {"score": -(d_sem + d_rel), "semantic": d_sem, "relation": d_rel}
 
 
-def signature(model: TaskModel, batch: Batch, feature_path: str | None) -> Signature:
+def signature(model: TaskModel, batch: Batch, feature_path: str | None, *, candidate: bool = False) -> Signature:
+    """The teacher's signature (``candidate=False``: eval mode) or a random-init candidate's."""
     if model.modality == "text":
         return transformer_signature(model, batch)
     if feature_path is None:
         raise ModelError("DisWOT on image models needs the path of the last feature map (`feature`).")
-    return cnn_signature(model, batch, feature_path)
+    return cnn_signature(model, batch, feature_path, batch_stats=candidate)
 
 
 def last_feature_path(model: TaskModel) -> str | None:

@@ -104,18 +104,21 @@ def _resolve_space(config: SearchConfig, teacher: TaskModel) -> Space:
     return space
 
 
-def _smallest(space: Space) -> Arch:
+def _smallest(space: Space) -> list[Arch]:
+    """The smallest candidate of each block type: if none meets the budget, no candidate does."""
     if isinstance(space, TransformerSpace):
-        return space.smallest()
+        return [space.smallest()]
     n = min(space.stages)
-    block = "mbv2" if "mbv2" in space.block and len(space.block) == 1 else space.block[0]
-    return {
-        "block": block,
-        "kernel": min(space.kernel),
-        "expansion": min(space.expansion) if block == "mbv2" else 1,
-        "widths": [min(space.width)] * n,
-        "depths": [min(space.depth)] * n,
-    }
+    return [
+        {
+            "block": block,
+            "kernel": min(space.kernel),
+            "expansion": min(space.expansion) if block == "mbv2" else 1,
+            "widths": [min(space.width)] * n,
+            "depths": [min(space.depth)] * n,
+        }
+        for block in space.block
+    ]
 
 
 class Costs:
@@ -154,9 +157,11 @@ class Costs:
 
 
 def _check_budget_reachable(costs: Costs) -> None:
-    arch = _smallest(costs.space)
-    why = costs.violations([arch])[0]
-    if why:
+    archs = _smallest(costs.space)
+    verdicts = costs.violations(archs)
+    if all(verdicts):
+        i = min(range(len(archs)), key=lambda j: costs.static(archs[j]).params)
+        arch, why = archs[i], verdicts[i]
         raise StageError(
             f"search.budget: no candidate can meet it; the smallest in the space "
             f"({costs.space.describe(arch)}) already has {'; '.join(why)}. Loosen the budget or shrink the space."
@@ -180,7 +185,7 @@ def _diswot(
         out = []
         for arch in archs:
             cand = build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed)
-            s_sig = signature(cand, batch, last_feature_path(cand))
+            s_sig = signature(cand, batch, last_feature_path(cand), candidate=True)
             out.append(diswot_score(t_sig, s_sig, semantic=config.semantic))
         return out
 

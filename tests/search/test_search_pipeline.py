@@ -79,6 +79,8 @@ def test_diswot_search_then_distill(tmp_path: Path) -> None:
     student = TaskModel.load(result.artifacts["student"].path)
     assert student.num_params() == info["chosen"]["params"] <= 12000
     assert result.artifacts["student.onnx"].metrics["accuracy"] > 0.3  # distilled from the searched arch
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Search: diswot -> `student`" in report and info["chosen"]["describe"] in report
 
 
 def test_budget_no_candidate_meets_is_a_clear_error(tmp_path: Path) -> None:
