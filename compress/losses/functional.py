@@ -80,3 +80,24 @@ def minilm_relation_loss(
             q = mask[:, None, :].to(kl.dtype)
             total = total + (kl * q).sum() / (q.sum() * kl.shape[1]).clamp_min(1.0)
     return total / len(student_qkv)
+
+
+def l1_cosine_loss(
+    student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor], *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Layer-to-layer distillation of DPHuBERT (Peng et al., 2023), after DistilHuBERT (Chang et al., 2022).
+
+    For each chosen layer pair: ``mean |h_s - h_t|`` plus the cosine distance ``1 - cos(h_s, h_t)`` per token,
+    averaged over non-padding tokens, then over layers. Hidden sizes must match (the student is a pruned copy).
+    """
+    total = student_hidden[0].new_zeros(())
+    for hs, ht in zip(student_hidden, teacher_hidden, strict=True):
+        l1 = (hs - ht).abs().mean(-1)
+        cos = 1.0 - F.cosine_similarity(hs, ht, dim=-1)
+        per_token = l1 + cos
+        if mask is None:
+            total = total + per_token.mean()
+        else:
+            m = mask.to(per_token.dtype)
+            total = total + (per_token * m).sum() / m.sum().clamp_min(1.0)
+    return total / len(student_hidden)

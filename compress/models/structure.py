@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from compress.errors import ModelError
@@ -41,27 +42,60 @@ def current_structure(model: nn.Module) -> dict[str, list[int]]:
     heads, ffn = [], []
     d = head_size(model.config)  # type: ignore[attr-defined]
     for layer in encoder_layers(model):
-        heads.append(layer.attention.self.query.out_features // d)
-        ffn.append(layer.intermediate.dense.out_features)
+        removed_att = isinstance(layer.attention, RemovedAttention)
+        heads.append(0 if removed_att else layer.attention.self.query.out_features // d)
+        ffn.append(0 if isinstance(layer.output, RemovedFFNOutput) else layer.intermediate.dense.out_features)
     return {"heads": heads, "ffn": ffn}
 
 
+class RemovedAttention(nn.Module):
+    """An attention block with no heads left: ``LayerNorm(x + b)``, ``b`` the output projection's bias."""
+
+    def __init__(self, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        return self.LayerNorm(hidden_states + self.bias), None
+
+
+class RemovedFFNOutput(nn.Module):
+    """The output of an FFN block with no units left: ``LayerNorm(x + b)`` (its intermediate is an Identity)."""
+
+    def __init__(self, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(input_tensor + self.bias)
+
+
 def resize_encoder(model: nn.Module, heads: list[int], ffn: list[int]) -> None:
-    """Replace each layer's projections with ones sized for ``heads[i]`` heads and ``ffn[i]`` units (new weights)."""
+    """Replace each layer's projections with ones sized for ``heads[i]`` heads and ``ffn[i]`` units (new weights).
+    Zero heads or zero units remove the block: only its output bias and LayerNorm remain."""
     layers = encoder_layers(model)
     if len(heads) != len(layers) or len(ffn) != len(layers):
         raise ModelError(f"structure has {len(heads)} heads / {len(ffn)} ffn entries for {len(layers)} layers.")
     config: Any = model.config
     hidden, d = config.hidden_size, head_size(config)
+    eps = config.layer_norm_eps
     for layer, n, f in zip(layers, heads, ffn, strict=True):
-        if n < 1 or f < 1:
-            raise ModelError(f"every layer needs at least one head and one FFN unit (got heads={n}, ffn={f}).")
-        attn = layer.attention.self
-        attn.query, attn.key, attn.value = (nn.Linear(hidden, n * d) for _ in range(3))
-        attn.num_attention_heads, attn.all_head_size = n, n * d
-        layer.attention.output.dense = nn.Linear(n * d, hidden)
-        layer.intermediate.dense = nn.Linear(hidden, f)
-        layer.output.dense = nn.Linear(f, hidden)
+        if n < 0 or f < 0:
+            raise ModelError(f"heads and FFN units cannot be negative (got heads={n}, ffn={f}).")
+        if n == 0:
+            layer.attention = RemovedAttention(hidden, eps)
+        else:
+            attn = layer.attention.self
+            attn.query, attn.key, attn.value = (nn.Linear(hidden, n * d) for _ in range(3))
+            attn.num_attention_heads, attn.all_head_size = n, n * d
+            layer.attention.output.dense = nn.Linear(n * d, hidden)
+        if f == 0:
+            layer.intermediate, layer.output = nn.Identity(), RemovedFFNOutput(hidden, eps)
+        else:
+            layer.intermediate.dense = nn.Linear(hidden, f)
+            layer.output.dense = nn.Linear(f, hidden)
     uniform = len(set(heads)) == 1 and heads[0] * d == hidden and len(set(ffn)) == 1
     if uniform:
         config.intermediate_size = ffn[0]

@@ -36,7 +36,7 @@ class CnnSpace(Strict):
     """Built-in CNN students: a number of stages, each with its own depth and width; one block type,
     kernel and expansion ratio per candidate."""
 
-    kind: Literal["cnn"] = "cnn"
+    kind: Literal["cnn"] = Field("cnn", description="Space type (inferred from the keys when omitted).")
     block: list[Literal["plain", "resnet", "mbv2"]] = Field(["resnet", "mbv2"], description="Block types.")
     stages: list[int] = Field([2, 3], description="Number of stages (each after the first halves the resolution).")
     depth: list[int] = Field([1, 2, 3], description="Blocks per stage (chosen per stage).")
@@ -126,7 +126,7 @@ class TransformerSpace(Strict):
     """Uniform Transformer encoders of the teacher's family. Unset choices are derived from the teacher:
     layers 1/3 to 2/3 of its depth, hidden 1/2 to all of its width, heads and FFN 1/2 to all of its own."""
 
-    kind: Literal["transformer"] = "transformer"
+    kind: Literal["transformer"] = Field("transformer", description="Space type (inferred from the keys when omitted).")
     layers: list[int] | None = Field(None, description="Encoder layers.")
     hidden: list[int] | None = Field(None, description="Hidden sizes (multiples of the teacher's head size).")
     heads: list[int] | None = Field(None, description="Attention heads (each of the teacher's head size).")

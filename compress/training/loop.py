@@ -68,8 +68,14 @@ def train(
     seed: int,
     extra: nn.Module | None = None,
     label: str = "training",
+    extra_optimizers: tuple[torch.optim.Optimizer, ...] = (),
+    select_best: bool = True,
 ) -> TrainResult:
-    """Train ``model`` (and ``extra``, e.g. loss regressors) on ``step_loss``; keep the best dev checkpoint."""
+    """Train ``model`` (and ``extra``, e.g. loss regressors) on ``step_loss``; keep the best dev checkpoint.
+
+    ``extra_optimizers`` step with the main one on the same loss (e.g. pruning masks at their own learning rate,
+    Lagrange multipliers by gradient ascent); ``select_best=False`` keeps the last state (a pruning run must
+    end where its size target is met, not at its best early checkpoint)."""
     torch.manual_seed(seed)
     steps = total_steps(schedule, len(train_split))
     per_epoch = math.ceil(len(train_split) / schedule.batch_size)
@@ -87,11 +93,13 @@ def train(
                 for m in modules:
                     m.train()
                 loss, parts = step_loss(batch)
-                opt.zero_grad(set_to_none=True)
+                for o in (opt, *extra_optimizers):
+                    o.zero_grad(set_to_none=True)
                 loss.backward()
                 if schedule.max_grad_norm:
                     nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], schedule.max_grad_norm)
-                opt.step()
+                for o in (opt, *extra_optimizers):
+                    o.step()
                 sched.step()
                 step += 1
                 value = float(loss.detach())
@@ -102,7 +110,7 @@ def train(
                     dev_acc = evaluate(model, dev_split, schedule.eval_batch_size)
                     result.history.append({"step": step, "loss": running, "dev_accuracy": dev_acc, **parts})
                     log.info("%s step %d/%d: loss %.4f, dev accuracy %.4f", label, step, steps, running, dev_acc)
-                    if dev_acc > result.best_dev_accuracy:
+                    if dev_acc > result.best_dev_accuracy or not select_best:
                         result.best_dev_accuracy, result.best_step = dev_acc, step
                         best_state = copy.deepcopy(model.module.state_dict())
                 if step >= steps:

@@ -1,0 +1,124 @@
+"""Structured hard-concrete masks on a BERT-family encoder: heads, whole attention blocks, FFN units, whole
+FFN blocks (DPHuBERT's prunable groups for Transformer layers).
+
+Masks act through forward pre-hooks on the two output projections of each layer: the attention output
+projection sees each head's context vector scaled by ``z_head * z_attention_block``; the FFN output
+projection sees each intermediate unit scaled by ``z_unit * z_ffn_block``. A removed group therefore
+contributes nothing but the projection's bias, which is exactly what the physically pruned model keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import ModelError
+from compress.models.structure import current_structure, encoder_layers, head_size
+from compress.pruning.hardconcrete import HardConcrete
+
+
+@dataclass(frozen=True)
+class GroupCosts:
+    """Parameters (or FLOPs) of one head and one FFN unit of a layer."""
+
+    per_head: float
+    per_unit: float
+
+
+def param_costs(config: Any) -> GroupCosts:
+    """Weights and biases a head (Q, K, V rows; output-projection columns) and an FFN unit hold."""
+    hidden, d = config.hidden_size, head_size(config)
+    return GroupCosts(per_head=4 * hidden * d + 3 * d, per_unit=2 * hidden + 1)
+
+
+def flop_costs(config: Any, sequence: int) -> GroupCosts:
+    """FLOPs per example at ``sequence`` tokens: projections, attention scores and context of one head; the
+    two FFN matrix products of one unit (2 FLOPs per multiply-add)."""
+    hidden, d = config.hidden_size, head_size(config)
+    per_head = 2 * sequence * 4 * hidden * d + 2 * 2 * sequence * sequence * d
+    return GroupCosts(per_head=per_head, per_unit=2 * sequence * 2 * hidden)
+
+
+class EncoderMasks(nn.Module):
+    """Hard-concrete gates for every prunable group of ``model``'s encoder layers."""
+
+    def __init__(self, model: nn.Module, *, init_keep: float = 0.9) -> None:
+        super().__init__()
+        structure = current_structure(model)
+        if 0 in structure["heads"] or 0 in structure["ffn"]:
+            raise ModelError("the model already has removed blocks; prune it from its unpruned form.")
+        self.d = head_size(model.config)  # type: ignore[attr-defined]
+        self.heads = nn.ModuleList(HardConcrete(n, init_keep=init_keep) for n in structure["heads"])
+        self.units = nn.ModuleList(HardConcrete(f, init_keep=init_keep) for f in structure["ffn"])
+        n_layers = len(structure["heads"])
+        self.attention_blocks = HardConcrete(n_layers, init_keep=init_keep)
+        self.ffn_blocks = HardConcrete(n_layers, init_keep=init_keep)
+        self._z: dict[str, list[torch.Tensor]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # ---- gates ---------------------------------------------------------------------------------
+    def sample(self) -> None:
+        """Draw the gates used by the next forward pass (deterministic gates in eval mode)."""
+        att, ffn = self.attention_blocks(), self.ffn_blocks()
+        gates = self.layer_gates()
+        self._z = {
+            "heads": [h() * att[i] for i, (h, _) in enumerate(gates)],
+            "units": [u() * ffn[i] for i, (_, u) in enumerate(gates)],
+        }
+
+    def expected_size(self, costs: GroupCosts) -> torch.Tensor:
+        """Expected remaining size: for each layer, ``P(block) * sum_h P(head_h) * per_head`` plus the same for
+        FFN units (independent gates: the probability of a kept head is the product)."""
+        p_att, p_ffn = self.attention_blocks.prob_nonzero(), self.ffn_blocks.prob_nonzero()
+        total = p_att.new_zeros(())
+        for i, (h, u) in enumerate(self.layer_gates()):
+            total = total + p_att[i] * h.prob_nonzero().sum() * costs.per_head
+            total = total + p_ffn[i] * u.prob_nonzero().sum() * costs.per_unit
+        return total
+
+    def layer_gates(self) -> list[tuple[HardConcrete, HardConcrete]]:
+        """(head gates, FFN-unit gates) of every layer."""
+        return [(h, u) for h, u in zip(self.heads, self.units, strict=True)]  # type: ignore[misc]
+
+    def full_size(self, costs: GroupCosts) -> float:
+        return float(sum(h.n * costs.per_head + u.n * costs.per_unit for h, u in self.layer_gates()))
+
+    def deterministic(self) -> dict[str, list[torch.Tensor]]:
+        """Final gates (eval mode): a head or unit is kept when its gate is non-zero."""
+        att, ffn = self.attention_blocks.deterministic(), self.ffn_blocks.deterministic()
+        gates = self.layer_gates()
+        return {
+            "heads": [h.deterministic() * att[i] for i, (h, _) in enumerate(gates)],
+            "units": [u.deterministic() * ffn[i] for i, (_, u) in enumerate(gates)],
+        }
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> EncoderMasks:
+        for i, layer in enumerate(encoder_layers(model)):
+            self._handles.append(layer.attention.output.dense.register_forward_pre_hook(self._hook("heads", i)))
+            self._handles.append(layer.output.dense.register_forward_pre_hook(self._hook("units", i)))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, kind: str, layer: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor]]:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+            # a module in eval mode (evaluation, export checks) always sees the deterministic gates
+            if module.training:
+                if not self._z:
+                    raise RuntimeError("EncoderMasks.sample() must run before a training forward pass")
+                z = self._z[kind][layer]
+            else:
+                z = self.deterministic()[kind][layer]
+            if kind == "heads":
+                z = z.repeat_interleave(self.d)
+            return (inputs[0] * z,)
+
+        return hook

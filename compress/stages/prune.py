@@ -1,0 +1,167 @@
+"""`prune`: joint distillation and structured pruning (DPHuBERT) of a Transformer encoder.
+
+Peng et al., 2023, "DPHuBERT: Joint Distillation and Pruning of Self-Supervised Speech Models". The student
+starts as a copy of the teacher; hard-concrete masks on heads, attention blocks, FFN units and FFN blocks
+train with layer-to-layer distillation (L1 + cosine on hidden states) plus logit KD and the Lagrangian size
+term (multipliers by gradient ascent, target ramped in); then the masks become deterministic, masked groups
+are removed for real, and distillation continues briefly without masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from compress.artifacts import Artifacts
+from compress.context import Context
+from compress.data.dataset import Batch
+from compress.errors import StageError
+from compress.losses.functional import kd_loss, l1_cosine_loss
+from compress.models.structure import current_structure, encoder_layers
+from compress.models.task_model import TaskModel
+from compress.pruning.encoder_masks import EncoderMasks, GroupCosts, flop_costs, param_costs
+from compress.pruning.lagrangian import Lagrangian, ramped_target
+from compress.pruning.physical import prune_encoder
+from compress.recipe.base import Strict, TrainSchedule
+from compress.stages.base import StageConfig, register_stage, require
+from compress.stages.common import save_model_artifact
+from compress.training.loop import train
+
+log = logging.getLogger("compress")
+
+
+class PruneTarget(Strict):
+    """What remains after pruning, as a fraction of the prunable encoder (heads and FFN units). Give one."""
+
+    params: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable encoder parameters to keep.")
+    flops: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable encoder FLOPs to keep.")
+    sequence: int = Field(128, gt=0, description="Sequence length at which `flops` are counted.")
+
+    @model_validator(mode="after")
+    def _one(self) -> PruneTarget:
+        if (self.params is None) == (self.flops is None):
+            raise ValueError("give exactly one of params, flops")
+        return self
+
+
+class Finetune(TrainSchedule):
+    """Distillation after the masked groups are removed (no masks)."""
+
+    epochs: float = Field(0.5, gt=0, description="Passes over the training split.")
+
+
+class PruneConfig(StageConfig, TrainSchedule):
+    """Learn which heads, FFN units and blocks to remove while distilling; remove them; distil briefly."""
+
+    stage: Literal["prune"]
+    method: Literal["dphubert"] = Field("dphubert", description="Joint distillation and structured pruning.")
+    source: str = Field("teacher", description="Artifact to prune (the student starts as a copy of it).")
+    target: PruneTarget = Field(..., description="Size to land on.")
+    ramp: float = Field(0.5, gt=0, le=1, description="Fraction of the masked steps over which the target ramps in.")
+    mask_lr: float = Field(0.02, gt=0, description="Learning rate of the mask parameters (log alpha).")
+    lambda_lr: float = Field(0.02, gt=0, description="Learning rate of the Lagrange multipliers (gradient ascent).")
+    hidden_weight: float = Field(1.0, ge=0, description="Weight of the L1 + cosine hidden-state loss.")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of logit KD.")
+    temperature: float = Field(2.0, gt=0, description="KD temperature.")
+    layers: list[int] | None = Field(
+        None, description="Encoder layers (0-based) distilled layer-to-layer (default: all)."
+    )
+    finetune: Finetune = Field(default_factory=Finetune)  # type: ignore[arg-type]
+    output: str = Field("student", description="Name of the produced model artifact.")
+
+
+def _hidden(model: TaskModel, batch: Batch, layers: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    out = model.module(  # type: ignore[operator]
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    )
+    return out.logits, [out.hidden_states[i + 1] for i in layers]
+
+
+def _distill_loss(config: PruneConfig, student: TaskModel, teacher: TaskModel, batch: Batch, layers: list[int]):  # noqa: ANN202
+    s_logits, s_hidden = _hidden(student, batch, layers)
+    with torch.no_grad():
+        t_logits, t_hidden = _hidden(teacher, batch, layers)
+    hidden = l1_cosine_loss(s_hidden, t_hidden, mask=batch["attention_mask"])
+    kd = kd_loss(s_logits, t_logits, temperature=config.temperature)
+    return config.hidden_weight * hidden + config.kd_weight * kd, {
+        "hidden": float(hidden.detach()),
+        "kd": float(kd.detach()),
+    }
+
+
+def _costs(config: PruneConfig, model: TaskModel) -> tuple[GroupCosts, float]:
+    cfg: Any = model.module.config
+    if config.target.params is not None:
+        return param_costs(cfg), config.target.params
+    assert config.target.flops is not None
+    return flop_costs(cfg, config.target.sequence), config.target.flops
+
+
+@register_stage("prune", PruneConfig)
+def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
+    require(artifacts, "teacher", "prune")
+    require(artifacts, config.source, "prune")
+    teacher = ctx.load_model(artifacts["teacher"])
+    student = ctx.load_model(artifacts[config.source])
+    if student.family != "hf" or student.modality != "text":
+        raise StageError("prune.method dphubert prunes Hugging Face text encoders; this model is not one.")
+    n_layers = len(encoder_layers(student.module))
+    layers = config.layers or list(range(n_layers))
+    if any(not 0 <= i < n_layers for i in layers):
+        raise StageError(f"prune.layers: {layers} must be in 0..{n_layers - 1}.")
+    if len(encoder_layers(teacher.module)) != n_layers:
+        raise StageError("prune: the pruned model and the teacher need the same number of layers.")
+    data = ctx.data()
+    teacher.module.eval().requires_grad_(False)
+    masks = EncoderMasks(student.module).attach(student.module)
+    costs, target = _costs(config, student)
+    full = masks.full_size(costs)
+    lagrangian = Lagrangian()
+    from compress.training.loop import total_steps
+
+    steps = total_steps(config, len(data.train))
+    ramp_steps = max(1, int(config.ramp * steps))
+    state = {"step": 0}
+
+    def masked_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        masks.sample()
+        loss, parts = _distill_loss(config, student, teacher, batch, layers)
+        expected = masks.expected_size(costs) / full
+        t = ramped_target(state["step"], ramp_steps, target)
+        state["step"] += 1
+        penalty = lagrangian(expected, t)
+        return loss + penalty, parts | {"expected_size": float(expected), "target": t}
+
+    mask_opt = torch.optim.AdamW(masks.parameters(), lr=config.mask_lr, weight_decay=0.0)
+    log.info("prune: %s target %.3f of %s prunable %s", config.method, target, f"{full:,.0f}",
+             "parameters" if config.target.params else "FLOPs")  # fmt: skip
+    masked = train(
+        student, masked_step, data.train, data.dev, config, seed=ctx.seed, label="prune (masks)",
+        extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)), select_best=False,
+    )  # fmt: skip
+    gates = masks.deterministic()
+    masks.detach()
+    before = student.num_params()
+    structure = prune_encoder(student.module, gates)
+    kept = (sum(structure["heads"]) * costs.per_head + sum(structure["ffn"]) * costs.per_unit) / full
+    log.info("prune: kept %.4f of the prunable size (target %.3f); %d -> %d parameters; structure %s",
+             kept, target, before, student.num_params(), structure)  # fmt: skip
+
+    def plain_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return _distill_loss(config, student, teacher, batch, layers)
+
+    tuned = train(student, plain_step, data.train, data.dev, config.finetune, seed=ctx.seed, label="prune (finetune)")
+    art = save_model_artifact(student, config.output, ctx, "prune", "teacher", data, config.eval_batch_size, tuned)
+    art.info["pruning"] = {
+        "method": config.method,
+        "target": config.target.model_dump(),
+        "kept_fraction": kept,
+        "target_error": kept - target,
+        "structure": current_structure(student.module),
+        "params_before": before,
+        "masked_training": {"steps": masked.steps, "history": masked.history, "seconds": round(masked.seconds, 2)},
+    }
+    return {config.output: art}

@@ -1,0 +1,67 @@
+"""`prune` (DPHuBERT) end to end on a tiny BERT over real SST-2 slices: smaller for real, exports, runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compress import pipeline
+from compress.errors import CompressError
+from compress.models.task_model import TaskModel
+from tests.conftest import write_recipe
+
+RECIPE = """
+name: prune-sst2
+seed: 0
+data:
+  format: tsv
+  train: {data}/train.tsv
+  dev: {data}/dev.tsv
+  test: {data}/test.tsv
+  max_length: 32
+teacher:
+  hf: {teacher}
+stages:
+  - stage: finetune
+    max_steps: 8
+    batch_size: 16
+    lr: 1.0e-3
+  - stage: prune
+    target: {target}
+    epochs: 20
+    max_steps: 240
+    eval_every: 40
+    batch_size: 16
+    lr: 1.0e-4
+    ramp: 0.3
+    mask_lr: 0.1
+    lambda_lr: 0.1
+    finetune: {{max_steps: 4, batch_size: 16}}
+  - stage: export
+    int8: [dynamic]
+"""
+
+
+def test_dphubert_prunes_to_the_target_and_exports(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    recipe = write_recipe(tmp_path, RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, target="{params: 0.5}"))
+    result = pipeline.run(recipe, out=tmp_path / "out")
+    art = result.artifacts["student"]
+    info = art.info["pruning"]
+    assert info["kept_fraction"] == pytest.approx(0.5, abs=0.1)
+    teacher = TaskModel.load(result.artifacts["teacher"].path)
+    student = TaskModel.load(art.path)  # loads back without any pruning state
+    assert student.num_params() < teacher.num_params()
+    assert sum(info["structure"]["heads"]) < 4 * 4 or sum(info["structure"]["ffn"]) < 4 * 64
+    history = info["masked_training"]["history"]
+    assert history[-1]["expected_size"] < history[0]["expected_size"]
+    assert {"student.onnx", "student.int8-dynamic.onnx"} <= set(result.artifacts)
+    stage = json.loads(next((tmp_path / "out").glob("*-prune-*/stage.json")).read_text())
+    assert stage["artifacts"][0]["info"]["pruning"]["structure"] == info["structure"]
+
+
+def test_target_needs_one_kind(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, target="{params: 0.5, flops: 0.5}")
+    with pytest.raises(CompressError, match=r"stages\[1\].target: give exactly one of params, flops"):
+        pipeline.validate(write_recipe(tmp_path, text))
