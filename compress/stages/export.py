@@ -144,14 +144,45 @@ def _onnx_artifact(
     return art.finalize(), logits
 
 
+FUSION_TOLERANCE = 1e-3  # max |logit difference| between the fused and the exported fp32 graph
+
+
+def _attention_shape(model: TaskModel) -> tuple[int, int]:
+    """(heads, attention width) to give onnxruntime's fusion: the real per-layer values when every layer
+    has the same heads (searched students may differ from ``hidden / head size``); (0, 0), i.e. detect per
+    node, when layers differ (pruned models)."""
+    from compress.models.structure import current_structure, head_size
+
+    cfg: Any = model.module.config
+    heads = set(current_structure(model.module)["heads"]) - {0}
+    if len(heads) != 1:
+        return 0, 0
+    n = heads.pop()
+    return n, n * head_size(cfg)
+
+
 def _fused(model: TaskModel, fp32_path: Path, ctx: Context) -> tuple[Path, dict[str, int]]:
-    """The fused graph of a BERT-family encoder, or the plain export when the model is not one."""
+    """The fused graph of a BERT-family encoder, or the plain export when the model is not one or when the
+    fusion does not reproduce the exported graph's outputs (checked on real test inputs)."""
     cfg: Any = getattr(model.module, "config", None)
     if model.family != "hf" or getattr(cfg, "model_type", None) not in ortq.FUSABLE_MODEL_TYPES:
         return fp32_path, {}
     fused = ctx.stage_dir / ".fused" / fp32_path.name
     fused.parent.mkdir(exist_ok=True)
-    ops = ortq.fuse_transformer(fp32_path, fused, num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+    heads, width = _attention_shape(model)
+    ops = ortq.fuse_transformer(fp32_path, fused, num_heads=heads, hidden_size=width)
+    batch = next(iter(ctx.data().test.loader(32)))
+    try:
+        ref, got = (OrtPredictor(p, None, None) for p in (fp32_path, fused))
+        diff = float(np.abs(ref(feeds(batch, ref.input_names)) - got(feeds(batch, got.input_names))).max())
+    except Exception as exc:  # noqa: BLE001 - a fused graph onnxruntime cannot run is simply not used
+        diff, why = float("inf"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    else:
+        why = f"max |logit difference| {diff:.2e}"
+    if diff > FUSION_TOLERANCE:
+        log.warning("%s: onnxruntime's attention fusion changed the outputs (%s); quantizing the unfused graph.",
+                    fp32_path.name, why)  # fmt: skip
+        return fp32_path, {}
     log.info("%s: fused for onnxruntime: %s", fp32_path.name, ", ".join(f"{k} x{v}" for k, v in ops.items()) or "none")
     return fused, ops
 
