@@ -105,6 +105,10 @@ class TaskModel:
             module = load_structured(folder) or AutoModelForSequenceClassification.from_pretrained(folder)
         else:
             module = build_module(family, spec)
+            if spec.get("pruned_shapes"):
+                from compress.pruning.channels import apply_shapes
+
+                apply_shapes(module, spec["pruned_shapes"])
             load_model(module, str(folder / "model.safetensors"))
         module.eval()
         return cls(module, family, meta["modality"], meta["num_labels"], tokenizer, spec)
@@ -115,7 +119,7 @@ def build_module(family: str, spec: dict[str, Any]) -> nn.Module:
     if family == "cnn":
         from compress.models.cnn import CNN, CnnSpec
 
-        return CNN(CnnSpec.model_validate(spec))
+        return CNN(CnnSpec.model_validate({k: v for k, v in spec.items() if k != "pruned_shapes"}))
     if family == "python":
         module = import_factory(spec["factory"])(**spec.get("kwargs", {}))
         if not isinstance(module, nn.Module):

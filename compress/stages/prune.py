@@ -10,6 +10,7 @@ are removed for real, and distillation continues briefly without masks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -57,7 +58,20 @@ class PruneConfig(StageConfig, TrainSchedule):
     """Learn which heads, FFN units and blocks to remove while distilling; remove them; distil briefly."""
 
     stage: Literal["prune"]
-    method: Literal["dphubert"] = Field("dphubert", description="Joint distillation and structured pruning.")
+    method: Literal["dphubert", "torch_pruning"] = Field(
+        "dphubert",
+        description="`dphubert`: joint distillation and structured pruning of Transformer encoders (the target "
+        "is a fraction of the prunable encoder). `torch_pruning`: dependency-graph channel pruning of CNNs, "
+        "step by step with recovery distillation in between, then the stage's schedule distils the pruned "
+        "model (the target is a fraction of the whole model's MACs or parameters).",
+    )
+    importance: Literal["magnitude", "taylor", "bn_scale"] = Field(
+        "magnitude", description="torch_pruning: channel importance (group L2 magnitude, Taylor, BN scale)."
+    )
+    recovery_steps: int = Field(
+        20, ge=0, description="torch_pruning: distillation steps after each pruning step (a few % per step)."
+    )
+    ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the labels (torch_pruning).")
     source: str = Field("teacher", description="Artifact to prune (the student starts as a copy of it).")
     target: PruneTarget = Field(..., description="Size to land on.")
     ramp: float = Field(0.5, gt=0, le=1, description="Fraction of the masked steps over which the target ramps in.")
@@ -106,8 +120,77 @@ def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:  
     require(artifacts, config.source, "prune")
     teacher = ctx.load_model(artifacts["teacher"])
     student = ctx.load_model(artifacts[config.source])
+    if config.method == "torch_pruning":
+        return _run_channels(config, teacher, student, ctx)
     if student.family != "hf" or student.modality != "text":
-        raise StageError("prune.method dphubert prunes Hugging Face text encoders; this model is not one.")
+        raise StageError(
+            f"prune.method: dphubert prunes Hugging Face text encoders; {config.source!r} is a {student.family} "
+            "model. Use `method: torch_pruning` for CNNs."
+        )
+    return _run_dphubert(config, teacher, student, ctx)
+
+
+def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context) -> Artifacts:
+    from compress.models.task_model import build_module
+    from compress.pruning.channels import prune_channels, pruned_shapes
+
+    if student.family not in ("cnn", "python") or student.modality != "image":
+        raise StageError("prune.method: torch_pruning prunes image CNNs; use `method: dphubert` for Transformers.")
+    if config.target.params is None and config.target.flops is None:
+        raise StageError("prune.target: give params or flops.")
+    data = ctx.data()
+    teacher.module.eval().requires_grad_(False)
+    torch.manual_seed(ctx.seed)
+    example = torch.as_tensor(data.train.features[:1]).float()
+    reference = build_module(student.family, student.spec)
+    measure: Literal["flops", "params"] = "flops" if config.target.flops is not None else "params"
+    keep = float(config.target.flops if config.target.flops is not None else config.target.params)  # type: ignore[arg-type]
+
+    def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        s = student.logits(batch)
+        with torch.no_grad():
+            t = teacher.logits(batch)
+        kd = kd_loss(s, t, temperature=config.temperature)
+        loss = config.kd_weight * kd
+        if config.ce_weight:
+            loss = loss + config.ce_weight * torch.nn.functional.cross_entropy(s, batch["labels"])
+        return loss, {"kd": float(kd.detach())}
+
+    batches: Iterator[Batch] = iter(())
+
+    def recover(_i: int) -> None:
+        nonlocal batches
+        opt = torch.optim.AdamW(student.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        student.module.train()
+        for _ in range(config.recovery_steps):
+            batch: Batch | None = next(batches, None)
+            if batch is None:
+                batches = iter(data.train.loader(config.batch_size, shuffle=True, seed=ctx.seed + _i))
+                batch = next(batches)
+            loss, _ = step(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        student.module.eval()
+
+    before = student.num_params()
+    pruning = prune_channels(
+        student.module, example, keep=keep, measure=measure, importance=config.importance, between_steps=recover
+    )
+    student.spec = {**student.spec, "pruned_shapes": pruned_shapes(student.module, reference)}
+    log.info("prune: torch_pruning kept %.4f of the %s (target %.3f); %d -> %d parameters in %d steps",
+             pruning["fraction"], measure, keep, before, student.num_params(), len(pruning["history"]))  # fmt: skip
+    tuned = train(student, step, data.train, data.dev, config, seed=ctx.seed, label="prune (distill)")
+    art = save_model_artifact(student, config.output, ctx, "prune", "teacher", data, config.eval_batch_size, tuned)
+    art.info["pruning"] = {
+        "method": config.method, "target": config.target.model_dump(), "kept_fraction": pruning["fraction"],
+        "target_error": pruning["fraction"] - keep, "params_before": before, "importance": config.importance,
+        "steps": pruning["history"], "base_macs": pruning["base_macs"],
+    }  # fmt: skip
+    return {config.output: art}
+
+
+def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context) -> Artifacts:
     n_layers = len(encoder_layers(student.module))
     layers = config.layers or list(range(n_layers))
     if any(not 0 <= i < n_layers for i in layers):
@@ -133,7 +216,7 @@ def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:  
         t = ramped_target(state["step"], ramp_steps, target)
         state["step"] += 1
         penalty = lagrangian(expected, t)
-        return loss + penalty, parts | {"expected_size": float(expected), "target": t}
+        return loss + penalty, parts | {"expected_size": float(expected.detach()), "target": t}
 
     mask_opt = torch.optim.AdamW(masks.parameters(), lr=config.mask_lr, weight_decay=0.0)
     log.info("prune: %s target %.3f of %s prunable %s", config.method, target, f"{full:,.0f}",
