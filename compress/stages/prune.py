@@ -71,7 +71,7 @@ class PruneConfig(StageConfig, TrainSchedule):
     recovery_steps: int = Field(
         20, ge=0, description="torch_pruning: distillation steps after each pruning step (a few % per step)."
     )
-    ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the labels (torch_pruning).")
+    ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the labels (CNNs).")
     source: str = Field("teacher", description="Artifact to prune (the student starts as a copy of it).")
     target: PruneTarget = Field(..., description="Size to land on.")
     ramp: float = Field(0.5, gt=0, le=1, description="Fraction of the masked steps over which the target ramps in.")
@@ -122,12 +122,79 @@ def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:  
     student = ctx.load_model(artifacts[config.source])
     if config.method == "torch_pruning":
         return _run_channels(config, teacher, student, ctx)
+    if student.family == "cnn":
+        return _run_cnn_masks(config, teacher, student, ctx)
     if student.family != "hf" or student.modality != "text":
         raise StageError(
-            f"prune.method: dphubert prunes Hugging Face text encoders; {config.source!r} is a {student.family} "
-            "model. Use `method: torch_pruning` for CNNs."
+            f"prune.method: dphubert prunes Hugging Face text encoders and built-in CNNs; {config.source!r} is a "
+            f"{student.family} model. Use `method: torch_pruning` for CNNs."
         )
     return _run_dphubert(config, teacher, student, ctx)
+
+
+def _logit_loss(config: PruneConfig, student: TaskModel, teacher: TaskModel, batch: Batch):  # noqa: ANN202
+    s = student.logits(batch)
+    with torch.no_grad():
+        t = teacher.logits(batch)
+    kd = kd_loss(s, t, temperature=config.temperature)
+    loss = config.kd_weight * kd
+    if config.ce_weight:
+        loss = loss + config.ce_weight * torch.nn.functional.cross_entropy(s, batch["labels"])
+    return loss, {"kd": float(kd.detach())}
+
+
+def _run_cnn_masks(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context) -> Artifacts:
+    """DPHuBERT's masks and Lagrangian on the channels of a built-in CNN (logit KD: no layer-to-layer loss)."""
+    from compress.models.task_model import build_module
+    from compress.pruning.channels import pruned_shapes
+    from compress.pruning.cnn_masks import CnnMasks, prune_cnn_channels
+
+    if config.target.params is None:
+        raise StageError("prune.target: CNN channel masks take a `params` target; use torch_pruning for `flops`.")
+    data = ctx.data()
+    teacher.module.eval().requires_grad_(False)
+    reference = build_module(student.family, student.spec)
+    masks = CnnMasks(student.module).attach()
+    full, target = masks.full_size(), config.target.params
+    lagrangian = Lagrangian()
+    from compress.training.loop import total_steps
+
+    ramp_steps = max(1, int(config.ramp * total_steps(config, len(data.train))))
+    state = {"step": 0}
+
+    def masked_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        masks.sample()
+        loss, parts = _logit_loss(config, student, teacher, batch)
+        expected = masks.expected_size() / full
+        t = ramped_target(state["step"], ramp_steps, target)
+        state["step"] += 1
+        return loss + lagrangian(expected, t), parts | {"expected_size": float(expected.detach()), "target": t}
+
+    mask_opt = torch.optim.AdamW(masks.parameters(), lr=config.mask_lr, weight_decay=0.0)
+    masked = train(
+        student, masked_step, data.train, data.dev, config, seed=ctx.seed, label="prune (masks)",
+        extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)), select_best=False,
+    )  # fmt: skip
+    before = student.num_params()
+    example = torch.as_tensor(data.train.features[:1]).float()
+    kept_channels = prune_cnn_channels(student.module, masks, example)
+    kept = sum(k * g.per_channel for k, g in zip(kept_channels, masks.groups, strict=True)) / full
+    student.spec = {**student.spec, "pruned_shapes": pruned_shapes(student.module, reference)}
+    log.info("prune: kept %.4f of the maskable channels' parameters (target %.3f); %d -> %d parameters",
+             kept, target, before, student.num_params())  # fmt: skip
+
+    def plain_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return _logit_loss(config, student, teacher, batch)
+
+    tuned = train(student, plain_step, data.train, data.dev, config.finetune, seed=ctx.seed, label="prune (finetune)")
+    art = save_model_artifact(student, config.output, ctx, "prune", "teacher", data, config.eval_batch_size, tuned)
+    art.info["pruning"] = {
+        "method": config.method, "target": config.target.model_dump(), "kept_fraction": kept,
+        "target_error": kept - target, "params_before": before,
+        "structure": {g.name: k for g, k in zip(masks.groups, kept_channels, strict=True)},
+        "masked_training": {"steps": masked.steps, "history": masked.history, "seconds": round(masked.seconds, 2)},
+    }  # fmt: skip
+    return {config.output: art}
 
 
 def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context) -> Artifacts:
@@ -147,14 +214,7 @@ def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
     keep = float(config.target.flops if config.target.flops is not None else config.target.params)  # type: ignore[arg-type]
 
     def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        s = student.logits(batch)
-        with torch.no_grad():
-            t = teacher.logits(batch)
-        kd = kd_loss(s, t, temperature=config.temperature)
-        loss = config.kd_weight * kd
-        if config.ce_weight:
-            loss = loss + config.ce_weight * torch.nn.functional.cross_entropy(s, batch["labels"])
-        return loss, {"kd": float(kd.detach())}
+        return _logit_loss(config, student, teacher, batch)
 
     batches: Iterator[Batch] = iter(())
 

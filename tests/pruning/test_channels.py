@@ -69,8 +69,8 @@ def test_torch_pruning_stage_end_to_end(tmp_path: Path) -> None:
     assert result.artifacts["student.onnx"].metrics["accuracy"] > 0.3
 
 
-def test_dphubert_on_a_cnn_points_to_torch_pruning(tmp_path: Path) -> None:
-    text = RECIPE.replace("method: torch_pruning", "method: dphubert").replace("{flops: 0.5}", "{params: 0.5}")
+def test_channel_masks_need_a_params_target(tmp_path: Path) -> None:
+    text = RECIPE.replace("method: torch_pruning", "method: dphubert")
     text = text.replace("    epochs: 1\n", "    max_steps: 1\n", 1)  # the error comes right after the teacher
-    with pytest.raises(CompressError, match="Use `method: torch_pruning` for CNNs"):
+    with pytest.raises(CompressError, match="CNN channel masks take a `params` target"):
         pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
