@@ -162,7 +162,7 @@ class TransformerLatency(LatencyTable):
 
     def _builder(self, arch: Arch) -> Callable[[Path], None]:
         def build(path: Path) -> None:
-            ids = torch.full((1, self.shape["sequence"]), 1000, dtype=torch.long)
+            ids = torch.full((1, self.shape["sequence"]), min(1000, self.config.vocab_size - 1), dtype=torch.long)
             model = _Logits(build_transformer(self.config, arch))
             _export_module(model, (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], path)
 

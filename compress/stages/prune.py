@@ -39,12 +39,16 @@ class PruneTarget(Strict):
 
     params: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable encoder parameters to keep.")
     flops: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable encoder FLOPs to keep.")
-    sequence: int = Field(128, gt=0, description="Sequence length at which `flops` are counted.")
+    latency_ms: float | None = Field(
+        None, gt=0, description="p50 latency in ms on `device` (batch 1, `sequence` tokens) to land on (DPHuBERT)."
+    )
+    device: str = Field("x86-cpu", description="Device profile that `latency_ms` is measured on.")
+    sequence: int = Field(128, gt=0, description="Sequence length at which `flops` and `latency_ms` are counted.")
 
     @model_validator(mode="after")
     def _one(self) -> PruneTarget:
-        if (self.params is None) == (self.flops is None):
-            raise ValueError("give exactly one of params, flops")
+        if sum(v is not None for v in (self.params, self.flops, self.latency_ms)) != 1:
+            raise ValueError("give exactly one of params, flops, latency_ms")
         return self
 
 
@@ -106,10 +110,19 @@ def _distill_loss(config: PruneConfig, student: TaskModel, teacher: TaskModel, b
     }
 
 
-def _costs(config: PruneConfig, model: TaskModel) -> tuple[GroupCosts, float]:
+def _costs(config: PruneConfig, model: TaskModel, ctx: Context) -> tuple[GroupCosts, float]:
     cfg: Any = model.module.config
     if config.target.params is not None:
         return param_costs(cfg), config.target.params
+    if config.target.latency_ms is not None:
+        from compress.devices import resolve_device
+        from compress.pruning.latency_costs import latency_fraction, measure_costs
+
+        device = resolve_device(config.target.device, ctx.base_dir)
+        lat = measure_costs(cfg, device, config.target.sequence, ctx.cache_dir / "latency")
+        log.info("prune: on %s, %.4f ms per head, %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
+                 device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
+        return lat.costs, latency_fraction(lat, config.target.latency_ms)
     assert config.target.flops is not None
     return flop_costs(cfg, config.target.sequence), config.target.flops
 
@@ -204,7 +217,7 @@ def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
     if student.family not in ("cnn", "python") or student.modality != "image":
         raise StageError("prune.method: torch_pruning prunes image CNNs; use `method: dphubert` for Transformers.")
     if config.target.params is None and config.target.flops is None:
-        raise StageError("prune.target: give params or flops.")
+        raise StageError("prune.target: torch_pruning takes a `params` or `flops` target.")
     data = ctx.data()
     teacher.module.eval().requires_grad_(False)
     torch.manual_seed(ctx.seed)
@@ -260,7 +273,7 @@ def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
     data = ctx.data()
     teacher.module.eval().requires_grad_(False)
     masks = EncoderMasks(student.module).attach(student.module)
-    costs, target = _costs(config, student)
+    costs, target = _costs(config, student, ctx)
     full = masks.full_size(costs)
     lagrangian = Lagrangian()
     from compress.training.loop import total_steps
@@ -280,7 +293,7 @@ def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
 
     mask_opt = torch.optim.AdamW(masks.parameters(), lr=config.mask_lr, weight_decay=0.0)
     log.info("prune: %s target %.3f of %s prunable %s", config.method, target, f"{full:,.0f}",
-             "parameters" if config.target.params else "FLOPs")  # fmt: skip
+             "parameters" if config.target.params else "FLOPs" if config.target.flops else "ms")  # fmt: skip
     masked = train(
         student, masked_step, data.train, data.dev, config, seed=ctx.seed, label="prune (masks)",
         extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)), select_best=False,

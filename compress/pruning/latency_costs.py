@@ -1,0 +1,60 @@
+"""Latency as a pruning target: what one head and one FFN unit cost on a device, measured, not assumed.
+
+Three encoders shaped like the model (random weights) are exported and timed on the device's runtime in one
+benchmark process: as they are, with half the heads in every layer, and with half the FFN units. The slopes
+give milliseconds per head and per unit (latency is close to linear in both at a fixed sequence length); what
+does not depend on them (embeddings, layer norms, the head) is the fixed part. A latency budget in ms becomes
+a fraction of the prunable (variable) part, which the masks' expected size is driven to.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.devices import DeviceProfile
+from compress.errors import StageError
+from compress.pruning.encoder_masks import GroupCosts
+from compress.search.latency import TransformerLatency
+
+
+@dataclass
+class LatencyCosts:
+    costs: GroupCosts  # ms per head, ms per FFN unit
+    fixed_ms: float
+    full_ms: float
+
+
+def measure_costs(config: Any, device: DeviceProfile, sequence: int, cache_dir: Path) -> LatencyCosts:
+    layers, heads, ffn = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
+    table = TransformerLatency(device, sequence, config, cache_dir / "prune-latency.json")
+    base = {"layers": layers, "hidden": config.hidden_size, "heads": heads, "ffn": ffn}
+    archs = [base, {**base, "heads": max(1, heads // 2)}, {**base, "ffn": max(1, ffn // 2)}]
+    with tempfile.TemporaryDirectory(prefix="compress-prune-lat-") as tmp:
+        paths = []
+        for i, arch in enumerate(archs):
+            paths.append(Path(tmp) / f"m{i}.onnx")
+            table.export_full(arch, paths[-1])
+        full, fewer_heads, fewer_units = table.measure(paths)
+    per_head = max(0.0, (full - fewer_heads) / (layers * (heads - archs[1]["heads"])))
+    per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
+    fixed = full - layers * (heads * per_head + ffn * per_unit)
+    return LatencyCosts(GroupCosts(per_head, per_unit), fixed, full)
+
+
+def latency_fraction(lat: LatencyCosts, budget_ms: float) -> float:
+    """The fraction of the variable latency that fits in ``budget_ms``; an error when none or all of it does."""
+    variable = lat.full_ms - lat.fixed_ms
+    frac = (budget_ms - lat.fixed_ms) / variable if variable > 0 else -1.0
+    if frac <= 0:
+        raise StageError(
+            f"prune.target.latency_ms: {budget_ms} ms cannot be reached: the model measures {lat.full_ms:.3f} ms "
+            f"and {lat.fixed_ms:.3f} ms of it does not depend on heads or FFN units."
+        )
+    if frac >= 1:
+        raise StageError(
+            f"prune.target.latency_ms: the unpruned model already measures {lat.full_ms:.3f} ms <= {budget_ms} ms."
+        )
+    return frac

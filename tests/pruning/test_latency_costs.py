@@ -1,0 +1,31 @@
+"""Latency targets: per-head and per-unit costs measured on the device, and the reachable range."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig
+
+from compress.devices import resolve_device
+from compress.errors import StageError
+from compress.pruning.encoder_masks import GroupCosts
+from compress.pruning.latency_costs import LatencyCosts, latency_fraction, measure_costs
+
+
+def test_costs_are_measured_on_the_device(tmp_path: Path) -> None:
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=64)  # fmt: skip
+    lat = measure_costs(cfg, resolve_device("x86-cpu"), 32, tmp_path)
+    assert lat.full_ms > 0 and lat.costs.per_head >= 0 and lat.costs.per_unit >= 0
+    variable = lat.full_ms - lat.fixed_ms
+    assert variable == pytest.approx(2 * (4 * lat.costs.per_head + 256 * lat.costs.per_unit))
+
+
+def test_latency_budget_becomes_a_fraction_of_the_variable_part() -> None:
+    lat = LatencyCosts(GroupCosts(per_head=0.1, per_unit=0.001), fixed_ms=1.0, full_ms=3.0)
+    assert latency_fraction(lat, 2.0) == pytest.approx(0.5)
+    with pytest.raises(StageError, match=r"0.8 ms cannot be reached: .* 1.000 ms of it does not depend"):
+        latency_fraction(lat, 0.8)
+    with pytest.raises(StageError, match="already measures 3.000 ms"):
+        latency_fraction(lat, 4.0)
