@@ -13,24 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 from pathlib import Path
 
+from timing import measure_alternating  # benchmarks/timing.py (scripts run from their folder)
+
 from compress import pipeline
-from compress.devices import resolve_device
 from compress.environment import environment
-from compress.runtimes.base import get_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def measure_alternating(paths: list[Path], rounds: int = 3) -> list[float]:
-    dev = resolve_device("x86-cpu")
-    stats = get_runtime(dev.runtime).benchmark_many(
-        paths * rounds, threads=dev.threads, provider=dev.provider, shape={"batch": 1, "sequence": 128},
-        runs=100, warmup=10,
-    )  # fmt: skip
-    return [statistics.median(s["p50_ms"] for s in stats[i :: len(paths)]) for i in range(len(paths))]
 
 
 def main() -> None:

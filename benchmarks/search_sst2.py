@@ -16,27 +16,16 @@ import argparse
 import json
 import logging
 import shutil
-import statistics
 import time
 from pathlib import Path
 
+from timing import measure_alternating  # benchmarks/timing.py (scripts run from their folder)
+
 from compress import pipeline
-from compress.devices import resolve_device
 from compress.environment import environment
-from compress.runtimes.base import get_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_OUT, OUT = ROOT / "export" / "sst2-minilm", ROOT / "export" / "sst2-search"
-
-
-def measure_alternating(paths: list[Path], rounds: int = 3) -> list[float]:
-    dev = resolve_device("x86-cpu")
-    rt = get_runtime(dev.runtime)
-    shape = {"batch": 1, "sequence": 128}
-    stats = rt.benchmark_many(
-        paths * rounds, threads=dev.threads, provider=dev.provider, shape=shape, runs=100, warmup=10
-    )
-    return [statistics.median(s["p50_ms"] for s in stats[i :: len(paths)]) for i in range(len(paths))]
 
 
 def main() -> None:

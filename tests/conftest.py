@@ -62,6 +62,23 @@ def sst2_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def text_recipe_head(name: str) -> str:
+    """`name`, `seed`, the SST-2 slice `data` and an `hf` teacher, with {data} and {teacher} left to format."""
+    return (
+        f"\nname: {name}\n"
+        + """seed: 0
+data:
+  format: tsv
+  train: {data}/train.tsv
+  dev: {data}/dev.tsv
+  test: {data}/test.tsv
+  max_length: 32
+teacher:
+  hf: {teacher}
+"""
+    )
+
+
 def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
     path = folder / name
     path.write_text(text)

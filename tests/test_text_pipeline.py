@@ -15,20 +15,11 @@ from compress.losses.terms import Captured, HiddenConfig, KDConfig, MiniLMConfig
 from compress.models.bert import BertStudentSpec, build_bert_student
 from compress.models.source import ModelSource, build_model
 from compress.models.task_model import TaskModel
-from tests.conftest import write_recipe
+from tests.conftest import text_recipe_head, write_recipe
 
-TEXT_RECIPE = """
-name: tiny-sst2
-seed: 0
-data:
-  format: tsv
-  train: {data}/train.tsv
-  dev: {data}/dev.tsv
-  test: {data}/test.tsv
-  max_length: 32
-teacher:
-  hf: {teacher}
-stages:
+TEXT_RECIPE = (
+    text_recipe_head("tiny-sst2")
+    + """stages:
   - stage: finetune
     max_steps: 8
     batch_size: 16
@@ -53,6 +44,7 @@ stages:
     runs: 10
     warmup: 2
 """
+)
 
 
 def test_text_recipe_end_to_end(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:

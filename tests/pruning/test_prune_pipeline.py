@@ -10,20 +10,11 @@ import pytest
 from compress import pipeline
 from compress.errors import CompressError
 from compress.models.task_model import TaskModel
-from tests.conftest import write_recipe
+from tests.conftest import text_recipe_head, write_recipe
 
-RECIPE = """
-name: prune-sst2
-seed: 0
-data:
-  format: tsv
-  train: {data}/train.tsv
-  dev: {data}/dev.tsv
-  test: {data}/test.tsv
-  max_length: 32
-teacher:
-  hf: {teacher}
-stages:
+RECIPE = (
+    text_recipe_head("prune-sst2")
+    + """stages:
   - stage: finetune
     max_steps: 8
     batch_size: 16
@@ -42,6 +33,7 @@ stages:
   - stage: export
     int8: [dynamic]
 """
+)
 
 
 def test_dphubert_prunes_to_the_target_and_exports(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:

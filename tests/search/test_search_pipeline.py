@@ -10,7 +10,7 @@ import pytest
 from compress import pipeline
 from compress.errors import CompressError
 from compress.models.task_model import TaskModel
-from tests.conftest import write_recipe
+from tests.conftest import text_recipe_head, write_recipe
 
 DIGITS = """
 name: search-digits
@@ -38,18 +38,9 @@ stages:
     int8: []
 """
 
-TEXT = """
-name: search-sst2
-seed: 0
-data:
-  format: tsv
-  train: {data}/train.tsv
-  dev: {data}/dev.tsv
-  test: {data}/test.tsv
-  max_length: 32
-teacher:
-  hf: {teacher}
-stages:
+TEXT = (
+    text_recipe_head("search-sst2")
+    + """stages:
   - stage: search
     method: autodistil
     space: {{layers: [1, 2], hidden: [16, 32], heads: [2, 4], ffn: [32, 64]}}
@@ -62,6 +53,7 @@ stages:
   - stage: export
     int8: []
 """
+)
 
 
 def _search_info(out: Path) -> dict:
