@@ -64,18 +64,46 @@ def _preprocess(src: Path, dst: Path) -> Path:
 FUSABLE_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "camembert"}
 
 
-def fuse_transformer(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
+def fuse_transformer(
+    src: Path, dst: Path, *, num_heads: int, hidden_size: int, head_size: int | None = None
+) -> dict[str, int]:
     """onnxruntime's transformer optimizer: fuse attention, SkipLayerNorm, BiasGelu and embeddings into
     onnxruntime contrib ops. Quantizing the fused graph is what gives int8 its speed: a fused `Attention`
     becomes one int8 QAttention kernel instead of unfused MatMuls around float softmax. Returns the counts of
-    fused operators (empty if nothing was fused)."""
+    fused operators (empty if nothing was fused).
+
+    With `head_size`, layers may have different head counts (pruned encoders): the optimizer takes one global
+    head count and cannot read it from Hugging Face graphs (they reshape to ``(..., -1, head_size)``), so the
+    attention is fused with the nominal `num_heads` and each fused node then gets its own count, read from the
+    width of its Q projection."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     src, dst = src.resolve(), dst.resolve()
+    # the optimizer warns once per layer that the nominal width differs from the Q/K/V input width: expected
+    fusion_log = logging.getLogger("onnxruntime.transformers.fusion_attention")
+    level = fusion_log.level
+    fusion_log.setLevel(logging.ERROR)
     with _scratch_cwd(), contextlib.redirect_stdout(io.StringIO()):
         model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+        if head_size:
+            _set_attention_heads(model.model, head_size)
         model.save_model_to_file(str(dst))
+    fusion_log.setLevel(level)
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+
+
+def _set_attention_heads(graph_model: onnx.ModelProto, head_size: int) -> None:
+    """Give every fused `Attention` node ``num_heads = width of Q / head_size``."""
+    weights = {t.name: t for t in graph_model.graph.initializer}
+    for node in graph_model.graph.node:
+        if node.op_type != "Attention" or node.input[1] not in weights:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "qkv_hidden_sizes" in attrs:
+            q_width = int(attrs["qkv_hidden_sizes"].ints[0])
+        else:
+            q_width = int(np.prod(weights[node.input[1]].dims[1:])) // 3
+        attrs["num_heads"].i = q_width // head_size
 
 
 def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:

@@ -147,18 +147,15 @@ def _onnx_artifact(
 FUSION_TOLERANCE = 1e-3  # max |logit difference| between the fused and the exported fp32 graph
 
 
-def _attention_shape(model: TaskModel) -> tuple[int, int]:
-    """(heads, attention width) to give onnxruntime's fusion: the real per-layer values when every layer
-    has the same heads (searched students may differ from ``hidden / head size``); (0, 0), i.e. detect per
-    node, when layers differ (pruned models)."""
+def _attention_shape(model: TaskModel) -> tuple[int, int, int]:
+    """(heads, attention width, head size) for onnxruntime's fusion: the heads of the first layer that has
+    attention (searched students may differ from ``hidden / head size``); layers that differ (pruned models)
+    get their own count after fusion."""
     from compress.models.structure import current_structure, head_size
 
-    cfg: Any = model.module.config
-    heads = set(current_structure(model.module)["heads"]) - {0}
-    if len(heads) != 1:
-        return 0, 0
-    n = heads.pop()
-    return n, n * head_size(cfg)
+    size = head_size(model.module.config)
+    n = next((h for h in current_structure(model.module)["heads"] if h), 0)
+    return n, n * size, size
 
 
 def _fused(model: TaskModel, fp32_path: Path, ctx: Context) -> tuple[Path, dict[str, int]]:
@@ -169,8 +166,8 @@ def _fused(model: TaskModel, fp32_path: Path, ctx: Context) -> tuple[Path, dict[
         return fp32_path, {}
     fused = ctx.stage_dir / ".fused" / fp32_path.name
     fused.parent.mkdir(exist_ok=True)
-    heads, width = _attention_shape(model)
-    ops = ortq.fuse_transformer(fp32_path, fused, num_heads=heads, hidden_size=width)
+    heads, width, size = _attention_shape(model)
+    ops = ortq.fuse_transformer(fp32_path, fused, num_heads=heads, hidden_size=width, head_size=size)
     batch = next(iter(ctx.data().test.loader(32)))
     try:
         ref, got = (OrtPredictor(p, None, None) for p in (fp32_path, fused))
