@@ -41,7 +41,7 @@ def one_line_baseline(result: pipeline.RunResult, teacher: dict) -> dict:
     from compress.recipe.load import load_recipe
     from compress.runtimes.base import get_runtime
     from compress.runtimes.onnxruntime import OrtPredictor
-    from compress.stages.export import onnx_logits
+    from compress.stages.onnx_common import onnx_logits
 
     src = result.out_dir / teacher["path"]
     dst = result.out_dir / "benchmark" / "teacher.int8-ort-default.onnx"
