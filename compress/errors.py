@@ -32,6 +32,10 @@ class ExportError(CompressError):
     """A model does not export, or the exported artifact does not match PyTorch."""
 
 
+class QuantizationError(CompressError):
+    """A model cannot be quantized as asked (bit width, layers, or an artifact that stayed float)."""
+
+
 class DeviceError(CompressError):
     """A device profile is unknown, malformed, or cannot be measured here."""
 

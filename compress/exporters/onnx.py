@@ -13,6 +13,7 @@ from torch import nn
 
 from compress.data.dataset import Batch
 from compress.errors import ExportError
+from compress.models.bert import use_eager_attention
 from compress.models.task_model import TaskModel
 
 log = logging.getLogger("compress")
@@ -38,23 +39,13 @@ def dynamic_axes(model: TaskModel) -> dict[str, dict[int, str]]:
     return axes
 
 
-def _eager_attention(model: TaskModel) -> None:
-    """Export attention as explicit MatMul/Softmax (not SDPA): the graph runtimes' attention fusions match."""
-    setter = getattr(model.module, "set_attn_implementation", None)
-    if setter is not None:
-        try:
-            setter("eager")
-        except ValueError as exc:
-            log.debug("keeping the model's attention implementation: %s", exc)
-
-
 def export_onnx(model: TaskModel, sample: Batch, path: Path, *, opset: int = MIN_OPSET) -> None:
     """Export ``model`` to ``path`` and check it. Uses the TorchScript-based exporter (``dynamo=False``):
     it handles `dynamic_axes` on Hugging Face encoders in one pass and needs no extra packages."""
     import onnx
 
     model.module.eval()
-    _eager_attention(model)
+    use_eager_attention(model.module)
     names = model.input_names()
     args = tuple(sample[n][:2] for n in names)
     sink = io.StringIO()

@@ -101,3 +101,47 @@ def l1_cosine_loss(
             m = mask.to(per_token.dtype)
             total = total + (per_token * m).sum() / m.sum().clamp_min(1.0)
     return total / len(student_hidden)
+
+
+def _valid_queries(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``(B, S)`` weights of the query positions to average over (all ones without a mask)."""
+    if mask is None:
+        return like.new_ones(like.shape[0], like.shape[-2])
+    return mask.to(like.dtype)
+
+
+def attention_map_loss(
+    student_probs: list[torch.Tensor],
+    teacher_probs: list[torch.Tensor],
+    *,
+    mask: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Attention-map loss of quantization-aware distillation (Kim et al., 2022, "Understanding and Improving
+    Knowledge Distillation for Quantization-Aware Training of Large Transformer Encoders").
+
+    For each layer ``l``, head ``h`` and query ``i``: ``KL(A^T_{l,h,i} || A^S_{l,h,i}) = sum_j A^T log(A^T / A^S)``
+    over the key positions ``j`` of the attention probabilities ``(B, heads, S, S)``; averaged over heads and
+    non-padding queries, then over layers. ``eps`` keeps the log finite where a student probability is 0.
+    """
+    total = student_probs[0].new_zeros(())
+    for ps, pt in zip(student_probs, teacher_probs, strict=True):
+        kl = (torch.xlogy(pt, pt) - pt * torch.log(ps.clamp_min(eps))).sum(-1)  # (B, heads, S)
+        q = _valid_queries(mask, ps)
+        total = total + (kl.mean(1) * q).sum() / q.sum().clamp_min(1.0)
+    return total / len(student_probs)
+
+
+def attention_output_loss(
+    student_context: list[torch.Tensor], teacher_context: list[torch.Tensor], *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention-output loss of quantization-aware distillation (Kim et al., 2022, as above).
+
+    For each layer: ``mean((O^S - O^T)^2)`` between the self-attention outputs (the context vectors
+    ``softmax(QK^T / sqrt(d)) V`` of every head, concatenated, before the output projection) ``(B, S, H)``,
+    over non-padding tokens and features; averaged over layers.
+    """
+    total = student_context[0].new_zeros(())
+    for cs, ct in zip(student_context, teacher_context, strict=True):
+        total = total + hint_loss(cs, ct, mask=mask)
+    return total / len(student_context)

@@ -32,6 +32,17 @@ class BertStudentSpec(Strict):
     )
 
 
+def use_eager_attention(module: Any) -> None:
+    """Run attention as explicit MatMul/Softmax (not SDPA): it then returns its probabilities (attention-map
+    distillation) and exports to the graph that runtimes' attention fusions match."""
+    setter = getattr(module, "set_attn_implementation", None)
+    if setter is not None:
+        try:
+            setter("eager")
+        except ValueError as exc:
+            log.debug("keeping the model's attention implementation: %s", exc)
+
+
 def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """Evenly spaced teacher layers ending at the last one, e.g. 3 of 6 -> [1, 3, 5]."""
     step = teacher_layers / student_layers

@@ -195,3 +195,48 @@ def quantize_static(
                 )
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"onnxruntime static quantization of {src.name} failed: {exc}") from None
+
+
+# Kernels that compute in integers. QuantizeLinear/DequantizeLinear alone only convert: a QDQ graph whose
+# optimised form still runs float MatMuls between them is "fake" quantization, not integer arithmetic.
+INTEGER_KERNELS = INTEGER_OPS - {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"} | {
+    "MatMulIntegerToFloat",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearConcat",
+    "QLinearGlobalAveragePool",
+    "QLinearAveragePool",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearSoftmax",
+}
+
+
+def executed_kernels(path: Path) -> dict[str, int]:
+    """Operator counts of the graph onnxruntime (CPU) actually executes: the model after its own graph
+    optimisations, where QDQ pairs around MatMul/Conv become integer kernels (or do not)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="compress-ort-") as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable, no NCHWc
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def float_weight_layers(path: Path) -> list[str]:
+    """Names of MatMul/Gemm/Conv nodes of a QDQ graph whose weight is a float initializer, i.e. not fed by a
+    DequantizeLinear: the layers the quantizer left in float."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.input) > 1 and node.input[1] in weights:
+            found.append(node.name or node.output[0])
+    return found

@@ -11,16 +11,16 @@ from safetensors.torch import load_file, save_file
 
 from compress.artifacts import Artifact, Artifacts
 from compress.context import Context
-from compress.data.dataset import Batch, DataBundle
+from compress.data.dataset import DataBundle
 from compress.fileio import sha256_json
 from compress.losses import LossConfig, build_terms, loss_config_union
-from compress.losses.taps import FeatureTaps
-from compress.losses.terms import Captured, CEConfig, KDConfig
+from compress.losses.terms import CEConfig, KDConfig
 from compress.models.source import ModelSource, build_model
 from compress.models.task_model import TaskModel
 from compress.recipe.base import TrainSchedule
 from compress.stages.base import StageConfig, register_stage, require
 from compress.stages.common import save_model_artifact
+from compress.training.distillation import distillation_step
 from compress.training.evaluate import predict_logits
 from compress.training.loop import train
 
@@ -98,10 +98,8 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     teacher.module.eval().requires_grad_(False)
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
     terms = build_terms(config.losses, student, teacher, probe)
-    s_paths = sorted({p for t in terms for p in t.student_paths})
-    t_paths = sorted({p for t in terms for p in t.teacher_paths})
     cached = None
-    if config.cache_teacher_outputs and not t_paths:
+    if config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
         cached = _cached_teacher_logits(teacher, artifacts["teacher"], data, ctx, config.eval_batch_size)
     log.info(
         "distill: teacher %d params -> student %d params; losses %s; teacher %s",
@@ -111,24 +109,7 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         "logits cached" if cached is not None else "run every step",
     )
 
-    part_names = [f"loss_{c.name}" for c in config.losses]
-
-    def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        with FeatureTaps(student.module, s_paths) as s_feats:
-            s = Captured(student.logits(batch), s_feats)
-        if cached is not None:
-            t = Captured(cached[batch["index"]])
-        else:
-            with torch.no_grad(), FeatureTaps(teacher.module, t_paths) as t_feats:
-                t = Captured(teacher.logits(batch), dict(t_feats))
-        total = torch.zeros(())
-        parts: dict[str, float] = {}
-        for name, term in zip(part_names, terms, strict=True):
-            value = term(s, t, batch)
-            parts[name] = float(value)
-            total = total + term.weight * value
-        return total, parts
-
+    step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in config.losses], cached)
     extra = torch.nn.ModuleList(terms)  # regressors of hint losses train with the student
     result = train(student, step, data.train, data.dev, config, seed=ctx.seed, extra=extra, label="distill")
     art = save_model_artifact(student, config.output, ctx, "distill", "teacher", data, config.eval_batch_size, result)

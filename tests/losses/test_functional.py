@@ -60,3 +60,27 @@ def test_minilm_relation_loss_zero_iff_same_relations_and_mask_respected() -> No
     for o in edited:
         o[0, 3:] = 100.0
     assert F.minilm_relation_loss(edited, [q, k, v], relation_heads=2, mask=mask).item() == pytest.approx(base.item())
+
+
+def test_attention_map_loss_matches_hand_computation() -> None:
+    # one layer, batch 1, 2 heads, 2 queries (the second is padding), 2 keys
+    t = torch.tensor([[[[0.75, 0.25], [0.5, 0.5]], [[0.5, 0.5], [0.9, 0.1]]]])
+    s = torch.tensor([[[[0.5, 0.5], [0.1, 0.9]], [[0.25, 0.75], [0.2, 0.8]]]])
+    mask = torch.tensor([[1, 0]])
+
+    def kl(p: list[float], q: list[float]) -> float:
+        return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+
+    expected = (kl([0.75, 0.25], [0.5, 0.5]) + kl([0.5, 0.5], [0.25, 0.75])) / 2  # heads of the one real query
+    assert F.attention_map_loss([s], [t], mask=mask).item() == pytest.approx(expected, rel=1e-5)
+    assert F.attention_map_loss([t, t], [t, t], mask=mask).item() == pytest.approx(0.0, abs=1e-7)
+    unmasked = (expected * 2 + kl([0.5, 0.5], [0.1, 0.9]) + kl([0.9, 0.1], [0.2, 0.8])) / 4
+    assert F.attention_map_loss([s], [t]).item() == pytest.approx(unmasked, rel=1e-5)
+
+
+def test_attention_output_loss_matches_hand_computation() -> None:
+    s = torch.tensor([[[1.0, 2.0], [5.0, 5.0]]])
+    t = torch.tensor([[[0.0, 4.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 0]])
+    assert F.attention_output_loss([s], [t], mask=mask).item() == pytest.approx((1 + 4) / 2)
+    assert F.attention_output_loss([s, t], [t, t], mask=mask).item() == pytest.approx((1 + 4) / 2 / 2)

@@ -1,0 +1,91 @@
+"""Quantization-aware training with NNCF's current PyTorch API: `nncf.quantize` inserts fake quantizers
+(initialised by post-training calibration) into the model, the model trains with them, `nncf.strip` turns them
+into torch fake-quantize ops that export to ONNX as QuantizeLinear/DequantizeLinear pairs.
+
+NNCF, not our own fake-quant modules: it places quantizers where the target runtimes fuse them into integer
+kernels (weights per channel, activations before every MatMul/Conv input), calibrates them, and makes the scales
+trainable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import QuantizationError
+
+log = logging.getLogger("compress")
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class QatScheme:
+    """Bit widths and granularity. onnxruntime's CPU integer kernels take 8-bit weights and activations."""
+
+    weight_bits: int = 8
+    activation_bits: int = 8
+    per_channel: bool = True
+    transformer: bool = False  # NNCF's Transformer preset (SmoothQuant, which ops get activation quantizers)
+
+
+SUPPORTED_BITS = (8,)
+
+
+def _nncf() -> Any:
+    try:
+        import nncf
+    except ImportError as exc:  # pragma: no cover - nncf is a core dependency
+        raise QuantizationError(f"quantization-aware training needs NNCF: pip install nncf ({exc})") from None
+    return nncf
+
+
+def prepare(module: nn.Module, calibration: list[Batch], scheme: QatScheme, *, ignored_types: list[str]) -> nn.Module:
+    """``module`` with trainable fake quantizers, their ranges calibrated on ``calibration`` batches."""
+    if scheme.weight_bits not in SUPPORTED_BITS or scheme.activation_bits not in SUPPORTED_BITS:
+        raise QuantizationError(
+            f"weights.bits={scheme.weight_bits}, activations.bits={scheme.activation_bits}: supported bit widths "
+            f"are {list(SUPPORTED_BITS)} (what onnxruntime's integer CPU kernels execute)."
+        )
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    advanced = AdvancedQuantizationParameters(
+        weights_quantization_params=QuantizationParameters(per_channel=scheme.per_channel)
+    )
+    module.eval()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = nncf.quantize(
+                module,
+                nncf.Dataset(calibration),
+                model_type=nncf.ModelType.TRANSFORMER if scheme.transformer else None,
+                subset_size=sum(len(next(iter(b.values()))) for b in calibration),
+                ignored_scope=nncf.IgnoredScope(types=ignored_types, validate=False),
+                advanced_parameters=advanced,
+            )
+    except Exception as exc:  # noqa: BLE001 - NNCF's own errors name the operation it could not handle
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise QuantizationError(
+            f"NNCF could not insert quantizers into {type(module).__name__}: {type(exc).__name__}: {first}"
+        ) from None
+    return quantized
+
+
+def quantizer_count(module: nn.Module) -> int:
+    """Fake quantizers NNCF inserted (0 means nothing would be quantized)."""
+    return sum(1 for m in module.modules() if type(m).__name__.endswith("Quantizer"))
+
+
+def strip(module: nn.Module, example: Batch) -> nn.Module:
+    """The trained model with its quantizers as plain torch fake-quantize ops (exportable QDQ)."""
+    nncf = _nncf()
+    module.eval()
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.strip(module, do_copy=True, example_input=example)

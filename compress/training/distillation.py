@@ -1,0 +1,42 @@
+"""One distillation step shared by the training stages: run both models with their feature taps, sum the terms."""
+
+from __future__ import annotations
+
+import torch
+
+from compress.data.dataset import Batch
+from compress.losses.taps import FeatureTaps
+from compress.losses.terms import Captured, LossTerm
+from compress.models.task_model import TaskModel
+from compress.training.loop import StepLoss
+
+
+def distillation_step(
+    student: TaskModel,
+    teacher: TaskModel,
+    terms: list[LossTerm],
+    names: list[str],
+    cached_teacher_logits: torch.Tensor | None = None,
+) -> StepLoss:
+    """The step loss ``sum_i w_i * term_i(student, teacher)``; parts reported under ``names``. With cached teacher
+    logits (indexed by the batch's ``index``) the teacher does not run."""
+    s_paths = sorted({p for t in terms for p in t.student_paths})
+    t_paths = sorted({p for t in terms for p in t.teacher_paths})
+
+    def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        with FeatureTaps(student.module, s_paths) as s_feats:
+            s = Captured(student.logits(batch), s_feats)
+        if cached_teacher_logits is not None:
+            t = Captured(cached_teacher_logits[batch["index"]])
+        else:
+            with torch.no_grad(), FeatureTaps(teacher.module, t_paths) as t_feats:
+                t = Captured(teacher.logits(batch), dict(t_feats))
+        total = torch.zeros(())
+        parts: dict[str, float] = {}
+        for name, term in zip(names, terms, strict=True):
+            value = term(s, t, batch)
+            parts[name] = float(value)
+            total = total + term.weight * value
+        return total, parts
+
+    return step
