@@ -22,6 +22,8 @@ from compress.models.task_model import TaskModel
 
 
 class AttentionLossConfig(LossConfig):
+    """Shared by the attention losses: which layers."""
+
     layers: list[int] | None = Field(
         None,
         description="Student attention layers to distil (indices among the layers that have attention; negative "

@@ -47,7 +47,7 @@ def _default(field: Any) -> str:
 
 def _section(model: type[BaseModel], title: str, seen: set[type[BaseModel]]) -> list[str]:
     seen.add(model)
-    lines = [f"### {title}", "", (model.__doc__ or "").strip().splitlines()[0], ""]
+    lines = [f"### {title}", "", ((model.__doc__ or "").strip().splitlines() or [""])[0], ""]
     lines += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     nested: list[type[BaseModel]] = []
     for name, field in model.model_fields.items():

@@ -57,6 +57,8 @@ def _bits(v: int) -> int:
 
 
 class WeightQuant(Strict):
+    """How weights are quantized."""
+
     bits: int = Field(8, description="Weight bit width (8: onnxruntime's integer MatMul/Conv kernels).")
     per_channel: bool = Field(True, description="One scale per output channel (else one per tensor).")
 
@@ -67,6 +69,8 @@ class WeightQuant(Strict):
 
 
 class ActivationQuant(Strict):
+    """How activations (the inputs of every quantized MatMul / Conv) are quantized."""
+
     bits: int = Field(8, description="Activation bit width (8).")
 
     @field_validator("bits")
@@ -104,11 +108,22 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
     lr: float = Field(1e-5, gt=0, description="Peak learning rate of AdamW (QAT starts from a trained model).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training split (fractions allowed).")
     opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=23, description="ONNX opset.")
+    output: str | None = Field(
+        None, description="Name of the `qat` artifact (an .onnx file name). Default: `<source>.int8-qat.onnx`."
+    )
     parity: ParityConfig = Field(
         default_factory=_qat_parity,
         description="Thresholds of the fake-quantized PyTorch model against the integer ONNX artifact (integer "
         "kernels round differently from float fake quantization, so these are looser than export's).",
     )
+
+
+    @field_validator("output")
+    @classmethod
+    def _onnx_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v.endswith(".onnx") or "/" in v):
+            raise ValueError("must be a file name ending in .onnx (e.g. student.int8-qat.onnx)")
+        return v
 
 
 def _default_losses(model: TaskModel) -> list[LossConfig]:
@@ -215,7 +230,7 @@ def _export_qat(
         student.tokenizer,
         student.spec,
     )
-    name = f"{config.source}.int8-qat.onnx"
+    name = config.output or f"{config.source}.int8-qat.onnx"
     path = ctx.stage_dir / name
     export_onnx(fake_quant, sample, path, opset=config.opset)
     parity = check_parity(fake_quant, path, data.test, config.parity, name)

@@ -1,0 +1,117 @@
+"""Quantization-aware distillation on SST-2: the distilled 3-layer MiniLM student of recipes/sst2-minilm.yaml in
+fp32, onnxruntime PTQ (dynamic, static) and QAT-KD int8 with the attention losses' ablation, in one run.
+
+    python benchmarks/qat_sst2.py [--steps 1000]
+
+The teacher fine-tune and the student distillation are reused from export/sst2-minilm (run sst2_minilm.py
+first). Every accuracy is measured on the ONNX artifact with onnxruntime (SST-2 test, 872 sentences); every
+latency in one benchmark process, alternating (x86-cpu, batch 1, sequence 128). Prints the table and saves
+benchmarks/results/qat_sst2.json. Target: QAT-KD int8 within 0.3 points of the fp32 student and better than
+the best PTQ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+from timing import measure_alternating  # benchmarks/timing.py (scripts run from their folder)
+
+from compress import pipeline
+from compress.environment import environment
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {  # artifact -> (label, losses)
+    "student.qat-kd.onnx": ("QAT-KD int8: logits", ["kd"]),
+    "student.qat-kd-map.onnx": ("QAT-KD int8: + attention-map", ["kd", "attention_map"]),
+    "student.qat-kd-out.onnx": ("QAT-KD int8: + attention-output", ["kd", "attention_output"]),
+    "student.qat-kd-map-out.onnx": ("QAT-KD int8: + both", ["kd", "attention_map", "attention_output"]),
+}
+BASELINES = {
+    "student.onnx": "fp32 student",
+    "student.int8-dynamic.onnx": "PTQ int8 dynamic (onnxruntime)",
+    "student.int8-static.onnx": "PTQ int8 static QDQ (onnxruntime)",
+}
+
+
+def _recipe(steps: int) -> Path:
+    """sst2-qat.yaml with its one QAT stage replaced by the four loss variants, and no profile stage."""
+    recipe = yaml.safe_load((ROOT / "recipes" / "sst2-qat.yaml").read_text())
+    qat = next(s for s in recipe["stages"] if s.get("method") == "qat")
+    stages = [s for s in recipe["stages"] if s is not qat and s["stage"] != "profile"]
+    at = next(i for i, s in enumerate(stages) if s["stage"] == "export")
+    for name, (_, losses) in VARIANTS.items():
+        variant = {**qat, "max_steps": steps, "eval_every": max(1, steps // 4), "output": name}
+        variant["losses"] = [{"name": n, "weight": 1.0, **({"temperature": 1.0} if n == "kd" else {})} for n in losses]
+        stages.insert(at, variant)
+        at += 1
+    recipe["stages"] = stages
+    path = ROOT / "recipes" / ".sst2-qat.bench.yaml"  # beside the recipe: its data paths are relative
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _seed_cache(out: Path) -> None:
+    """Reuse sst2-minilm's teacher, fine-tune and distillation (same configs, so same stage keys)."""
+    pipeline.run(ROOT / "recipes" / "sst2-minilm.yaml", ROOT / "export" / "sst2-minilm")
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in sorted((ROOT / "export" / "sst2-minilm").glob("0[0-2]-*")):
+        if not (out / folder.name).exists():
+            shutil.copytree(folder, out / folder.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=1000, help="QAT steps per variant (batch 32)")
+    args = parser.parse_args()
+    logger = logging.getLogger("compress")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(logging.StreamHandler())
+    logger.propagate = False
+    out = ROOT / "export" / "sst2-qat"
+    _seed_cache(out)
+    recipe = _recipe(args.steps)
+    try:
+        arts = pipeline.run(recipe, out).artifacts
+    finally:
+        recipe.unlink()
+    names = list(BASELINES) + list(VARIANTS)
+    p50 = measure_alternating([arts[n].path for n in names])
+    labels = {**BASELINES, **{n: v[0] for n, v in VARIANTS.items()}}
+    fp32_acc, fp32_ms = arts["student.onnx"].metrics["accuracy"], p50[0]
+    rows = []
+    for name, ms in zip(names, p50, strict=True):
+        a = arts[name]
+        train = a.info.get("training", {})
+        rows.append({
+            "artifact": name, "label": labels[name], "accuracy": a.metrics["accuracy"],
+            "drop_points": 100 * (fp32_acc - a.metrics["accuracy"]), "p50_ms": ms, "speedup": fp32_ms / ms,
+            "size_mb": a.size_bytes / 1e6, "qat_seconds": train.get("seconds"),
+            "integer_kernels": a.info.get("integer_kernels") or a.info.get("integer_ops"),
+        })  # fmt: skip
+    print("| artifact | SST-2 test acc | drop vs fp32 | x86-cpu p50 ms | speed vs fp32 | size MB | QAT time |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        qat_time = f"{r['qat_seconds'] / 60:.1f} min" if r["qat_seconds"] else "-"
+        print(f"| {r['label']} | {100 * r['accuracy']:.2f}% | {r['drop_points']:+.2f} | {r['p50_ms']:.2f} | "
+              f"{r['speedup']:.2f}x | {r['size_mb']:.1f} | {qat_time} |")  # fmt: skip
+    best_ptq = max(r["accuracy"] for r in rows[1:3])
+    best_qat = max(rows[3:], key=lambda r: r["accuracy"])
+    target = {
+        "best_qat": best_qat["label"],
+        "within_0.3_points_of_fp32": best_qat["drop_points"] <= 0.3,
+        "better_than_best_ptq": best_qat["accuracy"] > best_ptq,
+    }
+    print(f"target: {target}")
+    path = ROOT / "benchmarks" / "results" / "qat_sst2.json"
+    path.write_text(json.dumps({"rows": rows, "target": target, "qat_steps": args.steps,
+                                "environment": environment()}, indent=2))  # fmt: skip
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
