@@ -46,8 +46,48 @@ def _nncf() -> Any:
     return nncf
 
 
+def _set(module: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, name, new)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm that directly follows a Conv folded into it (eval statistics), in place;
+    the pairs are found by tracing the forward with torch.fx, the module keeps its class.
+
+    Needed for integer kernels: onnxruntime turns ``DQ -> Conv -> Q`` into QLinearConv, but a Conv whose output
+    goes to a BatchNorm stays a float Conv between DequantizeLinear nodes. A model torch.fx cannot trace keeps
+    its BatchNorms (the export check then names the layers left in float)."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if not any(isinstance(m, norms) for m in module.modules()):
+        return module
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: quantize unfolded
+        log.warning("could not trace %s to fold BatchNorm into Conv (%s); those Convs may stay float",
+                    type(module).__name__, type(exc).__name__)  # fmt: skip
+        return module
+    modules = dict(module.named_modules())
+    module.eval()
+    for node in graph.nodes:
+        prev = node.args[0] if node.op == "call_module" and node.args else None
+        if (
+            isinstance(prev, torch.fx.Node)
+            and prev.op == "call_module"
+            and isinstance(modules.get(str(node.target)), norms)
+            and isinstance(modules.get(str(prev.target)), nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            and len(prev.users) == 1
+        ):
+            conv, bn = modules[str(prev.target)], modules[str(node.target)]
+            _set(module, str(prev.target), fuse_conv_bn_eval(conv, bn))  # type: ignore[arg-type]
+            _set(module, str(node.target), nn.Identity())
+    return module
+
+
 def prepare(module: nn.Module, calibration: list[Batch], scheme: QatScheme, *, ignored_types: list[str]) -> nn.Module:
-    """``module`` with trainable fake quantizers, their ranges calibrated on ``calibration`` batches."""
+    """``module`` (BatchNorms folded) with trainable fake quantizers, ranges calibrated on ``calibration``."""
     if scheme.weight_bits not in SUPPORTED_BITS or scheme.activation_bits not in SUPPORTED_BITS:
         raise QuantizationError(
             f"weights.bits={scheme.weight_bits}, activations.bits={scheme.activation_bits}: supported bit widths "
@@ -59,7 +99,7 @@ def prepare(module: nn.Module, calibration: list[Batch], scheme: QatScheme, *, i
     advanced = AdvancedQuantizationParameters(
         weights_quantization_params=QuantizationParameters(per_channel=scheme.per_channel)
     )
-    module.eval()
+    module = fold_batchnorm(module.eval())
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             quantized = nncf.quantize(

@@ -117,7 +117,6 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
         "kernels round differently from float fake quantization, so these are looser than export's).",
     )
 
-
     @field_validator("output")
     @classmethod
     def _onnx_name(cls, v: str | None) -> str | None:

@@ -35,7 +35,7 @@ def distillation_step(
         parts: dict[str, float] = {}
         for name, term in zip(names, terms, strict=True):
             value = term(s, t, batch)
-            parts[name] = float(value)
+            parts[name] = float(value.detach())
             total = total + term.weight * value
         return total, parts
 

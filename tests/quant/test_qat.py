@@ -127,3 +127,35 @@ def test_fake_quant_round_trip_error_is_bounded() -> None:
     step = x.abs().max() / 127  # coarse bound: activation step at the input range
     assert (ref - got).abs().max() < 16 * step
     assert (ref - got).abs().max() > 0  # quantization really happens
+
+
+DIGITS = """
+name: digits-qat
+seed: 0
+data: {format: sklearn_digits}
+teacher:
+  cnn: {widths: [16, 32], block: resnet}
+stages:
+  - stage: finetune
+    epochs: 3
+    batch_size: 64
+    lr: 3.0e-3
+  - stage: quantize
+    source: teacher
+    epochs: 1
+    batch_size: 64
+    lr: 1.0e-4
+    calibration_samples: 64
+    losses:
+      - {name: kd, temperature: 2.0}
+      - {name: hidden, weight: 0.1}
+"""
+
+
+def test_cnn_qat_folds_batchnorm_and_runs_integer_convs(tmp_path: Path) -> None:
+    result = pipeline.run(write_recipe(tmp_path, DIGITS), out=tmp_path / "out")
+    teacher = TaskModel.load(result.artifacts["teacher"].path)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in teacher.module.modules())
+    art = result.artifacts["teacher.int8-qat.onnx"]
+    assert art.info["integer_kernels"]["QLinearConv"] == convs  # BatchNorm folded: every Conv is integer
+    assert art.metrics["accuracy"] >= result.artifacts["teacher"].metrics["accuracy"] - 0.02
