@@ -94,7 +94,10 @@ def prepare(module: nn.Module, calibration: list[Batch], scheme: QatScheme, *, i
             f"are {list(SUPPORTED_BITS)} (what onnxruntime's integer CPU kernels execute)."
         )
     nncf = _nncf()
+    from nncf.common.logging import nncf_logger
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    nncf_logger.setLevel(logging.WARNING)  # one INFO line per operation it leaves alone
 
     advanced = AdvancedQuantizationParameters(
         weights_quantization_params=QuantizationParameters(per_channel=scheme.per_channel)
@@ -106,7 +109,7 @@ def prepare(module: nn.Module, calibration: list[Batch], scheme: QatScheme, *, i
                 module,
                 nncf.Dataset(calibration),
                 model_type=nncf.ModelType.TRANSFORMER if scheme.transformer else None,
-                subset_size=sum(len(next(iter(b.values()))) for b in calibration),
+                subset_size=len(calibration),  # NNCF counts dataset items: our batches
                 ignored_scope=nncf.IgnoredScope(types=ignored_types, validate=False),
                 advanced_parameters=advanced,
             )

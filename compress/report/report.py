@@ -15,14 +15,18 @@ MIN_SPEEDUP = 1.05
 def baseline_of(art: Artifact, artifacts: Artifacts, device: str) -> Artifact | None:
     """The artifact this one should beat on ``device``.
 
-    An int8 ONNX file is compared with the fp32 ONNX it was quantized from; the fp32 ONNX of a model is
-    compared with the fp32 ONNX of the nearest ancestor model (a student with its teacher).
+    An int8 ONNX file is compared with the fp32 ONNX it was quantized from (or, when its parent is the PyTorch
+    model, with that model's fp32 export); the fp32 ONNX of a model is compared with the fp32 ONNX of the
+    nearest ancestor model (a student with its teacher).
     """
     parent = artifacts.get(art.parent or "")
     if parent is None:
         return None
     if parent.kind == "onnx":
         return parent if device in parent.latency else None
+    own = artifacts.get(f"{parent.name}.onnx")
+    if own is not None and own.name != art.name and device in own.latency:
+        return own
     seen: set[str] = set()
     model = artifacts.get(parent.parent or "")
     while model is not None and model.name not in seen:
@@ -37,6 +41,8 @@ def baseline_of(art: Artifact, artifacts: Artifacts, device: str) -> Artifact | 
 def _flag_not_smaller(art: Artifact, artifacts: Artifacts, flags: list[dict[str, Any]]) -> None:
     """Quantized artifacts aim to be smaller than their source: flag one that is not (by 5% or more)."""
     source = artifacts.get(art.parent or "")
+    if source is not None and source.kind == "model":
+        source = artifacts.get(f"{source.name}.onnx")  # quantized straight from the model: its fp32 export
     if not art.precision.startswith("int8") or source is None or source.kind != "onnx":
         return
     if art.size_bytes >= 0.95 * source.size_bytes:
@@ -55,6 +61,18 @@ def _searches(history: list[Artifact]) -> list[dict[str, Any]]:
         if info:
             keep = ("method", "chosen", "top", "evaluated", "rejected", "seconds", "latency_table_mape", "budget")
             out.append({"artifact": art.name} | {k: info.get(k) for k in keep})
+    return out
+
+
+def _quantized(artifacts: Artifacts) -> list[dict[str, Any]]:
+    """How each quantization-aware artifact was made and what onnxruntime really executes."""
+    out = []
+    for art in artifacts.values():
+        if art.info.get("method") == "qat":
+            keep = ("scheme", "teacher", "integer_kernels", "float_layers")
+            out.append({"artifact": art.name, "losses": [c["name"] for c in art.info.get("losses", [])]}
+                       | {k: art.info.get(k) for k in keep}
+                       | {k: v for k, v in art.metrics.items() if k.startswith(("parity", "top1"))})  # fmt: skip
     return out
 
 
@@ -102,6 +120,7 @@ def build_report(
         "artifacts": rows,
         "flags": flags,
         "searches": _searches(history or []),
+        "quantized": _quantized(artifacts),
     }
 
 
@@ -143,12 +162,32 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["No flags: every measured artifact is faster than the one it came from.", ""]
     for search in report.get("searches", []):
         lines += _search_markdown(search)
+    for q in report.get("quantized", []):
+        lines += _quantized_markdown(q)
     if report.get("budgets"):
         from compress.report.budgets import describe
 
         lines += ["## Budgets", ""] + [f"- {describe(c)}" for c in report["budgets"]] + [""]
     lines.append("Accuracy is measured on the test split, on each artifact's own runtime (PyTorch or onnxruntime).")
     return "\n".join(lines) + "\n"
+
+
+def _quantized_markdown(q: dict[str, Any]) -> list[str]:
+    scheme = q.get("scheme") or {}
+    bits = f"W{scheme.get('weights', {}).get('bits', '?')}A{scheme.get('activations', {}).get('bits', '?')}"
+    kernels = ", ".join(f"{k} x{v}" for k, v in (q.get("integer_kernels") or {}).items()) or "none"
+    floats = q.get("float_layers") or []
+    return [
+        f"## Quantization-aware training: `{q['artifact']}`",
+        "",
+        f"- {bits}, distilled from `{q.get('teacher')}` with {', '.join(q['losses'])}",
+        f"- integer kernels onnxruntime executes: {kernels}",
+        f"- layers left in float: {', '.join(floats) if floats else 'none'}",
+        f"- fake-quantized PyTorch vs ONNX: max |logit diff| {_fmt(q.get('parity_max_abs_diff'), '.2e')}, top-1 "
+        f"agreement {_fmt(q.get('parity_top1_agreement'), '.3f')}; agreement with fp32 "
+        f"{_fmt(q.get('top1_agreement_with_fp32'), '.3f')}",
+        "",
+    ]
 
 
 def _search_markdown(s: dict[str, Any]) -> list[str]:

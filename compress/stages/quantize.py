@@ -19,7 +19,7 @@ from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.losses.terms import CEConfig, KDConfig
 from compress.models.task_model import TaskModel
 from compress.quant import ort as ortq
-from compress.quant import qat
+from compress.quant import qat, qdq
 from compress.recipe.base import Strict, TrainSchedule
 from compress.runtimes.onnxruntime import OrtPredictor
 from compress.stages.base import StageConfig, register_stage, require
@@ -232,6 +232,7 @@ def _export_qat(
     name = config.output or f"{config.source}.int8-qat.onnx"
     path = ctx.stage_dir / name
     export_onnx(fake_quant, sample, path, opset=config.opset)
+    qdq.store_int8_weights(path)
     parity = check_parity(fake_quant, path, data.test, config.parity, name)
     kernels = ortq.executed_kernels(path)
     integer = {k: v for k, v in kernels.items() if k in ortq.INTEGER_KERNELS}

@@ -149,6 +149,9 @@ stages:
     losses:
       - {name: kd, temperature: 2.0}
       - {name: hidden, weight: 0.1}
+  - stage: export
+    models: [teacher]
+    int8: []
 """
 
 
@@ -159,3 +162,4 @@ def test_cnn_qat_folds_batchnorm_and_runs_integer_convs(tmp_path: Path) -> None:
     art = result.artifacts["teacher.int8-qat.onnx"]
     assert art.info["integer_kernels"]["QLinearConv"] == convs  # BatchNorm folded: every Conv is integer
     assert art.metrics["accuracy"] >= result.artifacts["teacher"].metrics["accuracy"] - 0.02
+    assert art.size_bytes < 0.5 * result.artifacts["teacher.onnx"].size_bytes  # weights stored in int8
