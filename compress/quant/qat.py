@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,9 @@ SUPPORTED_BITS = (8,)
 
 
 def _nncf() -> Any:
+    # NNCF compiles its CPU fake-quantize kernels (a C++ extension, g++ and ninja) on first use and gives up
+    # after 60 s; a fresh machine under load can take longer.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
     try:
         import nncf
     except ImportError as exc:  # pragma: no cover - nncf is a core dependency
