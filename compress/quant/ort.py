@@ -80,15 +80,18 @@ def fuse_transformer(
 
     src, dst = src.resolve(), dst.resolve()
     # the optimizer warns once per layer that the nominal width differs from the Q/K/V input width: expected
-    fusion_log = logging.getLogger("onnxruntime.transformers.fusion_attention")
-    level = fusion_log.level
-    fusion_log.setLevel(logging.ERROR)
+    # (onnxruntime puts its transformers folder on sys.path: the module logs as "fusion_attention")
+    fusion_logs = [logging.getLogger(n) for n in ("fusion_attention", "onnxruntime.transformers.fusion_attention")]
+    levels = [lg.level for lg in fusion_logs]
+    for lg in fusion_logs:
+        lg.setLevel(logging.ERROR)
     with _scratch_cwd(), contextlib.redirect_stdout(io.StringIO()):
         model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
         if head_size:
             _set_attention_heads(model.model, head_size)
         model.save_model_to_file(str(dst))
-    fusion_log.setLevel(level)
+    for lg, level in zip(fusion_logs, levels, strict=True):
+        lg.setLevel(level)
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
 

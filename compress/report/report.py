@@ -64,6 +64,18 @@ def _searches(history: list[Artifact]) -> list[dict[str, Any]]:
     return out
 
 
+def _pruned(history: list[Artifact]) -> list[dict[str, Any]]:
+    """What each prune stage kept: fraction of the target's measure and, for encoders, heads and FFN per layer."""
+    out = []
+    for art in history:
+        info = art.info.get("pruning")
+        if info:
+            target = {k: v for k, v in (info.get("target") or {}).items() if v is not None and k != "sequence"}
+            keep = ("method", "kept_fraction", "params_before", "structure")
+            out.append({"artifact": art.name, "params": art.params, "target": target} | {k: info.get(k) for k in keep})
+    return out
+
+
 def _quantized(artifacts: Artifacts) -> list[dict[str, Any]]:
     """How each quantization-aware artifact was made and what onnxruntime really executes."""
     out = []
@@ -120,6 +132,7 @@ def build_report(
         "artifacts": rows,
         "flags": flags,
         "searches": _searches(history or []),
+        "pruned": _pruned(history or []),
         "quantized": _quantized(artifacts),
     }
 
@@ -162,6 +175,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["No flags: every measured artifact is faster than the one it came from.", ""]
     for search in report.get("searches", []):
         lines += _search_markdown(search)
+    for p in report.get("pruned", []):
+        lines += _pruned_markdown(p)
     for q in report.get("quantized", []):
         lines += _quantized_markdown(q)
     if report.get("budgets"):
@@ -170,6 +185,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## Budgets", ""] + [f"- {describe(c)}" for c in report["budgets"]] + [""]
     lines.append("Accuracy is measured on the test split, on each artifact's own runtime (PyTorch or onnxruntime).")
     return "\n".join(lines) + "\n"
+
+
+def _pruned_markdown(p: dict[str, Any]) -> list[str]:
+    target = ", ".join(f"{k} {v}" for k, v in p["target"].items())
+    kept = p.get("kept_fraction")
+    lines = [
+        f"## Pruning: {p['method']} -> `{p['artifact']}`",
+        "",
+        f"- target {target}; kept {_fmt(100 * kept if kept is not None else None, '.1f')}%; parameters "
+        f"{p.get('params_before') or 0:,} -> {p.get('params') or 0:,}",
+        "",
+    ]
+    structure = p.get("structure")
+    if structure:
+        lines += ["| layer | heads | FFN units |", "| --- | --- | --- |"]
+        for i, (h, f) in enumerate(zip(structure["heads"], structure["ffn"], strict=True)):
+            lines.append(f"| {i} | {h or 'removed'} | {f or 'removed'} |")
+        lines.append("")
+    return lines
 
 
 def _quantized_markdown(q: dict[str, Any]) -> list[str]:

@@ -60,3 +60,24 @@ def test_int8_that_is_not_smaller_is_flagged() -> None:
     kinds = {(f["artifact"], f["kind"]) for f in report["flags"]}
     assert ("student.int8-dynamic.onnx", "not_smaller") in kinds
     assert ("student.int8-static.onnx", "not_smaller") not in kinds
+
+
+def test_int8_made_from_the_model_is_compared_with_its_fp32_export() -> None:
+    arts = _artifacts()
+    qat = _art("student.int8-qat.onnx", "onnx", "student", 2.0, size=25)
+    arts[qat.name] = qat
+    assert baseline_of(qat, arts, "cpu").name == "student.onnx"  # type: ignore[union-attr]
+
+
+def test_report_shows_the_structure_pruning_left() -> None:
+    arts = _artifacts()
+    pruned = _art("pruned", "model", "teacher", None)
+    pruned.params = 600
+    pruned.info["pruning"] = {
+        "method": "dphubert", "target": {"params": 0.5, "flops": None, "sequence": 128}, "kept_fraction": 0.494,
+        "params_before": 1000, "structure": {"heads": [4, 0], "ffn": [64, 12]},
+    }  # fmt: skip
+    md = render_markdown(build_report(arts, {"name": "r"}, Path("/x"), [pruned]))
+    assert "## Pruning: dphubert -> `pruned`" in md
+    assert "target params 0.5; kept 49.4%; parameters 1,000 -> 600" in md
+    assert "| 1 | removed | 12 |" in md
