@@ -1,7 +1,7 @@
 """Quantization-aware distillation on SST-2: the distilled 3-layer MiniLM student of recipes/sst2-minilm.yaml in
 fp32, onnxruntime PTQ (dynamic, static) and QAT-KD int8 with the attention losses' ablation, in one run.
 
-    python benchmarks/qat_sst2.py [--steps 1000]
+    python benchmarks/qat_sst2.py [--steps 400] [--lr 1e-5] [--variants student.qat-kd.onnx,...] [--tag _long]
 
 The teacher fine-tune and the student distillation are reused from export/sst2-minilm (run sst2_minilm.py
 first). Every accuracy is measured on the ONNX artifact with onnxruntime (SST-2 test, 872 sentences); every
@@ -38,14 +38,14 @@ BASELINES = {
 }
 
 
-def _recipe(steps: int) -> Path:
+def _recipe(steps: int, lr: float, variants: dict[str, tuple[str, list[str]]]) -> Path:
     """sst2-qat.yaml with its one QAT stage replaced by the four loss variants, and no profile stage."""
     recipe = yaml.safe_load((ROOT / "recipes" / "sst2-qat.yaml").read_text())
     qat = next(s for s in recipe["stages"] if s.get("method") == "qat")
     stages = [s for s in recipe["stages"] if s is not qat and s["stage"] != "profile"]
     at = next(i for i, s in enumerate(stages) if s["stage"] == "export")
-    for name, (_, losses) in VARIANTS.items():
-        variant = {**qat, "max_steps": steps, "eval_every": max(1, steps // 4), "output": name}
+    for name, (_, losses) in variants.items():
+        variant = {**qat, "max_steps": steps, "eval_every": max(1, steps // 4), "lr": lr, "output": name}
         variant["losses"] = [{"name": n, "weight": 1.0, **({"temperature": 1.0} if n == "kd" else {})} for n in losses]
         stages.insert(at, variant)
         at += 1
@@ -66,22 +66,26 @@ def _seed_cache(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=1000, help="QAT steps per variant (batch 32)")
+    parser.add_argument("--steps", type=int, default=400, help="QAT steps per variant (batch 32)")
+    parser.add_argument("--lr", type=float, default=1e-5, help="QAT peak learning rate")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated QAT artifacts to train")
+    parser.add_argument("--tag", default="", help="suffix of the results file (qat_sst2<tag>.json)")
     args = parser.parse_args()
+    variants = {n: VARIANTS[n] for n in args.variants.split(",")}
     logger = logging.getLogger("compress")
     logger.setLevel(logging.INFO)
     logger.addHandler(logging.StreamHandler())
     logger.propagate = False
     out = ROOT / "export" / "sst2-qat"
     _seed_cache(out)
-    recipe = _recipe(args.steps)
+    recipe = _recipe(args.steps, args.lr, variants)
     try:
         arts = pipeline.run(recipe, out).artifacts
     finally:
         recipe.unlink()
-    names = list(BASELINES) + list(VARIANTS)
+    names = list(BASELINES) + list(variants)
     p50 = measure_alternating([arts[n].path for n in names])
-    labels = {**BASELINES, **{n: v[0] for n, v in VARIANTS.items()}}
+    labels = {**BASELINES, **{n: v[0] for n, v in variants.items()}}
     fp32_acc, fp32_ms = arts["student.onnx"].metrics["accuracy"], p50[0]
     rows = []
     for name, ms in zip(names, p50, strict=True):
@@ -107,8 +111,8 @@ def main() -> None:
         "better_than_best_ptq": best_qat["accuracy"] > best_ptq,
     }
     print(f"target: {target}")
-    path = ROOT / "benchmarks" / "results" / "qat_sst2.json"
-    path.write_text(json.dumps({"rows": rows, "target": target, "qat_steps": args.steps,
+    path = ROOT / "benchmarks" / "results" / f"qat_sst2{args.tag}.json"
+    path.write_text(json.dumps({"rows": rows, "target": target, "qat_steps": args.steps, "qat_lr": args.lr,
                                 "environment": environment()}, indent=2))  # fmt: skip
     print(f"saved {path}")
 
