@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import compress  # noqa: F401 - first, so that its logging settings apply before transformers imports torchao
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SST2 = SHARED_DATA / "sst2"
@@ -91,18 +93,25 @@ def digits_recipe(tmp_path: Path) -> Path:
     return write_recipe(tmp_path, DIGITS_RECIPE)
 
 
-DIGITS_RECIPE = """
-name: tiny-digits
+def digits_recipe_head(name: str) -> str:
+    """`name`, `seed`, digits data, the ResNet teacher and a seconds-long `finetune` of it (first stage)."""
+    return f"""
+name: {name}
 seed: 0
-data: {format: sklearn_digits}
+data: {{format: sklearn_digits}}
 teacher:
-  cnn: {widths: [16, 32], block: resnet}
+  cnn: {{widths: [16, 32], block: resnet}}
 stages:
   - stage: finetune
     epochs: 3
     batch_size: 64
     lr: 3.0e-3
-  - stage: distill
+"""
+
+
+DIGITS_RECIPE = (
+    digits_recipe_head("tiny-digits")
+    + """  - stage: distill
     student:
       cnn: {widths: [8, 16], block: plain}
     epochs: 3
@@ -120,6 +129,7 @@ stages:
     runs: 20
     warmup: 2
 """
+)
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

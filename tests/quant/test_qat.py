@@ -17,7 +17,7 @@ from compress.losses.terms import KDConfig
 from compress.models.task_model import TaskModel
 from compress.quant import qat
 from compress.training.distillation import distillation_step
-from tests.conftest import text_recipe_head, write_recipe
+from tests.conftest import digits_recipe_head, text_recipe_head, write_recipe
 
 RECIPE = (
     text_recipe_head("qat-sst2")
@@ -129,18 +129,9 @@ def test_fake_quant_round_trip_error_is_bounded() -> None:
     assert (ref - got).abs().max() > 0  # quantization really happens
 
 
-DIGITS = """
-name: digits-qat
-seed: 0
-data: {format: sklearn_digits}
-teacher:
-  cnn: {widths: [16, 32], block: resnet}
-stages:
-  - stage: finetune
-    epochs: 3
-    batch_size: 64
-    lr: 3.0e-3
-  - stage: quantize
+DIGITS = (
+    digits_recipe_head("digits-qat")
+    + """  - stage: quantize
     source: teacher
     epochs: 1
     batch_size: 64
@@ -153,6 +144,7 @@ stages:
     models: [teacher]
     int8: []
 """
+)
 
 
 def test_cnn_qat_folds_batchnorm_and_runs_integer_convs(tmp_path: Path) -> None:

@@ -10,20 +10,11 @@ import pytest
 from compress import pipeline
 from compress.errors import CompressError
 from compress.models.task_model import TaskModel
-from tests.conftest import text_recipe_head, write_recipe
+from tests.conftest import digits_recipe_head, text_recipe_head, write_recipe
 
-DIGITS = """
-name: search-digits
-seed: 0
-data: {format: sklearn_digits}
-teacher:
-  cnn: {widths: [16, 32], block: resnet}
-stages:
-  - stage: finetune
-    epochs: 3
-    batch_size: 64
-    lr: 3.0e-3
-  - stage: search
+DIGITS = (
+    digits_recipe_head("search-digits")
+    + """  - stage: search
     method: diswot
     space: {block: [plain, resnet], stages: [2], depth: [1, 2], width: [8, 16, 32], kernel: [3]}
     budget: {max_params: BUDGET}
@@ -37,6 +28,7 @@ stages:
   - stage: export
     int8: []
 """
+)
 
 TEXT = (
     text_recipe_head("search-sst2")
