@@ -197,12 +197,15 @@ def _pruned_markdown(p: dict[str, Any]) -> list[str]:
         f"{p.get('params_before') or 0:,} -> {p.get('params') or 0:,}",
         "",
     ]
-    structure = p.get("structure")
-    if structure:
+    structure = p.get("structure") or {}
+    if "heads" in structure:  # encoder: heads and FFN units per layer
         lines += ["| layer | heads | FFN units |", "| --- | --- | --- |"]
         for i, (h, f) in enumerate(zip(structure["heads"], structure["ffn"], strict=True)):
             lines.append(f"| {i} | {h or 'removed'} | {f or 'removed'} |")
         lines.append("")
+    elif structure:  # CNN: channels kept per masked group
+        lines += ["| channel group | channels kept |", "| --- | --- |"]
+        lines += [f"| {name} | {kept} |" for name, kept in structure.items()] + [""]
     return lines
 
 

@@ -77,7 +77,10 @@ def test_report_shows_the_structure_pruning_left() -> None:
         "method": "dphubert", "target": {"params": 0.5, "flops": None, "sequence": 128}, "kept_fraction": 0.494,
         "params_before": 1000, "structure": {"heads": [4, 0], "ffn": [64, 12]},
     }  # fmt: skip
-    md = render_markdown(build_report(arts, {"name": "r"}, Path("/x"), [pruned]))
+    cnn = _art("cnn", "model", "teacher", None)
+    cnn.info["pruning"] = {"method": "dphubert", "target": {"params": 0.5}, "structure": {"stages.0.0.body": 6}}
+    md = render_markdown(build_report(arts, {"name": "r"}, Path("/x"), [pruned, cnn]))
+    assert "| stages.0.0.body | 6 |" in md
     assert "## Pruning: dphubert -> `pruned`" in md
     assert "target params 0.5; kept 49.4%; parameters 1,000 -> 600" in md
     assert "| 1 | removed | 12 |" in md
