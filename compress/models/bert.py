@@ -10,6 +10,7 @@ from pydantic import Field
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from compress.errors import ModelError
+from compress.models.bnb import float_state_dict, is_bnb
 from compress.models.structure import encoder_layers
 from compress.recipe.base import Strict
 
@@ -64,6 +65,8 @@ def build_bert_student(teacher: PreTrainedModel, spec: BertStudentSpec) -> PreTr
     tcfg = teacher.config
     t_layers = _layers_of(teacher)
     cfg = copy.deepcopy(tcfg)
+    if hasattr(cfg, "quantization_config"):  # a bitsandbytes teacher: the student is a float model
+        del cfg.quantization_config
     cfg.num_hidden_layers = spec.layers
     cfg.hidden_size = spec.hidden or tcfg.hidden_size
     cfg.num_attention_heads = spec.heads or tcfg.num_attention_heads
@@ -85,14 +88,16 @@ def build_bert_student(teacher: PreTrainedModel, spec: BertStudentSpec) -> PreTr
         tcfg.intermediate_size,
     )
     if same_width:
-        t_state = teacher.state_dict()
+        t_state = float_state_dict(teacher) if is_bnb(teacher) else teacher.state_dict()
         s_state = student.state_dict()
         prefix = teacher.base_model_prefix
         copied = {k: v for k, v in t_state.items() if not k.startswith(f"{prefix}.encoder.") and k in s_state}
         if same_layers:
             s_layers = _layers_of(student)
+            names = {id(m): n for n, m in teacher.named_modules()}
             for s_i, t_i in enumerate(layer_map):
-                s_layers[s_i].load_state_dict(t_layers[t_i].state_dict())
+                at = names[id(t_layers[t_i])] + "."
+                s_layers[s_i].load_state_dict({k[len(at) :]: v for k, v in t_state.items() if k.startswith(at)})
         student.load_state_dict({**s_state, **copied})
     log.info(
         "student: %d layers, hidden %d, heads %d, ffn %d; init: %s",

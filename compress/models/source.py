@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -43,6 +43,12 @@ class ModelSource(Strict):
         description="Weights for a `python` or `cnn` model: a .safetensors file, or a torch state dict "
         "loaded with weights_only=True.",
     )
+    bitsandbytes: Literal["int8", "nf4"] | None = Field(
+        None,
+        description="Load the `hf` / `hf_package` model with bitsandbytes: `int8` (LLM.int8, runs on CPU) or `nf4` "
+        "(4-bit NormalFloat, needs a CUDA GPU for most shapes). For teachers too big for memory: the model is "
+        "frozen (distillation teacher only; it cannot be fine-tuned, pruned or exported to ONNX).",
+    )
     cnn: CnnSpec | None = Field(None, description="A built-in CNN (image tasks).")
     bert: BertStudentSpec | None = Field(None, description="A built-in BERT-style student (students only).")
 
@@ -55,6 +61,8 @@ class ModelSource(Strict):
             raise ValueError("`checkpoint` applies to `python` and `cnn` models only")
         if self.kwargs and not self.python:
             raise ValueError("`kwargs` applies to `python` models only")
+        if self.bitsandbytes and not (self.hf or self.hf_package):
+            raise ValueError("`bitsandbytes` applies to `hf` and `hf_package` models only")
         return self
 
     def describe(self) -> str:
@@ -113,9 +121,14 @@ def build_model(
 
         path = resolve_hf_path(source, base_dir)
         try:
-            module = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, ignore_mismatched_sizes=True
-            )
+            if source.bitsandbytes:
+                from compress.models import bnb
+
+                module = bnb.load(path, source.bitsandbytes, num_labels)
+            else:
+                module = AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=num_labels, ignore_mismatched_sizes=True
+                )
             tokenizer = AutoTokenizer.from_pretrained(path) if modality == "text" else None
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0]

@@ -9,7 +9,9 @@ from pydantic import Field
 
 from compress.artifacts import Artifacts
 from compress.context import Context
+from compress.errors import ExportError
 from compress.exporters.onnx import MIN_OPSET, export_onnx
+from compress.models.bnb import is_bnb
 from compress.stages.base import StageConfig, register_stage, require
 from compress.stages.onnx_common import (
     INT8_MODES,
@@ -48,6 +50,13 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
     for name in names:
         source = artifacts[name]
         model = ctx.load_model(source)
+        if is_bnb(model.module):
+            if config.models:
+                raise ExportError(
+                    f"export.models: {name!r} is loaded with bitsandbytes, which does not export to ONNX."
+                )
+            log.info("export: skipping %s (bitsandbytes weights do not export to ONNX)", name)
+            continue
         fp32_path = ctx.stage_dir / f"{name}.onnx"
         export_onnx(model, next(iter(data.test.loader(2))), fp32_path, opset=config.opset)
         parity = check_parity(model, fp32_path, data.test, config.parity, name)

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from compress.data.dataset import Batch, Split
+from compress.errors import StageError
+from compress.models.bnb import is_bnb
 from compress.models.task_model import TaskModel
 from compress.recipe.base import TrainSchedule
 from compress.training.evaluate import evaluate
@@ -76,6 +78,11 @@ def train(
     ``extra_optimizers`` step with the main one on the same loss (e.g. pruning masks at their own learning rate,
     Lagrange multipliers by gradient ascent); ``select_best=False`` keeps the last state (a pruning run must
     end where its size target is met, not at its best early checkpoint)."""
+    if is_bnb(model.module):
+        raise StageError(
+            f"{label}: the model is loaded with bitsandbytes (frozen int8/nf4 weights) and cannot be trained; "
+            "use it as a distillation teacher only (fine-tune it before loading it with `bitsandbytes`)."
+        )
     torch.manual_seed(seed)
     steps = total_steps(schedule, len(train_split))
     per_epoch = math.ceil(len(train_split) / schedule.batch_size)

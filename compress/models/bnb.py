@@ -1,0 +1,81 @@
+"""Hugging Face models loaded with bitsandbytes (8-bit LLM.int8 or 4-bit NF4): teachers too big for memory in
+fp32, used forward-only by distillation. bitsandbytes runs 8-bit on CPU; 4-bit needs a CUDA GPU for most
+shapes, which a probe forward at load time turns into a clear error."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from compress.errors import ModelError
+
+BnbMode = Literal["int8", "nf4"]
+
+
+def quantization_config(mode: BnbMode) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_bnb(module: nn.Module) -> bool:
+    """Whether ``module`` holds bitsandbytes layers (frozen: they cannot be trained or exported to ONNX)."""
+    return (
+        getattr(module, "quantization_method", None) is not None
+        or getattr(getattr(module, "config", None), "quantization_config", None) is not None
+    )
+
+
+def load(path: str, mode: BnbMode, num_labels: int) -> nn.Module:
+    """``path`` loaded with bitsandbytes `mode`, checked by one forward pass on this machine's device."""
+    from transformers import AutoModelForSequenceClassification
+
+    where = device()
+    try:
+        module = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, quantization_config=quantization_config(mode), device_map=where
+        )
+        ids = torch.full((1, 16), 5, dtype=torch.long, device=where)
+        with torch.no_grad():
+            module(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except ImportError as exc:
+        raise ModelError(f"teacher.bitsandbytes: {exc}. Install with: pip install accelerate bitsandbytes") from None
+    except Exception as exc:  # noqa: BLE001 - bitsandbytes kernels fail with assorted errors on unsupported shapes
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"teacher.bitsandbytes: {mode} cannot run {path} on {where} ({type(exc).__name__}: {first}). "
+            + (
+                "bitsandbytes' CPU kernels cover int8; use `bitsandbytes: int8`, or run on a CUDA GPU."
+                if where == "cpu"
+                else "Check the bitsandbytes build for this GPU."
+            )
+        ) from None
+    return module.eval()
+
+
+def float_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with bitsandbytes weights dequantized to float32, in the layout of the float model
+    (to initialise a float student from a quantized teacher's layers)."""
+    state = module.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for name, sub in module.named_modules():
+        if type(sub).__name__ == "Linear4bit":
+            import bitsandbytes.functional as bnb_f
+
+            out[f"{name}.weight"] = bnb_f.dequantize_4bit(sub.weight.data, sub.weight.quant_state).float().cpu()
+    for key, value in state.items():
+        if key in out or key.endswith((".SCB", ".weight_format")) or ".weight." in key:  # int8 / 4-bit state
+            continue
+        base = key[: -len("weight")]
+        if key.endswith(".weight") and base + "SCB" in state:  # LLM.int8: row-wise absmax scales
+            value = value.float() * state[base + "SCB"][:, None].float() / 127
+        out[key] = value
+    return out

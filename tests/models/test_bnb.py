@@ -1,0 +1,63 @@
+"""bitsandbytes teachers: int8 runs on CPU as a frozen distillation teacher; what cannot run says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import pipeline
+from compress.errors import CompressError, ModelError
+from compress.models import bnb
+from compress.models.task_model import TaskModel
+from tests.conftest import text_recipe_head, write_recipe
+
+RECIPE = (
+    text_recipe_head("bnb-teacher").replace("  hf: {teacher}\n", "  hf: {teacher}\n  bitsandbytes: int8\n")
+    + """stages:
+  - stage: distill
+    student:
+      bert: {{layers: 2}}
+    max_steps: 6
+    batch_size: 16
+    lr: 1.0e-3
+  - stage: export
+    int8: []
+"""
+)
+
+
+def test_int8_teacher_distils_a_float_student(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    result = pipeline.run(write_recipe(tmp_path, RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir)), tmp_path / "o")
+    teacher = TaskModel.load(result.artifacts["teacher"].path)  # reloads with its int8 weights
+    assert bnb.is_bnb(teacher.module)
+    assert type(teacher.module.bert.encoder.layer[0].attention.self.query).__name__ == "Linear8bitLt"
+    student = TaskModel.load(result.artifacts["student"].path)
+    assert not bnb.is_bnb(student.module)
+    assert "student.onnx" in result.artifacts and "teacher.onnx" not in result.artifacts  # teacher skipped
+
+
+def test_int8_teacher_cannot_be_finetuned(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir).replace(
+        "stages:\n", "stages:\n  - stage: finetune\n    max_steps: 2\n", 1
+    )
+    with pytest.raises(CompressError, match="loaded with bitsandbytes .* cannot be trained"):
+        pipeline.run(write_recipe(tmp_path, text), tmp_path / "o")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="NF4 runs on CUDA")
+def test_nf4_on_cpu_is_a_clear_error(tiny_bert_dir: Path) -> None:
+    with pytest.raises(ModelError, match=r"teacher.bitsandbytes: nf4 cannot run .* on cpu .* use `bitsandbytes: int8`"):
+        bnb.load(str(tiny_bert_dir), "nf4", 2)
+
+
+def test_int8_weights_dequantize_to_the_float_ones(tiny_bert_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    ref = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
+    got = bnb.float_state_dict(bnb.load(str(tiny_bert_dir), "int8", 2))
+    assert set(got) == set(ref)  # the float model's layout: no SCB / weight_format entries
+    w = "bert.encoder.layer.0.attention.self.query.weight"
+    assert got[w].dtype == torch.float32
+    assert (got[w] - ref[w]).abs().max() <= ref[w].abs().amax(1).max() / 127  # within one int8 step per row
