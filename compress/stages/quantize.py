@@ -171,14 +171,17 @@ def run(artifacts: Artifacts, config: QuantizeConfig, ctx: Context) -> Artifacts
     model = ctx.load_model(source)
     if config.method == "ptq":
         return _run_ptq(source, model, config, ctx)
-    return _run_qat(artifacts, source, config, ctx)
+    return _run_qat(artifacts, source, model, config, ctx)
 
 
-def _run_qat(artifacts: Artifacts, source: Artifact, config: QuantizeConfig, ctx: Context) -> Artifacts:
+def _run_qat(
+    artifacts: Artifacts, source: Artifact, fp32: TaskModel, config: QuantizeConfig, ctx: Context
+) -> Artifacts:
     data = ctx.data()
     teacher_name = config.teacher or config.source
     require(artifacts, teacher_name, "quantize")
-    teacher = ctx.load_model(artifacts[teacher_name])
+    # the full-precision source is the default teacher: frozen, so the loaded copy serves as both
+    teacher = fp32 if teacher_name == config.source else ctx.load_model(artifacts[teacher_name])
     teacher.module.eval().requires_grad_(False)
     student = ctx.load_model(source)
     calibration = _calibration(data, student, config.calibration_samples)
@@ -206,11 +209,12 @@ def _run_qat(artifacts: Artifacts, source: Artifact, config: QuantizeConfig, ctx
     result = train(
         student, step, data.train, data.dev, config, seed=ctx.seed, extra=torch.nn.ModuleList(terms), label="qat"
     )
-    return {a.name: a for a in [_export_qat(student, source, config, ctx, result, losses, teacher_name)]}
+    return {a.name: a for a in [_export_qat(student, fp32, source, config, ctx, result, losses, teacher_name)]}
 
 
 def _export_qat(
     student: TaskModel,
+    fp32: TaskModel,
     source: Artifact,
     config: QuantizeConfig,
     ctx: Context,
@@ -245,7 +249,7 @@ def _export_qat(
     float_layers = ortq.float_weight_layers(path)
     if float_layers:
         log.warning("%s: %d layers stay float: %s", name, len(float_layers), ", ".join(float_layers[:8]))
-    fp32_logits = predict_logits(ctx.load_model(source), data.test, config.eval_batch_size, "fp32 logits").numpy()
+    fp32_logits = predict_logits(fp32, data.test, config.eval_batch_size, "fp32 logits").numpy()
     art, _ = onnx_artifact(
         name, path, config.source, "int8-qat", source.params, data, config.eval_batch_size, fp32_logits, parity,
         "quantize",
