@@ -4,6 +4,8 @@ shapes, which a probe forward at load time turns into a clear error."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -34,8 +36,9 @@ def is_bnb(module: nn.Module) -> bool:
     )
 
 
-def load(path: str, mode: BnbMode, num_labels: int) -> nn.Module:
-    """``path`` loaded with bitsandbytes `mode`, checked by one forward pass on this machine's device."""
+def load(path: str, mode: BnbMode, num_labels: int, *, key: str = "teacher.bitsandbytes") -> nn.Module:
+    """``path`` loaded with bitsandbytes `mode`, checked by one forward pass on this machine's device; errors
+    name the recipe ``key`` that asked for it."""
     from transformers import AutoModelForSequenceClassification
 
     where = device()
@@ -47,18 +50,24 @@ def load(path: str, mode: BnbMode, num_labels: int) -> nn.Module:
         with torch.no_grad():
             module(input_ids=ids, attention_mask=torch.ones_like(ids))
     except ImportError as exc:
-        raise ModelError(f"teacher.bitsandbytes: {exc}. Install with: pip install accelerate bitsandbytes") from None
+        raise ModelError(f"{key}: {exc}. Install with: pip install accelerate bitsandbytes") from None
     except Exception as exc:  # noqa: BLE001 - bitsandbytes kernels fail with assorted errors on unsupported shapes
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(
-            f"teacher.bitsandbytes: {mode} cannot run {path} on {where} ({type(exc).__name__}: {first}). "
+            f"{key}: {mode} cannot run {path} on {where} ({type(exc).__name__}: {first}). "
             + (
-                "bitsandbytes' CPU kernels cover int8; use `bitsandbytes: int8`, or run on a CUDA GPU."
+                "bitsandbytes' CPU kernels cover int8; use int8, or run on a CUDA GPU."
                 if where == "cpu"
                 else "Check the bitsandbytes build for this GPU."
             )
         ) from None
     return module.eval()
+
+
+def is_saved_bnb(folder: Path) -> bool:
+    """Whether a saved Hugging Face folder holds bitsandbytes weights (its config names the quantization)."""
+    cfg = folder / "config.json"
+    return cfg.is_file() and "quantization_config" in json.loads(cfg.read_text())
 
 
 def float_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -53,8 +54,17 @@ class TaskModel:
         return {name: batch[name] for name in self.input_names()}
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.module(**self.inputs(batch))
-        return out.logits if hasattr(out, "logits") else out
+        inputs = self.inputs(batch)
+        where = next(self.module.parameters()).device
+        if where.type != "cpu":  # a model placed on a GPU (bitsandbytes); batches are built on the CPU
+            inputs = {k: v.to(where) for k, v in inputs.items()}
+        out = self.module(**inputs)
+        logits = out.logits if hasattr(out, "logits") else out
+        return logits if where.type == "cpu" else logits.cpu()  # training and losses run on the CPU
+
+    def with_module(self, module: nn.Module) -> TaskModel:
+        """The same task model around another module (a quantized or stripped copy)."""
+        return dataclasses.replace(self, module=module)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
@@ -100,9 +110,13 @@ class TaskModel:
         if family == "hf":
             from transformers import AutoModelForSequenceClassification
 
+            from compress.models import bnb
             from compress.models.structure import load_structured
 
-            module = load_structured(folder) or AutoModelForSequenceClassification.from_pretrained(folder)
+            if bnb.is_saved_bnb(folder):  # bitsandbytes weights: placed on the device their kernels run on
+                module = AutoModelForSequenceClassification.from_pretrained(folder, device_map=bnb.device())
+            else:
+                module = load_structured(folder) or AutoModelForSequenceClassification.from_pretrained(folder)
         else:
             module = build_module(family, spec)
             if spec.get("pruned_shapes"):

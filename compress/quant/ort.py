@@ -129,6 +129,22 @@ def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
             raise ExportError(f"onnxruntime dynamic quantization of {src.name} failed: {exc}") from None
 
 
+def quantize_4bit_rtn(src: Path, dst: Path, *, block_size: int = 128) -> None:
+    """onnxruntime's post-training 4-bit weights: round-to-nearest, symmetric, one scale per ``block_size``
+    input channels, MatMul -> MatMulNBits (accuracy level 4: int8 activations on CPU). The PTQ baseline of
+    4-bit QAT."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4)
+    try:
+        with _scratch_cwd(), contextlib.redirect_stdout(io.StringIO()):
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg)
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(dst.resolve()), use_external_data_format=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"onnxruntime 4-bit quantization of {src.name} failed: {exc}") from None
+
+
 INTEGER_OPS = {
     "MatMulInteger",
     "DynamicQuantizeMatMul",
@@ -137,6 +153,7 @@ INTEGER_OPS = {
     "QLinearConv",
     "ConvInteger",
     "QGemm",
+    "MatMulNBits",  # 4-bit weights; on CPU with accuracy_level 4 an int8 x int4 integer kernel
     "QuantizeLinear",
     "DequantizeLinear",
     "DynamicQuantizeLinear",

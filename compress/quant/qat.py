@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,8 @@ class QatScheme:
     transformer: bool = False  # NNCF's Transformer preset (SmoothQuant, which ops get activation quantizers)
 
 
-SUPPORTED_BITS = (8,)
+WEIGHT_BITS = (4, 8)  # 4: weight-only, onnxruntime MatMulNBits; 8: W8A8 QDQ, integer MatMul/Conv kernels
+ACTIVATION_BITS = (8,)
 
 
 def _nncf() -> Any:
@@ -92,10 +94,12 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 def prepare(module: nn.Module, calibration: list[Batch], scheme: QatScheme, *, ignored_types: list[str]) -> nn.Module:
     """``module`` (BatchNorms folded) with trainable fake quantizers, ranges calibrated on ``calibration``."""
-    if scheme.weight_bits not in SUPPORTED_BITS or scheme.activation_bits not in SUPPORTED_BITS:
+    if scheme.weight_bits == 4:
+        return _prepare_4bit(module, calibration, ignored_types)
+    if scheme.weight_bits not in WEIGHT_BITS or scheme.activation_bits not in ACTIVATION_BITS:
         raise QuantizationError(
-            f"weights.bits={scheme.weight_bits}, activations.bits={scheme.activation_bits}: supported bit widths "
-            f"are {list(SUPPORTED_BITS)} (what onnxruntime's integer CPU kernels execute)."
+            f"weights.bits={scheme.weight_bits}, activations.bits={scheme.activation_bits}: supported are "
+            f"weights {list(WEIGHT_BITS)}, activations {list(ACTIVATION_BITS)}."
         )
     nncf = _nncf()
     from nncf.common.logging import nncf_logger
@@ -125,14 +129,66 @@ def prepare(module: nn.Module, calibration: list[Batch], scheme: QatScheme, *, i
     return quantized
 
 
+def _prepare_4bit(module: nn.Module, calibration: list[Batch], ignored_types: list[str]) -> nn.Module:
+    """Weight-only symmetric int4 with one trainable scale per output channel (NNCF's `compress_weights` in
+    fake-quantize format: its only trainable 4-bit form on PyTorch; group-wise scales are not supported there).
+    Every Linear is 4-bit (``all_layers``), not NNCF's default of keeping the first and last layers at 8 bits:
+    the ONNX writer has one 4-bit format."""
+    nncf = _nncf()
+    from nncf.common.logging import nncf_logger
+
+    nncf_logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return nncf.compress_weights(
+                module.eval(),
+                mode=nncf.CompressWeightsMode.INT4_SYM,
+                ratio=1.0,
+                group_size=-1,
+                all_layers=True,
+                dataset=nncf.Dataset(calibration),
+                subset_size=len(calibration),
+                ignored_scope=nncf.IgnoredScope(types=ignored_types, validate=False),
+                compression_format=nncf.CompressionFormat.FQ,
+            )
+    except Exception as exc:  # noqa: BLE001 - NNCF's own errors name the operation it could not handle
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise QuantizationError(
+            f"NNCF could not insert 4-bit weight quantizers into {type(module).__name__}: {type(exc).__name__}: {first}"
+        ) from None
+
+
+_HOOK = re.compile(r"post_hooks\.(?P<op>.+)__\d+\.\d+$")
+
+
+def weight_steps(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameter path -> quantization step per output channel of every weight quantizer, read from NNCF's hook
+    names (``...post_hooks.bert:encoder:...:dense:weight__0.0``). With symmetric levels [-8, 7] a stripped weight
+    is ``q * step``."""
+    steps = {}
+    for name, quantizer in module.named_modules():
+        match = _HOOK.search(name)
+        if not match or not hasattr(quantizer, "scale"):
+            continue
+        param = match["op"].replace(":", ".")
+        if not param.endswith(".weight"):
+            continue
+        scale = quantizer.scale.detach().abs() + quantizer.eps
+        steps[param] = (scale / quantizer.level_high).reshape(-1).float()
+    return steps
+
+
 def quantizer_count(module: nn.Module) -> int:
     """Fake quantizers NNCF inserted (0 means nothing would be quantized)."""
     return sum(1 for m in module.modules() if type(m).__name__.endswith("Quantizer"))
 
 
-def strip(module: nn.Module, example: Batch) -> nn.Module:
-    """The trained model with its quantizers as plain torch fake-quantize ops (exportable QDQ)."""
+def strip(module: nn.Module, example: Batch, *, in_place: bool = False) -> nn.Module:
+    """The trained model with its quantizers as plain torch fake-quantize ops (exportable QDQ), or with
+    ``in_place`` the fake-quantized weights baked into plain float weights (4-bit: NNCF cannot export 4-bit
+    QDQ; `nbits.store_4bit_weights` writes them)."""
     nncf = _nncf()
     module.eval()
+    fmt = nncf.StripFormat.IN_PLACE if in_place else nncf.StripFormat.NATIVE
     with contextlib.redirect_stdout(io.StringIO()):
-        return nncf.strip(module, do_copy=True, example_input=example)
+        return nncf.strip(module, do_copy=True, strip_format=fmt, example_input=example)

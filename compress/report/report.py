@@ -211,7 +211,10 @@ def _pruned_markdown(p: dict[str, Any]) -> list[str]:
 
 def _quantized_markdown(q: dict[str, Any]) -> list[str]:
     scheme = q.get("scheme") or {}
-    bits = f"W{scheme.get('weights', {}).get('bits', '?')}A{scheme.get('activations', {}).get('bits', '?')}"
+    activations = scheme.get("activations")
+    bits = f"W{scheme.get('weights', {}).get('bits', '?')}" + (
+        f"A{activations.get('bits', '?')}" if activations else " (weight-only, float activations)"
+    )
     kernels = ", ".join(f"{k} x{v}" for k, v in (q.get("integer_kernels") or {}).items()) or "none"
     floats = q.get("float_layers") or []
     return [

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from compress.artifacts import Artifact, Artifacts
 from compress.context import Context
@@ -18,8 +20,8 @@ from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.losses.terms import CEConfig, KDConfig
 from compress.models.task_model import TaskModel
+from compress.quant import nbits, qat, qdq
 from compress.quant import ort as ortq
-from compress.quant import qat, qdq
 from compress.recipe.base import Strict, TrainSchedule
 from compress.runtimes.onnxruntime import OrtPredictor
 from compress.stages.base import StageConfig, register_stage, require
@@ -48,24 +50,24 @@ else:
 IGNORED_TYPES = ["embedding"]
 
 
-def _bits(v: int) -> int:
-    if v not in qat.SUPPORTED_BITS:
-        raise ValueError(
-            f"must be one of {list(qat.SUPPORTED_BITS)} (the widths onnxruntime's CPU integer kernels execute)"
-        )
-    return v
-
-
 class WeightQuant(Strict):
     """How weights are quantized."""
 
-    bits: int = Field(8, description="Weight bit width (8: onnxruntime's integer MatMul/Conv kernels).")
-    per_channel: bool = Field(True, description="One scale per output channel (else one per tensor).")
+    bits: int = Field(
+        8,
+        description="Weight bit width: 8 (W8A8 QDQ, onnxruntime's integer MatMul/Conv kernels) or 4 (`qat` only: "
+        "weight-only symmetric int4, exported as onnxruntime MatMulNBits; Linear layers only, Convs stay float). "
+        "With `qat`: one trained scale per output channel, artifact `<source>.int4-qat.onnx`; with `ptq`: "
+        "onnxruntime's round-to-nearest, one scale per 128 input channels, artifact `<source>.int4-rtn.onnx`.",
+    )
+    per_channel: bool = Field(True, description="One scale per output channel (else one per tensor; 8 bits only).")
 
     @field_validator("bits")
     @classmethod
     def _supported(cls, v: int) -> int:
-        return _bits(v)
+        if v not in qat.WEIGHT_BITS:
+            raise ValueError(f"must be one of {list(qat.WEIGHT_BITS)}")
+        return v
 
 
 class ActivationQuant(Strict):
@@ -76,7 +78,9 @@ class ActivationQuant(Strict):
     @field_validator("bits")
     @classmethod
     def _supported(cls, v: int) -> int:
-        return _bits(v)
+        if v not in qat.ACTIVATION_BITS:
+            raise ValueError(f"must be one of {list(qat.ACTIVATION_BITS)} (what onnxruntime's integer kernels take)")
+        return v
 
 
 def _qat_parity() -> ParityConfig:
@@ -88,7 +92,13 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
     full-precision model and exports integer QDQ ONNX; `ptq` is onnxruntime's post-training int8."""
 
     stage: Literal["quantize"]
-    method: Literal["qat", "ptq"] = Field("qat", description="`qat` (quantization-aware distillation) or `ptq`.")
+    method: Literal["qat", "ptq", "bitsandbytes"] = Field(
+        "qat",
+        description="`qat` (quantization-aware distillation), `ptq` (onnxruntime post-training) or `bitsandbytes` "
+        "(a GPU deployment target: the Hugging Face model saved with bitsandbytes weights, LLM.int8 for "
+        "`weights.bits: 8`, NF4 for 4; artifact `<source>.bnb-int8` / `<source>.bnb-nf4`, a PyTorch folder that "
+        "`from_pretrained` reloads quantized).",
+    )
     source: str = Field("student", description="Model artifact to quantize.")
     teacher: str | None = Field(
         None,
@@ -96,7 +106,11 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
         "itself (the paper's setting).",
     )
     weights: WeightQuant = Field(default_factory=WeightQuant, description="Weight quantization.")  # type: ignore[arg-type]
-    activations: ActivationQuant = Field(default_factory=ActivationQuant, description="Activation quantization.")  # type: ignore[arg-type]
+    activations: ActivationQuant | None = Field(
+        None,
+        description="Activation quantization. Default: 8 bits with 8-bit weights; leave it out with 4-bit weights "
+        "(weight-only: activations stay float, MatMulNBits quantizes them per block on the fly).",
+    )
     losses: list[LossUnion] | None = Field(
         None,
         description="Distillation terms for `qat`, by `name`. Default for Transformer encoders: kd + attention_map "
@@ -109,7 +123,9 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
     epochs: float = Field(1.0, gt=0, description="Passes over the training split (fractions allowed).")
     opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=23, description="ONNX opset.")
     output: str | None = Field(
-        None, description="Name of the `qat` artifact (an .onnx file name). Default: `<source>.int8-qat.onnx`."
+        None,
+        description="Name of the `qat` artifact (an .onnx file name). Default: `<source>.int8-qat.onnx` "
+        "(`<source>.int4-qat.onnx` with 4-bit weights).",
     )
     parity: ParityConfig = Field(
         default_factory=_qat_parity,
@@ -123,6 +139,28 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
         if v is not None and (not v.endswith(".onnx") or "/" in v):
             raise ValueError("must be a file name ending in .onnx (e.g. student.int8-qat.onnx)")
         return v
+
+    @model_validator(mode="after")
+    def _scheme(self) -> QuantizeConfig:
+        if self.weights.bits == 4:
+            if self.method != "qat" and "int8" in self.model_fields_set:
+                raise ValueError("int8: with weights.bits 4, ptq makes one 4-bit artifact; remove `int8`")
+            if self.activations is not None:
+                raise ValueError(
+                    "activations: 4-bit weights are weight-only (activations stay float); remove `activations`"
+                )
+            if not self.weights.per_channel:
+                raise ValueError(
+                    "weights.per_channel: 4-bit weights take one scale per output channel (NNCF's trainable 4-bit "
+                    "format on PyTorch has no per-tensor or group-wise form)"
+                )
+        elif self.activations is None:
+            self.activations = ActivationQuant()  # type: ignore[call-arg]
+        return self
+
+    @property
+    def weight_only(self) -> bool:
+        return self.weights.bits == 4
 
 
 def _default_losses(model: TaskModel) -> list[LossConfig]:
@@ -150,14 +188,70 @@ def _run_ptq(source: Artifact, model: TaskModel, config: QuantizeConfig, ctx: Co
     check_parity(model, fp32_path, data.test, ParityConfig(), source.name)  # type: ignore[call-arg]
     fp32 = Artifact(f"{source.name}.onnx", "onnx", fp32_path, "quantize", parent=source.name, params=source.params)
     fp32_logits = onnx_logits(OrtPredictor(fp32_path, None, None), data.test, config.eval_batch_size, "fp32 logits")
-    arts = ptq_artifacts(
-        model, source.name, fp32, fp32_logits, config.int8, config, data, ctx.stage_dir, ctx.recipe.data.max_length,
-        "quantize",
-    )  # fmt: skip
+    if config.weight_only:
+        arts = [_rtn_4bit(source.name, fp32, fp32_logits, config, data, ctx.stage_dir)]
+    else:
+        arts = ptq_artifacts(
+            model, source.name, fp32, fp32_logits, config.int8, config, data, ctx.stage_dir,
+            ctx.recipe.data.max_length, "quantize",
+        )  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     for art in arts:
         art.parent = source.name
     return {a.name: a for a in arts}
+
+
+def _run_bnb(source: Artifact, config: QuantizeConfig, ctx: Context) -> Artifacts:
+    """Reload the source's Hugging Face folder with bitsandbytes (one probe forward on this machine's device),
+    save it as a new model artifact, measure its accuracy with PyTorch."""
+    from compress.models import bnb
+    from compress.models.structure import STRUCTURE_KEY
+
+    model = ctx.load_model(source)
+    cfg = getattr(model.module, "config", None)
+    if model.family != "hf":
+        raise QuantizationError(
+            f"quantize.method bitsandbytes: {config.source!r} is a {model.family} model; bitsandbytes deployment "
+            "covers Hugging Face models (use qat or ptq)."
+        )
+    if getattr(cfg, STRUCTURE_KEY, None):
+        raise QuantizationError(
+            f"quantize.method bitsandbytes: {config.source!r} is a pruned encoder (per-layer shapes); transformers "
+            "cannot reload it quantized. Quantize it with qat or ptq."
+        )
+    mode: bnb.BnbMode = "int8" if config.weights.bits == 8 else "nf4"
+    module = bnb.load(str(source.path), mode, model.num_labels, key=f"quantize ({config.source}, bitsandbytes {mode})")
+    quantized = model.with_module(module)
+    name = f"{config.source}.bnb-{mode}"
+    folder = ctx.stage_dir / name
+    quantized.save(folder)
+    data = ctx.data()
+    logits = predict_logits(quantized, data.test, config.eval_batch_size, f"evaluating {name}")
+    fp32 = predict_logits(model, data.test, config.eval_batch_size, "fp32 logits")
+    metrics = {
+        "accuracy": float((logits.argmax(-1) == data.test.labels).float().mean()),
+        "top1_agreement_with_fp32": float((logits.argmax(-1) == fp32.argmax(-1)).float().mean()),
+    }
+    log.info("%s: accuracy %.4f (bitsandbytes %s on %s)", name, metrics["accuracy"], mode, bnb.device())
+    info = {"method": "bitsandbytes", "bitsandbytes": mode, "device": bnb.device(), "family": "hf"}
+    art = Artifact(name, "model", folder, "quantize", parent=config.source, precision=f"bnb-{mode}",
+                   params=source.params, metrics=metrics, info=info)  # fmt: skip
+    return {name: art.finalize()}
+
+
+def _rtn_4bit(
+    name: str, fp32: Artifact, fp32_logits: np.ndarray, config: QuantizeConfig, data: DataBundle, out: Path
+) -> Artifact:
+    path = out / f"{name}.int4-rtn.onnx"
+    ortq.quantize_4bit_rtn(fp32.path, path)
+    art, _ = onnx_artifact(
+        path.name, path, fp32.name, "int4-rtn", fp32.params, data, config.eval_batch_size, fp32_logits, {},
+        "quantize",
+    )  # fmt: skip
+    art.info["integer_ops"] = ortq.integer_ops(path)
+    if not art.info["integer_ops"]:
+        log.warning("%s: onnxruntime's 4-bit quantizer found no MatMul to quantize; it stays float", art.name)
+    return art
 
 
 @register_stage("quantize", QuantizeConfig)
@@ -168,6 +262,8 @@ def run(artifacts: Artifacts, config: QuantizeConfig, ctx: Context) -> Artifacts
         raise QuantizationError(
             f"quantize.source {config.source!r} is an ONNX file; give a PyTorch model artifact (e.g. student)."
         )
+    if config.method == "bitsandbytes":
+        return _run_bnb(source, config, ctx)
     model = ctx.load_model(source)
     if config.method == "ptq":
         return _run_ptq(source, model, config, ctx)
@@ -187,7 +283,7 @@ def _run_qat(
     calibration = _calibration(data, student, config.calibration_samples)
     scheme = qat.QatScheme(
         weight_bits=config.weights.bits,
-        activation_bits=config.activations.bits,
+        activation_bits=config.activations.bits if config.activations else 32,
         per_channel=config.weights.per_channel,
         transformer=student.family == "hf",
     )
@@ -201,8 +297,9 @@ def _run_qat(
         raise QuantizationError(f"NNCF found nothing to quantize in {config.source!r} (no MatMul, Linear or Conv).")
     terms = build_terms(losses, student, teacher, probe)
     log.info(
-        "quantize (qat): %s W%dA%d (%s weights), %d quantizers, teacher %s; losses %s",
-        config.source, scheme.weight_bits, scheme.activation_bits, "per-channel" if scheme.per_channel else
+        "quantize (qat): %s %s (%s weights), %d quantizers, teacher %s; losses %s",
+        config.source, _describe(config),
+        "per-channel" if scheme.per_channel else
         "per-tensor", quantizers, teacher_name, ", ".join(f"{c.name}x{c.weight:g}" for c in losses),
     )  # fmt: skip
     step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in losses])
@@ -210,6 +307,37 @@ def _run_qat(
         student, step, data.train, data.dev, config, seed=ctx.seed, extra=torch.nn.ModuleList(terms), label="qat"
     )
     return {a.name: a for a in [_export_qat(student, fp32, source, config, ctx, result, losses, teacher_name)]}
+
+
+def _describe(config: QuantizeConfig) -> str:
+    acts = config.activations
+    return f"W{config.weights.bits}" + (f"A{acts.bits}" if acts else " weight-only")
+
+
+def _write_qdq(student: TaskModel, sample: dict[str, torch.Tensor], path: Path, opset: int) -> TaskModel:
+    """8 bits: quantizers as torch fake-quantize ops, exported as QDQ, constant weights stored in int8."""
+    fake_quant = student.with_module(qat.strip(student.module, student.inputs(sample)))
+    export_onnx(fake_quant, sample, path, opset=opset)
+    qdq.store_int8_weights(path)
+    return fake_quant
+
+
+def _write_4bit(student: TaskModel, sample: dict[str, torch.Tensor], path: Path, opset: int) -> TaskModel:
+    """4 bits: fake-quantized weights baked into the model, exported as fp32, then every 4-bit Linear rewritten
+    as MatMulNBits holding the trained integers and steps."""
+    steps = qat.weight_steps(student.module)
+    baked = student.with_module(qat.strip(student.module, student.inputs(sample), in_place=True))
+    try:
+        weights = {p: (baked.module.get_parameter(p).detach().numpy(), s.numpy()) for p, s in steps.items()}
+    except AttributeError as exc:
+        msg = f"{path.name}: a 4-bit quantizer names no weight of the stripped model ({exc})"
+        raise QuantizationError(msg) from None
+    export_onnx(baked, sample, path, opset=opset)
+    result = nbits.store_4bit_weights(path, weights)
+    if len(result.converted) < len(weights):
+        log.warning("%s: %d of %d 4-bit weights were not found in the ONNX graph", path.name,
+                    len(weights) - len(result.converted), len(weights))  # fmt: skip
+    return baked
 
 
 def _export_qat(
@@ -222,41 +350,38 @@ def _export_qat(
     losses: list[LossConfig],
     teacher_name: str,
 ) -> Artifact:
-    """Strip, export to QDQ ONNX, check parity and that onnxruntime really runs integer kernels."""
+    """Strip, export to ONNX (int8 QDQ or 4-bit MatMulNBits), check parity and that onnxruntime really runs
+    integer / low-bit kernels."""
     data = ctx.data()
     sample = next(iter(data.test.loader(2)))
-    fake_quant = TaskModel(
-        qat.strip(student.module, student.inputs(sample)),
-        student.family,
-        student.modality,
-        student.num_labels,
-        student.tokenizer,
-        student.spec,
-    )
-    name = config.output or f"{config.source}.int8-qat.onnx"
+    precision = f"int{config.weights.bits}-qat"
+    name = config.output or f"{config.source}.{precision}.onnx"
     path = ctx.stage_dir / name
-    export_onnx(fake_quant, sample, path, opset=config.opset)
-    qdq.store_int8_weights(path)
-    parity = check_parity(fake_quant, path, data.test, config.parity, name)
+    write = _write_4bit if config.weight_only else _write_qdq
+    exported = write(student, sample, path, config.opset)
+    parity = check_parity(exported, path, data.test, config.parity, name)
     kernels = ortq.executed_kernels(path)
     integer = {k: v for k, v in kernels.items() if k in ortq.INTEGER_KERNELS}
     if not integer:
         path.unlink()
         raise QuantizationError(
-            f"{name}: onnxruntime runs the exported QDQ graph with float kernels only (executed: "
-            f"{', '.join(sorted(kernels))}); the artifact would not be integer. Check `weights`/`activations`."
+            f"{name}: onnxruntime runs the exported graph with float kernels only (executed: "
+            f"{', '.join(sorted(kernels))}); the artifact would not be quantized. Check `weights`/`activations`."
         )
     float_layers = ortq.float_weight_layers(path)
     if float_layers:
         log.warning("%s: %d layers stay float: %s", name, len(float_layers), ", ".join(float_layers[:8]))
     fp32_logits = predict_logits(fp32, data.test, config.eval_batch_size, "fp32 logits").numpy()
     art, _ = onnx_artifact(
-        name, path, config.source, "int8-qat", source.params, data, config.eval_batch_size, fp32_logits, parity,
+        name, path, config.source, precision, source.params, data, config.eval_batch_size, fp32_logits, parity,
         "quantize",
     )  # fmt: skip
     art.info.update({
         "method": "qat",
-        "scheme": {"weights": config.weights.model_dump(), "activations": config.activations.model_dump()},
+        "scheme": {
+            "weights": config.weights.model_dump(),
+            "activations": config.activations.model_dump() if config.activations else None,
+        },
         "teacher": teacher_name,
         "losses": [c.model_dump() for c in losses],
         "integer_kernels": integer,

@@ -16,7 +16,7 @@ def predict_logits(model: TaskModel, split: Split, batch_size: int, label: str =
     loader = split.loader(batch_size)
     with progress(label or f"inference on {split.name}", len(loader)) as bar:
         for batch in loader:
-            out.append(model.logits(batch).float())
+            out.append(model.logits(batch).float().cpu())
             bar.advance()
     return torch.cat(out)
 

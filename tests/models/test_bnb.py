@@ -48,7 +48,7 @@ def test_int8_teacher_cannot_be_finetuned(tmp_path: Path, tiny_bert_dir: Path, s
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="NF4 runs on CUDA")
 def test_nf4_on_cpu_is_a_clear_error(tiny_bert_dir: Path) -> None:
-    with pytest.raises(ModelError, match=r"teacher.bitsandbytes: nf4 cannot run .* on cpu .* use `bitsandbytes: int8`"):
+    with pytest.raises(ModelError, match=r"teacher.bitsandbytes: nf4 cannot run .* on cpu .* use int8"):
         bnb.load(str(tiny_bert_dir), "nf4", 2)
 
 
@@ -61,3 +61,40 @@ def test_int8_weights_dequantize_to_the_float_ones(tiny_bert_dir: Path) -> None:
     w = "bert.encoder.layer.0.attention.self.query.weight"
     assert got[w].dtype == torch.float32
     assert (got[w] - ref[w]).abs().max() <= ref[w].abs().amax(1).max() / 127  # within one int8 step per row
+
+
+DEPLOY = (
+    text_recipe_head("bnb-deploy")
+    + """stages:
+  - stage: finetune
+    max_steps: 8
+    batch_size: 16
+    lr: 1.0e-3
+  - stage: quantize
+    method: bitsandbytes
+    source: teacher
+    weights: {{bits: {bits}}}
+"""
+)
+
+
+def test_bitsandbytes_int8_deployment_target(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    recipe = write_recipe(tmp_path, DEPLOY.format(data=sst2_slice, teacher=tiny_bert_dir, bits=8))
+    result = pipeline.run(recipe, tmp_path / "o")
+    art = result.artifacts["teacher.bnb-int8"]
+    assert art.kind == "model" and art.precision == "bnb-int8" and art.parent == "teacher"
+    reloaded = TaskModel.load(art.path)  # from_pretrained brings the int8 weights back
+    assert type(reloaded.module.bert.encoder.layer[0].output.dense).__name__ == "Linear8bitLt"
+    assert art.metrics["top1_agreement_with_fp32"] >= 0.9
+    from safetensors import safe_open
+
+    with safe_open(str(art.path / "model.safetensors"), "pt") as fh:  # stored in int8, not quantized at load
+        assert fh.get_tensor("bert.encoder.layer.0.output.dense.weight").dtype == torch.int8
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="NF4 runs on CUDA")
+def test_bitsandbytes_nf4_target_on_cpu_is_a_clear_error(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    recipe = write_recipe(tmp_path, DEPLOY.format(data=sst2_slice, teacher=tiny_bert_dir, bits=4))
+    with pytest.raises(CompressError, match=r"quantize \(teacher, bitsandbytes nf4\): nf4 cannot run .* on cpu"):
+        pipeline.run(recipe, tmp_path / "o")
+    assert not list((tmp_path / "o").glob("*-quantize-*/teacher.bnb-nf4"))  # nothing half-written is left

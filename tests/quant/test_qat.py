@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
@@ -101,8 +102,27 @@ def test_qat_lowers_the_distillation_loss_and_only_the_student_learns() -> None:
 
 def test_unsupported_bit_width_is_a_recipe_error(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
     text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, steps=2, extra="    weights: {bits: 3}\n")
-    with pytest.raises(CompressError, match=r"stages\[2\].weights.bits: .*must be one of \[8\]"):
+    with pytest.raises(CompressError, match=r"stages\[2\].weights.bits: .*must be one of \[4, 8\]"):
         pipeline.validate(write_recipe(tmp_path, text))
+
+
+def test_4bit_weight_qat_exports_matmulnbits(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    """4-bit weights: NNCF's trainable int4 scales, written as onnxruntime MatMulNBits with the trained integers."""
+    extra = "    weights: {bits: 4}\n  - stage: quantize\n    method: ptq\n    source: teacher\n"
+    extra += "    weights: {bits: 4}\n"
+    recipe = write_recipe(tmp_path, RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, steps=6, extra=extra))
+    result = pipeline.run(recipe, out=tmp_path / "out")
+    art = result.artifacts["teacher.int4-qat.onnx"]
+    linears = 4 * 6 + 2  # encoder Linears, pooler, classifier
+    assert art.info["integer_kernels"] == {"MatMulNBits": linears}
+    assert not art.info["float_layers"]
+    assert art.info["scheme"]["activations"] is None
+    assert art.metrics["parity_top1_agreement"] >= 0.98 and art.metrics["parity_max_abs_diff"] < 0.1
+    graph = onnx.load(str(art.path)).graph
+    float_matrices = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
+    assert len(float_matrices) == 3  # only the word, position and token-type embedding tables stay float
+    rtn = result.artifacts["teacher.int4-rtn.onnx"]  # onnxruntime's post-training 4-bit, the baseline
+    assert rtn.info["integer_ops"].get("MatMulNBits", 0) >= 4 * 6
 
 
 def test_fake_quant_round_trip_error_is_bounded() -> None:
