@@ -136,6 +136,7 @@ def quantize_4bit_rtn(src: Path, dst: Path, *, block_size: int = 128) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     try:
         with _scratch_cwd(), contextlib.redirect_stdout(io.StringIO()):
             quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg)
