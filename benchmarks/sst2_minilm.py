@@ -39,7 +39,7 @@ def one_line_baseline(result: pipeline.RunResult, teacher: dict) -> dict:
     from compress.context import Context
     from compress.devices import resolve_device
     from compress.recipe.load import load_recipe
-    from compress.runtimes.base import get_runtime
+    from compress.runners import measure
     from compress.runtimes.onnxruntime import OrtPredictor
     from compress.stages.onnx_common import onnx_logits
 
@@ -53,9 +53,7 @@ def one_line_baseline(result: pipeline.RunResult, teacher: dict) -> dict:
     test = ctx.data().test
     logits = onnx_logits(OrtPredictor(dst, None, None), test, 64, "baseline accuracy")
     dev = resolve_device("x86-cpu")
-    lat = get_runtime(dev.runtime).benchmark(
-        dst, threads=dev.threads, provider=dev.provider, shape={"batch": 1, "sequence": 128}, runs=100, warmup=10
-    )
+    lat = measure(dev, [dst], batch=1, sequence=128, runs=100, warmup=10)[0]
     return {
         "metrics": {"accuracy": float((logits.argmax(-1) == test.labels.numpy()).mean())},
         "latency": {"x86-cpu": lat},

@@ -109,27 +109,24 @@ def profile(
     sequence: Annotated[int, typer.Option(help="Sequence length for text models.")] = 128,
     runs: Annotated[int, typer.Option(help="Timed runs.")] = 100,
     warmup: Annotated[int, typer.Option(help="Warm-up runs.")] = 10,
+    seconds: Annotated[float, typer.Option(help="Time budget per device instead of --runs (0: use --runs).")] = 0,
+    top_ops: Annotated[int, typer.Option(help="Operators listed from the runtime's profiler.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Measure the latency of one ONNX file on device profiles."""
     from compress.devices import resolve_device
     from compress.errors import ExportError
-    from compress.runtimes.base import get_runtime
+    from compress.runners import measure, preflight
 
     if not model.is_file():
         raise ExportError(f"model file {model} does not exist.")
+    devs = [resolve_device(ref) for ref in device]
+    for dev in devs:
+        preflight(dev)
     results = {}
-    for ref in device:
-        dev = resolve_device(ref)
-        rt = get_runtime(dev.runtime)
-        results[dev.name] = rt.benchmark(
-            model,
-            threads=dev.threads,
-            provider=dev.provider,
-            shape={"batch": batch, "sequence": sequence},
-            runs=runs,
-            warmup=warmup,
-        )
+    for dev in devs:
+        results[dev.name] = measure(dev, [model], batch=batch, sequence=sequence, runs=runs, warmup=warmup,
+                                    seconds=seconds, top_ops=top_ops)[0]  # fmt: skip
     if json_out:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -151,23 +148,19 @@ def profile(
 def devices() -> None:
     """List the built-in device profiles and whether each can be measured here."""
     from compress.devices import builtin_names, resolve_device
-    from compress.runtimes.base import get_runtime
+    from compress.runners import preflight
 
-    table = Table("device", "runtime", "provider", "threads", "runs here", "description")
+    table = Table("device", "runtime", "provider", "threads", "runner", "can run here", "description")
     for name in builtin_names():
         dev = resolve_device(name)
         try:
-            ok, why = get_runtime(dev.runtime).available(dev.provider)
+            preflight(dev)
+            ok, why = True, ""
         except CompressError as exc:
-            ok, why = False, str(exc)
-        table.add_row(
-            name,
-            dev.runtime,
-            dev.provider or "-",
-            str(dev.threads or "all"),
-            "yes" if ok else f"no: {why}",
-            dev.description,
-        )
+            ok, why = False, str(exc).removeprefix(f"device {name!r}").lstrip(": ")
+        where = dev.runner if dev.runner == "local" else f"{dev.runner} ({dev.ssh.host if dev.ssh else 'adb'})"
+        table.add_row(name, dev.runtime, dev.provider or "-", str(dev.threads or "all"), where,
+                      "yes" if ok else f"no: {why}", dev.description)  # fmt: skip
     console.print(table)
 
 

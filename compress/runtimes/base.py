@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -20,6 +20,9 @@ class Predictor(Protocol):
 
 
 class Runtime(Protocol):
+    """Accuracy (an in-process predictor) and availability; latency is measured by a runner running
+    runtimes/scripts/bench.py, which knows each runtime by the same name."""
+
     name: str
 
     def available(self, provider: str | None) -> tuple[bool, str]: ...
@@ -27,21 +30,6 @@ class Runtime(Protocol):
     def version(self) -> str: ...
 
     def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> Predictor: ...
-
-    def benchmark(
-        self, path: Path, *, threads: int | None, provider: str | None, shape: dict[str, int], runs: int, warmup: int
-    ) -> dict[str, Any]: ...
-
-    def benchmark_many(
-        self,
-        paths: list[Path],
-        *,
-        threads: int | None,
-        provider: str | None,
-        shape: dict[str, int],
-        runs: int,
-        warmup: int,
-    ) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -65,6 +53,7 @@ class RuntimeRef:
 
 RUNTIMES: Registry[RuntimeRef] = Registry("runtime")
 RUNTIMES.add("onnxruntime", RuntimeRef("compress.runtimes.onnxruntime:OnnxRuntime", "onnxruntime", "onnxruntime"))
+RUNTIMES.add("openvino", RuntimeRef("compress.runtimes.openvino:OpenVinoRuntime", "openvino", "openvino"))
 
 
 def get_runtime(name: str) -> Runtime:

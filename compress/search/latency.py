@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from compress.devices import DeviceProfile
-from compress.errors import DeviceError
 from compress.fileio import atomic_write_text
-from compress.runtimes.base import Runtime, get_runtime
+from compress.runners import measure, preflight
 from compress.search.candidates import build_transformer
 from compress.search.space import Arch, CnnSpace, Space, arch_key
 
@@ -61,19 +60,13 @@ class LatencyTable:
 
     def __init__(self, device: DeviceProfile, shape: dict[str, int], cache_file: Path) -> None:
         self.device, self.shape, self.cache_file = device, shape, cache_file
-        self.runtime: Runtime = get_runtime(device.runtime)
-        ok, why = self.runtime.available(device.provider)
-        if not ok:
-            raise DeviceError(f"device {device.name!r} cannot be measured here: {why}.")
+        preflight(device)  # runtime installed / host reachable, before any export work
         self.table: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
         self.measured_blocks = 0
 
     # ---- measuring -----------------------------------------------------------------------------
     def _time(self, paths: list[Path], sequence: int) -> list[float]:
-        shape = {"batch": 1, "sequence": sequence}
-        stats = self.runtime.benchmark_many(
-            paths, threads=self.device.threads, provider=self.device.provider, shape=shape, runs=RUNS, warmup=WARMUP
-        )
+        stats = measure(self.device, paths, batch=1, sequence=sequence, runs=RUNS, warmup=WARMUP)
         return [float(s["p50_ms"]) for s in stats]
 
     def _fill(self, builders: dict[str, Callable[[Path], None]]) -> None:
@@ -94,10 +87,7 @@ class LatencyTable:
 
     def measure(self, paths: list[Path]) -> list[float]:
         """End-to-end p50 of whole exported candidates (more runs than table entries)."""
-        shape = {"batch": 1, "sequence": self.shape["sequence"]}
-        stats = self.runtime.benchmark_many(
-            paths, threads=self.device.threads, provider=self.device.provider, shape=shape, runs=100, warmup=10
-        )
+        stats = measure(self.device, paths, batch=1, sequence=self.shape["sequence"], runs=100, warmup=10)
         return [float(s["p50_ms"]) for s in stats]
 
 

@@ -10,9 +10,9 @@ from pydantic import Field
 from compress.artifacts import Artifacts
 from compress.context import Context
 from compress.devices import resolve_device
-from compress.errors import DeviceError, StageError
+from compress.errors import StageError
 from compress.recipe.base import Strict
-from compress.runtimes.base import get_runtime
+from compress.runners import measure, preflight
 from compress.stages.base import StageConfig, register_stage
 from compress.ui import progress
 
@@ -35,7 +35,13 @@ class ProfileConfig(StageConfig):
     )
     shape: Shape = Field(default_factory=Shape, description="Input shape.")  # type: ignore[arg-type]
     runs: int = Field(100, gt=0, description="Timed runs per artifact and device.")
+    seconds: float | None = Field(
+        None, gt=0, description="Time budget per artifact and device instead of `runs` (at least 10 runs)."
+    )
     warmup: int = Field(10, ge=0, description="Untimed warm-up runs.")
+    top_ops: int = Field(
+        10, ge=0, description="Operators listed per artifact from the runtime's own profiler (0: none)."
+    )
     artifacts: list[str] | None = Field(None, description="ONNX artifacts to profile (default: all).")
 
 
@@ -48,26 +54,20 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
             f"profile: no ONNX artifact {', '.join(missing) or ''} to measure; add an `export` stage "
             f"before `profile` (have: {', '.join(artifacts) or 'none'})."
         )
+    devices = [resolve_device(ref, ctx.base_dir) for ref in config.devices]
+    for device in devices:
+        preflight(device)  # every device checked before the first measurement
     out: Artifacts = {}
-    for ref in config.devices:
-        device = resolve_device(ref, ctx.base_dir)
-        runtime = get_runtime(device.runtime)
-        ok, why = runtime.available(device.provider)
-        if not ok:
-            raise DeviceError(f"device {device.name!r} cannot be measured here: {why}.")
-        with progress(f"profiling on {device.name}", len(targets)) as bar:
-            for name in targets:
-                art = out.get(name) or artifacts[name]
-                stats = runtime.benchmark(
-                    art.path,
-                    threads=device.threads,
-                    provider=device.provider,
-                    shape=config.shape.model_dump(),
-                    runs=config.runs,
-                    warmup=config.warmup,
-                )
-                art.latency = {**art.latency, device.name: stats}
-                out[name] = art
-                log.info("%s on %s: p50 %.3f ms, p90 %.3f ms", name, device.name, stats["p50_ms"], stats["p90_ms"])
-                bar.advance()
+    request = {"batch": config.shape.batch, "sequence": config.shape.sequence, "runs": config.runs,
+               "warmup": config.warmup, "seconds": config.seconds or 0.0, "top_ops": config.top_ops}  # fmt: skip
+    for device in devices:
+        with progress(f"profiling {len(targets)} artifacts on {device.name}", 1) as bar:
+            stats = measure(device, [artifacts[n].path for n in targets], **request)
+            bar.advance()
+        for name, st in zip(targets, stats, strict=True):
+            art = out.get(name) or artifacts[name]
+            art.latency = {**art.latency, device.name: st}
+            out[name] = art
+            log.info("%s on %s: p50 %.3f ms, p90 %.3f ms (%s %s)", name, device.name, st["p50_ms"], st["p90_ms"],
+                     st.get("runtime"), st.get("runtime_version"))  # fmt: skip
     return out

@@ -1,0 +1,79 @@
+"""The runner interface, the benchmark request every runner executes, and the registry of runners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from compress.devices import DeviceProfile
+from compress.registry import Registry
+
+BENCH_SCRIPT = Path(__file__).resolve().parent.parent / "runtimes" / "scripts" / "bench.py"
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """What to measure: the arguments of the self-contained benchmark script."""
+
+    runtime: str = "onnxruntime"
+    provider: str | None = None
+    threads: int | None = None
+    cpus: tuple[int, ...] | None = None
+    batch: int = 1
+    sequence: int = 128
+    runs: int = 100
+    warmup: int = 10
+    seconds: float = 0.0
+    top_ops: int = 0
+
+    @classmethod
+    def for_device(cls, device: DeviceProfile, **kwargs: Any) -> BenchRequest:
+        provider = device.provider or ("CPU" if device.runtime == "openvino" else "CPUExecutionProvider")
+        cpus = tuple(device.cpus) if device.cpus else None
+        return cls(runtime=device.runtime, provider=provider, threads=device.threads, cpus=cpus, **kwargs)
+
+    def argv(self, models: list[str], out: str) -> list[str]:
+        args = [*models, "--runtime", self.runtime, "--threads", str(self.threads or 0)]
+        args += ["--provider", self.provider or "CPUExecutionProvider", "--batch", str(self.batch)]
+        args += ["--sequence", str(self.sequence), "--runs", str(self.runs), "--warmup", str(self.warmup)]
+        args += ["--seconds", str(self.seconds), "--top-ops", str(self.top_ops), "--out", out]
+        if self.cpus:
+            args += ["--cpus", ",".join(str(c) for c in self.cpus)]
+        return args
+
+
+class Runner(Protocol):
+    def check(self) -> None:
+        """Raise DeviceError (naming what to fix) when the device cannot be measured now."""
+
+    def run(self, paths: list[Path], request: BenchRequest) -> list[dict[str, Any]]:
+        """Statistics per model, in order."""
+
+
+RUNNERS: Registry[Callable[[DeviceProfile], Runner]] = Registry("runner")
+
+
+def get_runner(device: DeviceProfile) -> Runner:
+    import compress.runners.adb
+    import compress.runners.local
+    import compress.runners.ssh  # noqa: F401 - they register themselves
+
+    return RUNNERS.get(device.runner)(device)
+
+
+def preflight(device: DeviceProfile) -> Runner:
+    """The device's runner, checked (runtime installed, host reachable, device attached) before any work."""
+    runner = get_runner(device)
+    runner.check()
+    return runner
+
+
+def measure(device: DeviceProfile, paths: list[Path], **request: Any) -> list[dict[str, Any]]:
+    """Benchmark ``paths`` on ``device``; ``request``: batch, sequence, runs, warmup, seconds, top_ops."""
+    stats = get_runner(device).run(paths, BenchRequest.for_device(device, **request))
+    for s in stats:
+        s["device"] = device.name
+        s["runner"] = device.runner
+    return stats

@@ -1,0 +1,47 @@
+"""This machine: the benchmark script in a fresh Python process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from compress.devices import DeviceProfile
+from compress.errors import DeviceError
+from compress.runners.base import BENCH_SCRIPT, RUNNERS, BenchRequest
+
+
+def last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[-1][:300]
+
+
+class LocalRunner:
+    def __init__(self, device: DeviceProfile) -> None:
+        self.device = device
+
+    def check(self) -> None:
+        from compress.runtimes.base import get_runtime
+
+        ok, why = get_runtime(self.device.runtime).available(self.device.provider)
+        if not ok:
+            raise DeviceError(f"device {self.device.name!r} cannot be measured here: {why}.")
+
+    def run(self, paths: list[Path], request: BenchRequest) -> list[dict[str, Any]]:
+        with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
+            out = Path(tmp) / "result.json"
+            cmd = [sys.executable, str(BENCH_SCRIPT), *request.argv([str(p) for p in paths], str(out))]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+            if proc.returncode != 0 or not out.is_file():
+                names = ", ".join(p.name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+                raise DeviceError(
+                    f"benchmark of {names} failed on {self.device.name} ({request.runtime}, {request.provider}): "
+                    f"{last_line(proc.stderr)}"
+                )
+            data = json.loads(out.read_text())
+        return data if isinstance(data, list) else [data]
+
+
+RUNNERS.add("local", LocalRunner)

@@ -1,0 +1,41 @@
+"""OpenVINO: reads the ONNX artifact directly; accuracy through a compiled model, latency through the
+benchmark script (runtime `openvino`). Installed with the `openvino` extra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+
+class OvPredictor:
+    def __init__(self, path: Path, threads: int | None, device: str | None) -> None:
+        core = ov.Core()
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(core.read_model(str(path)), device or "CPU", config)
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.compiled({n: inputs[n] for n in self.input_names})
+        return np.asarray(out[self.compiled.outputs[0]])
+
+
+class OpenVinoRuntime:
+    name = "openvino"
+
+    def version(self) -> str:
+        return str(ov.get_version())
+
+    def available(self, provider: str | None) -> tuple[bool, str]:
+        have = ov.Core().available_devices
+        device = provider or "CPU"
+        if device.split(".")[0] not in {d.split(".")[0] for d in have}:
+            return False, f"OpenVINO device {device} not found (have: {', '.join(have) or 'none'})"
+        return True, f"openvino {ov.get_version()}"
+
+    def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> OvPredictor:
+        return OvPredictor(path, threads, provider)

@@ -1,0 +1,261 @@
+"""Self-contained latency benchmark (stdlib + numpy + the runtime's own package; nothing from compress).
+
+Runs in its own process so that thread settings, CPU pinning, peak memory and cold start are measured
+cleanly, and is copied unchanged to remote boards (SSH runner). Writes one JSON object per model (a list for
+several) to --out, or prints it on stdout.
+
+    python bench.py MODEL.onnx [MODEL2 ...] --runtime onnxruntime --threads 2 --batch 1 --sequence 128 \\
+        --runs 100 --warmup 10 [--seconds 0] [--cpus 0,1] [--top-ops 10] [--out result.json]
+
+Measurement: session creation (cold start) and first run timed apart; ``warmup`` untimed runs; then ``runs``
+timed runs, or as many as fit in ``seconds`` (at least 10) when that is set. Per-operator times come from the
+runtime's own profiler in a separate profiled session, after the timed runs, so they never slow the numbers
+reported as latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, Dict  # noqa: UP035
+
+import numpy as np
+
+Feeds = Dict[str, Any]  # noqa: UP006 - runs on the board's Python, 3.8 included
+INTERESTING_FLAGS = (
+    *("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni"),
+    *("amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16", "fphp"),
+)
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, core count and the SIMD flags that decide which kernels a runtime picks."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "hardware", "cpu model") and value.strip():
+                    model = value.strip()
+                elif key in ("flags", "features"):
+                    flags |= set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "flags": sorted(f for f in flags if f in INTERESTING_FLAGS)}
+
+
+def summarize(ms: list[float], batch: int) -> dict[str, float]:
+    arr = np.asarray(sorted(ms))
+    return {
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "mean_ms": float(arr.mean()),
+        "std_ms": float(arr.std()),
+        "min_ms": float(arr.min()),
+        "max_ms": float(arr.max()),
+        "throughput_per_s": float(batch * 1000.0 / arr.mean()),
+        "runs": len(ms),
+    }
+
+
+def make_feeds(inputs: list[tuple[str, list[Any], str]], batch: int, sequence: int, seed: int = 0) -> Feeds:
+    """Random but valid inputs: (name, shape with symbolic dims, element type) -> arrays."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, dims, kind in inputs:
+        # symbolic dims (a name, None or -1): batch first, sequence after
+        shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else sequence) for i, d in enumerate(dims)]
+        if "int" in kind:
+            if "mask" in name:
+                feeds[name] = np.ones(shape, dtype=np.int64)
+            elif "type" in name:
+                feeds[name] = np.zeros(shape, dtype=np.int64)
+            else:
+                feeds[name] = rng.integers(5, 100, size=shape, dtype=np.int64)  # valid in any vocabulary
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+# ---- runtimes: load(model, args) -> (run(feeds), feeds, info), and op_times(model, args, feeds, n) ------------
+
+
+def _ort_session(model: str, args: argparse.Namespace, profile_dir: str | None = None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if profile_dir:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(profile_dir, "ort")
+    return ort.InferenceSession(model, opts, providers=[args.provider])
+
+
+def ort_load(model: str, args: argparse.Namespace) -> tuple[Callable[[Feeds], Any], Feeds, dict[str, Any]]:
+    import onnxruntime as ort
+
+    session = _ort_session(model, args)
+    inputs = [(i.name, list(i.shape), i.type) for i in session.get_inputs()]
+    feeds = make_feeds(inputs, args.batch, args.sequence)
+    info = {"runtime": "onnxruntime", "runtime_version": ort.__version__, "provider": session.get_providers()[0]}
+    return (lambda f: session.run(None, f)), feeds, info
+
+
+def ort_op_times(model: str, args: argparse.Namespace, feeds: Feeds, n: int) -> dict[str, float]:
+    """Total microseconds per operator type from onnxruntime's own profiler (its JSON trace)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        session = _ort_session(model, args, tmp)
+        for _ in range(n):
+            session.run(None, feeds)
+        trace = session.end_profiling()
+        with open(trace if os.path.isabs(trace) else os.path.join(tmp, os.path.basename(trace))) as fh:
+            events = json.load(fh)
+    totals: dict[str, float] = {}
+    for ev in events:
+        op = ev.get("args", {}).get("op_name")
+        if ev.get("cat") == "Node" and op and ev.get("name", "").endswith("_kernel_time"):
+            totals[op] = totals.get(op, 0.0) + float(ev.get("dur", 0))
+    return {op: us / n for op, us in totals.items()}
+
+
+def ov_load(model: str, args: argparse.Namespace) -> tuple[Callable[[Feeds], Any], Feeds, dict[str, Any]]:
+    import openvino as ov
+
+    core = ov.Core()
+    net = core.read_model(model)
+    shapes = {}
+    inputs = []
+    for port in net.inputs:
+        dims = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+        kind = "int64" if port.get_element_type().is_integral() else "float"
+        inputs.append((port.get_any_name(), dims, kind))
+    feeds = make_feeds(inputs, args.batch, args.sequence)
+    for name, arr in feeds.items():
+        shapes[name] = list(arr.shape)
+    net.reshape(shapes)  # static shapes: what OpenVINO compiles best
+    device = args.provider or "CPU"
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if args.threads:
+        config["INFERENCE_NUM_THREADS"] = args.threads
+    compiled = core.compile_model(net, device, config)
+    request = compiled.create_infer_request()
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # bf16 by default on AMX CPUs
+    info = {"runtime": "openvino", "runtime_version": ov.get_version(), "provider": device, "precision": precision}
+    return (lambda f: request.infer(f)), feeds, info
+
+
+def ov_op_times(model: str, args: argparse.Namespace, feeds: Feeds, n: int) -> dict[str, float]:
+    """Microseconds per layer type from OpenVINO's performance counters (PERF_COUNT)."""
+    import openvino as ov
+
+    core = ov.Core()
+    net = core.read_model(model)
+    net.reshape({k: list(v.shape) for k, v in feeds.items()})
+    config: dict[str, Any] = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY"}
+    if args.threads:
+        config["INFERENCE_NUM_THREADS"] = args.threads
+    request = core.compile_model(net, args.provider or "CPU", config).create_infer_request()
+    totals: dict[str, float] = {}
+    for _ in range(n):
+        request.infer(feeds)
+        for info in request.get_profiling_info():
+            us = info.real_time.total_seconds() * 1e6
+            totals[info.node_type] = totals.get(info.node_type, 0.0) + us
+    return {op: us / n for op, us in totals.items()}
+
+
+RUNTIMES = {"onnxruntime": (ort_load, ort_op_times), "openvino": (ov_load, ov_op_times)}
+
+
+def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    load, op_times = RUNTIMES[args.runtime]
+    base_rss = rss_mb()
+    t0 = time.perf_counter()
+    run, feeds, info = load(model, args)
+    cold_ms = (time.perf_counter() - t0) * 1000.0
+    t0 = time.perf_counter()
+    run(feeds)
+    first_ms = (time.perf_counter() - t0) * 1000.0
+    for _ in range(args.warmup):
+        run(feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while (
+        (len(times) < args.runs)
+        if args.seconds <= 0
+        else (time.perf_counter() - start < args.seconds or len(times) < 10)
+    ):
+        t0 = time.perf_counter_ns()
+        run(feeds)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    result: dict[str, Any] = dict(summarize(times, args.batch))
+    result.update(info)
+    result.update({
+        "cold_start_ms": cold_ms,
+        "first_run_ms": first_ms,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "model_rss_mb": rss_mb() - base_rss,
+        "threads": args.threads,
+        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "shape": {"batch": args.batch, "sequence": args.sequence},
+        "machine": platform.machine(),
+        "cpu": cpu_info(),
+    })  # fmt: skip
+    if args.top_ops:
+        ops = op_times(model, args, feeds, min(len(times), 20))
+        total = sum(ops.values()) or 1.0
+        top = sorted(((op, us) for op, us in ops.items() if us > 0), key=lambda kv: -kv[1])[: args.top_ops]
+        result["top_ops"] = [{"op": op, "us": us, "share": us / total} for op, us in top]
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("models", nargs="+", help="one model gives one JSON object; several give a JSON list")
+    p.add_argument("--runtime", default="onnxruntime", choices=sorted(RUNTIMES))
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the runtime's default)")
+    p.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime provider / OpenVINO device")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--sequence", type=int, default=128)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--seconds", type=float, default=0.0, help="time budget instead of --runs (0: use --runs)")
+    p.add_argument("--cpus", default="", help="pin the process to these CPUs, e.g. 0,1 (Linux)")
+    p.add_argument("--top-ops", type=int, default=0, help="per-operator times from the runtime's profiler")
+    p.add_argument("--out", default="", help="write the JSON here instead of stdout")
+    args = p.parse_args()
+    if args.cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    results = [measure(m, args) for m in args.models]
+    text = json.dumps(results[0] if len(results) == 1 else results)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

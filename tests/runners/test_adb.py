@@ -1,0 +1,80 @@
+"""The adb runner: command construction and the parser of onnxruntime_perf_test's summary; a real run
+whenever a device is attached."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from compress.devices import DeviceProfile
+from compress.errors import DeviceError
+from compress.runners import BenchRequest, measure, preflight
+from compress.runners.adb import AdbRunner, parse_perf_test
+
+# The summary lines the parser reads, in onnxruntime_perf_test's wording (values made up for the test).
+SUMMARY = """Session creation time cost: 0.0412 s
+First inference time cost: 14 ms
+Total inference time cost: 0.63 s
+Total inference requests: 200
+Average inference time cost: 3.15 ms
+Total inference run time: 0.631 s
+Number of inferences per second: 317.4
+Avg CPU usage: 97 %
+Peak working set size: 52428800 bytes
+Min Latency: 0.00291 s
+Max Latency: 0.00512 s
+P50 Latency: 0.00309 s
+P90 Latency: 0.00344 s
+P95 Latency: 0.00371 s
+P99 Latency: 0.00455 s
+P999 Latency: 0.00512 s
+"""
+
+
+def _device(**adb: object) -> DeviceProfile:
+    target = {"binary": "/data/local/tmp/onnxruntime_perf_test", **adb}
+    return DeviceProfile.model_validate({"name": "phone", "threads": 4, "cpus": [4, 5, 6, 7], "runner": "adb",
+                                         "adb": target})  # fmt: skip
+
+
+def test_perf_test_summary_is_parsed_in_milliseconds() -> None:
+    stats = parse_perf_test(SUMMARY)
+    assert stats["p50_ms"] == pytest.approx(3.09) and stats["p90_ms"] == pytest.approx(3.44)
+    assert stats["p99_ms"] == pytest.approx(4.55) and stats["min_ms"] == pytest.approx(2.91)
+    assert stats["mean_ms"] == pytest.approx(3.15) and stats["cold_start_ms"] == pytest.approx(41.2)
+    assert stats["peak_rss_mb"] == pytest.approx(50.0) and stats["runs"] == 200
+
+
+def test_output_without_latency_is_an_error() -> None:
+    with pytest.raises(DeviceError, match="no latency in the benchmark binary's output: .*not found"):
+        parse_perf_test("CANNOT LINK EXECUTABLE: library libonnxruntime.so not found")
+
+
+def test_command_construction_pins_cores_and_fills_the_template() -> None:
+    runner = AdbRunner(_device(serial="R58M"))
+    cmd = runner.bench_command("/data/local/tmp/compress/m0_student.onnx", BenchRequest(runs=50, threads=4,
+                                                                                       cpus=(4, 5, 6, 7)))  # fmt: skip
+    assert cmd[:4] == ["adb", "-s", "R58M", "shell"]
+    assert cmd[4] == ("taskset f0 /data/local/tmp/onnxruntime_perf_test -e cpu -m times -r 50 -x 4 "
+                      "/data/local/tmp/compress/m0_student.onnx")  # fmt: skip
+    assert AdbRunner(_device()).adb("push", "a", "b") == ["adb", "push", "a", "b"]  # no serial: the only device
+
+
+def _attached() -> bool:
+    if shutil.which("adb") is None:
+        return False
+    out = subprocess.run(["adb", "devices"], capture_output=True, text=True, timeout=30).stdout
+    return any(line.endswith("\tdevice") for line in out.splitlines())
+
+
+@pytest.mark.skipif(not _attached(), reason="no Android device attached")
+def test_real_device(tmp_path: Path) -> None:  # pragma: no cover - runs where a phone is plugged in
+    from tests.runners.test_ssh import _mlp
+
+    device = _device()
+    preflight(device)
+    stats = measure(device, [_mlp(tmp_path / "mlp.onnx")], runs=20)
+    assert stats[0]["p50_ms"] > 0
