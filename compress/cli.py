@@ -165,6 +165,41 @@ def devices() -> None:
 
 
 @app.command()
+def compare(
+    old: Annotated[Path, typer.Argument(help="report.json of the reference run.")],
+    new: Annotated[Path, typer.Argument(help="report.json of the run to check.")],
+    confidence: Annotated[float, typer.Option(help="Confidence of the shift's interval: 0.95, 0.99 or 0.999.")] = 0.99,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Flag latency regressions between two reports, beyond the run-to-run noise measured in them (exit 4)."""
+    from compress.errors import RegressionError, StageError
+    from compress.report.compare import Z, compare, render
+
+    if confidence not in Z:
+        raise StageError(f"--confidence {confidence}: use one of {', '.join(map(str, Z))}.")
+    reports = []
+    for path in (old, new):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StageError(f"{path}: not a readable report.json ({type(exc).__name__}: {exc}).") from None
+        if not isinstance(reports[-1], dict) or "artifacts" not in reports[-1]:
+            raise StageError(f"{path}: not a compress report.json (no `artifacts`).")
+    rows = compare(reports[0], reports[1], confidence=confidence)
+    typer.echo(json.dumps(rows, indent=2) if json_out else render(rows, confidence))
+    if not rows:
+        raise StageError(f"{old} and {new} share no artifact measured on the same device.")
+    bad = [r for r in rows if r["verdict"] == "regression"]
+    if bad:
+        worst = max(bad, key=lambda r: r["change"])
+        raise RegressionError(
+            f"{len(bad)} latency regression(s) beyond measured noise; worst: {worst['artifact']} on "
+            f"{worst['device']} {worst['old_p50_ms']:.3f} -> {worst['new_p50_ms']:.3f} ms "
+            f"({100 * worst['change']:+.1f}%)."
+        )
+
+
+@app.command()
 def schema(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the recipe reference as Markdown.")] = False,
 ) -> None:

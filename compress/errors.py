@@ -52,3 +52,9 @@ class BudgetError(CompressError):
     """A latency/size/accuracy budget was missed."""
 
     exit_code = 3
+
+
+class RegressionError(CompressError):
+    """`compress compare` found a latency regression beyond the measured noise."""
+
+    exit_code = 4

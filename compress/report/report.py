@@ -129,12 +129,45 @@ def build_report(
     return {
         "recipe": recipe,
         "devices": devices,
+        "measurement": _measurement(artifacts, devices),
         "artifacts": rows,
         "flags": flags,
         "searches": _searches(history or []),
         "pruned": _pruned(history or []),
         "quantized": _quantized(artifacts),
     }
+
+
+MEASUREMENT_KEYS = ("runtime", "runtime_version", "provider", "precision", "runner", "threads", "cpus", "cpu",
+                    "machine")  # fmt: skip
+
+
+def _measurement(artifacts: Artifacts, devices: list[str]) -> dict[str, dict[str, Any]]:
+    """Per device: which runtime, version, provider, threads and CPU produced its numbers."""
+    out: dict[str, dict[str, Any]] = {}
+    for device in devices:
+        stats = next(a.latency[device] for a in artifacts.values() if device in a.latency)
+        out[device] = {k: stats[k] for k in MEASUREMENT_KEYS if stats.get(k) is not None}
+    return out
+
+
+def _measurement_markdown(report: dict[str, Any]) -> list[str]:
+    lines = ["## Measurement", ""]
+    for device, m in (report.get("measurement") or {}).items():
+        cpu = m.get("cpu") or {}
+        where = f"{m.get('runtime', '?')} {m.get('runtime_version', '')}, {m.get('provider', '-')}"
+        extra = f", {m['precision']} inference" if m.get("precision") else ""
+        threads = f"{m.get('threads') or 'default'} threads" + (f" pinned to CPUs {m['cpus']}" if m.get("cpus") else "")
+        flags = f" ({', '.join(cpu['flags'])})" if cpu.get("flags") else ""
+        lines.append(f"- **{device}**: {where}{extra}; {threads}; runner {m.get('runner', 'local')}; "
+                     f"{cpu.get('model', m.get('machine', '?'))}{flags}")  # fmt: skip
+    tops = [(row["name"], d, st["top_ops"]) for row in report["artifacts"] for d, st in row["latency"].items()
+            if st.get("top_ops")]  # fmt: skip
+    if tops:
+        lines += ["", "Where the time goes (the runtime's own profiler, share of operator time):", ""]
+        for name, device, ops in tops:
+            lines.append(f"- {name} on {device}: " + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops))
+    return lines + [""]
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -169,6 +202,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             ]
         lines.append("| " + " | ".join(cells).replace("-%", "-") + " |")
     lines.append("")
+    if report.get("pareto"):
+        lines += [f"![accuracy against latency]({report['pareto']})", ""]
+    if report.get("measurement"):
+        lines += _measurement_markdown(report)
     if report["flags"]:
         lines += ["## Flags", ""] + [f"- **{f['kind']}**: {f['message']}" for f in report["flags"]] + [""]
     else:
@@ -251,6 +288,10 @@ def _search_markdown(s: dict[str, Any]) -> list[str]:
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    from compress.report.pareto import plot_pareto
+
+    if plot_pareto(report, out_dir / "pareto.png"):
+        report["pareto"] = "pareto.png"
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     return report

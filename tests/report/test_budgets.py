@@ -22,6 +22,15 @@ def cached_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+JUNIT_XSD = Path(__file__).resolve().parent.parent / "fixtures" / "junit.xsd"
+
+
+def _valid_junit(path: Path) -> ET.Element:
+    xmlschema = pytest.importorskip("xmlschema")
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(path))  # raises on any schema violation
+    return ET.parse(path).getroot()
+
+
 def _with_budgets(folder: Path, budgets: str, name: str) -> Path:
     return write_recipe(folder, DIGITS_RECIPE.replace("epochs: 3", "epochs: 1") + budgets, name)
 
@@ -36,10 +45,22 @@ def test_met_budgets_pass_and_write_junit(cached_run: Path, monkeypatch: pytest.
     assert all(s.cached for s in result.stages)  # budgets do not invalidate any stage
     checks = result.report["budgets"]
     assert len(checks) == 3 * 3 and all(c["passed"] for c in checks)  # 3 student ONNX artifacts x 3 limits
-    suite = ET.parse(cached_run / "out" / "junit.xml").getroot()
+    suite = _valid_junit(cached_run / "out" / "junit.xml")
     assert suite.get("tests") == "9" and suite.get("failures") == "0"
     assert len(suite.findall("./testsuite/testcase")) == 9
     assert "| student.onnx | x86-cpu | p90_ms |" in summary.read_text()
+    md = (cached_run / "out" / "report.md").read_text()  # which runtime, version, provider, CPU; the plot
+    assert "## Measurement" in md and "- **x86-cpu**: onnxruntime 1." in md and "CPUExecutionProvider" in md
+    assert "Where the time goes" in md and "![accuracy against latency](pareto.png)" in md
+    assert (cached_run / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_junit_schema_rejects_a_malformed_file(tmp_path: Path) -> None:
+    xmlschema = pytest.importorskip("xmlschema")
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<testsuites><testsuite name="s" tests="1"><testcase classname="c"/></testsuite></testsuites>')
+    with pytest.raises(xmlschema.XMLSchemaValidationError):  # a testcase needs a name
+        _valid_junit(bad)
 
 
 def test_missed_budget_fails_with_exit_code_3_after_writing_reports(cached_run: Path) -> None:
@@ -50,7 +71,7 @@ def test_missed_budget_fails_with_exit_code_3_after_writing_reports(cached_run: 
     assert info.value.exit_code == 3
     report = json.loads((cached_run / "out" / "report.json").read_text())
     assert {c["artifact"] for c in report["budgets"]} == {"student.int8-dynamic.onnx", "student.int8-static.onnx"}
-    suite = ET.parse(cached_run / "out" / "junit.xml").getroot()
+    suite = _valid_junit(cached_run / "out" / "junit.xml")
     assert suite.get("failures") == "2"
     proc = subprocess.run(
         [sys.executable, "-m", "compress", "run", str(recipe), "--out", str(cached_run / "out")],

@@ -211,6 +211,7 @@ def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
         run(feeds)
         times.append((time.perf_counter_ns() - t0) / 1e6)
     result: dict[str, Any] = dict(summarize(times, args.batch))
+    result["samples_ms"] = [round(t, 4) for t in times]  # raw: `compress compare` tests shifts against noise
     result.update(info)
     result.update({
         "cold_start_ms": cold_ms,

@@ -1,0 +1,77 @@
+"""`compress compare OLD.json NEW.json`: latency regressions between two reports, judged against the noise
+measured in those very runs rather than a fixed percentage.
+
+For every artifact x device in both reports, the shift of the median latency gets a bootstrap confidence
+interval from the raw timing samples of both runs (resampled independently). A shift whose whole interval
+lies above zero is a regression, below zero an improvement, otherwise it is within noise. Reports without raw
+samples fall back to the normal approximation of the median's standard error (1.2533 * std / sqrt(runs))."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Z = {0.95: 1.960, 0.99: 2.576, 0.999: 3.291}
+
+
+def _median_ci(old: list[float], new: list[float], confidence: float, resamples: int) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    a, b = np.asarray(old), np.asarray(new)
+    ma = np.median(a[rng.integers(0, len(a), (resamples, len(a)))], axis=1)
+    mb = np.median(b[rng.integers(0, len(b), (resamples, len(b)))], axis=1)
+    tail = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(mb - ma, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def _normal_ci(old: dict[str, Any], new: dict[str, Any], confidence: float) -> tuple[float, float]:
+    def se(s: dict[str, Any]) -> float:
+        return 1.2533 * float(s.get("std_ms", 0.0)) / math.sqrt(max(int(s.get("runs", 1)), 1))
+
+    shift = float(new["p50_ms"]) - float(old["p50_ms"])
+    half = Z.get(confidence, 2.576) * math.hypot(se(old), se(new))
+    return shift - half, shift + half
+
+
+def compare(old: dict[str, Any], new: dict[str, Any], *, confidence: float = 0.99,
+            resamples: int = 2000) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per artifact x device measured in both reports."""
+    before = {a["name"]: a for a in old.get("artifacts", [])}
+    rows = []
+    for art in new.get("artifacts", []):
+        prev = before.get(art["name"])
+        if prev is None:
+            continue
+        for device, stats in sorted((art.get("latency") or {}).items()):
+            ref = (prev.get("latency") or {}).get(device)
+            if not ref:
+                continue
+            if ref.get("samples_ms") and stats.get("samples_ms"):
+                lo, hi = _median_ci(ref["samples_ms"], stats["samples_ms"], confidence, resamples)
+                method = "bootstrap"
+            else:
+                lo, hi = _normal_ci(ref, stats, confidence)
+                method = "normal"
+            verdict = "regression" if lo > 0 else "improvement" if hi < 0 else "within noise"
+            rows.append({
+                "artifact": art["name"], "device": device, "old_p50_ms": float(ref["p50_ms"]),
+                "new_p50_ms": float(stats["p50_ms"]), "change": float(stats["p50_ms"]) / float(ref["p50_ms"]) - 1,
+                "ci_ms": [lo, hi], "noise_ms": (hi - lo) / 2, "method": method, "verdict": verdict,
+            })  # fmt: skip
+    return rows
+
+
+def render(rows: list[dict[str, Any]], confidence: float) -> str:
+    lines = [
+        f"| artifact | device | old p50 ms | new p50 ms | change | {int(confidence * 100)}% interval of the shift "
+        "(ms) | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lo, hi = r["ci_ms"]
+        verdict = f"**{r['verdict']}**" if r["verdict"] == "regression" else r["verdict"]
+        lines.append(f"| {r['artifact']} | {r['device']} | {r['old_p50_ms']:.3f} | {r['new_p50_ms']:.3f} | "
+                     f"{100 * r['change']:+.1f}% | [{lo:+.3f}, {hi:+.3f}] | {verdict} |")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""The accuracy / latency trade-off of every artifact of a run, one panel per device, as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Points (latency, accuracy, name) no other point beats on both: faster and at least as accurate."""
+    best: list[tuple[float, float, str]] = []
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not best or p[1] > best[-1][1]:
+            best.append(p)
+    return best
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
+    """Write ``path`` (PNG); None when no artifact has both an accuracy and a latency."""
+    panels = []
+    for device in report.get("devices", []):
+        pts = [(row["latency"][device]["p50_ms"], 100 * row["metrics"]["accuracy"], row["name"])
+               for row in report["artifacts"]
+               if device in row["latency"] and row["metrics"].get("accuracy") is not None]  # fmt: skip
+        if pts:
+            panels.append((device, pts))
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (device, pts) in zip(axes[0], panels, strict=True):
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:gray", zorder=2)
+        front = frontier(pts)
+        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:blue", zorder=3, label="Pareto front")
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(f"p50 latency on {device} (ms)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(device)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{report['recipe'].get('name', 'recipe')}: accuracy against latency")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)  # never a half-written plot
+    return path
