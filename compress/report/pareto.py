@@ -30,14 +30,21 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (device, pts) in zip(axes[0], panels, strict=True):
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:gray", zorder=2)
         front = frontier(pts)
         ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:blue", zorder=3, label="Pareto front")
-        for x, y, name in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        on_front = {p[2] for p in front}
+        for i, (x, y, name) in enumerate(sorted(pts)):  # stagger labels so that near points stay readable
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5 + 9 * (i % 3)), fontsize=7,
+                        color="black" if name in on_front else "dimgray")  # fmt: skip
+        if max(p[0] for p in pts) > 5 * min(p[0] for p in pts):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(f"p50 latency on {device} (ms)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(device)

@@ -219,7 +219,7 @@ def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "model_rss_mb": rss_mb() - base_rss,
         "threads": args.threads,
-        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpus": sorted(os.sched_getaffinity(0)) if args.cpus and hasattr(os, "sched_getaffinity") else None,
         "shape": {"batch": args.batch, "sequence": args.sequence},
         "machine": platform.machine(),
         "cpu": cpu_info(),
