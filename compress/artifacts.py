@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from compress.fileio import sha256_path, size_of
 
-Kind = Literal["model", "onnx"]
+Kind = Literal["model", "onnx", "pte"]  # pte: an ExecuTorch program
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Artifact:
 
     @property
     def format(self) -> str:
-        return "onnx" if self.kind == "onnx" else "pytorch"
+        return {"onnx": "onnx", "pte": "executorch"}.get(self.kind, "pytorch")
 
     def to_json(self, out_dir: Path) -> dict[str, Any]:
         data = asdict(self)

@@ -12,6 +12,11 @@ from compress.fileio import atomic_write_json, atomic_write_text
 MIN_SPEEDUP = 1.05
 
 
+def fp32_export_name(model: str, kind: str) -> str:
+    """The fp32 artifact `export` makes of ``model`` in this kind: `<model>.onnx` or `<model>.xnnpack.pte`."""
+    return f"{model}.xnnpack.pte" if kind == "pte" else f"{model}.onnx"
+
+
 def baseline_of(art: Artifact, artifacts: Artifacts, device: str) -> Artifact | None:
     """The artifact this one should beat on ``device``.
 
@@ -22,16 +27,16 @@ def baseline_of(art: Artifact, artifacts: Artifacts, device: str) -> Artifact | 
     parent = artifacts.get(art.parent or "")
     if parent is None:
         return None
-    if parent.kind == "onnx":
+    if parent.kind == art.kind:
         return parent if device in parent.latency else None
-    own = artifacts.get(f"{parent.name}.onnx")
+    own = artifacts.get(fp32_export_name(parent.name, art.kind))
     if own is not None and own.name != art.name and device in own.latency:
         return own
     seen: set[str] = set()
     model = artifacts.get(parent.parent or "")
     while model is not None and model.name not in seen:
         seen.add(model.name)
-        exported = artifacts.get(f"{model.name}.onnx")
+        exported = artifacts.get(fp32_export_name(model.name, art.kind))
         if exported is not None and device in exported.latency:
             return exported
         model = artifacts.get(model.parent or "")
@@ -41,9 +46,9 @@ def baseline_of(art: Artifact, artifacts: Artifacts, device: str) -> Artifact | 
 def _flag_not_smaller(art: Artifact, artifacts: Artifacts, flags: list[dict[str, Any]]) -> None:
     """Quantized artifacts aim to be smaller than their source: flag one that is not (by 5% or more)."""
     source = artifacts.get(art.parent or "")
-    if source is not None and source.kind == "model":
-        source = artifacts.get(f"{source.name}.onnx")  # quantized straight from the model: its fp32 export
-    if not art.precision.startswith("int8") or source is None or source.kind != "onnx":
+    if source is not None and source.kind == "model":  # quantized straight from the model: its fp32 export
+        source = artifacts.get(fp32_export_name(source.name, art.kind))
+    if not art.precision.startswith("int8") or source is None or source.kind != art.kind:
         return
     if art.size_bytes >= 0.95 * source.size_bytes:
         msg = (

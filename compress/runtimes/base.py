@@ -39,6 +39,7 @@ class RuntimeRef:
     target: str  # "module:Class"
     package: str
     extra: str
+    format: str = "onnx"  # the artifact kind it runs
 
     def load(self) -> Runtime:
         module_name, _, cls = self.target.partition(":")
@@ -53,8 +54,16 @@ class RuntimeRef:
 
 RUNTIMES: Registry[RuntimeRef] = Registry("runtime")
 RUNTIMES.add("onnxruntime", RuntimeRef("compress.runtimes.onnxruntime:OnnxRuntime", "onnxruntime", "onnxruntime"))
+RUNTIMES.add(
+    "executorch", RuntimeRef("compress.runtimes.executorch:ExecuTorchRuntime", "executorch", "executorch", "pte")
+)
 RUNTIMES.add("openvino", RuntimeRef("compress.runtimes.openvino:OpenVinoRuntime", "openvino", "openvino"))
 
 
 def get_runtime(name: str) -> Runtime:
     return RUNTIMES.get(name).load()
+
+
+def runtime_format(name: str) -> str:
+    """The artifact kind a runtime runs (`onnx`, or `pte` for ExecuTorch)."""
+    return RUNTIMES.get(name).format

@@ -13,6 +13,7 @@ from compress.errors import ExportError
 from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.models.bnb import is_bnb
 from compress.stages.base import StageConfig, register_stage, require
+from compress.stages.mobile import ExecuTorchOptions, pte_artifacts
 from compress.stages.onnx_common import (
     INT8_MODES,
     Int8Mode,
@@ -38,6 +39,11 @@ class ExportConfig(PtqOptions, StageConfig):
         "at run time) and `static` (QDQ, per-channel weights, activations calibrated on training data).",
     )
     parity: ParityConfig = Field(default_factory=ParityConfig, description="fp32 parity thresholds.")  # type: ignore[arg-type]
+    executorch: ExecuTorchOptions | None = Field(
+        None,
+        description="Also export ExecuTorch programs delegated to XNNPACK (`<model>.xnnpack.pte`, "
+        "`<model>.xnnpack-int8.pte`), for the `executorch` runtime and mobile apps. Needs the `executorch` extra.",
+    )
 
 
 @register_stage("export", ExportConfig)
@@ -69,4 +75,8 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
             "export",
         ):  # fmt: skip
             out[art.name] = art
+        if config.executorch is not None:
+            for art in pte_artifacts(model, name, source.params, config.executorch, data, ctx.stage_dir,
+                                     config.eval_batch_size):  # fmt: skip
+                out[art.name] = art
     return out

@@ -18,6 +18,7 @@ from compress.errors import ExportError
 from compress.models.task_model import TaskModel
 from compress.quant import ort as ortq
 from compress.recipe.base import Strict
+from compress.runtimes.base import Predictor
 from compress.runtimes.onnxruntime import OrtPredictor
 from compress.ui import progress
 
@@ -64,7 +65,8 @@ def feeds(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, np.ndar
     return {n: batch[n].numpy() for n in names}
 
 
-def onnx_logits(predictor: OrtPredictor, split: Split, batch_size: int, label: str) -> np.ndarray:
+def onnx_logits(predictor: Predictor, split: Split, batch_size: int, label: str) -> np.ndarray:
+    """Logits of any runtime's predictor over a split (onnxruntime, OpenVINO, ExecuTorch)."""
     loader = split.loader(batch_size)
     out = []
     with progress(label, len(loader)) as bar:

@@ -9,10 +9,11 @@ from pydantic import Field
 
 from compress.artifacts import Artifacts
 from compress.context import Context
-from compress.devices import resolve_device
+from compress.devices import DeviceProfile, resolve_device
 from compress.errors import StageError
 from compress.recipe.base import Strict
 from compress.runners import measure, preflight
+from compress.runtimes.base import runtime_format
 from compress.stages.base import StageConfig, register_stage
 from compress.ui import progress
 
@@ -42,25 +43,40 @@ class ProfileConfig(StageConfig):
     top_ops: int = Field(
         10, ge=0, description="Operators listed per artifact from the runtime's own profiler (0: none)."
     )
-    artifacts: list[str] | None = Field(None, description="ONNX artifacts to profile (default: all).")
+    artifacts: list[str] | None = Field(
+        None,
+        description="Artifacts to profile (default: every artifact each device's runtime runs: ONNX files, or "
+        "ExecuTorch programs for `executorch` devices).",
+    )
+
+
+def _targets(artifacts: Artifacts, config: ProfileConfig, device: DeviceProfile) -> list[str]:
+    """The artifacts ``device``'s runtime can run, of those the stage measures."""
+    kind = runtime_format(device.runtime)
+    names = config.artifacts or list(artifacts)
+    return [n for n in names if artifacts[n].kind == kind]
 
 
 @register_stage("profile", ProfileConfig)
 def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
-    targets = config.artifacts or [n for n, a in artifacts.items() if a.kind == "onnx"]
-    missing = [n for n in targets if n not in artifacts]
-    if missing or not targets:
-        raise StageError(
-            f"profile: no ONNX artifact {', '.join(missing) or ''} to measure; add an `export` stage "
-            f"before `profile` (have: {', '.join(artifacts) or 'none'})."
-        )
+    missing = [n for n in config.artifacts or [] if n not in artifacts]
+    if missing:
+        raise StageError(f"profile.artifacts: no artifact {', '.join(missing)} (have: {', '.join(artifacts)}).")
     devices = [resolve_device(ref, ctx.base_dir) for ref in config.devices]
     for device in devices:
+        if not _targets(artifacts, config, device):
+            kind = runtime_format(device.runtime)
+            what = "ExecuTorch program (add `executorch:` to an export stage)" if kind == "pte" else "ONNX artifact"
+            raise StageError(
+                f"profile: device {device.name!r} ({device.runtime}) runs no {what} of this run; add an `export` "
+                f"stage before `profile` (have: {', '.join(artifacts) or 'none'})."
+            )
         preflight(device)  # every device checked before the first measurement
     out: Artifacts = {}
     request = {"batch": config.shape.batch, "sequence": config.shape.sequence, "runs": config.runs,
                "warmup": config.warmup, "seconds": config.seconds or 0.0, "top_ops": config.top_ops}  # fmt: skip
     for device in devices:
+        targets = _targets(artifacts, config, device)
         with progress(f"profiling {len(targets)} artifacts on {device.name}", 1) as bar:
             stats = measure(device, [artifacts[n].path for n in targets], **request)
             bar.advance()

@@ -186,7 +186,47 @@ def ov_op_times(model: str, args: argparse.Namespace, feeds: Feeds, n: int) -> d
     return {op: us / n for op, us in totals.items()}
 
 
-RUNTIMES = {"onnxruntime": (ort_load, ort_op_times), "openvino": (ov_load, ov_op_times)}
+_ET_DTYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 6: "float", 7: "double"}  # ScalarType
+
+
+def et_load(model: str, args: argparse.Namespace) -> tuple[Callable[[Feeds], Any], Feeds, dict[str, Any]]:
+    """ExecuTorch program (.pte): static shapes from the program; integer inputs are ids then mask."""
+    import torch
+    from executorch.runtime import Runtime
+
+    if args.threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(args.threads)
+    method = Runtime.get().load_program(model).load_method("forward")
+    meta = method.metadata
+    inputs = []
+    for i in range(meta.num_inputs()):
+        tensor = meta.input_tensor_meta(i)
+        kind = _ET_DTYPES.get(int(tensor.dtype()), "float")
+        name = ("input_ids", "attention_mask")[i] if "int" in kind and i < 2 else f"input{i}"
+        inputs.append((name, list(tensor.sizes()), kind))
+    feeds = make_feeds(inputs, args.batch, args.sequence)
+    tensors = [torch.from_numpy(feeds[name]) for name, _, _ in inputs]
+    try:
+        from importlib.metadata import version
+
+        ver = version("executorch")
+    except Exception:  # noqa: BLE001
+        ver = "unknown"
+    info = {"runtime": "executorch", "runtime_version": ver, "provider": "XNNPACK"}
+    return (lambda f: method.execute(tensors)), feeds, info
+
+
+def no_op_times(model: str, args: argparse.Namespace, feeds: Feeds, n: int) -> dict[str, float]:
+    return {}  # ExecuTorch's per-operator profile (ETDump) needs a devtools build of the runtime
+
+
+RUNTIMES = {
+    "onnxruntime": (ort_load, ort_op_times),
+    "openvino": (ov_load, ov_op_times),
+    "executorch": (et_load, no_op_times),
+}
 
 
 def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
