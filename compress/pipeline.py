@@ -160,6 +160,7 @@ def run(
     recipe = load_recipe(recipe_path)
     only_i, from_i = _select(recipe, only, "--only"), _select(recipe, from_stage, "--from")
     check_budget_devices(recipe, recipe_path.parent)
+    check_devices(recipe, recipe_path)  # typos, missing runtimes, unreachable boards: before any work
     out_dir = (out or Path("export") / recipe.name).resolve()
     handler = _attach_log(out_dir)
     try:
@@ -238,6 +239,28 @@ def _run(
     return result
 
 
+def check_devices(recipe: Recipe, recipe_path: Path) -> list[str]:
+    """Resolve and preflight every device of every profile stage (runtime installed, provider present, SSH host
+    reachable, adb device attached); returns one line per device."""
+    from compress.devices import resolve_device
+    from compress.runners import preflight
+    from compress.runtimes.base import get_runtime
+
+    found = []
+    for i, stage in enumerate(recipe.stages):
+        for j, ref in enumerate(getattr(stage, "devices", None) or []):
+            key = f"stages[{i}].devices[{j}]"
+            try:
+                device = resolve_device(ref, recipe_path.parent)
+                preflight(device)
+                where = "" if device.runner == "local" else f", {device.runner}"
+                found.append(f"{key}: {device.name} ({device.runtime} "
+                             f"{get_runtime(device.runtime).version()}{where})")  # fmt: skip
+            except CompressError as exc:
+                raise RecipeError(f"{recipe_path}: {key}: {exc}") from None
+    return found
+
+
 def check_budget_devices(recipe: Recipe, base_dir: Path) -> None:
     """Every device named in `budgets` must be measured by a profile stage, else the budget could never pass;
     a stage budget with a latency limit (search) needs a device that can be measured here."""
@@ -289,7 +312,6 @@ def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Art
 
 def validate(recipe_path: Path) -> list[str]:
     """Check the schema and resolve every model, data file and device without training. Returns findings."""
-    from compress.devices import resolve_device
     from compress.models.source import resolve_hf_path
     from compress.models.task_model import import_factory
 
@@ -317,13 +339,5 @@ def validate(recipe_path: Path) -> list[str]:
     else:
         d = ctx.data()
         found.append(f"data: {len(d.train)}/{len(d.dev)}/{len(d.test)} examples, {d.num_labels} labels")
-    for i, s in enumerate(recipe.stages):
-        for ref in getattr(s, "devices", []) or []:
-            dev = resolve_device(ref, ctx.base_dir)
-            from compress.runtimes.base import get_runtime
-
-            ok, why = get_runtime(dev.runtime).available(dev.provider)
-            if not ok:
-                raise CompressError(f"stages[{i}].devices: {dev.name} cannot be measured here: {why}")
-            found.append(f"stages[{i}].devices: {dev.name} ({why})")
+    found += check_devices(recipe, recipe_path)
     return found

@@ -35,7 +35,7 @@ class Budget(Strict):
 
 
 def _selected(budget: Budget, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    onnx = [r for r in rows if r["format"] == "onnx"]
+    onnx = [r for r in rows if r["format"] in ("onnx", "executorch")]  # what profile stages measure
     if budget.artifacts is None:
         return [r for r in onnx if not r["name"].startswith("teacher")]
     return [r for r in onnx if any(fnmatch.fnmatchcase(r["name"], p) for p in budget.artifacts)]

@@ -82,3 +82,17 @@ def test_command_construction() -> None:
     cmd = runner.ssh_command("true")
     assert cmd[0] == "ssh" and cmd[-2:] == ["pi@pi.local", "true"] and cmd[-4:-2] == ["-p", "2222"]
     assert "BatchMode=yes" in cmd and "A=b" in cmd
+
+
+def test_unreachable_board_stops_the_run_before_any_work(tmp_path: Path) -> None:
+    from compress import pipeline
+    from compress.errors import RecipeError
+    from tests.conftest import DIGITS_RECIPE, write_recipe
+
+    board = tmp_path / "board.yaml"
+    board.write_text("name: board\nrunner: ssh\nssh: {host: 127.0.0.1, port: 1, connect_timeout_s: 5, "
+                     "options: [StrictHostKeyChecking=no, UserKnownHostsFile=/dev/null]}\n")  # fmt: skip
+    recipe = write_recipe(tmp_path, DIGITS_RECIPE.replace("devices: [x86-cpu]", "devices: [x86-cpu, board.yaml]"))
+    with pytest.raises(RecipeError, match=r"stages\[3\].devices\[1\]: device 'board': cannot reach"):
+        pipeline.run(recipe, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("0*"))  # no stage ran
