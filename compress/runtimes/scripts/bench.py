@@ -161,7 +161,8 @@ def ov_load(model: str, args: argparse.Namespace) -> tuple[Callable[[Feeds], Any
         config["INFERENCE_NUM_THREADS"] = args.threads
     compiled = core.compile_model(net, device, config)
     request = compiled.create_infer_request()
-    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # bf16 by default on AMX CPUs
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # bf16 by default on AMX CPUs
+    precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     info = {"runtime": "openvino", "runtime_version": ov.get_version(), "provider": device, "precision": precision}
     return (lambda f: request.infer(f)), feeds, info
 
