@@ -46,7 +46,11 @@ class LocalSshd:
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def _stop(self) -> None:
         self.server.close()
+        await self.server.wait_closed()
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
