@@ -106,15 +106,22 @@ def resize_encoder(model: nn.Module, heads: list[int], ffn: list[int]) -> None:
 
 
 def load_structured(folder: Path) -> nn.Module | None:
-    """Load a saved model whose config carries a per-layer structure; None when it has none."""
+    """Load a saved model whose config carries a per-layer structure (pruning) or MoE layers (moefy); None when
+    it has neither."""
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from compress.moe.convert import MOE_KEY, rebuild
+
     config = AutoConfig.from_pretrained(folder)
     structure = getattr(config, STRUCTURE_KEY, None)
-    if not structure:
+    moe = getattr(config, MOE_KEY, None)
+    if not structure and not moe:
         return None
     model = AutoModelForSequenceClassification.from_config(config)
-    resize_encoder(model, structure["heads"], structure["ffn"])
+    if structure:
+        resize_encoder(model, structure["heads"], structure["ffn"])
+    if moe:  # Mixture-of-Experts FFNs (moefy): the skeleton first, then the weights
+        rebuild(model, moe)
     load_model(model, str(folder / "model.safetensors"))
     return model

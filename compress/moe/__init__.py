@@ -1,0 +1,1 @@
+"""Mixture-of-Experts conversion of dense FFN blocks (LaDiMo): experts, routers, routing policies."""

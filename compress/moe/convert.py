@@ -1,0 +1,141 @@
+"""LaDiMo stage 1 on a model: capture each FFN's inputs and outputs on calibration tokens, split its neurons
+into experts, put the MoE block in place, and train each layer's router by layer-wise distillation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from compress.moe.experts import FfnBlock, MoeFfn, balanced_kmeans, find_ffn_blocks
+
+log = logging.getLogger("compress")
+MOE_KEY = "compress_moe"  # in the saved Hugging Face config: what rebuilds the MoE layers on load
+Clustering = Literal["weights", "coactivation"]
+
+
+@dataclass
+class Calibration:
+    """Per FFN block: its inputs [tokens, H] and dense outputs [tokens, H] on non-padding tokens."""
+
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+
+@torch.no_grad()
+def capture(module: nn.Module, blocks: list[FfnBlock], batches: Iterable[dict[str, torch.Tensor]],
+            max_tokens: int) -> Calibration:  # fmt: skip
+    ins: list[list[torch.Tensor]] = [[] for _ in blocks]
+    outs: list[list[torch.Tensor]] = [[] for _ in blocks]
+    keep: list[torch.Tensor] = []
+    hooks = []
+    for i, b in enumerate(blocks):
+        hooks.append(b.w_in.register_forward_pre_hook(lambda _m, a, i=i: ins[i].append(a[0].detach())))
+        hooks.append(b.w_out.register_forward_hook(lambda _m, _a, o, i=i: outs[i].append(o.detach())))
+    seen = 0
+    module.eval()
+    try:
+        for batch in batches:
+            mask = batch["attention_mask"].bool()
+            keep.append(mask.flatten())
+            module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            seen += int(mask.sum())
+            if seen >= max_tokens:
+                break
+    finally:
+        for h in hooks:
+            h.remove()
+    sel = torch.cat(keep)
+
+    def flat(parts: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat([p.reshape(-1, p.shape[-1]) for p in parts])[sel]
+        return x[:max_tokens]
+
+    return Calibration([flat(p) for p in ins], [flat(p) for p in outs])
+
+
+def neuron_groups(
+    block: FfnBlock, x: torch.Tensor, experts: int, clustering: Clustering, seed: int
+) -> list[torch.Tensor]:
+    if clustering == "weights":
+        features = block.w_in.weight.detach()  # each neuron's input weights
+    else:  # co-activation: each neuron's activations over (a sample of) the calibration tokens
+        sample = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:2048]]
+        features = block.act(block.w_in(sample)).T.detach()
+    return balanced_kmeans(features, experts, seed=seed)
+
+
+def install(block: FfnBlock, moe: MoeFfn) -> None:
+    """Put ``moe`` in place of the block's intermediate, its output projection becomes Identity."""
+    block.layer.intermediate = moe  # type: ignore[assignment]
+    block.layer.output.dense = nn.Identity()  # type: ignore[union-attr]
+
+
+@dataclass
+class RouterTraining:
+    first_loss: list[float] = field(default_factory=list)
+    last_loss: list[float] = field(default_factory=list)
+
+
+def train_router(moe: MoeFfn, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float, batch_tokens: int,
+                 seed: int) -> tuple[float, float]:  # fmt: skip
+    """Layer-wise distillation of the router: the MoE output with the router's top-k experts must match the
+    dense FFN output (MSE). k is drawn from 1..E-1 every step, so one router ranks experts well for every
+    policy chosen later; the hard top-k mask passes gradients to the router probabilities straight through.
+    Experts stay frozen (they are the dense FFN). Returns the MSE at k = E/2 on a fixed batch, before and
+    after training (the training loss itself jumps with the k drawn)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(moe.router.parameters(), lr=lr)
+    probe = torch.randint(0, x.shape[0], (min(batch_tokens, x.shape[0]),), generator=gen)
+
+    @torch.no_grad()
+    def probe_loss() -> float:
+        mask = moe.select(moe.probabilities(x[probe]), top_k=max(1, moe.experts // 2)).to(x.dtype)
+        pred = (mask.unsqueeze(-1) * moe.expert_outputs(x[probe])).sum(1) + moe.b2
+        return float(torch.nn.functional.mse_loss(pred, y[probe]))
+
+    first = probe_loss()
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (min(batch_tokens, x.shape[0]),), generator=gen)
+        xb, yb = x[idx], y[idx]
+        with torch.no_grad():
+            outs = moe.expert_outputs(xb)
+        probs = moe.probabilities(xb)
+        k = int(torch.randint(1, moe.experts, (1,), generator=gen))
+        hard = moe.select(probs.detach(), top_k=k).to(probs.dtype)
+        gate = hard + probs - probs.detach()
+        loss = torch.nn.functional.mse_loss((gate.unsqueeze(-1) * outs).sum(1) + moe.b2, yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return first, probe_loss()
+
+
+def spec(moes: list[tuple[str, MoeFfn]]) -> dict[str, Any]:
+    """What `rebuild` needs: expert count and each layer's policy."""
+    return {
+        "experts": moes[0][1].experts,
+        "layers": [{"path": p, "top_k": m.top_k, "threshold": m.threshold} for p, m in moes],
+    }
+
+
+def rebuild(module: nn.Module, moe_spec: dict[str, Any]) -> None:
+    """Turn a freshly built dense model into the saved MoE skeleton (weights are loaded afterwards)."""
+    by_path = {b.path: b for b in find_ffn_blocks(module)}
+    for layer in moe_spec["layers"]:
+        block = by_path[layer["path"]]
+        moe = MoeFfn(block.w_in.in_features, block.w_in.out_features, moe_spec["experts"], block.act)
+        moe.top_k, moe.threshold = layer["top_k"], layer["threshold"]
+        install(block, moe)
+
+
+def moe_layers(module: nn.Module) -> list[tuple[str, MoeFfn]]:
+    return [(p.rpartition(".intermediate")[0], m) for p, m in module.named_modules() if isinstance(m, MoeFfn)]
