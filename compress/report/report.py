@@ -81,6 +81,37 @@ def _pruned(history: list[Artifact]) -> list[dict[str, Any]]:
     return out
 
 
+def _moefied(history: list[Artifact]) -> list[dict[str, Any]]:
+    """Each moefy stage's policy and activated FFN parameters per layer."""
+    out = []
+    for art in history:
+        moe = art.info.get("moe")
+        if moe:
+            act = moe["activated"]
+            layers = [{"layer": lay["layer"], "policy": lay["policy"], "experts": lay["active_experts_per_token"],
+                       "active_params": a["active_params"], "dense_params": a["dense_params"]}
+                      for lay, a in zip(moe["layers"], act["per_layer"], strict=True)]  # fmt: skip
+            out.append({"artifact": art.name, "experts": moe["experts"], "active_fraction": act["active_fraction"],
+                        "calibration_seconds": moe["calibration_seconds"], "layers": layers,
+                        "accuracy": art.metrics.get("accuracy")})  # fmt: skip
+    return out
+
+
+def _moefied_markdown(m: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## MoEfication: `{m['artifact']}`",
+        "",
+        f"{m['experts']} experts per FFN; {100 * m['active_fraction']:.1f}% of the FFN parameters active per token; "
+        f"calibration {m['calibration_seconds']:.0f} s.",
+        "",
+        "| layer | policy | experts per token | active FFN params | dense FFN params |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {lay['layer']} | {lay['policy']} | {lay['experts']:.2f} | {lay['active_params']:,} | "
+              f"{lay['dense_params']:,} |" for lay in m["layers"]]  # fmt: skip
+    return lines + [""]
+
+
 def _quantized(artifacts: Artifacts) -> list[dict[str, Any]]:
     """How each quantization-aware artifact was made and what onnxruntime really executes."""
     out = []
@@ -139,6 +170,7 @@ def build_report(
         "flags": flags,
         "searches": _searches(history or []),
         "pruned": _pruned(history or []),
+        "moefied": _moefied(history or []),
         "quantized": _quantized(artifacts),
     }
 
@@ -221,6 +253,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _pruned_markdown(p)
     for q in report.get("quantized", []):
         lines += _quantized_markdown(q)
+    for m in report.get("moefied", []):
+        lines += _moefied_markdown(m)
     if report.get("budgets"):
         from compress.report.budgets import describe
 

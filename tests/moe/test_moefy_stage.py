@@ -59,6 +59,8 @@ def test_moefy_converts_searches_reloads_and_exports(tmp_path: Path, tiny_bert_d
     if any(not lay["policy"].startswith("top-4") for lay in moe["layers"]):
         assert {"NonZero", "Gather"} <= ops  # tokens grouped per expert in the graph
     assert np.isclose(exported.metrics["accuracy"], art.metrics["accuracy"], atol=0.02)
+    md = (tmp_path / "out" / "report.md").read_text()  # the report shows policy and active params per layer
+    assert "## MoEfication: `teacher.moe`" in md and "| bert.encoder.layer.0 | " in md
 
 
 @pytest.mark.parametrize("experts,tokens,match", [
