@@ -44,8 +44,16 @@ def current_structure(model: nn.Module) -> dict[str, list[int]]:
     for layer in encoder_layers(model):
         removed_att = isinstance(layer.attention, RemovedAttention)
         heads.append(0 if removed_att else layer.attention.self.query.out_features // d)
-        ffn.append(0 if isinstance(layer.output, RemovedFFNOutput) else layer.intermediate.dense.out_features)
+        ffn.append(0 if isinstance(layer.output, RemovedFFNOutput) else _ffn_units(layer.intermediate))
     return {"heads": heads, "ffn": ffn}
+
+
+def _ffn_units(intermediate: nn.Module) -> int:
+    from compress.moe.experts import MoeFfn
+
+    if isinstance(intermediate, MoeFfn):  # moefy: all experts together
+        return intermediate.experts * intermediate.expert_size
+    return int(intermediate.dense.out_features)  # type: ignore[union-attr,arg-type]
 
 
 class RemovedAttention(nn.Module):

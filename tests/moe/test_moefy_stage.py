@@ -28,7 +28,7 @@ RECIPE = (
     policy: {policy}
   - stage: export
     models: [teacher.moe]
-    int8: []
+    int8: [dynamic]
 """
 )
 
@@ -59,6 +59,7 @@ def test_moefy_converts_searches_reloads_and_exports(tmp_path: Path, tiny_bert_d
     if any(not lay["policy"].startswith("top-4") for lay in moe["layers"]):
         assert {"NonZero", "Gather"} <= ops  # tokens grouped per expert in the graph
     assert np.isclose(exported.metrics["accuracy"], art.metrics["accuracy"], atol=0.02)
+    assert result.artifacts["teacher.moe.int8-dynamic.onnx"].info["integer_ops"]  # int8 applies to MoE graphs
     md = (tmp_path / "out" / "report.md").read_text()  # the report shows policy and active params per layer
     assert "## MoEfication: `teacher.moe`" in md and "| bert.encoder.layer.0 | " in md
 
