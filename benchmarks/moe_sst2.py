@@ -29,6 +29,7 @@ MODELS = {
     "teacher.moe-topk": "MoE 8 experts, per-layer top-k (searched, 0.5-point budget)",
     "teacher.moe-threshold": "MoE 8 experts, per-layer threshold (searched, 0.5-point budget)",
     "teacher.moe-top4": "MoE 8 experts, top-4 everywhere (fixed)",
+    "teacher.moe-topk-kd": "MoE 8 experts, per-layer top-k (searched) + 400 steps of logit KD",
 }
 
 
