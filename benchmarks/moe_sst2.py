@@ -31,6 +31,7 @@ MODELS = {
     "teacher.moe-threshold": "MoE 8 experts, per-layer threshold (searched, 0.5-point budget)",
     "teacher.moe-top4": "MoE 8 experts, top-4 everywhere (fixed)",
     "teacher.moe-topk-kd": "MoE 8 experts, per-layer top-k (searched) + 400 steps of logit KD",
+    "teacher.moe-topk-long": "MoE 8 experts, per-layer top-k searched on dev sentences of 20+ tokens",
 }
 
 

@@ -54,6 +54,12 @@ class PolicyOptions(Strict):
         0.5, ge=0, description="Search: largest dev-accuracy loss (points) against the dense model."
     )
     eval_samples: int = Field(1000, gt=0, description="Dev examples the search evaluates on.")
+    min_tokens: int = Field(
+        0,
+        ge=0,
+        description="Search only on dev examples of at least this many tokens, when the dev split is shorter "
+        "than what the model will see (SST-2's dev split is mostly phrases, its test split sentences).",
+    )
 
     @model_validator(mode="after")
     def _fixed(self) -> PolicyOptions:
@@ -105,7 +111,7 @@ def _tokens(split: Split, limit: int) -> int:
     return total
 
 
-def _check(model: TaskModel, config: MoefyConfig, train_split: Split) -> list[Any]:
+def _check(model: TaskModel, config: MoefyConfig, train_split: Split, dev: Split) -> list[Any]:
     """Everything that can be wrong, before any work."""
     if model.family != "hf" or model.modality != "text":
         raise ModelError(f"moefy.source {config.source!r}: a {model.family} {model.modality} model; moefy converts "
@@ -120,6 +126,10 @@ def _check(model: TaskModel, config: MoefyConfig, train_split: Split) -> list[An
     if have < need:
         raise DataError(f"moefy.calibration_tokens: {need} tokens needed (calibration_tokens, router.batch_tokens) "
                         f"but the training split has {have}; lower them or add data.")  # fmt: skip
+    long = sum(len(f) >= config.policy.min_tokens for f in dev.features)
+    if config.policy.min_tokens and long < 50:
+        raise DataError(f"moefy.policy.min_tokens: only {long} dev examples have {config.policy.min_tokens} tokens "
+                        "or more (the search needs 50); lower it.")  # fmt: skip
     return blocks
 
 
@@ -141,7 +151,7 @@ def run(artifacts: Artifacts, config: MoefyConfig, ctx: Context) -> Artifacts:  
     source = artifacts[config.source]
     model = ctx.load_model(source)
     data = ctx.data()
-    blocks = _check(model, config, data.train)
+    blocks = _check(model, config, data.train, data.dev)
     t0 = time.perf_counter()
     batches = (model.inputs(b) for b in data.train.loader(64, shuffle=True, seed=ctx.seed))
     calib = convert.capture(model.module, blocks, batches, config.calibration_tokens)
@@ -189,7 +199,7 @@ def _choose_policy(model: TaskModel, moes: list[tuple[str, MoeFfn]], calib: conv
         for m, c in zip(modules, fixed, strict=True):
             policy.apply(m, c)
         return fixed, {"fixed": fixed[0].describe()}
-    subset = dev.subset(opts.eval_samples)
+    subset = _long_examples(dev, opts.min_tokens, opts.eval_samples)
 
     def evaluate() -> float:
         logits = predict_logits(model, subset, 128, "policy search")
@@ -200,6 +210,13 @@ def _choose_policy(model: TaskModel, moes: list[tuple[str, MoeFfn]], calib: conv
     log.info("moefy policy: %s (dev accuracy %.4f, dense %.4f)", ", ".join(c.describe() for c in chosen),
              search["dev_accuracy"], search["dense_dev_accuracy"])  # fmt: skip
     return chosen, search
+
+
+def _long_examples(split: Split, min_tokens: int, n: int) -> Split:
+    if not min_tokens:
+        return split.subset(n)
+    keep = [i for i, f in enumerate(split.features) if len(f) >= min_tokens][:n]
+    return Split(split.name, [split.features[i] for i in keep], split.labels[keep], split.pad_id)
 
 
 def _finetune(model: TaskModel, source: Artifact, config: MoefyConfig, ctx: Context) -> Any:

@@ -68,10 +68,12 @@ def test_moefy_converts_searches_reloads_and_exports(tmp_path: Path, tiny_bert_d
     (5, 2000, r"moefy.experts: 5 experts do not split the FFN's 64 neurons"),
     (128, 2000, r"moefy.experts: 128 experts do not split"),
     (4, 10_000_000, r"moefy.calibration_tokens: 10000000 tokens needed .* but the training split has"),
+    (4, 2000, r"moefy.policy.min_tokens: only 0 dev examples have 500 tokens or more"),
 ])  # fmt: skip
 def test_bad_settings_fail_before_work(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path, experts: int,
                                        tokens: int, match: str) -> None:  # fmt: skip
-    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, policy="{top_k: 2}")
+    pol = "{min_tokens: 500}" if "min_tokens" in match else "{top_k: 2}"
+    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, policy=pol)
     text = text.replace("experts: 4", f"experts: {experts}").replace("calibration_tokens: 2000",
                                                                      f"calibration_tokens: {tokens}")  # fmt: skip
     with pytest.raises(CompressError, match=match):
