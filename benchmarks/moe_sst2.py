@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
-from timing import measure_alternating  # benchmarks/timing.py (scripts run from their folder)
+from timing import measure_alternating, seed_from_sst2_minilm  # benchmarks/timing.py (scripts run from their folder)
 
 from compress import pipeline
 from compress.environment import environment
@@ -33,14 +32,6 @@ MODELS = {
     "teacher.moe-topk-kd": "MoE 8 experts, per-layer top-k (searched) + 400 steps of logit KD",
     "teacher.moe-topk-long": "MoE 8 experts, per-layer top-k searched on dev sentences of 20+ tokens",
 }
-
-
-def _seed_cache() -> None:
-    pipeline.run(ROOT / "recipes" / "sst2-minilm.yaml", ROOT / "export" / "sst2-minilm")
-    OUT.mkdir(parents=True, exist_ok=True)
-    for folder in sorted((ROOT / "export" / "sst2-minilm").glob("0[0-1]-*")):
-        if not (OUT / folder.name).exists():
-            shutil.copytree(folder, OUT / folder.name)
 
 
 def _cost_by_k(model_dir: Path, work: Path) -> list[dict[str, float]]:
@@ -68,7 +59,7 @@ def main() -> None:
     logger.setLevel(logging.INFO)
     logger.addHandler(logging.StreamHandler())
     logger.propagate = False
-    _seed_cache()
+    seed_from_sst2_minilm(OUT, "0[0-1]-*")
     arts = pipeline.run(ROOT / "recipes" / "sst2-moe.yaml", OUT).artifacts
     files = [f"{m}.onnx" for m in MODELS] + [f"{m}.int8-dynamic.onnx" for m in MODELS]
     p50 = dict(zip(files, measure_alternating([arts[f].path for f in files]), strict=True))

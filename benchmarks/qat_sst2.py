@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import yaml
-from timing import measure_alternating  # benchmarks/timing.py (scripts run from their folder)
+from timing import measure_alternating, seed_from_sst2_minilm  # benchmarks/timing.py (scripts run from their folder)
 
 from compress import pipeline
 from compress.environment import environment
@@ -62,15 +61,6 @@ def _recipe(steps: int, lr: float, variants: dict[str, tuple[str, list[str], dic
     return path
 
 
-def _seed_cache(out: Path) -> None:
-    """Reuse sst2-minilm's teacher, fine-tune and distillation (same configs, so same stage keys)."""
-    pipeline.run(ROOT / "recipes" / "sst2-minilm.yaml", ROOT / "export" / "sst2-minilm")
-    out.mkdir(parents=True, exist_ok=True)
-    for folder in sorted((ROOT / "export" / "sst2-minilm").glob("0[0-2]-*")):
-        if not (out / folder.name).exists():
-            shutil.copytree(folder, out / folder.name)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=400, help="QAT steps per variant (batch 32)")
@@ -84,7 +74,7 @@ def main() -> None:
     logger.addHandler(logging.StreamHandler())
     logger.propagate = False
     out = ROOT / "export" / "sst2-qat"
-    _seed_cache(out)
+    seed_from_sst2_minilm(out, "0[0-2]-*")
     recipe = _recipe(args.steps, args.lr, variants)
     try:
         arts = pipeline.run(recipe, out).artifacts

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from timing import seed_from_sst2_minilm  # benchmarks/timing.py
 
 from compress import pipeline
 from compress.devices import resolve_device
@@ -48,15 +49,6 @@ n = int(sys.argv[2]); t = time.perf_counter()
 for _ in range(n): s.run(None, f)
 print((time.perf_counter() - t) * 1000 / n)
 """
-
-
-def _seed_cache() -> None:
-    """Reuse sst2-minilm's teacher, fine-tune and distillation (same configs, so same stage keys)."""
-    pipeline.run(ROOT / "recipes" / "sst2-minilm.yaml", ROOT / "export" / "sst2-minilm")
-    OUT.mkdir(parents=True, exist_ok=True)
-    for folder in sorted((ROOT / "export" / "sst2-minilm").glob("0[0-2]-*")):
-        if not (OUT / folder.name).exists():
-            shutil.copytree(folder, OUT / folder.name)
 
 
 def _harness_overhead(model: Path, rounds: int, runs: int = 200) -> dict[str, float]:
@@ -95,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds per device")
     args = parser.parse_args()
-    _seed_cache()
+    seed_from_sst2_minilm(OUT, "0[0-2]-*")
     result = pipeline.run(ROOT / "recipes" / "sst2-runtimes.yaml", OUT)
     arts = result.artifacts
     rows = []
