@@ -64,6 +64,14 @@ def sst2_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+# A seconds-long fine-tune of the tiny text teacher: the first stage of most text pipeline tests.
+TINY_FINETUNE = """  - stage: finetune
+    max_steps: 8
+    batch_size: 16
+    lr: 1.0e-3
+"""
+
+
 def text_recipe_head(name: str) -> str:
     """`name`, `seed`, the SST-2 slice `data` and an `hf` teacher, with {data} and {teacher} left to format."""
     return (

@@ -15,16 +15,13 @@ from compress.losses.terms import Captured, HiddenConfig, KDConfig, MiniLMConfig
 from compress.models.bert import BertStudentSpec, build_bert_student
 from compress.models.source import ModelSource, build_model
 from compress.models.task_model import TaskModel
-from tests.conftest import text_recipe_head, write_recipe
+from tests.conftest import TINY_FINETUNE, text_recipe_head, write_recipe
 
 TEXT_RECIPE = (
     text_recipe_head("tiny-sst2")
-    + """stages:
-  - stage: finetune
-    max_steps: 8
-    batch_size: 16
-    lr: 1.0e-3
-  - stage: distill
+    + "stages:\n"
+    + TINY_FINETUNE
+    + """  - stage: distill
     student:
       bert: {{layers: 2}}
     max_steps: 12

@@ -11,7 +11,7 @@ from compress import pipeline
 from compress.errors import CompressError, ModelError
 from compress.models import bnb
 from compress.models.task_model import TaskModel
-from tests.conftest import text_recipe_head, write_recipe
+from tests.conftest import TINY_FINETUNE, text_recipe_head, write_recipe
 
 RECIPE = (
     text_recipe_head("bnb-teacher").replace("  hf: {teacher}\n", "  hf: {teacher}\n  bitsandbytes: int8\n")
@@ -65,12 +65,9 @@ def test_int8_weights_dequantize_to_the_float_ones(tiny_bert_dir: Path) -> None:
 
 DEPLOY = (
     text_recipe_head("bnb-deploy")
-    + """stages:
-  - stage: finetune
-    max_steps: 8
-    batch_size: 16
-    lr: 1.0e-3
-  - stage: quantize
+    + "stages:\n"
+    + TINY_FINETUNE
+    + """  - stage: quantize
     method: bitsandbytes
     source: teacher
     weights: {{bits: {bits}}}

@@ -10,16 +10,13 @@ import pytest
 from compress import pipeline
 from compress.errors import CompressError
 from compress.models.task_model import TaskModel
-from tests.conftest import text_recipe_head, write_recipe
+from tests.conftest import TINY_FINETUNE, text_recipe_head, write_recipe
 
 RECIPE = (
     text_recipe_head("prune-sst2")
-    + """stages:
-  - stage: finetune
-    max_steps: 8
-    batch_size: 16
-    lr: 1.0e-3
-  - stage: prune
+    + "stages:\n"
+    + TINY_FINETUNE
+    + """  - stage: prune
     target: {target}
     epochs: 20
     max_steps: 240

@@ -18,16 +18,13 @@ from compress.losses.terms import KDConfig
 from compress.models.task_model import TaskModel
 from compress.quant import qat
 from compress.training.distillation import distillation_step
-from tests.conftest import digits_recipe_head, text_recipe_head, write_recipe
+from tests.conftest import TINY_FINETUNE, digits_recipe_head, text_recipe_head, write_recipe
 
 RECIPE = (
     text_recipe_head("qat-sst2")
-    + """stages:
-  - stage: finetune
-    max_steps: 8
-    batch_size: 16
-    lr: 1.0e-3
-  - stage: quantize
+    + "stages:\n"
+    + TINY_FINETUNE
+    + """  - stage: quantize
     method: ptq
     source: teacher
     int8: [dynamic]
