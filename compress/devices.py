@@ -6,7 +6,6 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from compress.errors import DeviceError, RegistryError
@@ -80,10 +79,9 @@ def builtin_names() -> list[str]:
 
 
 def load_profile_file(path: Path) -> DeviceProfile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DeviceError(f"device profile {path} is not valid YAML: {exc}") from None
+    from compress.recipe.yaml_loader import load_yaml
+
+    data, _ = load_yaml(path, "device profile", DeviceError)
     if not isinstance(data, dict):
         raise DeviceError(f"device profile {path} must be a mapping of keys (name, runtime, provider, threads).")
     data.setdefault("name", path.stem)

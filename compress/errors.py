@@ -48,6 +48,20 @@ class StageError(CompressError):
     """A stage cannot run with the artifacts it was given."""
 
 
+class OutputError(CompressError):
+    """The output folder cannot be used: not writable, a file, locked by another run, or the disk is full."""
+
+
+class DiskFullError(OutputError):
+    """No space left on the device that holds the output (or a temporary) folder."""
+
+
+class Interrupted(CompressError):
+    """The run was stopped by Ctrl-C or SIGTERM; finished stages stay cached."""
+
+    exit_code = 130
+
+
 class BudgetError(CompressError):
     """A latency/size/accuracy budget was missed."""
 

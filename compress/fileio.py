@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from compress.errors import CompressError, DiskFullError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -52,3 +56,47 @@ def size_of(path: Path) -> int:
 
 def sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_text(path: Path, what: str, error: type[CompressError], *, max_bytes: int | None = None) -> str:
+    """A user-supplied text file as str: UTF-8 (a byte-order mark is skipped). A missing file, a folder, a
+    file over ``max_bytes`` or bytes that are not UTF-8 raise ``error`` naming ``what`` and the file."""
+    try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise error(f"{what} {path} is {path.stat().st_size:,} bytes; at most {max_bytes:,} are read. "
+                        "Is this the right file?")  # fmt: skip
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not a file.") from None
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist.") from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {exc.strerror or exc}.") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(
+            f"{what} {path}:{line} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}). "
+            "Save it as UTF-8; is it the right file?"
+        ) from None
+
+
+def disk_full(exc: BaseException, where: Path) -> DiskFullError | None:
+    """A :class:`DiskFullError` naming ``where`` when ``exc`` (or what it wraps) is 'no space left on device'."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in str(
+            seen
+        ):
+            try:
+                free = shutil.disk_usage(where if where.exists() else where.parent).free
+                left = f" ({free / 1e6:.0f} MB free now)"
+            except OSError:
+                left = ""
+            return DiskFullError(
+                f"the disk is full: no space left on the file system of {where}{left}. Free some space (or pass "
+                "--out on another disk) and re-run: finished stages are cached."
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None

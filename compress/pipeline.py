@@ -88,6 +88,8 @@ def _teacher_stage(recipe: Recipe, ctx: Context) -> tuple[dict[str, Any], Any]:
         model = build_model(
             recipe.teacher, modality=modality, num_labels=num_labels, in_channels=in_channels, base_dir=c.base_dir
         )
+        if modality == "text":
+            check_positions(recipe, getattr(getattr(model.module, "config", None), "max_position_embeddings", None))
         folder = c.stage_dir / "teacher"
         model.save(folder)
         art = Artifact(
@@ -103,6 +105,15 @@ def _teacher_stage(recipe: Recipe, ctx: Context) -> tuple[dict[str, Any], Any]:
     return {"stage": "teacher", **spec}, run
 
 
+def check_positions(recipe: Recipe, positions: int | None) -> None:
+    """`data.max_length` must fit the teacher's position embeddings (else every long input crashes the model)."""
+    if isinstance(positions, int) and recipe.data.max_length > positions:
+        raise RecipeError(
+            f"data.max_length: {recipe.data.max_length} tokens, but the teacher has {positions} positions. Set "
+            f"data.max_length to at most {positions}."
+        )
+
+
 def _label_info(recipe: Recipe, ctx: Context) -> tuple[int, int | None]:
     """Labels and channels come from the data; text data needs a tokenizer, so peek at the label column only."""
     if recipe.data.modality == "image":
@@ -111,13 +122,13 @@ def _label_info(recipe: Recipe, ctx: Context) -> tuple[int, int | None]:
     from compress.data import text
 
     cfg = recipe.data
-    labels = []
+    labels = {}
     for key in ("train", "dev", "test"):
         value = getattr(cfg, key)
         if value:
             path = ctx.base_dir / value
-            labels.append(text.extract(text.read_rows(path, cfg.format), cfg, path)[2])
-    mapping = text.label_mapping(labels)
+            labels[key] = (path, text.extract(text.read_rows(path, cfg.format), cfg, path)[2])
+    mapping = text.label_mapping(labels, cfg.columns.label)
     return max(mapping.values()) + 1, None
 
 
@@ -312,8 +323,8 @@ def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Art
 
 def validate(recipe_path: Path) -> list[str]:
     """Check the schema and resolve every model, data file and device without training. Returns findings."""
-    from compress.models.source import resolve_hf_path
-    from compress.models.task_model import import_factory
+    from compress.models.source import hf_positions, resolve_hf_path
+    from compress.models.task_model import locate_factory
 
     recipe_path = Path(recipe_path).resolve()
     recipe = load_recipe(recipe_path)
@@ -327,10 +338,15 @@ def validate(recipe_path: Path) -> list[str]:
     ]
     for where, src in sources:
         if src.hf or src.hf_package:
-            found.append(f"{where}: {resolve_hf_path(src, ctx.base_dir)}")
+            path = resolve_hf_path(src, ctx.base_dir)
+            remote = " (trust_remote_code: runs the model's own Python code)" if src.trust_remote_code else ""
+            found.append(f"{where}: {path}{remote}")
+            if where == "teacher" and recipe.data.modality == "text":
+                check_positions(recipe, hf_positions(path, src.trust_remote_code))
         elif src.python:
-            import_factory(src.python)
-            found.append(f"{where}: factory {src.python} imports")
+            code = locate_factory(src.python, src.kwargs)
+            found.append(f"{where}: python factory {src.python}: `run` imports and runs {code} (a recipe is code: "
+                         "run only recipes you trust)")
         else:
             found.append(f"{where}: built-in {src.describe()}")
     if recipe.data.modality == "text":

@@ -145,15 +145,16 @@ def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -
     if tokenizer is None:
         raise DataError("text data needs the teacher's tokenizer; the teacher has none (use an `hf` teacher).")
     raw: dict[str, tuple[list[str], list[str] | None, list[Any]]] = {}
+    paths: dict[str, Path] = {}
     for key in ("train", "dev", "test"):
         value = getattr(cfg, key)
         if value:
-            path = base_dir / value
+            path = paths[key] = base_dir / value
             rows = text.read_rows(path, cfg.format)
             if key == "train" and cfg.max_train_samples and cfg.dev and cfg.test:
                 rows = rows[: cfg.max_train_samples]  # don't tokenise what will be dropped
             raw[key] = text.extract(rows, cfg, path)
-    mapping = text.label_mapping([r[2] for r in raw.values()])
+    mapping = text.label_mapping({k: (paths[k], r[2]) for k, r in raw.items()}, cfg.columns.label)
     num_labels = max(mapping.values()) + 1
     pad_id = tokenizer.pad_token_id or 0
 

@@ -38,7 +38,14 @@ def load_image_folder(
     for label, name in enumerate(classes):
         files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         for f in files:
-            img = Image.open(f).convert("L" if cfg.grayscale else "RGB")
+            try:
+                with Image.open(f) as opened:
+                    img = opened.convert("L" if cfg.grayscale else "RGB")
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise DataError(
+                    f"image {f} cannot be decoded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+                    "Remove or replace the file."
+                ) from None
             if cfg.image_size:
                 img = img.resize((cfg.image_size, cfg.image_size))
             arr = np.asarray(img, dtype=np.float32) / 255.0

@@ -1,6 +1,6 @@
 """Hugging Face models loaded with bitsandbytes (8-bit LLM.int8 or 4-bit NF4): teachers too big for memory in
-fp32, used forward-only by distillation. bitsandbytes runs 8-bit on CPU; 4-bit needs a CUDA GPU for most
-shapes, which a probe forward at load time turns into a clear error."""
+fp32, used forward-only by distillation. bitsandbytes >= 0.50 runs 8-bit and NF4 on the CPU as well as on CUDA
+GPUs; a probe forward at load time turns a mode that cannot run here into a clear error."""
 
 from __future__ import annotations
 
@@ -54,12 +54,9 @@ def load(path: str, mode: BnbMode, num_labels: int, *, key: str = "teacher.bitsa
     except Exception as exc:  # noqa: BLE001 - bitsandbytes kernels fail with assorted errors on unsupported shapes
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(
-            f"{key}: {mode} cannot run {path} on {where} ({type(exc).__name__}: {first}). "
-            + (
-                "bitsandbytes' CPU kernels cover int8; use int8, or run on a CUDA GPU."
-                if where == "cpu"
-                else "Check the bitsandbytes build for this GPU."
-            )
+            f"{key}: {mode} cannot run {path} on {where} ({type(exc).__name__}: {first}). Check that it is a "
+            "Hugging Face model folder and that bitsandbytes >= 0.50 (CPU kernels for int8 and NF4) is installed"
+            + ("." if where == "cpu" else ", built for this GPU.")
         ) from None
     return module.eval()
 

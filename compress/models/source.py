@@ -45,9 +45,14 @@ class ModelSource(Strict):
     )
     bitsandbytes: Literal["int8", "nf4"] | None = Field(
         None,
-        description="Load the `hf` / `hf_package` model with bitsandbytes: `int8` (LLM.int8, runs on CPU) or `nf4` "
-        "(4-bit NormalFloat, needs a CUDA GPU for most shapes). For teachers too big for memory: the model is "
+        description="Load the `hf` / `hf_package` model with bitsandbytes: `int8` (LLM.int8) or `nf4` (4-bit "
+        "NormalFloat); both run on CPU and CUDA with bitsandbytes >= 0.50. For teachers too big for memory: the model is "
         "frozen (distillation teacher only; it cannot be fine-tuned, pruned or exported to ONNX).",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Let Transformers run Python code shipped with an `hf` / `hf_package` model (custom "
+        "architectures). Off by default: loading a model then never runs code from the model folder or the hub.",
     )
     cnn: CnnSpec | None = Field(None, description="A built-in CNN (image tasks).")
     bert: BertStudentSpec | None = Field(None, description="A built-in BERT-style student (students only).")
@@ -61,6 +66,8 @@ class ModelSource(Strict):
             raise ValueError("`checkpoint` applies to `python` and `cnn` models only")
         if self.kwargs and not self.python:
             raise ValueError("`kwargs` applies to `python` models only")
+        if self.trust_remote_code and not (self.hf or self.hf_package):
+            raise ValueError("`trust_remote_code` applies to `hf` and `hf_package` models only")
         if self.bitsandbytes and not (self.hf or self.hf_package):
             raise ValueError("`bitsandbytes` applies to `hf` and `hf_package` models only")
         return self
@@ -90,9 +97,23 @@ def resolve_hf_path(source: ModelSource, base_dir: Path) -> str:
     return source.hf  # a hub id
 
 
+def hf_positions(path: str, trust_remote_code: bool = False) -> int | None:
+    """The number of token positions a Hugging Face model has (None when its config cannot be read here)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - a hub id offline, an unknown architecture: the load itself will say
+        return None
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) else None
+
+
 def _load_checkpoint(module: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist.")
+    import pickle
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -100,8 +121,22 @@ def _load_checkpoint(module: torch.nn.Module, path: Path) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(
+            f"checkpoint {path} holds pickled Python objects, which are never loaded (they can run code). Save "
+            "the weights as safetensors, or as a state dict of tensors: torch.save(model.state_dict(), path)."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - safetensors, zipfile and torch raise many kinds for a bad file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"checkpoint {path} is not a readable {'safetensors' if path.suffix == '.safetensors' else 'torch'} "
+            f"file (truncated or corrupt?): {first}"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"checkpoint {path} is not a state dict (a mapping of parameter names to tensors).")
+    try:
         module.load_state_dict(state)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         raise ModelError(f"checkpoint {path} does not fit the model: {first}") from None
 
@@ -127,9 +162,13 @@ def build_model(
                 module = bnb.load(path, source.bitsandbytes, num_labels)
             else:
                 module = AutoModelForSequenceClassification.from_pretrained(
-                    path, num_labels=num_labels, ignore_mismatched_sizes=True
+                    path, num_labels=num_labels, ignore_mismatched_sizes=True, trust_remote_code=source.trust_remote_code
                 )
-            tokenizer = AutoTokenizer.from_pretrained(path) if modality == "text" else None
+            tokenizer = (
+                AutoTokenizer.from_pretrained(path, trust_remote_code=source.trust_remote_code)
+                if modality == "text"
+                else None
+            )
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0]
             raise ModelError(f"cannot load Hugging Face model {path!r}: {first}") from None

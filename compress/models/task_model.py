@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import ast
 import importlib
+import inspect
+import logging
+import sys
+from importlib.machinery import PathFinder
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,14 @@ def import_factory(ref: str) -> Any:
         raise ModelError(
             f"cannot import module {module_name!r} of python factory {ref!r}: {exc}. "
             "Install the package or add its folder to PYTHONPATH."
+        ) from None
+    except SyntaxError as exc:
+        raise ModelError(
+            f"python factory {ref!r}: {exc.filename}:{exc.lineno}: syntax error ({exc.msg})."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - the user's module raised while it was imported
+        raise ModelError(
+            f"python factory {ref!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
         ) from None
     if not hasattr(module, attr):
         raise ModelError(f"module {module_name!r} has no attribute {attr!r} (python factory {ref!r}).")
@@ -135,8 +148,92 @@ def build_module(family: str, spec: dict[str, Any]) -> nn.Module:
 
         return CNN(CnnSpec.model_validate({k: v for k, v in spec.items() if k != "pruned_shapes"}))
     if family == "python":
-        module = import_factory(spec["factory"])(**spec.get("kwargs", {}))
+        module = call_factory(spec["factory"], spec.get("kwargs", {}))
         if not isinstance(module, nn.Module):
             raise ModelError(f"python factory {spec['factory']!r} returned {type(module).__name__}, not an nn.Module.")
         return module
     raise ModelError(f"unknown model family {family!r}")
+
+
+def call_factory(ref: str, kwargs: dict[str, Any]) -> Any:
+    """Call a python factory with the recipe's ``kwargs``; arguments that do not fit its signature name it."""
+    factory = import_factory(ref)
+    if not callable(factory):
+        raise ModelError(f"python factory {ref!r} is a {type(factory).__name__}, not a function or class.")
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        try:
+            sig = str(inspect.signature(factory))
+        except (TypeError, ValueError):
+            sig = "(...)"
+        given = ", ".join(kwargs) or "none"
+        raise ModelError(
+            f"python factory {ref}{sig} cannot be called with the recipe's kwargs ({given}): {exc}. Set `kwargs` "
+            "to the arguments it takes."
+        ) from None
+    except ValueError:
+        pass  # no signature (a builtin): let the call decide
+    try:
+        return factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's code raised: name it, no traceback (--verbose has it)
+        logging.getLogger("compress").debug("python factory %s raised", ref, exc_info=True)
+        raise ModelError(f"python factory {ref!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def locate_factory(ref: str, kwargs: dict[str, Any] | None = None) -> str:
+    """Where the code of a python factory is, found *without running it* (`compress validate` on a pull
+    request must not execute the recipe's code): the module's file, compiled for syntax, and the factory's
+    definition and keyword arguments checked on its syntax tree when it is a plain function."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelError(f"python factory {ref!r} must look like 'package.module:function'.")
+    spec = None
+    search: list[str] | None = None
+    parts = module_name.split(".")
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        spec = sys.modules[name].__spec__ if name in sys.modules else PathFinder.find_spec(name, search)
+        if spec is None:
+            raise ModelError(
+                f"cannot find module {name!r} of python factory {ref!r}. Install the package or add its folder "
+                "to PYTHONPATH."
+            )
+        search = list(spec.submodule_search_locations or [])
+    assert spec is not None
+    origin = spec.origin
+    if not origin or not origin.endswith(".py") or not Path(origin).is_file():
+        return f"{module_name} ({origin or 'built in'})"
+    source = Path(origin).read_bytes()
+    try:
+        tree = ast.parse(source, filename=origin)
+    except SyntaxError as exc:
+        raise ModelError(f"python factory {ref!r}: {origin}:{exc.lineno}: syntax error ({exc.msg}).") from None
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    assigned = {t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign, ast.Import, ast.ImportFrom))
+                for t in ([*n.targets] if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign)
+                          else []) if isinstance(t, ast.Name)}  # fmt: skip
+    imported = {(a.asname or a.name).split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}  # fmt: skip
+    if attr not in defs and attr not in assigned and attr not in imported and not any(
+        isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in tree.body
+    ):
+        raise ModelError(f"module {module_name!r} ({origin}) defines no {attr!r} (python factory {ref!r}).")
+    node = defs.get(attr)
+    if isinstance(node, ast.FunctionDef) and kwargs is not None:
+        a = node.args
+        names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+        unknown = [k for k in kwargs if k not in names] if a.kwarg is None else []
+        positional = [*a.posonlyargs, *a.args]
+        with_default = {x.arg for x in positional[len(positional) - len(a.defaults) :]} | {
+            x.arg for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None
+        }
+        needed = [n for n in names if n not in with_default and n not in kwargs]
+        if unknown or needed:
+            what = f"takes no argument {', '.join(map(repr, unknown))}" if unknown else (
+                f"needs {', '.join(map(repr, needed))}")
+            raise ModelError(
+                f"python factory {ref} ({origin}:{node.lineno}) {what}; set `kwargs` to the arguments it takes "
+                f"({', '.join(names) or 'none'})."
+            )
+    return f"{module_name} ({origin})"

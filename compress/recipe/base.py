@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 100  # names become file and folder names, with suffixes added: well under the usual 255-byte limit
+
+
+def check_name(value: str) -> str:
+    """A name that becomes a file or folder name inside the output folder: never a path, never too long."""
+    if not NAME_PATTERN.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            f"{value!r}: use letters, digits, '.', '_' and '-' only, starting with a letter or digit (it names a "
+            "file or folder inside the output folder; paths are not allowed)"
+        )
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{len(value)} characters; at most {MAX_NAME} (it names a file or folder)")
+    return value
+
+
+ArtifactName = Annotated[str, AfterValidator(check_name)]
 
 
 class Strict(BaseModel):
-    """A recipe section: unknown keys are errors, never silent defaults."""
+    """A recipe section: unknown keys are errors, never silent defaults; numbers must be finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=(), allow_inf_nan=False)
 
 
 class TrainSchedule(Strict):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
 from compress.data.config import DataConfig
 from compress.models.source import ModelSource
-from compress.recipe.base import Strict
+from compress.recipe.base import Strict, check_name
 from compress.report.budgets import Budget
 from compress.stages import STAGES, StageConfig
 
@@ -29,7 +28,7 @@ class Recipe(Strict):
     """A compression recipe: a teacher, data, and the stages that turn the teacher into deployable artifacts."""
 
     name: str = Field(..., description="Recipe name; artifacts go to `export/<name>/` unless --out is given.")
-    seed: int = Field(0, description="Seed for data splits, initialisation and shuffling.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed for data splits, initialisation and shuffling.")
     task: Literal["classification"] = Field("classification", description="The task (classification).")
     data: DataConfig = Field(..., description="The data set.")
     teacher: ModelSource = Field(..., description="The teacher model.")
@@ -43,9 +42,7 @@ class Recipe(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' only (it names the output folder)")
-        return v
+        return check_name(v)
 
     @field_validator("teacher")
     @classmethod

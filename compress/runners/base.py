@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from compress.devices import DeviceProfile
+from compress.errors import DeviceError
 from compress.registry import Registry
 
 BENCH_SCRIPT = Path(__file__).resolve().parent.parent / "runtimes" / "scripts" / "bench.py"
@@ -77,3 +82,24 @@ def measure(device: DeviceProfile, paths: list[Path], **request: Any) -> list[di
         s["device"] = device.name
         s["runner"] = device.runner
     return stats
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGKILL when the compress process dies, even by `kill -9`."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_child(cmd: list[str], *, what: str, device: str, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run a benchmark or device-tool process that never outlives us: killed on Ctrl-C, SIGTERM (turned into
+    KeyboardInterrupt by the CLI) and timeouts (``subprocess.run`` kills it), and on Linux when compress itself
+    is killed. A timeout is a :class:`DeviceError` naming ``what``; a missing program names it too."""
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=preexec, **kwargs)  # noqa: PLW1509
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"device {device!r}: {what} timed out after {timeout:.0f} s and was stopped.") from None
+    except FileNotFoundError:
+        raise DeviceError(f"device {device!r}: {what}: program {cmd[0]!r} is not installed.") from None

@@ -17,7 +17,7 @@ from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.losses.terms import CEConfig, KDConfig
 from compress.models.source import ModelSource, build_model
 from compress.models.task_model import TaskModel
-from compress.recipe.base import TrainSchedule
+from compress.recipe.base import ArtifactName, TrainSchedule
 from compress.stages.base import StageConfig, register_stage, require
 from compress.stages.common import save_model_artifact
 from compress.training.distillation import distillation_step
@@ -51,7 +51,7 @@ class DistillConfig(StageConfig, TrainSchedule):
         description="Compute the teacher's logits on the training split once and cache them on disk "
         "(only when every loss needs just the teacher's logits: inputs are not augmented).",
     )
-    output: str = Field("student", description="Name of the produced model artifact.")
+    output: ArtifactName = Field("student", description="Name of the produced model artifact.")
 
     @field_validator("losses")
     @classmethod

@@ -21,7 +21,7 @@ from compress.losses.terms import KDConfig
 from compress.models.task_model import TaskModel
 from compress.moe import convert, policy
 from compress.moe.experts import MoeFfn, find_ffn_blocks
-from compress.recipe.base import Strict, TrainSchedule
+from compress.recipe.base import ArtifactName, Strict, TrainSchedule
 from compress.stages.base import StageConfig, register_stage, require
 from compress.stages.common import save_model_artifact
 from compress.training.distillation import distillation_step
@@ -93,7 +93,7 @@ class MoefyConfig(StageConfig):
     router: RouterOptions = Field(default_factory=RouterOptions, description="Router training.")  # type: ignore[arg-type]
     policy: PolicyOptions = Field(default_factory=PolicyOptions, description="Routing policy.")  # type: ignore[arg-type]
     finetune: MoeFinetune | None = Field(None, description="Short logit KD after conversion (default: none).")
-    output: str | None = Field(None, description="Name of the MoE model artifact (default `<source>.moe`).")
+    output: ArtifactName | None = Field(None, description="Name of the MoE model artifact (default `<source>.moe`).")
 
     @model_validator(mode="after")
     def _k(self) -> MoefyConfig:

@@ -26,7 +26,7 @@ from compress.models.task_model import TaskModel
 from compress.pruning.encoder_masks import EncoderMasks, GroupCosts, flop_costs, param_costs
 from compress.pruning.lagrangian import Lagrangian, ramped_target
 from compress.pruning.physical import prune_encoder
-from compress.recipe.base import Strict, TrainSchedule
+from compress.recipe.base import ArtifactName, Strict, TrainSchedule
 from compress.stages.base import StageConfig, register_stage, require
 from compress.stages.common import save_model_artifact
 from compress.training.loop import train
@@ -88,7 +88,7 @@ class PruneConfig(StageConfig, TrainSchedule):
         None, description="Encoder layers (0-based) distilled layer-to-layer (default: all)."
     )
     finetune: Finetune = Field(default_factory=Finetune)  # type: ignore[arg-type]
-    output: str = Field("student", description="Name of the produced model artifact.")
+    output: ArtifactName = Field("student", description="Name of the produced model artifact.")
 
 
 def _hidden(model: TaskModel, batch: Batch, layers: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:

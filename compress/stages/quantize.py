@@ -22,7 +22,7 @@ from compress.losses.terms import CEConfig, KDConfig
 from compress.models.task_model import TaskModel
 from compress.quant import nbits, qat, qdq
 from compress.quant import ort as ortq
-from compress.recipe.base import Strict, TrainSchedule
+from compress.recipe.base import Strict, TrainSchedule, check_name
 from compress.runtimes.onnxruntime import OrtPredictor
 from compress.stages.base import StageConfig, register_stage, require
 from compress.stages.onnx_common import (
@@ -138,7 +138,7 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
     def _onnx_name(cls, v: str | None) -> str | None:
         if v is not None and (not v.endswith(".onnx") or "/" in v):
             raise ValueError("must be a file name ending in .onnx (e.g. student.int8-qat.onnx)")
-        return v
+        return v if v is None else check_name(v)
 
     @model_validator(mode="after")
     def _scheme(self) -> QuantizeConfig:

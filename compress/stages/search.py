@@ -16,7 +16,7 @@ from compress.data.dataset import DataBundle
 from compress.devices import resolve_device
 from compress.errors import StageError
 from compress.models.task_model import TaskModel
-from compress.recipe.base import Strict
+from compress.recipe.base import ArtifactName, Strict
 from compress.search.budget import Cost, SearchBudget, static_cost
 from compress.search.candidates import build_candidate, resolve_transformer_space
 from compress.search.evolution import Evaluated, ScoreFn, SearchResult, evolve
@@ -83,7 +83,7 @@ class SearchConfig(StageConfig):
         None, description="DisWOT on image teachers: module path of the teacher's last feature map (default: found)."
     )
     top_k: int = Field(5, gt=0, description="Best candidates kept in the report (and measured end to end).")
-    output: str = Field("student", description="Name of the produced model artifact.")
+    output: ArtifactName = Field("student", description="Name of the produced model artifact.")
 
     @model_validator(mode="after")
     def _method_fits_space(self) -> SearchConfig:
