@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +14,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from compress import __version__
-from compress.errors import CompressError
+from compress.errors import CompressError, Interrupted
+from compress.fileio import disk_full
 from compress.ui import console
 
 app = typer.Typer(
@@ -105,12 +107,14 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")]) 
 def profile(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     device: Annotated[list[str], typer.Option(help="Device profile name or YAML file (repeatable).")],
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    sequence: Annotated[int, typer.Option(help="Sequence length for text models.")] = 128,
-    runs: Annotated[int, typer.Option(help="Timed runs.")] = 100,
-    warmup: Annotated[int, typer.Option(help="Warm-up runs.")] = 10,
-    seconds: Annotated[float, typer.Option(help="Time budget per device instead of --runs (0: use --runs).")] = 0,
-    top_ops: Annotated[int, typer.Option(help="Operators listed from the runtime's profiler.")] = 0,
+    batch: Annotated[int, typer.Option(min=1, max=65536, help="Batch size.")] = 1,
+    sequence: Annotated[int, typer.Option(min=1, max=1 << 20, help="Sequence length for text models.")] = 128,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs.")] = 100,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs.")] = 10,
+    seconds: Annotated[
+        float, typer.Option(min=0, max=86400, help="Time budget per device instead of --runs (0: use --runs).")
+    ] = 0,
+    top_ops: Annotated[int, typer.Option(min=0, help="Operators listed from the runtime's profiler.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Measure the latency of one ONNX file on device profiles."""
@@ -133,13 +137,18 @@ def profile(
     table = Table(
         "device", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "throughput/s", "cold start ms", "peak RSS MB"
     )
+
+    def cell(st: dict, key: str, fmt: str) -> str:  # a board's benchmark binary may not report every statistic
+        value = st.get(key)
+        return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
     for name, st in results.items():
         table.add_row(
             name,
-            *(f"{st[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")),
-            f"{st['throughput_per_s']:.1f}",
-            f"{st['cold_start_ms']:.1f}",
-            f"{st['peak_rss_mb']:.0f}",
+            *(cell(st, k, ".3f") for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")),
+            cell(st, "throughput_per_s", ".1f"),
+            cell(st, "cold_start_ms", ".1f"),
+            cell(st, "peak_rss_mb", ".0f"),
         )
     console.print(table)
 
@@ -172,19 +181,20 @@ def compare(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Flag latency regressions between two reports, beyond the run-to-run noise measured in them (exit 4)."""
-    from compress.errors import RegressionError, StageError
-    from compress.report.compare import Z, compare, render
+    from compress.errors import RegressionError, ReportError, StageError
+    from compress.fileio import read_text
+    from compress.report.compare import Z, check_report, compare, render
 
     if confidence not in Z:
         raise StageError(f"--confidence {confidence}: use one of {', '.join(map(str, Z))}.")
     reports = []
     for path in (old, new):
+        text = read_text(path, "report", ReportError, max_bytes=1 << 30)
         try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StageError(f"{path}: not a readable report.json ({type(exc).__name__}: {exc}).") from None
-        if not isinstance(reports[-1], dict) or "artifacts" not in reports[-1]:
-            raise StageError(f"{path}: not a compress report.json (no `artifacts`).")
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ReportError(f"{path}: not a readable report.json (invalid JSON: {exc}).") from None
+        reports.append(check_report(data, str(path)))
     rows = compare(reports[0], reports[1], confidence=confidence)
     typer.echo(json.dumps(rows, indent=2) if json_out else render(rows, confidence))
     if not rows:
@@ -214,15 +224,45 @@ def schema(
     typer.echo(json.dumps(Recipe.model_json_schema(), indent=2))
 
 
+def _on_signal(signum: int, _frame: object) -> None:
+    name = signal.Signals(signum).name
+    raise Interrupted(name, 128 + signum)
+
+
 def main() -> None:
+    """Entry point: every user mistake is one paragraph and a non-zero exit, never a library traceback."""
+    signal.signal(signal.SIGINT, _on_signal)  # typer would turn Ctrl-C into a silent exit 130
+    signal.signal(signal.SIGTERM, _on_signal)  # a cancelled CI job: clean up like Ctrl-C, then say so
     try:
-        app()
+        app()  # typer prints usage errors itself; our signal handlers raise Interrupted, which it lets through
     except CompressError as exc:
-        console.print(f"[bold red]error[/]: {exc}", markup=True, highlight=False, soft_wrap=True)
+        _error(str(exc), exc.exit_code)
+    except Interrupted as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up message
+        where = f" during {exc.where}" if exc.where else ""
+        console.print(
+            f"[bold red]interrupted[/] by {exc.signal_name}{where}. Finished stages are cached and temporary files "
+            "were removed: run the same command again to resume.",
+            highlight=False,
+        )
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("interrupted; finished stages are cached, re-run to resume.")
-        sys.exit(130)
+    except MemoryError:
+        _error("out of memory. Use smaller batches (batch_size, eval_batch_size) or a machine with more memory.", 2)
+    except RecursionError:
+        _error("input nested too deeply to process.", 2)
+    except UnicodeDecodeError as exc:
+        _error(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}). Check the files the command reads.", 2)
+    except OSError as exc:
+        full = disk_full(exc, Path(exc.filename or "."))
+        if full is not None:
+            _error(str(full), full.exit_code)
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}.", 2)
+
+
+def _error(message: str, code: int) -> None:
+    console.print(f"[bold red]error[/]: {message}", markup=True, highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import difflib
+import re
+import shlex
+import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from compress.errors import DeviceError, RegistryError
 from compress.recipe.base import Strict
+
+SSH_HOST = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9._:%\[\]-]*")
+SSH_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9._-]*")
+SSH_OPTION_KEY = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+SSH_FORBIDDEN = ("ProxyCommand", "LocalCommand", "PermitLocalCommand", "KnownHostsCommand", "Match", "Include",
+                 "PKCS11Provider", "SecurityKeyProvider", "ProxyUseFdpass", "RemoteCommand", "ControlMaster",
+                 "ControlPath", "SetEnv", "SendEnv")  # fmt: skip
 
 
 class SshTarget(Strict):
@@ -22,7 +32,55 @@ class SshTarget(Strict):
     python: str = Field("python3", description="Python on the board, with numpy and the runtime's package.")
     workdir: str = Field("/tmp", description="Folder on the board under which a temporary run folder is made.")
     connect_timeout_s: int = Field(10, gt=0, description="Seconds before an unreachable host is an error.")
-    options: list[str] = Field(default_factory=list, description="Extra `-o Key=Value` options for ssh/scp.")
+    options: list[str] = Field(
+        default_factory=list,
+        description="Extra `-o Key=Value` options for ssh. Options that run local commands or load local code "
+        f"({', '.join(SSH_FORBIDDEN)}) are refused: `compress validate` connects to check the board.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not SSH_HOST.fullmatch(v):
+            raise ValueError(f"{v!r} is not a host name or address (letters, digits, '.', '-', ':', not starting "
+                             "with '-')")  # fmt: skip
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and not SSH_USER.fullmatch(v):
+            raise ValueError(f"{v!r} is not a login name (letters, digits, '.', '_', '-', not starting with '-')")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        for opt in v:
+            key, sep, value = opt.replace("=", " ", 1).partition(" ")
+            if not sep or not SSH_OPTION_KEY.fullmatch(key) or not value.strip() or any(c in opt for c in "\n\r\0"):
+                raise ValueError(f"{opt!r} is not an ssh option of the form Key=Value")
+            if key.lower() in {k.lower() for k in SSH_FORBIDDEN}:
+                raise ValueError(f"{key} runs a local command or loads local code; it is refused (see `options`)")
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str) -> str:
+        try:
+            words = shlex.split(v)
+        except ValueError as exc:
+            raise ValueError(f"{v!r}: {exc}") from None
+        if not words:
+            raise ValueError("give the board's Python command, e.g. python3")
+        return v
+
+    def python_command(self) -> str:
+        """`python` for the board's shell, each word quoted: nothing in it can chain another command."""
+        return shlex.join(shlex.split(self.python))
+
+
+ADB_PLACEHOLDERS = ("model", "runs", "threads")
 
 
 class AdbTarget(Strict):
@@ -30,12 +88,35 @@ class AdbTarget(Strict):
 
     serial: str | None = Field(None, description="Device serial (`adb devices`); default: the only device.")
     binary: str = Field(..., description="Benchmark binary on the device, e.g. /data/local/tmp/onnxruntime_perf_test.")
-    workdir: str = Field("/data/local/tmp/compress", description="Device folder for the pushed model.")
+    workdir: str = Field(
+        "/data/local/tmp",
+        description="Device folder under which each run makes (and afterwards removes) a fresh `compress-XXXXXX` "
+        "folder for the pushed models; nothing else in it is touched.",
+    )
     args: list[str] = Field(
         default_factory=lambda: ["-e", "cpu", "-m", "times", "-r", "{runs}", "-x", "{threads}", "{model}"],
-        description="Arguments of the binary; {model}, {runs}, {threads} are filled in. The defaults are "
-        "onnxruntime_perf_test's.",
+        description="Arguments of the binary; {model}, {runs}, {threads} are filled in (write {{ and }} for "
+        "literal braces). The defaults are onnxruntime_perf_test's.",
     )
+    timeout_s: int = Field(
+        600, gt=0, le=86400, description="Seconds one adb command (push, benchmark) may take before it is stopped."
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _placeholders(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            try:
+                fields = [name for _, name, spec, conv in string.Formatter().parse(arg) if name is not None]
+            except ValueError as exc:
+                raise ValueError(f"argument {arg!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
+            unknown = [f for f in fields if f not in ADB_PLACEHOLDERS]
+            if unknown:
+                raise ValueError(
+                    f"argument {arg!r} has the placeholder {{{unknown[0]}}}; known: "
+                    f"{', '.join('{' + p + '}' for p in ADB_PLACEHOLDERS)}"
+                )
+        return v
 
 
 class DeviceProfile(Strict):
@@ -54,6 +135,19 @@ class DeviceProfile(Strict):
     runner: Literal["local", "ssh", "adb"] = Field("local", description="Where the benchmark runs.")
     ssh: SshTarget | None = Field(None, description="The board, for `runner: ssh`.")
     adb: AdbTarget | None = Field(None, description="The Android device, for `runner: adb`.")
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("give at least one core, or remove `cpus` to use them all")
+            bad = [c for c in v if not 0 <= c < 4096]
+            if bad:
+                raise ValueError(f"core {bad[0]} is not a CPU index (0, 1, 2, ...)")
+            if len(set(v)) != len(v):
+                raise ValueError("a core is listed twice")
+        return v
 
     @model_validator(mode="after")
     def _runner_target(self) -> DeviceProfile:

@@ -56,10 +56,18 @@ class DiskFullError(OutputError):
     """No space left on the device that holds the output (or a temporary) folder."""
 
 
-class Interrupted(CompressError):
-    """The run was stopped by Ctrl-C or SIGTERM; finished stages stay cached."""
+class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, which no `except Exception` swallows
+    """Ctrl-C (SIGINT) or SIGTERM (a cancelled CI job), raised by the CLI's signal handlers so that every
+    `finally` runs: temporary stage folders are removed and child processes are stopped."""
 
-    exit_code = 130
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.exit_code = signal_name, exit_code
+        self.where = ""  # the stage that was running, filled in by the pipeline
+
+
+class ReportError(CompressError):
+    """A report.json given to `compress compare` is unreadable or not shaped as `compress run` writes it."""
 
 
 class BudgetError(CompressError):

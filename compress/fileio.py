@@ -85,10 +85,12 @@ def read_text(path: Path, what: str, error: type[CompressError], *, max_bytes: i
 def disk_full(exc: BaseException, where: Path) -> DiskFullError | None:
     """A :class:`DiskFullError` naming ``where`` when ``exc`` (or what it wraps) is 'no space left on device'."""
     seen: BaseException | None = exc
-    while seen is not None:
-        if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in str(
-            seen
-        ):
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if (
+            isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
+        ) or "No space left on device" in str(seen):
             try:
                 free = shutil.disk_usage(where if where.exists() else where.parent).free
                 left = f" ({free / 1e6:.0f} MB free now)"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,8 @@ from compress import __version__
 from compress.artifacts import Artifact, Artifacts
 from compress.context import Context
 from compress.environment import environment
-from compress.errors import BudgetError, CompressError, RecipeError, StageError
-from compress.fileio import atomic_write_json, sha256_json
+from compress.errors import BudgetError, CompressError, Interrupted, OutputError, RecipeError, StageError
+from compress.fileio import atomic_write_json, disk_full, sha256_json, sha256_path
 from compress.models.source import build_model
 from compress.recipe.load import load_recipe
 from compress.recipe.schema import Recipe
@@ -28,6 +31,7 @@ from compress.stages import STAGES
 
 log = logging.getLogger("compress")
 STAGE_FILE = "stage.json"
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -60,9 +64,25 @@ def _stage_key(config: dict[str, Any], inputs: Artifacts, ctx: Context) -> str:
     )
 
 
-def _load_stage(folder: Path, out_dir: Path) -> Artifacts:
-    data = json.loads((folder / STAGE_FILE).read_text())
-    return {a["name"]: Artifact.from_json(a, out_dir) for a in data["artifacts"]}
+def _load_stage(folder: Path, out_dir: Path) -> Artifacts | None:
+    """A finished stage's artifacts, each checked against the sha256 recorded when it was made; None (the stage
+    runs again) when stage.json is unreadable or any artifact is missing or changed since."""
+    try:
+        data = json.loads((folder / STAGE_FILE).read_text(encoding="utf-8"))
+        produced = {a["name"]: Artifact.from_json(a, out_dir) for a in data["artifacts"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s/%s is unreadable (%s); the stage runs again", folder.name, STAGE_FILE, type(exc).__name__)
+        return None
+    for art in produced.values():
+        if not art.path.is_relative_to(folder):
+            continue  # an input passed through (e.g. an external file), verified where it was made
+        if not art.path.exists() or sha256_path(art.path) != art.sha256:
+            log.warning(
+                "cached artifact %s in %s is %s since it was made; the stage runs again", art.name, folder.name,
+                "missing" if not art.path.exists() else "changed",
+            )  # fmt: skip
+            return None
+    return produced
 
 
 def _save_stage(tmp: Path, final: Path, produced: Artifacts, out_dir: Path, meta: dict[str, Any]) -> Artifacts:
@@ -149,9 +169,97 @@ def _select(recipe: Recipe, ref: str | None, flag: str) -> int | None:
     raise RecipeError(f"{flag} {ref!r}: the recipe has no such stage (stages: {', '.join(names)}).")
 
 
+def _prepare_out(out_dir: Path) -> None:
+    """The output folder exists and is writable, or a clear error says why not."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output folder {out_dir} is a file, not a folder. Pass --out with a folder path.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise _os_error(exc, out_dir) from None
+
+
+def _os_error(exc: OSError, out_dir: Path) -> OutputError:
+    full = disk_full(exc, out_dir)
+    if full is not None:
+        return full
+    where = exc.filename or out_dir
+    return OutputError(
+        f"output folder {out_dir}: cannot write {where}: {exc.strerror or exc}. Pass --out with a writable "
+        "folder (and a short enough path)."
+    )
+
+
+@contextlib.contextmanager
+def _lock(out_dir: Path) -> Iterator[None]:
+    """One run at a time per output folder: a second run into the same --out would redo and race on every
+    stage folder. The lock is advisory (fcntl) and released by the kernel when the process dies, even by
+    `kill -9`, so a crashed run never blocks the next one."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks; runs are not guarded
+        yield
+        return
+    path = out_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise _os_error(exc, out_dir) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise OutputError(
+                f"output folder {out_dir} is in use by another compress run ({holder}). Wait for it to finish, "
+                "or pass another --out."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Temporary stage folders and files left by a run that was killed (we hold the lock: none is in use)."""
+    stale = [*out_dir.glob(".tmp-*"), *out_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp.png")]
+    if (out_dir / ".cache").is_dir():
+        stale += [p for p in (out_dir / ".cache").rglob("*.tmp") if p.is_file()]
+    for path in stale:
+        log.info("removing %s, left by an interrupted run", path.name)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+class _LogHandler(logging.StreamHandler):
+    """compress.log, opened without following a symbolic link (a planted link must not redirect our writes)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(
+                    f"{path} is a symbolic link; compress writes its log only to a regular file. Remove the link."
+                ) from None
+            raise _os_error(exc, path.parent) from None
+        super().__init__(os.fdopen(fd, "a", encoding="utf-8"))
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            super().close()
+
+
 def _attach_log(out_dir: Path) -> logging.Handler:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out_dir / "compress.log")
+    handler = _LogHandler(out_dir / "compress.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -173,12 +281,22 @@ def run(
     check_budget_devices(recipe, recipe_path.parent)
     check_devices(recipe, recipe_path)  # typos, missing runtimes, unreachable boards: before any work
     out_dir = (out or Path("export") / recipe.name).resolve()
-    handler = _attach_log(out_dir)
-    try:
-        return _run(recipe, recipe_path, out_dir, force, only_i, from_i)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    _prepare_out(out_dir)
+    with _lock(out_dir):
+        handler = _attach_log(out_dir)
+        try:
+            _remove_stale(out_dir)
+            return _run(recipe, recipe_path, out_dir, force, only_i, from_i)
+        except OSError as exc:  # a library's own write failed: a full disk is not the model's fault
+            raise _os_error(exc, out_dir) from exc
+        except CompressError as exc:
+            full = disk_full(exc, out_dir)  # a stage may have wrapped ENOSPC into its own error
+            if full is not None:
+                raise full from exc
+            raise
+        finally:
+            log.removeHandler(handler)
+            handler.close()
 
 
 def _run(
@@ -201,15 +319,16 @@ def _run(
         must_run = force or (only_i is not None and index == only_i) or (from_i is not None and index >= from_i)
         if only_i is not None and index > only_i:
             break
-        reuse = (folder / STAGE_FILE).is_file() and not must_run
+        cached = _load_stage(folder, out_dir) if (folder / STAGE_FILE).is_file() and not must_run else None
+        reuse = cached is not None
         if not reuse and only_i is not None and index < only_i:
             raise StageError(
                 f"--only: stage {pos} ({name}) has no cached output for this recipe; run the whole "
                 "recipe first (or use --from)."
             )
         t0 = time.perf_counter()
-        if reuse:
-            produced = _load_stage(folder, out_dir)
+        if cached is not None:
+            produced = cached
             log.info("stage %d %s: cached (%s)", pos, name, folder.name)
         else:
             log.info("stage %d %s: running", pos, name)
@@ -222,6 +341,9 @@ def _run(
             try:
                 produced = fn(artifacts, entry, ctx)
                 produced = _save_stage(tmp, folder, produced, out_dir, {"stage": name, "key": key, "config": cfg})
+            except Interrupted as exc:
+                exc.where = f"stage {pos} ({name})"
+                raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if name == "teacher":
@@ -345,8 +467,10 @@ def validate(recipe_path: Path) -> list[str]:
                 check_positions(recipe, hf_positions(path, src.trust_remote_code))
         elif src.python:
             code = locate_factory(src.python, src.kwargs)
-            found.append(f"{where}: python factory {src.python}: `run` imports and runs {code} (a recipe is code: "
-                         "run only recipes you trust)")
+            found.append(
+                f"{where}: python factory {src.python}: `run` imports and runs {code} (a recipe is code: "
+                "run only recipes you trust)"
+            )
         else:
             found.append(f"{where}: built-in {src.describe()}")
     if recipe.data.modality == "text":

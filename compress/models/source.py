@@ -46,8 +46,8 @@ class ModelSource(Strict):
     bitsandbytes: Literal["int8", "nf4"] | None = Field(
         None,
         description="Load the `hf` / `hf_package` model with bitsandbytes: `int8` (LLM.int8) or `nf4` (4-bit "
-        "NormalFloat); both run on CPU and CUDA with bitsandbytes >= 0.50. For teachers too big for memory: the model is "
-        "frozen (distillation teacher only; it cannot be fine-tuned, pruned or exported to ONNX).",
+        "NormalFloat); both run on CPU and CUDA with bitsandbytes >= 0.50. For teachers too big for memory: the "
+        "model is frozen (distillation teacher only; it cannot be fine-tuned, pruned or exported to ONNX).",
     )
     trust_remote_code: bool = Field(
         False,
@@ -162,7 +162,10 @@ def build_model(
                 module = bnb.load(path, source.bitsandbytes, num_labels)
             else:
                 module = AutoModelForSequenceClassification.from_pretrained(
-                    path, num_labels=num_labels, ignore_mismatched_sizes=True, trust_remote_code=source.trust_remote_code
+                    path,
+                    num_labels=num_labels,
+                    ignore_mismatched_sizes=True,
+                    trust_remote_code=source.trust_remote_code,
                 )
             tokenizer = (
                 AutoTokenizer.from_pretrained(path, trust_remote_code=source.trust_remote_code)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ast
+import dataclasses
 import importlib
 import inspect
+import json
 import logging
 import sys
-from importlib.machinery import PathFinder
-import json
 from dataclasses import dataclass, field
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,9 +38,7 @@ def import_factory(ref: str) -> Any:
             "Install the package or add its folder to PYTHONPATH."
         ) from None
     except SyntaxError as exc:
-        raise ModelError(
-            f"python factory {ref!r}: {exc.filename}:{exc.lineno}: syntax error ({exc.msg})."
-        ) from None
+        raise ModelError(f"python factory {ref!r}: {exc.filename}:{exc.lineno}: syntax error ({exc.msg}).") from None
     except Exception as exc:  # noqa: BLE001 - the user's module raised while it was imported
         raise ModelError(
             f"python factory {ref!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
@@ -215,8 +213,11 @@ def locate_factory(ref: str, kwargs: dict[str, Any] | None = None) -> str:
                           else []) if isinstance(t, ast.Name)}  # fmt: skip
     imported = {(a.asname or a.name).split(".")[0] for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
                 for a in n.names}  # fmt: skip
-    if attr not in defs and attr not in assigned and attr not in imported and not any(
-        isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in tree.body
+    if (
+        attr not in defs
+        and attr not in assigned
+        and attr not in imported
+        and not any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in tree.body)
     ):
         raise ModelError(f"module {module_name!r} ({origin}) defines no {attr!r} (python factory {ref!r}).")
     node = defs.get(attr)
@@ -230,8 +231,11 @@ def locate_factory(ref: str, kwargs: dict[str, Any] | None = None) -> str:
         }
         needed = [n for n in names if n not in with_default and n not in kwargs]
         if unknown or needed:
-            what = f"takes no argument {', '.join(map(repr, unknown))}" if unknown else (
-                f"needs {', '.join(map(repr, needed))}")
+            what = (
+                f"takes no argument {', '.join(map(repr, unknown))}"
+                if unknown
+                else (f"needs {', '.join(map(repr, needed))}")
+            )
             raise ModelError(
                 f"python factory {ref} ({origin}:{node.lineno}) {what}; set `kwargs` to the arguments it takes "
                 f"({', '.join(names) or 'none'})."

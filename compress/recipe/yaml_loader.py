@@ -52,8 +52,9 @@ class _Limits:
                 if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                     if k.value in seen:
                         raise self.fail(
-                            k, f"duplicate key {k.value!r} (first at line {seen[k.value]}); YAML would silently "
-                            "keep only the last one. Remove one of them."
+                            k,
+                            f"duplicate key {k.value!r} (first at line {seen[k.value]}); YAML would silently "
+                            "keep only the last one. Remove one of them.",
                         )
                     seen[k.value] = k.start_mark.line + 1
                 children += [k, v]
@@ -64,8 +65,9 @@ class _Limits:
             size, depth = size + s, max(depth, d + 1)
             if size > MAX_NODES:
                 raise self.fail(
-                    node, f"the document expands to more than {MAX_NODES:,} values (YAML aliases repeated "
-                    "inside aliases, a 'billion laughs' file?). Write the values out instead."
+                    node,
+                    f"the document expands to more than {MAX_NODES:,} values (YAML aliases repeated "
+                    "inside aliases, a 'billion laughs' file?). Write the values out instead.",
                 )
             if depth > MAX_DEPTH:
                 raise self.fail(node, f"nested more than {MAX_DEPTH} levels deep.")
@@ -110,7 +112,9 @@ def parse_yaml(text: str, where: str, error: type[CompressError] = RecipeError) 
     return data, lines
 
 
-def load_yaml(path: Path, what: str = "recipe file", error: type[CompressError] = RecipeError) -> tuple[Any, dict[Loc, int]]:
+def load_yaml(
+    path: Path, what: str = "recipe file", error: type[CompressError] = RecipeError
+) -> tuple[Any, dict[Loc, int]]:
     """Read and parse ``path``; return the data and a map from key path to line."""
     if not path.exists():
         raise error(f"{what} {path} does not exist. Pass the path of a YAML file.")

@@ -29,8 +29,10 @@ class Budget(Strict):
     )
     artifacts: list[str] | None = Field(
         None,
+        min_length=1,
         description="Artifact names or glob patterns held to this budget (default: every ONNX artifact "
-        "that is not the teacher's).",
+        "that is not the teacher's). A name or pattern that matches no artifact fails the budget: a typo must "
+        "not turn the gate off.",
     )
 
 
@@ -54,8 +56,15 @@ def evaluate(report: dict[str, Any], budgets: dict[str, Budget]) -> list[dict[st
     """One check per artifact x device x limit: {artifact, device, limit, allowed, measured, passed}."""
     rows = report["artifacts"]
     teacher_acc = _teacher_accuracy(rows)
-    checks = []
+    checks: list[dict[str, Any]] = []
     for device, budget in budgets.items():
+        names = [r["name"] for r in rows if r["format"] in ("onnx", "executorch")]
+        for pattern in budget.artifacts or []:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                checks.append({"artifact": pattern, "device": device, "limit": "artifacts", "allowed": pattern,
+                               "measured": None, "passed": False,
+                               "message": f"budgets.{device}.artifacts: {pattern!r} matches no profiled artifact "
+                                          f"(have: {', '.join(names) or 'none'})"})  # fmt: skip
         for row in _selected(budget, rows):
             lat = row["latency"].get(device, {})
             acc = row["metrics"].get("accuracy")
@@ -84,6 +93,8 @@ def evaluate(report: dict[str, Any], budgets: dict[str, Budget]) -> list[dict[st
 
 
 def describe(check: dict[str, Any]) -> str:
+    if "message" in check:
+        return f"{check['message']} MISSED"
     value = check["measured"]
     got = "not measured" if value is None else f"{value:.3f}"
     verdict = "ok" if check["passed"] else "MISSED"
@@ -114,8 +125,9 @@ def write_github_summary(checks: list[dict[str, Any]], suite: str) -> None:
     ]
     for c in checks:
         got = "-" if c["measured"] is None else f"{c['measured']:.3f}"
+        allowed = c["allowed"] if isinstance(c["allowed"], str) else f"{c['allowed']:g}"
         lines.append(
-            f"| {c['artifact']} | {c['device']} | {c['limit']} | {got} | {c['allowed']:g} | "
+            f"| {c['artifact']} | {c['device']} | {c['limit']} | {got} | {allowed} | "
             f"{'pass' if c['passed'] else '**missed**'} |"
         )
     with open(target, "a", encoding="utf-8") as fh:

@@ -13,7 +13,47 @@ from typing import Any
 
 import numpy as np
 
+from compress.errors import ReportError
+
 Z = {0.95: 1.960, 0.99: 2.576, 0.999: 3.291}
+
+
+def _number(value: Any, where: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ReportError(f"{where}: {value!r} is not a number.")
+    if positive and value <= 0:
+        raise ReportError(f"{where}: {value!r}; a latency must be above 0.")
+    return float(value)
+
+
+def check_report(data: Any, path: str) -> dict[str, Any]:
+    """A report.json as `compress run` writes it, or a :class:`ReportError` naming the file and the JSON path."""
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
+        raise ReportError(f"{path}: not a compress report.json (expected an object with an `artifacts` list).")
+    for i, art in enumerate(data["artifacts"]):
+        at = f"{path}: artifacts[{i}]"
+        if not isinstance(art, dict) or not isinstance(art.get("name"), str):
+            raise ReportError(f"{at}: expected an object with a `name`.")
+        latency = art.get("latency") or {}
+        if not isinstance(latency, dict):
+            raise ReportError(f"{at}.latency: expected an object of devices.")
+        for device, stats in latency.items():
+            where = f"{at}.latency.{device}"
+            if not isinstance(stats, dict):
+                raise ReportError(f"{where}: expected an object with p50_ms.")
+            if "p50_ms" not in stats:
+                raise ReportError(f"{where}.p50_ms: missing (every measured latency has it).")
+            _number(stats["p50_ms"], f"{where}.p50_ms", positive=True)
+            for key in ("std_ms", "runs"):
+                if key in stats:
+                    _number(stats[key], f"{where}.{key}")
+            samples = stats.get("samples_ms")
+            if samples is not None:
+                if not isinstance(samples, list):
+                    raise ReportError(f"{where}.samples_ms: expected a list of milliseconds.")
+                for j, v in enumerate(samples):
+                    _number(v, f"{where}.samples_ms[{j}]", positive=True)
+    return data
 
 
 def _median_ci(old: list[float], new: list[float], confidence: float, resamples: int) -> tuple[float, float]:

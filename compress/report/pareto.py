@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,13 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{report['recipe'].get('name', 'recipe')}: accuracy against latency")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)  # never a half-written plot
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)  # never a half-written plot
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path

@@ -5,18 +5,19 @@ The self-contained Python script cannot run on stock Android, hence a native bin
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from compress.devices import AdbTarget, DeviceProfile
 from compress.errors import DeviceError
-from compress.runners.base import RUNNERS, BenchRequest
+from compress.runners.base import RUNNERS, BenchRequest, run_child
 from compress.runners.local import last_line
 
+RUN_FOLDER = re.compile(r"compress-[A-Za-z0-9]{6,}")
 _SECONDS = {"s": 1000.0, "ms": 1.0, "us": 1e-3}
 _PATTERNS = {  # onnxruntime_perf_test's summary lines -> our keys (value, unit)
     "p50_ms": r"P50 Latency:\s*([\d.eE+-]+)\s*(s|ms|us)",
@@ -36,8 +37,11 @@ def parse_perf_test(text: str) -> dict[str, Any]:
         match = re.search(pattern, text)
         if match:
             stats[key] = float(match[1]) * _SECONDS[match[2]]
-    if "p50_ms" not in stats and "mean_ms" not in stats:
-        raise DeviceError(f"no latency in the benchmark binary's output: {last_line(text)}")
+    if "p50_ms" not in stats:
+        raise DeviceError(
+            f"no P50 latency in the benchmark binary's output (onnxruntime_perf_test prints percentiles since "
+            f"onnxruntime 1.5): {last_line(text)}"
+        )
     peak = re.search(r"Peak working set size:\s*(\d+)", text)
     if peak:
         stats["peak_rss_mb"] = int(peak[1]) / 2**20
@@ -67,10 +71,10 @@ class AdbRunner:
             cmd = f"taskset {mask:x} {cmd}"
         return self.adb("shell", cmd)
 
-    def _call(self, cmd: list[str], what: str, timeout: float = 3600) -> str:
+    def _call(self, cmd: list[str], what: str, timeout: float | None = None) -> str:
         if shutil.which("adb") is None:
             raise DeviceError(f"device {self.device.name!r}: `adb` is not installed (Android platform-tools).")
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = run_child(cmd, what=what, device=self.device.name, timeout=timeout or self.target.timeout_s, text=True)
         if proc.returncode != 0:
             raise DeviceError(f"device {self.device.name!r}: {what} failed: {last_line(proc.stderr or proc.stdout)}")
         return proc.stdout
@@ -82,13 +86,23 @@ class AdbRunner:
         self._call(self.adb("shell", f"test -x {shlex.quote(self.target.binary)}"),
                    f"finding {self.target.binary} on the device (push it first)", timeout=30)  # fmt: skip
 
+    def make_run_folder(self) -> str:
+        """A fresh folder of our own under the profile's `workdir`; only this folder is ever removed."""
+        workdir = shlex.quote(self.target.workdir.rstrip("/") or "/")
+        made = self._call(self.adb("shell", f"mkdir -p {workdir} && mktemp -d {workdir}/compress-XXXXXX"),
+                          "creating a run folder", timeout=60).strip()  # fmt: skip
+        base = self.target.workdir.rstrip("/")
+        name = made.rsplit("/", 1)[-1]
+        if not made.startswith(f"{base}/compress-") or not RUN_FOLDER.fullmatch(name):
+            raise DeviceError(f"device {self.device.name!r}: mktemp printed {made!r}, not a new folder under {base}.")
+        return made
+
     def run(self, paths: list[Path], request: BenchRequest) -> list[dict[str, Any]]:
-        workdir = self.target.workdir
-        self._call(self.adb("shell", f"mkdir -p {shlex.quote(workdir)}"), "creating the work folder")
+        folder = self.make_run_folder()
         try:
             out = []
             for i, path in enumerate(paths):
-                remote = f"{workdir}/m{i}_{path.name}"
+                remote = f"{folder}/m{i}_{path.name}"
                 self._call(self.adb("push", str(path), remote), f"pushing {path.name}")
                 text = self._call(self.bench_command(remote, request), f"benchmarking {path.name}")
                 stats = parse_perf_test(text)
@@ -97,7 +111,8 @@ class AdbRunner:
                 out.append(stats)
             return out
         finally:
-            subprocess.run(self.adb("shell", f"rm -rf {shlex.quote(workdir)}"), capture_output=True, timeout=60)
+            with contextlib.suppress(DeviceError):  # best effort; the benchmark's own error matters more
+                self._call(self.adb("shell", f"rm -rf {shlex.quote(folder)}"), "cleaning up", timeout=60)
 
 
 RUNNERS.add("adb", AdbRunner)

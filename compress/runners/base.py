@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 import subprocess
@@ -86,10 +87,8 @@ def measure(device: DeviceProfile, paths: list[Path], **request: Any) -> list[di
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the child gets SIGKILL when the compress process dies, even by `kill -9`."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def run_child(cmd: list[str], *, what: str, device: str, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:

@@ -13,13 +13,12 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from compress.devices import DeviceProfile, SshTarget
 from compress.errors import DeviceError
-from compress.runners.base import BENCH_SCRIPT, RUNNERS, BenchRequest
+from compress.runners.base import BENCH_SCRIPT, RUNNERS, BenchRequest, run_child
 from compress.runners.local import last_line
 
 # the board's Python must import these for each runtime
@@ -46,17 +45,14 @@ class SshRunner:
         return f"{self.target.user}@{self.target.host}" if self.target.user else self.target.host
 
     def ssh_command(self, remote: str) -> list[str]:
-        return ["ssh", *self.options(), "-p", str(self.target.port), self.destination, remote]
+        return ["ssh", *self.options(), "-p", str(self.target.port), "--", self.destination, remote]
 
     # ---- running ---------------------------------------------------------------------------------------------
     def _call(self, cmd: list[str], what: str, timeout: float = 3600, stdin: Path | None = None) -> str:
         if shutil.which(cmd[0]) is None:
             raise DeviceError(f"device {self.device.name!r}: the `{cmd[0]}` client is not installed (OpenSSH).")
-        try:
-            with open(stdin, "rb") if stdin else contextlib.nullcontext() as fh:
-                proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=fh)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"device {self.device.name!r}: {what} timed out after {timeout:.0f} s.") from None
+        with open(stdin, "rb") if stdin else contextlib.nullcontext() as fh:
+            proc = run_child(cmd, what=what, device=self.device.name, timeout=timeout, stdin=fh)
         out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         if proc.returncode == 255:
             raise DeviceError(
@@ -76,7 +72,7 @@ class SshRunner:
         if package is None:
             raise DeviceError(f"device {self.device.name!r}: runtime {self.device.runtime!r} cannot run over SSH "
                               f"(supported: {', '.join(RUNTIME_PACKAGES)}).")  # fmt: skip
-        probe = f"{self.target.python} -c {shlex.quote(f'import numpy, {package}')}"
+        probe = f"{self.target.python_command()} -c {shlex.quote(f'import numpy, {package}')}"
         timeout = self.target.connect_timeout_s + 30
         try:
             self._call(self.ssh_command(probe), "checking the board's Python", timeout=timeout)
@@ -91,16 +87,17 @@ class SshRunner:
     def run(self, paths: list[Path], request: BenchRequest) -> list[dict[str, Any]]:
         unique = list(dict.fromkeys(p.resolve() for p in paths))  # several rounds may repeat a file
         remote_name = {p: f"m{i}_{p.name}" for i, p in enumerate(unique)}
-        workdir = shlex.quote(self.target.workdir)
+        workdir = shlex.quote(self.target.workdir.rstrip("/") or "/")
         folder = self._call(self.ssh_command(f"mktemp -d {workdir}/compress-XXXXXX"), "creating a run folder").strip()
-        if not folder:
-            raise DeviceError(f"device {self.device.name!r}: mktemp printed no folder on {self.destination}.")
+        if not folder.startswith(f"{self.target.workdir.rstrip('/')}/compress-") or "\n" in folder:
+            raise DeviceError(f"device {self.device.name!r}: mktemp printed {folder!r}, not a new folder under "
+                              f"{self.target.workdir} on {self.destination}.")  # fmt: skip
         try:
             self.push(BENCH_SCRIPT, f"{folder}/bench.py")
             for path, name in remote_name.items():
                 self.push(path, f"{folder}/{name}")
             argv = request.argv([remote_name[p.resolve()] for p in paths], "result.json")
-            remote = f"cd {shlex.quote(folder)} && {self.target.python} bench.py {shlex.join(argv)}"
+            remote = f"cd {shlex.quote(folder)} && {self.target.python_command()} bench.py {shlex.join(argv)}"
             self._call(self.ssh_command(remote), "the benchmark")
             text = self._call(self.ssh_command(f"cat {shlex.quote(folder)}/result.json"), "fetching the results")
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -71,7 +72,7 @@ def _cached_teacher_logits(
         return load_file(str(path))["logits"]
     logits = predict_logits(teacher, data.train, bs, "teacher logits (cached once)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # unique: a second process never shares it
     save_file({"logits": logits.contiguous()}, str(tmp))
     tmp.replace(path)
     return logits

@@ -84,6 +84,7 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
             art = out.get(name) or artifacts[name]
             art.latency = {**art.latency, device.name: st}
             out[name] = art
-            log.info("%s on %s: p50 %.3f ms, p90 %.3f ms (%s %s)", name, device.name, st["p50_ms"], st["p90_ms"],
-                     st.get("runtime"), st.get("runtime_version"))  # fmt: skip
+            log.info("%s on %s: p50 %.3f ms, p90 %s ms (%s %s)", name, device.name, st["p50_ms"],
+                     f"{st['p90_ms']:.3f}" if "p90_ms" in st else "-", st.get("runtime"),
+                     st.get("runtime_version"))  # fmt: skip
     return out

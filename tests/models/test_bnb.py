@@ -54,7 +54,9 @@ def test_nf4_teacher_runs_on_cpu(tiny_bert_dir: Path) -> None:
 
 
 def test_bitsandbytes_mode_that_cannot_run_is_a_clear_error(tiny_bert_dir: Path) -> None:
-    with pytest.raises(ModelError, match=r"teacher.bitsandbytes: nf4 cannot run .*tokenizer.json on cpu .*Hugging Face model folder"):
+    with pytest.raises(
+        ModelError, match=r"teacher.bitsandbytes: nf4 cannot run .*tokenizer.json on cpu .*Hugging Face model folder"
+    ):
         bnb.load(str(tiny_bert_dir / "tokenizer.json"), "nf4", 2)
 
 
