@@ -171,9 +171,9 @@ def _select(recipe: Recipe, ref: str | None, flag: str) -> int | None:
 
 def _prepare_out(out_dir: Path) -> None:
     """The output folder exists and is writable, or a clear error says why not."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output folder {out_dir} is a file, not a folder. Pass --out with a folder path.")
     try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputError(f"output folder {out_dir} is a file, not a folder. Pass --out with a folder path.")
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
@@ -287,12 +287,12 @@ def run(
         try:
             _remove_stale(out_dir)
             return _run(recipe, recipe_path, out_dir, force, only_i, from_i)
-        except OSError as exc:  # a library's own write failed: a full disk is not the model's fault
-            raise _os_error(exc, out_dir) from exc
-        except CompressError as exc:
-            full = disk_full(exc, out_dir)  # a stage may have wrapped ENOSPC into its own error
+        except Exception as exc:  # a full disk is not the model's fault, whoever's error reports it
+            full = disk_full(exc, out_dir)
             if full is not None:
                 raise full from exc
+            if isinstance(exc, OSError) and Path(str(exc.filename or "")).is_relative_to(out_dir):
+                raise _os_error(exc, out_dir) from exc
             raise
         finally:
             log.removeHandler(handler)

@@ -1,4 +1,6 @@
-"""Every file in invalid/ is a broken recipe whose first line says the message `compress validate` must give."""
+"""Every file in invalid/ is a broken recipe (or points at a broken data file or device profile in invalid/data,
+invalid/devices) whose first line says the message `compress validate` must give: bad YAML and YAML attacks,
+numbers out of range, names that would be paths, bad labels, files that are not UTF-8, unsafe device profiles."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ FILES = sorted(INVALID.glob("*.yaml"))
 
 
 def expected(path: Path) -> str:
-    first = path.read_text().splitlines()[0]
+    first = path.read_bytes().splitlines()[0].decode()  # the rest of a file may be deliberately not UTF-8
     assert first.startswith("# expect: "), path
     return first[len("# expect: ") :].replace("{dir}", str(path.parent))
 

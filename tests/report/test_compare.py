@@ -52,4 +52,38 @@ def test_cli_exits_4_on_a_regression(tmp_path: Path) -> None:
     assert "worst: student.onnx on x86-cpu" in proc.stdout + proc.stderr
     assert cli("compare", str(old), str(old)).returncode == 0
     bad = cli("compare", str(old), str(tmp_path / "missing.json"))
-    assert bad.returncode == 2 and "not a readable report.json" in bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "missing.json does not exist" in bad.stdout + bad.stderr
+
+
+def _bad_reports(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
+    """Each malformed input to `compare` and the message it must give."""
+    good = _report(5.0, 0.02, 0)
+    no_p50 = json.loads(json.dumps(good))
+    del no_p50["artifacts"][0]["latency"]["x86-cpu"]["p50_ms"]
+    zero = json.loads(json.dumps(good))
+    zero["artifacts"][0]["latency"]["x86-cpu"]["p50_ms"] = 0
+    text_samples = json.loads(json.dumps(good))
+    text_samples["artifacts"][0]["latency"]["x86-cpu"]["samples_ms"][3] = "fast"
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
+    return {
+        "picture.png": (png, "picture.png:1 is not UTF-8 text"),
+        "list.json": (b"[1, 2, 3]", "not a compress report.json (expected an object with an `artifacts` list)"),
+        "artifacts.json": (b'{"artifacts": {"a": 1}}', "expected an object with an `artifacts` list"),
+        "no-name.json": (b'{"artifacts": [{"latency": {}}]}', "artifacts[0]: expected an object with a `name`"),
+        "no-p50.json": (json.dumps(no_p50).encode(), "artifacts[0].latency.x86-cpu.p50_ms: missing"),
+        "zero.json": (json.dumps(zero).encode(), "artifacts[0].latency.x86-cpu.p50_ms: 0; a latency must be above 0"),
+        "text.json": (json.dumps(text_samples).encode(), "x86-cpu.samples_ms[3]: 'fast' is not a number"),
+        "truncated.json": (json.dumps(good).encode()[:40], "not a readable report.json (invalid JSON"),
+        "deep.json": (b"[" * 100000 + b"]" * 100000, "not a readable report.json (invalid JSON"),
+    }
+
+
+def test_malformed_reports_are_clear_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_report(5.0, 0.02, 0)))
+    for name, (content, message) in _bad_reports(tmp_path).items():
+        (tmp_path / name).write_bytes(content)
+        proc = cli("compare", str(good), str(tmp_path / name))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and message in out.replace("\n", " ") and "Traceback" not in out, (name, out)
+
