@@ -58,3 +58,21 @@ def test_device_profiles_errors(tmp_path: Path) -> None:
     ):
         resolve_device(str(bad))
     assert resolve_device("x86-cpu").threads == 2
+
+
+def test_profile_options_out_of_range_name_the_option(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    for option in ("--runs", "--batch", "--sequence"):
+        proc = cli("profile", str(model), "--device", "x86-cpu", option, "0")
+        assert proc.returncode == 2 and option in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_billion_laughs_is_refused_quickly_by_validate() -> None:
+    """A few hundred bytes that a safe YAML loader alone expands to 10^9 strings: refused in well under a second
+    of parsing, with the file and line, instead of exhausting the memory of the CI job that validates a PR."""
+    path = ROOT / "tests" / "recipe" / "invalid" / "alias_bomb.yaml"
+    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "expands to more than 100,000 values" in proc.stderr
+    assert "alias_bomb.yaml:" in proc.stderr and "Traceback" not in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,94 @@ def test_model_that_does_not_export_names_the_model_and_leaves_no_artifact(tmp_p
         pipeline.run(recipe, tmp_path / "out")
     assert not list((tmp_path / "out").glob("*export*"))
     assert not list((tmp_path / "out").rglob("*.onnx"))
+
+
+def _checkpoint_recipe(tmp_path: Path, name: str) -> Path:
+    return write_recipe(tmp_path, RECIPE.format(factory="small_cnn", checkpoint=f"checkpoint: {name}", steps=0.1))
+
+
+def test_unreadable_checkpoints_are_clear_errors(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    save_file(small_cnn(8).state_dict(), str(tmp_path / "good.safetensors"))
+    good = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    (tmp_path / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    torch.save(small_cnn(8).state_dict(), tmp_path / "good.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:300])
+    import argparse
+
+    torch.save({"args": argparse.Namespace(lr=1)}, tmp_path / "pickled.pt")  # an object, not tensors
+    cases = {
+        "truncated.safetensors": r"is not a readable safetensors file \(truncated or corrupt\?\)",
+        "garbage.safetensors": "is not a readable safetensors file",
+        "truncated.pt": "is not a readable torch file",
+        "pickled.pt": r"holds pickled Python objects, which are never loaded \(they can run code\)",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ModelError, match=message):
+            pipeline.run(_checkpoint_recipe(tmp_path, name), tmp_path / "out")
+    assert not list((tmp_path / "out").glob("00-teacher-*"))  # no stage trusted a bad checkpoint
+
+
+BAD_FACTORIES = '''
+import torch
+
+
+def needs_args(channels, depth):
+    return torch.nn.Linear(64, 10)
+
+
+def broken():
+    raise RuntimeError("weights server unreachable")
+'''
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs, at_validate, at_run",
+    [
+        ("needs_args", "{}", r"bad_factories.py:5\) needs 'channels', 'depth'; set `kwargs`",
+         r"needs_args\(channels, depth\) cannot be called with the recipe's kwargs \(none\): missing .*'channels'"),
+        ("needs_args", "{channels: 8, depth: 2, width: 3}", r"takes no argument 'width'",
+         r"kwargs \(channels, depth, width\): got an unexpected keyword argument 'width'"),
+        ("missing", "{}", r"defines no 'missing'", r"module 'bad_factories' has no attribute 'missing'"),
+        ("broken", "{}", None, r"python factory 'bad_factories:broken' raised RuntimeError: weights server"),
+    ],
+)  # fmt: skip
+def test_factory_mistakes_are_named_by_validate_without_running_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factory: str, kwargs: str, at_validate: str | None, at_run: str
+) -> None:
+    (tmp_path / "bad_factories.py").write_text(BAD_FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "bad_factories", raising=False)
+    recipe = write_recipe(tmp_path, f"""
+name: f
+data: {{format: sklearn_digits}}
+teacher:
+  python: bad_factories:{factory}
+  kwargs: {kwargs}
+stages:
+  - stage: finetune
+""")
+    if at_validate is None:  # fine on paper: validate says which code `run` will execute, without running it
+        found = "\n".join(pipeline.validate(recipe))
+        assert f"imports and runs bad_factories ({tmp_path / 'bad_factories.py'})" in found
+        assert "a recipe is code" in found
+        assert "bad_factories" not in sys.modules
+    else:
+        with pytest.raises(ModelError, match=at_validate):
+            pipeline.validate(recipe)
+        assert "bad_factories" not in sys.modules
+    with pytest.raises(ModelError, match=at_run):
+        pipeline.run(recipe, tmp_path / "out")
+
+
+def test_factory_with_a_syntax_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "typo_factories.py").write_text("def build(:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "typo_factories", raising=False)
+    recipe = write_recipe(tmp_path, RECIPE.format(factory="x", checkpoint="", steps=0.1).replace(
+        "tests.fixtures.factories:x", "typo_factories:build").replace("kwargs: {channels: 8}", ""))  # fmt: skip
+    with pytest.raises(ModelError, match=r"typo_factories:build': .*typo_factories.py:1: syntax error"):
+        pipeline.validate(recipe)
+    with pytest.raises(ModelError, match=r"typo_factories.py:1: syntax error"):
+        pipeline.run(recipe, tmp_path / "out")

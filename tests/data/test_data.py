@@ -66,3 +66,27 @@ def test_digits_and_image_folder(tmp_path: Path) -> None:
     assert data.label_names == ["cat", "dog"] and data.in_channels == 3
     batch = next(iter(data.train.loader(4)))
     assert batch["pixel_values"].shape == (4, 3, 6, 6)
+
+
+def test_tsv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Excel and Notepad save UTF-8 with a byte-order mark; the first column must still be `sentence`."""
+    (tmp_path / "bom.tsv").write_bytes("sentence\tlabel\na fine film\t1\na dull film\t0\n".encode("utf-8-sig"))
+    cfg = DataConfig(format="tsv", train="bom.tsv", dev="bom.tsv", test="bom.tsv")
+    data = load_data(cfg, tmp_path, WhitespaceTokenizer())
+    assert len(data.train) == 2 and data.num_labels == 2
+
+
+def test_corrupt_image_is_named(tmp_path: Path) -> None:
+    pil = pytest.importorskip("PIL.Image")
+    for cls in ("cat", "dog"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(4):
+            pil.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "img" / cls / f"{i}.png")
+    good = (tmp_path / "img" / "dog" / "0.png").read_bytes()
+    (tmp_path / "img" / "dog" / "9.png").write_bytes(good[: len(good) // 2])  # truncated
+    (tmp_path / "img" / "cat" / "9.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"image .*cat/9.jpg cannot be decoded .*Remove or replace the file"):
+        load_data(DataConfig(format="image_folder", train="img"), tmp_path)
+    (tmp_path / "img" / "cat" / "9.jpg").unlink()
+    with pytest.raises(DataError, match=r"image .*dog/9.png cannot be decoded"):
+        load_data(DataConfig(format="image_folder", train="img"), tmp_path)

@@ -62,3 +62,26 @@ def test_layer_map_and_bad_sources(tmp_path: Path) -> None:
             in_channels=None,  # type: ignore[arg-type]
             base_dir=tmp_path,
         )
+
+
+def test_model_code_in_a_folder_never_runs_unless_the_recipe_opts_in(tmp_path: Path) -> None:
+    """A Hugging Face folder (or hub repo) may ship Python code for a custom architecture; loading it must not
+    run that code unless the recipe says `trust_remote_code: true`."""
+    import json
+
+    marker = tmp_path / "ran"
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evil-net", "architectures": ["EvilModel"],
+        "auto_map": {"AutoConfig": "modeling_evil.EvilConfig",
+                     "AutoModelForSequenceClassification": "modeling_evil.EvilModel"},
+    }))  # fmt: skip
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('code ran')\n")
+    source = ModelSource(hf=str(folder))
+    assert source.trust_remote_code is False
+    with pytest.raises(ModelError, match="cannot load Hugging Face model"):
+        build_model(source, modality="image", num_labels=2, in_channels=None, base_dir=tmp_path)
+    assert not marker.exists()
+    with pytest.raises(ValidationError, match="`trust_remote_code` applies to `hf` and `hf_package` models only"):
+        ModelSource(cnn=CnnSpec(widths=[8]), trust_remote_code=True)

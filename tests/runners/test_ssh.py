@@ -80,7 +80,7 @@ def test_command_construction() -> None:
     })  # fmt: skip
     runner = SshRunner(device)
     cmd = runner.ssh_command("true")
-    assert cmd[0] == "ssh" and cmd[-2:] == ["pi@pi.local", "true"] and cmd[-4:-2] == ["-p", "2222"]
+    assert cmd[0] == "ssh" and cmd[-3:] == ["--", "pi@pi.local", "true"] and cmd[-5:-3] == ["-p", "2222"]
     assert "BatchMode=yes" in cmd and "A=b" in cmd
 
 
@@ -96,3 +96,34 @@ def test_unreachable_board_stops_the_run_before_any_work(tmp_path: Path) -> None
     with pytest.raises(RecipeError, match=r"stages\[3\].devices\[1\]: device 'board': cannot reach"):
         pipeline.run(recipe, tmp_path / "out")
     assert not list((tmp_path / "out").glob("0*"))  # no stage ran
+
+
+def test_board_python_is_quoted_and_hostile_names_never_reach_ssh(tmp_path: Path) -> None:
+    """`python`, `host`, `user` and `options` come from a profile a pull request may change: none of them may run
+    a command on this machine or chain one on the board."""
+    from pydantic import ValidationError
+
+    from tests.runners.sshd import LocalSshd
+
+    board, marker = tmp_path / "board", tmp_path / "pwned"
+    board.mkdir()
+    with LocalSshd(tmp_path) as server:
+        device = _device(server.port, server.client_key, board, python=f"{sys.executable}; touch {marker}")
+        with pytest.raises(DeviceError, match="cannot import numpy and onnxruntime"):
+            preflight(device)  # the board ran a program named '<python>;', with `touch` as its arguments
+    assert not marker.exists()
+    hostile = [
+        {"host": f"-oProxyCommand=touch {marker}"},
+        {"host": "127.0.0.1", "user": f"-oProxyCommand=touch {marker}"},
+        {"host": "127.0.0.1", "options": [f"ProxyCommand=touch {marker}"]},
+        {"host": "127.0.0.1", "options": ["PermitLocalCommand=yes", f"LocalCommand=touch {marker}"]},
+        {"host": "127.0.0.1", "options": [f"proxycommand touch {marker}"]},
+        {"host": "127.0.0.1", "options": [f"BatchMode=yes\nProxyCommand touch {marker}"]},
+    ]
+    for ssh in hostile:
+        with pytest.raises(ValidationError):
+            DeviceProfile.model_validate({"name": "b", "runner": "ssh", "ssh": ssh})
+    assert not marker.exists()
+    runner = SshRunner(_device(22, tmp_path / "key", board, user="pi"))
+    cmd = runner.ssh_command("true")
+    assert cmd[-3:] == ["--", "pi@127.0.0.1", "true"]  # nothing after `--` is read as an ssh option
