@@ -184,3 +184,16 @@ def test_full_disk_names_the_disk_not_the_model(tmp_path: Path) -> None:
         assert not list((disk / "out").glob(".tmp-*"))
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_output_names_that_are_paths_write_nothing_outside_the_output_folder(tmp_path: Path) -> None:
+    from compress.errors import RecipeError
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for stage in ("distill", "prune", "search", "moefy"):
+        recipe = write_recipe(work, QUICK + f"  - stage: {stage}\n    output: ../../escaped\n", f"{stage}.yaml")
+        with pytest.raises(RecipeError, match=r"stages\[1\].output: '../../escaped': use letters"):
+            pipeline.run(recipe, work / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    assert sorted(p.name for p in work.iterdir()) == ["distill.yaml", "moefy.yaml", "prune.yaml", "search.yaml"]

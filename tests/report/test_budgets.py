@@ -86,3 +86,14 @@ def test_budget_on_a_device_no_stage_profiles_is_rejected_before_work(tmp_path: 
     with pytest.raises(Exception, match=r"budgets.x86-cpu-1thread: no profile stage measures this device"):
         pipeline.run(recipe, tmp_path / "out")
     assert not list((tmp_path / "out").glob("00-*"))
+
+
+def test_budget_pattern_that_matches_nothing_fails_the_gate(cached_run: Path) -> None:
+    """A typo in `artifacts` must not silently turn the CI gate off."""
+    budgets = "budgets:\n  x86-cpu: {p90_ms: 1000, artifacts: ['studnet.onnx', 'student.onnx']}\n"
+    recipe = _with_budgets(cached_run, budgets, "typo.yaml")
+    with pytest.raises(BudgetError, match=r"1 of 2 budget checks missed") as info:
+        pipeline.run(recipe, cached_run / "out")
+    assert "budgets.x86-cpu.artifacts: 'studnet.onnx' matches no profiled artifact" in str(info.value)
+    assert "student.int8-dynamic.onnx" in str(info.value)  # the names it could have meant
+    assert _valid_junit(cached_run / "out" / "junit.xml").get("failures") == "1"
