@@ -178,6 +178,15 @@ def compare(
     old: Annotated[Path, typer.Argument(help="report.json of the reference run.")],
     new: Annotated[Path, typer.Argument(help="report.json of the run to check.")],
     confidence: Annotated[float, typer.Option(help="Confidence of the shift's interval: 0.95, 0.99 or 0.999.")] = 0.99,
+    min_change: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=10,
+            help="Smallest slow-down (0.02 = 2%) called a regression; raised per device to the largest change of an "
+            "artifact whose bytes are identical in both reports (the machine's between-run drift).",
+        ),
+    ] = 0.02,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Flag latency regressions between two reports, beyond the run-to-run noise measured in them (exit 4)."""
@@ -195,10 +204,10 @@ def compare(
         except (json.JSONDecodeError, RecursionError) as exc:
             raise ReportError(f"{path}: not a readable report.json (invalid JSON: {exc}).") from None
         reports.append(check_report(data, str(path)))
-    rows = compare(reports[0], reports[1], confidence=confidence)
-    typer.echo(json.dumps(rows, indent=2) if json_out else render(rows, confidence))
+    rows = compare(reports[0], reports[1], confidence=confidence, min_change=min_change)
     if not rows:
-        raise StageError(f"{old} and {new} share no artifact measured on the same device.")
+        raise StageError(f"{old} and {new} share no artifact measured on the same device: nothing to compare.")
+    typer.echo(json.dumps(rows, indent=2) if json_out else render(rows, confidence))
     bad = [r for r in rows if r["verdict"] == "regression"]
     if bad:
         worst = max(bad, key=lambda r: r["change"])

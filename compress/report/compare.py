@@ -3,8 +3,9 @@ measured in those very runs rather than a fixed percentage.
 
 For every artifact x device in both reports, the shift of the median latency gets a bootstrap confidence
 interval from the raw timing samples of both runs (resampled independently). A shift whose whole interval
-lies above zero is a regression, below zero an improvement, otherwise it is within noise. Reports without raw
-samples fall back to the normal approximation of the median's standard error (1.2533 * std / sqrt(runs))."""
+lies above zero, and whose size exceeds the between-run floor (see :func:`compare`), is a regression; the mirror
+image is an improvement; anything else is within noise. Reports without raw samples fall back to the normal
+approximation of the median's standard error (1.2533 * std / sqrt(runs))."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from compress.errors import ReportError
 
 Z = {0.95: 1.960, 0.99: 2.576, 0.999: 3.291}
+MIN_CHANGE = 0.02  # the smallest slow-down called a regression when no unchanged artifact measures the drift
 
 
 def _number(value: Any, where: str, *, positive: bool = False) -> float:
@@ -75,43 +77,74 @@ def _normal_ci(old: dict[str, Any], new: dict[str, Any], confidence: float) -> t
     return shift - half, shift + half
 
 
-def compare(old: dict[str, Any], new: dict[str, Any], *, confidence: float = 0.99,
-            resamples: int = 2000) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per artifact x device measured in both reports."""
+def compare(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    *,
+    confidence: float = 0.99,
+    min_change: float = MIN_CHANGE,
+    resamples: int = 2000,
+) -> list[dict[str, Any]]:
+    """One row per artifact x device measured in both reports.
+
+    Two kinds of noise are accounted for. Within a run, the bootstrap interval of the median shift. Between
+    runs (another machine state, another neighbour on a shared runner), which no interval from one run sees: an
+    artifact whose bytes are the same in both reports (same sha256) measures it directly, since only the
+    machine changed. Such rows get the verdict "same bytes" and never count as regressions; per device, the
+    largest such change, or ``min_change`` when larger or when no artifact is unchanged, is the smallest
+    relative slow-down that counts as a regression (``floor`` in each row)."""
     before = {a["name"]: a for a in old.get("artifacts", [])}
-    rows = []
+    pairs = []
     for art in new.get("artifacts", []):
         prev = before.get(art["name"])
         if prev is None:
             continue
         for device, stats in sorted((art.get("latency") or {}).items()):
             ref = (prev.get("latency") or {}).get(device)
-            if not ref:
-                continue
-            if ref.get("samples_ms") and stats.get("samples_ms"):
-                lo, hi = _median_ci(ref["samples_ms"], stats["samples_ms"], confidence, resamples)
-                method = "bootstrap"
-            else:
-                lo, hi = _normal_ci(ref, stats, confidence)
-                method = "normal"
-            verdict = "regression" if lo > 0 else "improvement" if hi < 0 else "within noise"
-            rows.append({
-                "artifact": art["name"], "device": device, "old_p50_ms": float(ref["p50_ms"]),
-                "new_p50_ms": float(stats["p50_ms"]), "change": float(stats["p50_ms"]) / float(ref["p50_ms"]) - 1,
-                "ci_ms": [lo, hi], "noise_ms": (hi - lo) / 2, "method": method, "verdict": verdict,
-            })  # fmt: skip
+            if ref:
+                same = bool(art.get("sha256")) and art.get("sha256") == prev.get("sha256")
+                pairs.append((art["name"], device, ref, stats, same))
+    drift: dict[str, float] = {}
+    for _, device, ref, stats, same in pairs:
+        if same:
+            change = abs(float(stats["p50_ms"]) / float(ref["p50_ms"]) - 1)
+            drift[device] = max(drift.get(device, 0.0), change)
+    rows = []
+    for name, device, ref, stats, same in pairs:
+        if ref.get("samples_ms") and stats.get("samples_ms"):
+            lo, hi = _median_ci(ref["samples_ms"], stats["samples_ms"], confidence, resamples)
+            method = "bootstrap"
+        else:
+            lo, hi = _normal_ci(ref, stats, confidence)
+            method = "normal"
+        change = float(stats["p50_ms"]) / float(ref["p50_ms"]) - 1
+        floor = max(min_change, drift.get(device, 0.0))
+        if same:
+            verdict = "same bytes"
+        elif lo > 0 and change > floor:
+            verdict = "regression"
+        elif hi < 0 and change < -floor:
+            verdict = "improvement"
+        else:
+            verdict = "within noise"
+        rows.append({
+            "artifact": name, "device": device, "old_p50_ms": float(ref["p50_ms"]),
+            "new_p50_ms": float(stats["p50_ms"]), "change": change, "ci_ms": [lo, hi], "noise_ms": (hi - lo) / 2,
+            "floor": floor, "method": method, "verdict": verdict,
+        })  # fmt: skip
     return rows
 
 
 def render(rows: list[dict[str, Any]], confidence: float) -> str:
     lines = [
         f"| artifact | device | old p50 ms | new p50 ms | change | {int(confidence * 100)}% interval of the shift "
-        "(ms) | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "(ms) | between-run floor | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lo, hi = r["ci_ms"]
         verdict = f"**{r['verdict']}**" if r["verdict"] == "regression" else r["verdict"]
         lines.append(f"| {r['artifact']} | {r['device']} | {r['old_p50_ms']:.3f} | {r['new_p50_ms']:.3f} | "
-                     f"{100 * r['change']:+.1f}% | [{lo:+.3f}, {hi:+.3f}] | {verdict} |")  # fmt: skip
+                     f"{100 * r['change']:+.1f}% | [{lo:+.3f}, {hi:+.3f}] | {100 * r['floor']:.1f}% | "
+                     f"{verdict} |")  # fmt: skip
     return "\n".join(lines)

@@ -26,7 +26,7 @@ def test_same_distribution_is_within_noise() -> None:
 
 
 def test_small_shift_on_a_quiet_machine_is_a_regression() -> None:
-    assert _verdict(_report(5.0, 0.02, 0), _report(5.1, 0.02, 1)) == "regression"  # +2%, noise 0.4%
+    assert _verdict(_report(5.0, 0.02, 0), _report(5.15, 0.02, 1)) == "regression"  # +3%, noise 0.4%, floor 2%
 
 
 def test_larger_shift_on_a_noisy_machine_is_not() -> None:
@@ -87,3 +87,34 @@ def test_malformed_reports_are_clear_errors(tmp_path: Path) -> None:
         out = proc.stdout + proc.stderr
         assert proc.returncode == 2 and message in out.replace("\n", " ") and "Traceback" not in out, (name, out)
 
+
+
+def _two(p50_a: float, p50_b: float, seed: int, sha_a: str, sha_b: str) -> dict:
+    a, b = _report(p50_a, 0.02, seed), _report(p50_b, 0.02, seed + 10)
+    a["artifacts"][0].update(name="teacher.onnx", sha256=sha_a)
+    b["artifacts"][0].update(name="student.onnx", sha256=sha_b)
+    return {"artifacts": a["artifacts"] + b["artifacts"]}
+
+
+def test_unchanged_bytes_measure_the_between_run_drift() -> None:
+    """A busy machine: the teacher's ONNX is byte-identical in both runs yet 6% slower. It is not a regression,
+    and it raises the floor: the student, changed and 4% slower, is within that drift."""
+    old = _two(5.0, 2.0, 0, "aaa", "bbb")
+    new = _two(5.3, 2.08, 1, "aaa", "ccc")
+    rows = {r["artifact"]: r for r in compare(old, new)}
+    assert rows["teacher.onnx"]["verdict"] == "same bytes"
+    assert rows["student.onnx"]["verdict"] == "within noise" and rows["student.onnx"]["floor"] > 0.05
+    worse = _two(5.3, 2.4, 1, "aaa", "ccc")  # the student 20% slower: beyond the drift
+    assert {r["artifact"]: r for r in compare(old, worse)}["student.onnx"]["verdict"] == "regression"
+
+
+def test_cli_same_bytes_pass_and_nothing_comparable_fails(tmp_path: Path) -> None:
+    old, new, other = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "other.json"
+    old.write_text(json.dumps(_two(5.0, 2.0, 0, "aaa", "bbb")))
+    new.write_text(json.dumps(_two(5.3, 2.0, 1, "aaa", "bbb")))
+    assert cli("compare", str(old), str(new)).returncode == 0
+    unrelated = _report(5.0, 0.02, 0)
+    unrelated["artifacts"][0]["name"] = "other.onnx"
+    other.write_text(json.dumps(unrelated))
+    proc = cli("compare", str(old), str(other))
+    assert proc.returncode == 2 and "nothing to compare" in proc.stderr
