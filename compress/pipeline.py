@@ -277,6 +277,11 @@ def run(
     """Run every stage of the recipe at ``recipe_path``; the CLI and the tests call exactly this."""
     recipe_path = Path(recipe_path).resolve()
     recipe = load_recipe(recipe_path)
+    if only is not None and from_stage is not None:
+        raise RecipeError(
+            "--only and --from together: --only re-runs one stage, --from re-runs a stage and every later one. "
+            "Give one of them."
+        )
     only_i, from_i = _select(recipe, only, "--only"), _select(recipe, from_stage, "--from")
     check_budget_devices(recipe, recipe_path.parent)
     check_devices(recipe, recipe_path)  # typos, missing runtimes, unreachable boards: before any work
@@ -316,10 +321,14 @@ def _run(
         index = pos - 1  # position among the recipe's stages; -1 is the teacher
         key = _stage_key(cfg, artifacts, ctx)
         folder = out_dir / f"{pos:02d}-{name}-{key[:12]}"
-        must_run = force or (only_i is not None and index == only_i) or (from_i is not None and index >= from_i)
-        if only_i is not None and index > only_i:
-            break
+        after_only = only_i is not None and index > only_i  # later stages: loaded if still cached, never run
+        must_run = not after_only and (
+            force or (only_i is not None and index == only_i) or (from_i is not None and index >= from_i)
+        )
         cached = _load_stage(folder, out_dir) if (folder / STAGE_FILE).is_file() and not must_run else None
+        if after_only and cached is None:
+            log.info("stage %d %s: not run (--only); later stages are left out of the report", pos, name)
+            break
         reuse = cached is not None
         if not reuse and only_i is not None and index < only_i:
             raise StageError(
@@ -358,7 +367,8 @@ def _run(
     report = build_report(artifacts, recipe_dict, out_dir, history)
     checks = None
     if recipe.budgets:
-        checks = report["budgets"] = budgets.evaluate(report, recipe.budgets)
+        formats = device_formats(recipe, recipe_path.parent)
+        checks = report["budgets"] = budgets.evaluate(report, recipe.budgets, formats)
         budgets.write_junit(checks, out_dir / "junit.xml", recipe.name)
         budgets.write_github_summary(checks, recipe.name)
     result.report = write_report(report, out_dir)
@@ -422,6 +432,19 @@ def check_budget_devices(recipe: Recipe, base_dir: Path) -> None:
                 f"budgets.{device}: no profile stage measures this device (profiled: {have}). "
                 "Add it to a profile stage's `devices` or fix the name."
             )
+
+
+def device_formats(recipe: Recipe, base_dir: Path) -> dict[str, str]:
+    """Device name -> the artifact format its runtime runs (`onnx`, `executorch`), for every profiled device."""
+    from compress.devices import resolve_device
+    from compress.runtimes.base import runtime_format
+
+    out = {}
+    for stage in recipe.stages:
+        for ref in getattr(stage, "devices", None) or []:
+            device = resolve_device(ref, base_dir)
+            out[device.name] = budgets.FORMAT_OF_KIND[runtime_format(device.runtime)]
+    return out
 
 
 def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Artifact], seconds: float) -> None:

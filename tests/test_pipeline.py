@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compress import pipeline
-from compress.errors import ExportError, StageError
+from compress.errors import ExportError, RecipeError, StageError
 from compress.models.task_model import TaskModel
 
 
@@ -113,3 +113,16 @@ def test_only_without_cache_is_a_clear_error(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, DIGITS_RECIPE)
     with pytest.raises(StageError, match="no cached output"):
         pipeline.run(recipe, tmp_path / "out", only="export")
+
+
+def test_only_an_earlier_stage_keeps_the_later_cached_measurements(digits_run: pipeline.RunResult) -> None:
+    """`--only export` re-runs the export; the profile stage after it is still valid (same ONNX bytes), so the
+    report keeps its latencies instead of being rewritten without them."""
+    recipe = Path(digits_run.out_dir).parent / "recipe.yaml"
+    again = pipeline.run(recipe, digits_run.out_dir, only="export")
+    assert [s.cached for s in again.stages] == [True, True, True, False, True]
+    assert again.report["artifacts"] and all(
+        r["latency"].get("x86-cpu") for r in again.report["artifacts"] if r["format"] == "onnx"
+    )
+    with pytest.raises(RecipeError, match="--only and --from together"):
+        pipeline.run(recipe, digits_run.out_dir, only="export", from_stage="distill")

@@ -36,11 +36,15 @@ class Budget(Strict):
     )
 
 
-def _selected(budget: Budget, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    onnx = [r for r in rows if r["format"] in ("onnx", "executorch")]  # what profile stages measure
+FORMAT_OF_KIND = {"onnx": "onnx", "pte": "executorch"}
+
+
+def _selected(budget: Budget, rows: list[dict[str, Any]], fmt: str | None) -> list[dict[str, Any]]:
+    """The artifacts ``budget`` holds on a device whose runtime runs ``fmt`` (None: any measured format)."""
+    runnable = [r for r in rows if r["format"] in ("onnx", "executorch") and (fmt is None or r["format"] == fmt)]
     if budget.artifacts is None:
-        return [r for r in onnx if not r["name"].startswith("teacher")]
-    return [r for r in onnx if any(fnmatch.fnmatchcase(r["name"], p) for p in budget.artifacts)]
+        return [r for r in runnable if not r["name"].startswith("teacher")]
+    return [r for r in runnable if any(fnmatch.fnmatchcase(r["name"], p) for p in budget.artifacts)]
 
 
 def _teacher_accuracy(rows: list[dict[str, Any]]) -> float | None:
@@ -52,20 +56,29 @@ def _teacher_accuracy(rows: list[dict[str, Any]]) -> float | None:
     return None
 
 
-def evaluate(report: dict[str, Any], budgets: dict[str, Budget]) -> list[dict[str, Any]]:
-    """One check per artifact x device x limit: {artifact, device, limit, allowed, measured, passed}."""
+def evaluate(
+    report: dict[str, Any], budgets: dict[str, Budget], formats: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One check per artifact x device x limit: {artifact, device, limit, allowed, measured, status, passed}.
+
+    A budget applies only to artifacts whose format the device's runtime runs (``formats``: device -> `onnx` or
+    `executorch`): an ExecuTorch program is never held to an onnxruntime device's latency. A latency that was
+    not measured (a run with `--only export`, a device whose measurement failed) has the status "not measured":
+    reported, not a miss. A name or pattern in `artifacts` that matches none of the device's artifacts is a miss.
+    """
     rows = report["artifacts"]
     teacher_acc = _teacher_accuracy(rows)
     checks: list[dict[str, Any]] = []
     for device, budget in budgets.items():
-        names = [r["name"] for r in rows if r["format"] in ("onnx", "executorch")]
+        fmt = (formats or {}).get(device)
+        names = [r["name"] for r in rows if r["format"] in ("onnx", "executorch") and fmt in (None, r["format"])]
         for pattern in budget.artifacts or []:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 checks.append({"artifact": pattern, "device": device, "limit": "artifacts", "allowed": pattern,
-                               "measured": None, "passed": False,
-                               "message": f"budgets.{device}.artifacts: {pattern!r} matches no profiled artifact "
-                                          f"(have: {', '.join(names) or 'none'})"})  # fmt: skip
-        for row in _selected(budget, rows):
+                               "measured": None, "status": "missed", "passed": False,
+                               "message": f"budgets.{device}.artifacts: {pattern!r} matches no {fmt or 'profiled'} "
+                                          f"artifact (have: {', '.join(names) or 'none'})"})  # fmt: skip
+        for row in _selected(budget, rows, fmt):
             lat = row["latency"].get(device, {})
             acc = row["metrics"].get("accuracy")
             measured: dict[str, float | None] = {
@@ -78,17 +91,9 @@ def evaluate(report: dict[str, Any], budgets: dict[str, Budget]) -> list[dict[st
                 allowed = getattr(budget, limit)
                 if allowed is None:
                     continue
-                passed = value is not None and value <= allowed
-                checks.append(
-                    {
-                        "artifact": row["name"],
-                        "device": device,
-                        "limit": limit,
-                        "allowed": allowed,
-                        "measured": value,
-                        "passed": passed,
-                    }
-                )
+                status = "not measured" if value is None else "ok" if value <= allowed else "missed"
+                checks.append({"artifact": row["name"], "device": device, "limit": limit, "allowed": allowed,
+                               "measured": value, "status": status, "passed": status != "missed"})  # fmt: skip
     return checks
 
 
@@ -97,18 +102,22 @@ def describe(check: dict[str, Any]) -> str:
         return f"{check['message']} MISSED"
     value = check["measured"]
     got = "not measured" if value is None else f"{value:.3f}"
-    verdict = "ok" if check["passed"] else "MISSED"
+    verdict = {"ok": "ok", "missed": "MISSED", "not measured": "not checked"}[check.get("status", "ok")]
     return f"{check['artifact']} on {check['device']}: {check['limit']} {got} (allowed {check['allowed']:g}) {verdict}"
 
 
 def write_junit(checks: list[dict[str, Any]], path: Path, suite: str) -> None:
     failures = sum(not c["passed"] for c in checks)
     root = ET.Element("testsuites", name="compress", tests=str(len(checks)), failures=str(failures))
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(checks)), failures=str(failures), errors="0")
+    skipped = sum(c.get("status") == "not measured" for c in checks)
+    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(checks)), failures=str(failures), errors="0",
+                       skipped=str(skipped))  # fmt: skip
     for c in checks:
         case = ET.SubElement(ts, "testcase", classname=f"{suite}.{c['device']}", name=f"{c['artifact']}:{c['limit']}")
         if not c["passed"]:
             ET.SubElement(case, "failure", message=describe(c), type="BudgetMissed")
+        elif c.get("status") == "not measured":
+            ET.SubElement(case, "skipped", message=describe(c))
     atomic_write_text(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
 
 
@@ -128,7 +137,7 @@ def write_github_summary(checks: list[dict[str, Any]], suite: str) -> None:
         allowed = c["allowed"] if isinstance(c["allowed"], str) else f"{c['allowed']:g}"
         lines.append(
             f"| {c['artifact']} | {c['device']} | {c['limit']} | {got} | {allowed} | "
-            f"{'pass' if c['passed'] else '**missed**'} |"
+            f"{'**missed**' if not c['passed'] else 'not measured' if c.get('status') == 'not measured' else 'pass'} |"
         )
     with open(target, "a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n\n")

@@ -127,7 +127,8 @@ def _quantized(artifacts: Artifacts) -> list[dict[str, Any]]:
 def build_report(
     artifacts: Artifacts, recipe: dict[str, Any], out_dir: Path, history: list[Artifact] | None = None
 ) -> dict[str, Any]:
-    rows, flags = [], []
+    rows: list[dict[str, Any]] = []
+    flags: list[dict[str, Any]] = []
     devices = sorted({d for a in artifacts.values() for d in a.latency})
     for art in artifacts.values():
         row: dict[str, Any] = {
@@ -162,6 +163,10 @@ def build_report(
             row["latency"][device] = stats
         _flag_not_smaller(art, artifacts, flags)
         rows.append(row)
+    for art in history or []:
+        missed = (art.info.get("pruning") or {}).get("target_missed")
+        if missed:
+            flags.append({"artifact": art.name, "device": None, "kind": "target_missed", "message": missed})
     return {
         "recipe": recipe,
         "devices": devices,

@@ -127,6 +127,21 @@ def _costs(config: PruneConfig, model: TaskModel, ctx: Context) -> tuple[GroupCo
     return flop_costs(cfg, config.target.sequence), config.target.flops
 
 
+TARGET_TOLERANCE = 0.02  # kept fraction above the target by more than this: the target was missed
+
+
+def _target_check(info: dict[str, Any], kept: float, target: float, output: str) -> dict[str, Any]:
+    """Record (and warn about) a pruned model that kept more than its target: never silently."""
+    if kept - target > TARGET_TOLERANCE:
+        msg = (
+            f"{output}: pruning kept {kept:.3f} where the target was {target:.3f} (missed by {kept - target:.3f}). "
+            "More masked steps (epochs / max_steps), a larger lambda_lr or a shorter ramp land closer."
+        )
+        log.warning("prune: %s", msg)
+        info["target_missed"] = msg
+    return info
+
+
 @register_stage("prune", PruneConfig)
 def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
     require(artifacts, "teacher", "prune")
@@ -207,6 +222,7 @@ def _run_cnn_masks(config: PruneConfig, teacher: TaskModel, student: TaskModel, 
         "structure": {g.name: k for g, k in zip(masks.groups, kept_channels, strict=True)},
         "masked_training": {"steps": masked.steps, "history": masked.history, "seconds": round(masked.seconds, 2)},
     }  # fmt: skip
+    _target_check(art.info["pruning"], kept, target, config.output)
     return {config.output: art}
 
 
@@ -260,6 +276,7 @@ def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
         "target_error": pruning["fraction"] - keep, "params_before": before, "importance": config.importance,
         "steps": pruning["history"], "base_macs": pruning["base_macs"],
     }  # fmt: skip
+    _target_check(art.info["pruning"], pruning["fraction"], keep, config.output)
     return {config.output: art}
 
 
@@ -320,4 +337,5 @@ def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
         "params_before": before,
         "masked_training": {"steps": masked.steps, "history": masked.history, "seconds": round(masked.seconds, 2)},
     }
+    _target_check(art.info["pruning"], kept, target, config.output)
     return {config.output: art}

@@ -54,3 +54,19 @@ def test_target_needs_one_kind(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: 
     text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, target="{params: 0.5, flops: 0.5}")
     with pytest.raises(CompressError, match=r"stages\[1\].target: give exactly one of params, flops"):
         pipeline.validate(write_recipe(tmp_path, text))
+
+
+def test_missed_target_is_a_warning_and_a_report_flag(
+    tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two masked steps cannot remove half of the encoder: the run finishes, and says so twice."""
+    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, target="{params: 0.5}").replace(
+        "max_steps: 240", "max_steps: 2"
+    )
+    result = pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
+    info = result.artifacts["student"].info["pruning"]
+    assert info["kept_fraction"] > 0.52 and "where the target was 0.500" in info["target_missed"]
+    flags = [f for f in result.report["flags"] if f["kind"] == "target_missed"]
+    assert flags and flags[0]["artifact"] == "student"
+    assert any("prune: student: pruning kept" in r.message and r.levelname == "WARNING" for r in caplog.records)
+    assert "where the target was 0.500" in (tmp_path / "out" / "report.md").read_text()

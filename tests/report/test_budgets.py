@@ -94,6 +94,29 @@ def test_budget_pattern_that_matches_nothing_fails_the_gate(cached_run: Path) ->
     recipe = _with_budgets(cached_run, budgets, "typo.yaml")
     with pytest.raises(BudgetError, match=r"1 of 2 budget checks missed") as info:
         pipeline.run(recipe, cached_run / "out")
-    assert "budgets.x86-cpu.artifacts: 'studnet.onnx' matches no profiled artifact" in str(info.value)
+    assert "budgets.x86-cpu.artifacts: 'studnet.onnx' matches no onnx artifact" in str(info.value)
     assert "student.int8-dynamic.onnx" in str(info.value)  # the names it could have meant
     assert _valid_junit(cached_run / "out" / "junit.xml").get("failures") == "1"
+
+
+def test_budgets_apply_where_the_format_runs_and_unmeasured_is_not_a_miss() -> None:
+    from compress.report.budgets import Budget, evaluate
+
+    def row(name: str, fmt: str, latency: dict) -> dict:
+        return {"name": name, "format": fmt, "size_bytes": 10**6, "metrics": {"accuracy": 0.9}, "latency": latency}
+
+    report = {"artifacts": [
+        row("teacher.onnx", "onnx", {"x86-cpu": {"p50_ms": 9.0}}),
+        row("student.onnx", "onnx", {"x86-cpu": {"p50_ms": 1.0}}),
+        row("student.xnnpack.pte", "executorch", {"executorch-xnnpack": {"p50_ms": 2.0}}),
+        row("student.int8-dynamic.onnx", "onnx", {}),  # exported after the last profile (--only export)
+    ]}  # fmt: skip
+    budget = {"x86-cpu": Budget(p50_ms=1.5), "executorch-xnnpack": Budget(p50_ms=1.5)}
+    checks = evaluate(report, budget, {"x86-cpu": "onnx", "executorch-xnnpack": "executorch"})
+    by = {(c["artifact"], c["device"]): c["status"] for c in checks}
+    assert by == {
+        ("student.onnx", "x86-cpu"): "ok",
+        ("student.int8-dynamic.onnx", "x86-cpu"): "not measured",  # reported, not a miss
+        ("student.xnnpack.pte", "executorch-xnnpack"): "missed",  # 2.0 > 1.5, on its own runtime
+    }  # no .pte held to x86-cpu, no .onnx to executorch-xnnpack
+    assert [c["passed"] for c in checks].count(False) == 1
