@@ -23,6 +23,7 @@ from compress.environment import environment
 from compress.errors import BudgetError, CompressError, Interrupted, OutputError, RecipeError, StageError
 from compress.fileio import atomic_write_json, disk_full, sha256_json, sha256_path
 from compress.models.source import build_model
+from compress.recipe.chain import check_chain
 from compress.recipe.load import load_recipe
 from compress.recipe.schema import Recipe
 from compress.report import budgets
@@ -283,6 +284,7 @@ def run(
             "Give one of them."
         )
     only_i, from_i = _select(recipe, only, "--only"), _select(recipe, from_stage, "--from")
+    check_chain(recipe)
     check_budget_devices(recipe, recipe_path.parent)
     check_devices(recipe, recipe_path)  # typos, missing runtimes, unreachable boards: before any work
     out_dir = (out or Path("export") / recipe.name).resolve()
@@ -475,6 +477,7 @@ def validate(recipe_path: Path) -> list[str]:
     recipe = load_recipe(recipe_path)
     ctx = Context(recipe, recipe_path, Path("."))
     check_budget_devices(recipe, recipe_path.parent)
+    check_chain(recipe)
     found = [f"schema: ok ({len(recipe.stages)} stages: {', '.join(s.stage for s in recipe.stages)})"]
     sources = [("teacher", recipe.teacher)] + [
         (f"stages[{i}].student", student)

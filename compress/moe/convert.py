@@ -15,6 +15,11 @@ from compress.moe.experts import FfnBlock, MoeFfn, balanced_kmeans, find_ffn_blo
 
 log = logging.getLogger("compress")
 MOE_KEY = "compress_moe"  # in the saved Hugging Face config: what rebuilds the MoE layers on load
+
+
+def is_moe(module: object) -> bool:
+    """Whether a model holds MoE layers made by `moefy` (its config records them)."""
+    return getattr(getattr(module, "config", None), MOE_KEY, None) is not None
 Clustering = Literal["weights", "coactivation"]
 
 

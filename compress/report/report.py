@@ -163,6 +163,10 @@ def build_report(
             row["latency"][device] = stats
         _flag_not_smaller(art, artifacts, flags)
         rows.append(row)
+    for art in artifacts.values():
+        for device, why in (art.info.get("profile_failed") or {}).items():
+            msg = f"{art.name} was not measured on {device}: {why}"
+            flags.append({"artifact": art.name, "device": device, "kind": "profile_failed", "message": msg})
     for art in history or []:
         missed = (art.info.get("pruning") or {}).get("target_missed")
         if missed:

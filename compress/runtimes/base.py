@@ -31,6 +31,10 @@ class Runtime(Protocol):
 
     def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> Predictor: ...
 
+    def unsupported(self, path: Path) -> str | None:
+        """Why this runtime cannot run the artifact at ``path`` (of its format), or None when it can."""
+        ...
+
 
 @dataclass(frozen=True)
 class RuntimeRef:

@@ -57,3 +57,6 @@ class ExecuTorchRuntime:
 
     def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> EtPredictor:
         return EtPredictor(path, threads, provider)
+
+    def unsupported(self, path: Path) -> str | None:
+        return None  # every artifact of its format that `export` and `quantize` write

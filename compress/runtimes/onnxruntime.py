@@ -37,3 +37,6 @@ class OnnxRuntime:
 
     def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> OrtPredictor:
         return OrtPredictor(path, threads, provider)
+
+    def unsupported(self, path: Path) -> str | None:
+        return None  # every artifact of its format that `export` and `quantize` write

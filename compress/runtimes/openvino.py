@@ -39,3 +39,12 @@ class OpenVinoRuntime:
 
     def predictor(self, path: Path, *, threads: int | None, provider: str | None) -> OvPredictor:
         return OvPredictor(path, threads, provider)
+
+    def unsupported(self, path: Path) -> str | None:
+        """OpenVINO reads standard ONNX, not every onnxruntime contrib operator (e.g. the QAttention and
+        DynamicQuantizeMatMul of onnxruntime's fused int8 graphs): reading the model is the exact test."""
+        try:
+            ov.Core().read_model(str(path))
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own exception types for unsupported ops
+            return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return None

@@ -12,6 +12,7 @@ from compress.context import Context
 from compress.errors import ExportError
 from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.models.bnb import is_bnb
+from compress.moe.convert import is_moe
 from compress.stages.base import StageConfig, register_stage, require
 from compress.stages.mobile import ExecuTorchOptions, pte_artifacts
 from compress.stages.onnx_common import (
@@ -70,10 +71,13 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
             f"{name}.onnx", fp32_path, name, "fp32", source.params, data, config.eval_batch_size, None, parity
         )
         out[fp32.name] = fp32
+        modes = config.int8
+        if "int8" not in config.model_fields_set and is_moe(model.module) and "static" in modes:
+            log.info("export: %s is a MoE model: static int8 left out (its experts' shapes depend on the data)", name)
+            modes = [m for m in modes if m != "static"]
         for art in ptq_artifacts(
-            model, name, fp32, fp32_logits, config.int8, config, data, ctx.stage_dir, ctx.recipe.data.max_length,
-            "export",
-        ):  # fmt: skip
+            model, name, fp32, fp32_logits, modes, config, data, ctx.stage_dir, ctx.recipe.data.max_length, "export"
+        ):
             out[art.name] = art
         if config.executorch is not None:
             for art in pte_artifacts(model, name, source.params, config.executorch, data, ctx.stage_dir,

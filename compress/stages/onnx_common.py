@@ -14,7 +14,7 @@ from pydantic import Field
 
 from compress.artifacts import Artifact
 from compress.data.dataset import DataBundle, Split
-from compress.errors import ExportError
+from compress.errors import ExportError, QuantizationError
 from compress.models.task_model import TaskModel
 from compress.quant import ort as ortq
 from compress.recipe.base import Strict
@@ -175,6 +175,12 @@ def fused_graph(model: TaskModel, fp32_path: Path, work: Path, test: Split) -> t
     return fused, ops
 
 
+MOE_STATIC = (
+    "{stage}.int8: static int8 does not apply to {name!r}, a MoE model: its token-grouped experts have a "
+    "data-dependent shape that onnxruntime's static calibration cannot handle. Use `int8: [dynamic]` for it."
+)
+
+
 def ptq_artifacts(
     model: TaskModel,
     name: str,
@@ -188,6 +194,12 @@ def ptq_artifacts(
     stage: str,
 ) -> list[Artifact]:
     """onnxruntime int8 of ``fp32`` (the exported graph of ``model``): one artifact per mode, accuracy measured."""
+    from compress.moe.convert import is_moe
+
+    if "static" in modes and is_moe(model.module):
+        # Token-grouped experts give every calibration batch tensors of another shape (the tokens routed to each
+        # expert), which onnxruntime's calibrator cannot stack ("inhomogeneous shape", after gigabytes).
+        raise QuantizationError(MOE_STATIC.format(stage=stage, name=name))
     out = []
     ops = opts.quantize_ops or (ortq.TEXT_OPS if data.modality == "text" else ortq.IMAGE_OPS)
     work = out_dir / ".fused"

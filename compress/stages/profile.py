@@ -10,10 +10,10 @@ from pydantic import Field
 from compress.artifacts import Artifacts
 from compress.context import Context
 from compress.devices import DeviceProfile, resolve_device
-from compress.errors import StageError
+from compress.errors import CompressError, StageError
 from compress.recipe.base import Strict
 from compress.runners import measure, preflight
-from compress.runtimes.base import runtime_format
+from compress.runtimes.base import get_runtime, runtime_format
 from compress.stages.base import StageConfig, register_stage
 from compress.ui import progress
 
@@ -50,11 +50,30 @@ class ProfileConfig(StageConfig):
     )
 
 
-def _targets(artifacts: Artifacts, config: ProfileConfig, device: DeviceProfile) -> list[str]:
-    """The artifacts ``device``'s runtime can run, of those the stage measures."""
+def _targets(artifacts: Artifacts, config: ProfileConfig, device: DeviceProfile) -> tuple[list[str], dict[str, str]]:
+    """The artifacts ``device``'s runtime runs, of those the stage measures, and why each other one is left out.
+
+    By default every artifact of the runtime's format that the runtime can read (OpenVINO does not read
+    onnxruntime's fused contrib operators, for one); an artifact named in `artifacts` that the runtime cannot run
+    is an error before any measurement."""
     kind = runtime_format(device.runtime)
-    names = config.artifacts or list(artifacts)
-    return [n for n in names if artifacts[n].kind == kind]
+    runtime = get_runtime(device.runtime)
+    names = config.artifacts or [n for n, a in artifacts.items() if a.kind == kind]
+    chosen, skipped = [], {}
+    for name in names:
+        art = artifacts[name]
+        why = (f"a {art.format} artifact; {device.runtime} runs {'ExecuTorch programs' if kind == 'pte' else 'ONNX'}"
+               if art.kind != kind else runtime.unsupported(art.path))  # fmt: skip
+        if why is None:
+            chosen.append(name)
+        elif config.artifacts:
+            raise StageError(
+                f"profile.artifacts: {device.name} ({device.runtime}) cannot run {name}: {why}. Remove it from "
+                f"`artifacts` or measure it on a device whose runtime runs it."
+            )
+        else:
+            skipped[name] = why
+    return chosen, skipped
 
 
 @register_stage("profile", ProfileConfig)
@@ -63,23 +82,38 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
     if missing:
         raise StageError(f"profile.artifacts: no artifact {', '.join(missing)} (have: {', '.join(artifacts)}).")
     devices = [resolve_device(ref, ctx.base_dir) for ref in config.devices]
-    for device in devices:
-        if not _targets(artifacts, config, device):
+    plan: dict[str, list[str]] = {}
+    for device in devices:  # every device and artifact checked before the first measurement
+        preflight(device)
+        targets, skipped = _targets(artifacts, config, device)
+        for name, why in skipped.items():
+            log.info("profile: %s is not measured on %s: %s", name, device.name, why)
+        if not targets:
             kind = runtime_format(device.runtime)
             what = "ExecuTorch program (add `executorch:` to an export stage)" if kind == "pte" else "ONNX artifact"
             raise StageError(
                 f"profile: device {device.name!r} ({device.runtime}) runs no {what} of this run; add an `export` "
                 f"stage before `profile` (have: {', '.join(artifacts) or 'none'})."
             )
-        preflight(device)  # every device checked before the first measurement
+        plan[device.name] = targets
     out: Artifacts = {}
+    failed: dict[str, str] = {}
     request = {"batch": config.shape.batch, "sequence": config.shape.sequence, "runs": config.runs,
                "warmup": config.warmup, "seconds": config.seconds or 0.0, "top_ops": config.top_ops}  # fmt: skip
     for device in devices:
-        targets = _targets(artifacts, config, device)
-        with progress(f"profiling {len(targets)} artifacts on {device.name}", 1) as bar:
-            stats = measure(device, [artifacts[n].path for n in targets], **request)
-            bar.advance()
+        targets = plan[device.name]
+        try:
+            with progress(f"profiling {len(targets)} artifacts on {device.name}", 1) as bar:
+                stats = measure(device, [artifacts[n].path for n in targets], **request)
+                bar.advance()
+        except CompressError as exc:  # one board failing must not lose what the others measured
+            failed[device.name] = str(exc)
+            log.error("profile: %s failed: %s", device.name, exc)
+            for name in targets:
+                art = out.get(name) or artifacts[name]
+                art.info = {**art.info, "profile_failed": {**art.info.get("profile_failed", {}), device.name: str(exc)}}
+                out[name] = art
+            continue
         for name, st in zip(targets, stats, strict=True):
             art = out.get(name) or artifacts[name]
             art.latency = {**art.latency, device.name: st}
@@ -87,4 +121,6 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
             log.info("%s on %s: p50 %.3f ms, p90 %s ms (%s %s)", name, device.name, st["p50_ms"],
                      f"{st['p90_ms']:.3f}" if "p90_ms" in st else "-", st.get("runtime"),
                      st.get("runtime_version"))  # fmt: skip
+    if len(failed) == len(devices):
+        raise StageError("profile: every device failed:\n" + "\n".join(f"  {d}: {m}" for d, m in failed.items()))
     return out

@@ -20,6 +20,7 @@ from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.losses.terms import CEConfig, KDConfig
 from compress.models.task_model import TaskModel
+from compress.moe.convert import is_moe
 from compress.quant import nbits, qat, qdq
 from compress.quant import ort as ortq
 from compress.recipe.base import Strict, TrainSchedule, check_name
@@ -191,8 +192,11 @@ def _run_ptq(source: Artifact, model: TaskModel, config: QuantizeConfig, ctx: Co
     if config.weight_only:
         arts = [_rtn_4bit(source.name, fp32, fp32_logits, config, data, ctx.stage_dir)]
     else:
+        modes = config.int8
+        if "int8" not in config.model_fields_set and is_moe(model.module):
+            modes = [m for m in modes if m != "static"]  # explicit `static` on a MoE model is refused instead
         arts = ptq_artifacts(
-            model, source.name, fp32, fp32_logits, config.int8, config, data, ctx.stage_dir,
+            model, source.name, fp32, fp32_logits, modes, config, data, ctx.stage_dir,
             ctx.recipe.data.max_length, "quantize",
         )  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
