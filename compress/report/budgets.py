@@ -79,6 +79,8 @@ def evaluate(
                                "message": f"budgets.{device}.artifacts: {pattern!r} matches no {fmt or 'profiled'} "
                                           f"artifact (have: {', '.join(names) or 'none'})"})  # fmt: skip
         for row in _selected(budget, rows, fmt):
+            if device in (row.get("not_runnable") or {}):
+                continue  # the device's runtime cannot read this file (e.g. onnxruntime-only operators)
             lat = row["latency"].get(device, {})
             acc = row["metrics"].get("accuracy")
             measured: dict[str, float | None] = {

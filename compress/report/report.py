@@ -37,7 +37,7 @@ def baseline_of(art: Artifact, artifacts: Artifacts, device: str) -> Artifact | 
     while model is not None and model.name not in seen:
         seen.add(model.name)
         exported = artifacts.get(fp32_export_name(model.name, art.kind))
-        if exported is not None and device in exported.latency:
+        if exported is not None and exported.name != art.name and device in exported.latency:
             return exported
         model = artifacts.get(model.parent or "")
     return None
@@ -142,6 +142,7 @@ def build_report(
             "sha256": art.sha256,
             "metrics": art.metrics,
             "latency": {},
+            "not_runnable": art.info.get("not_runnable", {}),  # device -> why its runtime cannot run this file
         }
         for device in devices:
             if device not in art.latency:

@@ -46,5 +46,7 @@ class OpenVinoRuntime:
         try:
             ov.Core().read_model(str(path))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own exception types for unsupported ops
-            return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            lines = [ln.strip(" -") for ln in str(exc).splitlines() if ln.strip()]
+            said = [ln for ln in lines if "operations" in ln or "not supported" in ln.lower()]
+            return ((said or lines[-1:]) or [type(exc).__name__])[0][:300]
         return None

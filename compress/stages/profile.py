@@ -83,11 +83,14 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
         raise StageError(f"profile.artifacts: no artifact {', '.join(missing)} (have: {', '.join(artifacts)}).")
     devices = [resolve_device(ref, ctx.base_dir) for ref in config.devices]
     plan: dict[str, list[str]] = {}
+    skips: dict[str, dict[str, str]] = {}
     for device in devices:  # every device and artifact checked before the first measurement
         preflight(device)
         targets, skipped = _targets(artifacts, config, device)
         for name, why in skipped.items():
             log.info("profile: %s is not measured on %s: %s", name, device.name, why)
+            if artifacts[name].kind == runtime_format(device.runtime):  # its format, but not readable there
+                skips[name] = {**skips.get(name, {}), device.name: why}
         if not targets:
             kind = runtime_format(device.runtime)
             what = "ExecuTorch program (add `executorch:` to an export stage)" if kind == "pte" else "ONNX artifact"
@@ -97,6 +100,10 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
             )
         plan[device.name] = targets
     out: Artifacts = {}
+    for name, reasons in skips.items():
+        art = artifacts[name]
+        art.info = {**art.info, "not_runnable": {**art.info.get("not_runnable", {}), **reasons}}
+        out[name] = art
     failed: dict[str, str] = {}
     request = {"batch": config.shape.batch, "sequence": config.shape.sequence, "runs": config.runs,
                "warmup": config.warmup, "seconds": config.seconds or 0.0, "top_ops": config.top_ops}  # fmt: skip

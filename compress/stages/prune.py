@@ -77,6 +77,17 @@ class PruneConfig(StageConfig, TrainSchedule):
     )
     ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the labels (CNNs).")
     source: str = Field("teacher", description="Artifact to prune (the student starts as a copy of it).")
+    teacher: str = Field(
+        "teacher",
+        description="Artifact the pruned model distils from. `teacher` by default; name the `source` itself (e.g. "
+        "`student`) to prune a distilled or searched student against its unpruned self, as DPHuBERT does.",
+    )
+    layer_map: list[int] | None = Field(
+        None,
+        description="dphubert: the teacher layer (0-based) whose hidden states each student layer matches. Default: "
+        "the same layer when both have as many layers; else the teacher layers the student was initialised from "
+        "(`bert.init_from_layers`, or the evenly spaced layers `search` and `bert` students are sliced from).",
+    )
     target: PruneTarget = Field(..., description="Size to land on.")
     ramp: float = Field(0.5, gt=0, le=1, description="Fraction of the masked steps over which the target ramps in.")
     mask_lr: float = Field(0.02, gt=0, description="Learning rate of the mask parameters (log alpha).")
@@ -91,6 +102,25 @@ class PruneConfig(StageConfig, TrainSchedule):
     output: ArtifactName = Field("student", description="Name of the produced model artifact.")
 
 
+def _layer_map(config: PruneConfig, student: TaskModel, teacher: TaskModel) -> list[int]:
+    """Teacher layer per student layer for the hidden-state loss (see `layer_map`)."""
+    from compress.models.bert import default_layer_map
+
+    s_layers, t_layers = len(encoder_layers(student.module)), len(encoder_layers(teacher.module))
+    if config.layer_map is not None:
+        mapping = config.layer_map
+        if len(mapping) != s_layers or not all(0 <= t < t_layers for t in mapping):
+            raise StageError(
+                f"prune.layer_map: {mapping} must give one teacher layer in 0..{t_layers - 1} for each of the "
+                f"{s_layers} layers of {config.source!r}."
+            )
+        return mapping
+    if s_layers == t_layers:
+        return list(range(s_layers))
+    init = (student.spec.get("bert") or {}).get("init_from_layers")
+    return list(init) if init and len(init) == s_layers else default_layer_map(s_layers, t_layers)
+
+
 def _hidden(model: TaskModel, batch: Batch, layers: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     out = model.module(  # type: ignore[operator]
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
@@ -98,11 +128,17 @@ def _hidden(model: TaskModel, batch: Batch, layers: list[int]) -> tuple[torch.Te
     return out.logits, [out.hidden_states[i + 1] for i in layers]
 
 
-def _distill_loss(config: PruneConfig, student: TaskModel, teacher: TaskModel, batch: Batch, layers: list[int]):  # noqa: ANN202
+def _distill_loss(  # noqa: ANN202
+    config: PruneConfig, student: TaskModel, teacher: TaskModel, batch: Batch, layers: list[int], mapping: list[int]
+):
     s_logits, s_hidden = _hidden(student, batch, layers)
     with torch.no_grad():
-        t_logits, t_hidden = _hidden(teacher, batch, layers)
-    hidden = l1_cosine_loss(s_hidden, t_hidden, mask=batch["attention_mask"])
+        t_logits, t_hidden = _hidden(teacher, batch, [mapping[i] for i in layers])
+    hidden = (
+        l1_cosine_loss(s_hidden, t_hidden, mask=batch["attention_mask"])
+        if config.hidden_weight > 0
+        else s_logits.new_zeros(())
+    )
     kd = kd_loss(s_logits, t_logits, temperature=config.temperature)
     return config.hidden_weight * hidden + config.kd_weight * kd, {
         "hidden": float(hidden.detach()),
@@ -144,20 +180,22 @@ def _target_check(info: dict[str, Any], kept: float, target: float, output: str)
 
 @register_stage("prune", PruneConfig)
 def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
-    require(artifacts, "teacher", "prune")
+    require(artifacts, config.teacher, "prune")
     require(artifacts, config.source, "prune")
-    teacher = ctx.load_model(artifacts["teacher"])
+    teacher = ctx.load_model(artifacts[config.teacher])
     student = ctx.load_model(artifacts[config.source])
+    # lineage: what the pruned model came from (the source's own parent when the output replaces the source)
+    parent = (artifacts[config.source].parent or config.teacher) if config.output == config.source else config.source
     if config.method == "torch_pruning":
-        return _run_channels(config, teacher, student, ctx)
+        return _run_channels(config, teacher, student, ctx, parent)
     if student.family == "cnn":
-        return _run_cnn_masks(config, teacher, student, ctx)
+        return _run_cnn_masks(config, teacher, student, ctx, parent)
     if student.family != "hf" or student.modality != "text":
         raise StageError(
             f"prune.method: dphubert prunes Hugging Face text encoders and built-in CNNs; {config.source!r} is a "
             f"{student.family} model. Use `method: torch_pruning` for CNNs."
         )
-    return _run_dphubert(config, teacher, student, ctx)
+    return _run_dphubert(config, teacher, student, ctx, parent)
 
 
 def _logit_loss(config: PruneConfig, student: TaskModel, teacher: TaskModel, batch: Batch):  # noqa: ANN202
@@ -171,7 +209,9 @@ def _logit_loss(config: PruneConfig, student: TaskModel, teacher: TaskModel, bat
     return loss, {"kd": float(kd.detach())}
 
 
-def _run_cnn_masks(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context) -> Artifacts:
+def _run_cnn_masks(
+    config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
+) -> Artifacts:
     """DPHuBERT's masks and Lagrangian on the channels of a built-in CNN (logit KD: no layer-to-layer loss)."""
     from compress.models.task_model import build_module
     from compress.pruning.channels import pruned_shapes
@@ -215,7 +255,7 @@ def _run_cnn_masks(config: PruneConfig, teacher: TaskModel, student: TaskModel, 
         return _logit_loss(config, student, teacher, batch)
 
     tuned = train(student, plain_step, data.train, data.dev, config.finetune, seed=ctx.seed, label="prune (finetune)")
-    art = save_model_artifact(student, config.output, ctx, "prune", "teacher", data, config.eval_batch_size, tuned)
+    art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
     art.info["pruning"] = {
         "method": config.method, "target": config.target.model_dump(), "kept_fraction": kept,
         "target_error": kept - target, "params_before": before,
@@ -226,7 +266,9 @@ def _run_cnn_masks(config: PruneConfig, teacher: TaskModel, student: TaskModel, 
     return {config.output: art}
 
 
-def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context) -> Artifacts:
+def _run_channels(
+    config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
+) -> Artifacts:
     from compress.models.task_model import build_module
     from compress.pruning.channels import prune_channels, pruned_shapes
 
@@ -270,7 +312,7 @@ def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
     log.info("prune: torch_pruning kept %.4f of the %s (target %.3f); %d -> %d parameters in %d steps",
              pruning["fraction"], measure, keep, before, student.num_params(), len(pruning["history"]))  # fmt: skip
     tuned = train(student, step, data.train, data.dev, config, seed=ctx.seed, label="prune (distill)")
-    art = save_model_artifact(student, config.output, ctx, "prune", "teacher", data, config.eval_batch_size, tuned)
+    art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
     art.info["pruning"] = {
         "method": config.method, "target": config.target.model_dump(), "kept_fraction": pruning["fraction"],
         "target_error": pruning["fraction"] - keep, "params_before": before, "importance": config.importance,
@@ -280,13 +322,22 @@ def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
     return {config.output: art}
 
 
-def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context) -> Artifacts:
+def _run_dphubert(
+    config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
+) -> Artifacts:
     n_layers = len(encoder_layers(student.module))
     layers = config.layers or list(range(n_layers))
     if any(not 0 <= i < n_layers for i in layers):
         raise StageError(f"prune.layers: {layers} must be in 0..{n_layers - 1}.")
-    if len(encoder_layers(teacher.module)) != n_layers:
-        raise StageError("prune: the pruned model and the teacher need the same number of layers.")
+    mapping = _layer_map(config, student, teacher)
+    s_width, t_width = student.module.config.hidden_size, teacher.module.config.hidden_size  # type: ignore[union-attr]
+    if s_width != t_width and config.hidden_weight > 0:
+        raise StageError(
+            f"prune: {config.source!r} (hidden size {s_width}) and its teacher {config.teacher!r} (hidden size "
+            f"{t_width}) cannot match hidden states. Set `teacher: {config.source}` (distil from the unpruned model "
+            "itself) or `hidden_weight: 0` (logit distillation only)."
+        )
+    log.info("prune: student layers -> teacher layers %s", dict(enumerate(mapping)))
     data = ctx.data()
     teacher.module.eval().requires_grad_(False)
     masks = EncoderMasks(student.module).attach(student.module)
@@ -301,7 +352,7 @@ def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
 
     def masked_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         masks.sample()
-        loss, parts = _distill_loss(config, student, teacher, batch, layers)
+        loss, parts = _distill_loss(config, student, teacher, batch, layers, mapping)
         expected = masks.expected_size(costs) / full
         t = ramped_target(state["step"], ramp_steps, target)
         state["step"] += 1
@@ -324,10 +375,10 @@ def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
              kept, target, before, student.num_params(), structure)  # fmt: skip
 
     def plain_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        return _distill_loss(config, student, teacher, batch, layers)
+        return _distill_loss(config, student, teacher, batch, layers, mapping)
 
     tuned = train(student, plain_step, data.train, data.dev, config.finetune, seed=ctx.seed, label="prune (finetune)")
-    art = save_model_artifact(student, config.output, ctx, "prune", "teacher", data, config.eval_batch_size, tuned)
+    art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
     art.info["pruning"] = {
         "method": config.method,
         "target": config.target.model_dump(),
@@ -335,6 +386,8 @@ def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
         "target_error": kept - target,
         "structure": current_structure(student.module),
         "params_before": before,
+        "teacher": config.teacher,
+        "layer_map": mapping,
         "masked_training": {"steps": masked.steps, "history": masked.history, "seconds": round(masked.seconds, 2)},
     }
     _target_check(art.info["pruning"], kept, target, config.output)
