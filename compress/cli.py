@@ -30,7 +30,10 @@ def _setup_logging(verbose: bool) -> None:
     logger = logging.getLogger("compress")
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
         logger.addHandler(RichHandler(console=console, show_path=False, show_time=False))
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for h in logger.handlers:
+        if isinstance(h, RichHandler):
+            h.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False  # onnxruntime's quantizer configures the root logger; don't print twice
     for noisy in ("transformers", "onnxruntime", "nncf", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,9 @@ def _teacher_stage(recipe: Recipe, ctx: Context) -> tuple[dict[str, Any], Any]:
         )
         if modality == "text":
             check_positions(recipe, getattr(getattr(model.module, "config", None), "max_position_embeddings", None))
+        elif model.family == "python":
+            train = c.data().train
+            model.probe(train.collate(list(range(min(2, len(train))))), f"teacher.python {recipe.teacher.python}")
         folder = c.stage_dir / "teacher"
         model.save(folder)
         art = Artifact(
@@ -124,6 +128,32 @@ def _teacher_stage(recipe: Recipe, ctx: Context) -> tuple[dict[str, Any], Any]:
         return {"teacher": art.finalize()}
 
     return {"stage": "teacher", **spec}, run
+
+
+def _library_failure(exc: Exception, pos: int, name: str, entry: Any, recipe: Recipe, out_dir: Path) -> StageError:
+    """A one-paragraph error for an exception raised inside a library (torch-pruning on a model it cannot trace,
+    a loss on mismatched shapes, an exporter on an unsupported operator): the stage, the model, where it failed
+    and what to try; the traceback goes to compress.log."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    package = Path(__file__).resolve().parent
+    outside = [f for f in frames if not Path(f.filename).resolve().is_relative_to(package)]
+    where = ""
+    if outside:
+        parts = Path(outside[-1].filename).parts
+        lib = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("site-packages", "dist-packages")), None)
+        where = f" inside {lib or Path(outside[-1].filename).name}"
+    model = next(
+        (f"{key} {getattr(entry, key)!r}" for key in ("source", "models") if getattr(entry, key, None)), None
+    ) or (f"the student ({entry.student.describe()})" if getattr(entry, "student", None) else None)
+    model = model or f"the teacher ({recipe.teacher.describe()})"
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return StageError(
+        f"stage {pos} ({name}) failed on {model}{where}: {type(exc).__name__}: {first}. This model (or a setting of "
+        f"this stage) is not supported by that step; check the stage's keys against docs/recipe.md, or try another "
+        f"method. The full traceback is in {out_dir / 'compress.log'}."
+    )
 
 
 def check_positions(recipe: Recipe, positions: int | None) -> None:
@@ -195,6 +225,21 @@ def _os_error(exc: OSError, out_dir: Path) -> OutputError:
 
 
 @contextlib.contextmanager
+def recipe_imports(recipe_path: Path) -> Iterator[None]:
+    """The recipe's folder on the import path while it runs: `python: models:build` finds `models.py` beside the
+    recipe, as a user expects, without PYTHONPATH."""
+    folder = str(recipe_path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+@contextlib.contextmanager
 def _lock(out_dir: Path) -> Iterator[None]:
     """One run at a time per output folder: a second run into the same --out would redo and race on every
     stage folder. The lock is advisory (fcntl) and released by the kernel when the process dies, even by
@@ -262,8 +307,9 @@ class _LogHandler(logging.StreamHandler):
 def _attach_log(out_dir: Path) -> logging.Handler:
     handler = _LogHandler(out_dir / "compress.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.DEBUG)  # the log file keeps what the console leaves out (tracebacks of failures)
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)
     return handler
 
 
@@ -289,7 +335,7 @@ def run(
     check_devices(recipe, recipe_path)  # typos, missing runtimes, unreachable boards: before any work
     out_dir = (out or Path("export") / recipe.name).resolve()
     _prepare_out(out_dir)
-    with _lock(out_dir):
+    with _lock(out_dir), recipe_imports(recipe_path):
         handler = _attach_log(out_dir)
         try:
             _remove_stale(out_dir)
@@ -355,6 +401,13 @@ def _run(
             except Interrupted as exc:
                 exc.where = f"stage {pos} ({name})"
                 raise
+            except CompressError:
+                raise
+            except Exception as exc:  # a library failed on this model: one paragraph here, the traceback in the log
+                if disk_full(exc, out_dir) is not None:
+                    raise
+                log.debug("stage %d %s failed", pos, name, exc_info=True)
+                raise _library_failure(exc, pos, name, entry, recipe, out_dir) from exc
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if name == "teacher":
@@ -470,10 +523,15 @@ def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Art
 
 def validate(recipe_path: Path) -> list[str]:
     """Check the schema and resolve every model, data file and device without training. Returns findings."""
-    from compress.models.source import hf_positions, resolve_hf_path
+    recipe_path = Path(recipe_path).resolve()
+    with recipe_imports(recipe_path):
+        return _validate(recipe_path)
+
+
+def _validate(recipe_path: Path) -> list[str]:
+    from compress.models.source import check_hub_id, hf_positions, resolve_hf_path
     from compress.models.task_model import locate_factory
 
-    recipe_path = Path(recipe_path).resolve()
     recipe = load_recipe(recipe_path)
     ctx = Context(recipe, recipe_path, Path("."))
     check_budget_devices(recipe, recipe_path.parent)
@@ -487,6 +545,8 @@ def validate(recipe_path: Path) -> list[str]:
     for where, src in sources:
         if src.hf or src.hf_package:
             path = resolve_hf_path(src, ctx.base_dir)
+            if src.hf is not None and path == src.hf:  # a hub id: resolved now, not minutes into the run
+                check_hub_id(path, where, src.trust_remote_code)
             remote = " (trust_remote_code: runs the model's own Python code)" if src.trust_remote_code else ""
             found.append(f"{where}: {path}{remote}")
             if where == "teacher" and recipe.data.modality == "text":

@@ -152,3 +152,44 @@ def test_factory_with_a_syntax_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
         pipeline.validate(recipe)
     with pytest.raises(ModelError, match=r"typo_factories.py:1: syntax error"):
         pipeline.run(recipe, tmp_path / "out")
+
+
+def test_model_that_does_not_take_the_inputs_fails_before_training(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, RECIPE.format(factory="sequential", checkpoint="", steps=1).replace(
+        "kwargs: {channels: 8}", ""))  # fmt: skip
+    with pytest.raises(ModelError, match=r"teacher.python tests.fixtures.factories:sequential: the model's forward "
+                                         r"fails on a real batch \(pixel_values \(2, 1, 8, 8\)\).*must accept "
+                                         r"pixel_values as keyword arguments"):  # fmt: skip
+        pipeline.run(recipe, tmp_path / "out")
+    student = """name: s
+data: {format: sklearn_digits}
+teacher:
+  cnn: {widths: [8]}
+stages:
+  - stage: distill
+    student: {python: "tests.fixtures.factories:sequential"}
+"""
+    with pytest.raises(ModelError, match=r"distill.student.python tests.fixtures.factories:sequential: the model's"):
+        pipeline.run(write_recipe(tmp_path, student, "student.yaml"), tmp_path / "out2")
+
+
+def test_failure_inside_a_library_is_one_paragraph_with_the_traceback_in_the_log(tmp_path: Path) -> None:
+    from tests.test_cli import cli
+
+    recipe = write_recipe(tmp_path, """name: lib
+data: {format: sklearn_digits}
+teacher:
+  python: tests.fixtures.factories:fixed_reshape
+stages:
+  - stage: prune
+    method: torch_pruning
+    target: {params: 0.5}
+    max_steps: 2
+    recovery_steps: 1
+""")
+    proc = cli("run", str(recipe), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "stage 1 (prune) failed on source 'teacher' inside factories.py: RuntimeError" in proc.stderr
+    assert "The full traceback is in" in proc.stderr
+    assert "Traceback (most recent call last)" in (tmp_path / "out" / "compress.log").read_text()
+    assert not list((tmp_path / "out").glob("01-prune-*")) and not list((tmp_path / "out").glob(".tmp-*"))

@@ -105,6 +105,21 @@ def resolve_hf_path(source: ModelSource, base_dir: Path) -> str:
     return source.hf  # a hub id
 
 
+def check_hub_id(hub_id: str, where: str, trust_remote_code: bool = False) -> None:
+    """A hub id must resolve here (from the network or the local Hugging Face cache) before any work."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(hub_id, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repository, gated model: all the same to the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"{where}.hf: {hub_id!r} is neither a folder next to the recipe nor a Hugging Face hub model that can be "
+            f"reached from here ({first}). Check the name, the network (or HF_HUB_OFFLINE with a cached copy), or "
+            "give a local folder."
+        ) from None
+
+
 def hf_positions(path: str, trust_remote_code: bool = False) -> int | None:
     """The number of token positions a Hugging Face model has (None when its config cannot be read here)."""
     from transformers import AutoConfig

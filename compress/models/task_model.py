@@ -73,6 +73,28 @@ class TaskModel:
         logits = out.logits if hasattr(out, "logits") else out
         return logits if where.type == "cpu" else logits.cpu()  # training and losses run on the CPU
 
+    def probe(self, batch: dict[str, torch.Tensor], where: str) -> None:
+        """One forward pass on a real batch, so that a model that does not take the family's inputs or does not
+        return one logit per class fails now, with the fix, instead of deep inside a training library."""
+        names = self.input_names()
+        shapes = ", ".join(f"{n} {tuple(batch[n].shape)}" for n in names if n in batch)
+        try:
+            with torch.no_grad():
+                logits = self.logits(batch)
+        except Exception as exc:  # noqa: BLE001 - the user's forward raised: name the contract it must meet
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(
+                f"{where}: the model's forward fails on a real batch ({shapes}): {type(exc).__name__}: {first}. It "
+                f"must accept {', '.join(names)} as keyword arguments and return logits (or an object with .logits)."
+            ) from None
+        want = (next(iter(batch.values())).shape[0], self.num_labels)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ModelError(
+                f"{where}: the model returns {got} for a batch of {want[0]}; expected logits of shape {want} "
+                f"({self.num_labels} classes in the data)."
+            )
+
     def with_module(self, module: nn.Module) -> TaskModel:
         """The same task model around another module (a quantized or stripped copy)."""
         return dataclasses.replace(self, module=module)

@@ -98,6 +98,8 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         student = ctx.load_model(artifacts["student"])
     teacher.module.eval().requires_grad_(False)
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
+    if student.family == "python":
+        student.probe(probe, f"distill.student.python {student.spec.get('factory')}")
     terms = build_terms(config.losses, student, teacher, probe)
     cached = None
     if config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):

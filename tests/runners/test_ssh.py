@@ -127,3 +127,39 @@ def test_board_python_is_quoted_and_hostile_names_never_reach_ssh(tmp_path: Path
     runner = SshRunner(_device(22, tmp_path / "key", board, user="pi"))
     cmd = runner.ssh_command("true")
     assert cmd[-3:] == ["--", "pi@127.0.0.1", "true"]  # nothing after `--` is read as an ssh option
+
+
+def test_one_failing_board_keeps_the_other_devices_numbers(tmp_path: Path) -> None:
+    """The board answers the pre-flight check, then fails to measure (its work folder is gone): x86-cpu's
+    numbers stay in the report, the failure is a flag naming the board, and the run finishes."""
+    import yaml
+
+    from compress import pipeline
+    from tests.conftest import write_recipe
+    from tests.runners.sshd import LocalSshd
+
+    with LocalSshd(tmp_path) as server:
+        board = {"name": "flaky-board", "runner": "ssh", "threads": 1, "ssh": {
+            "host": "127.0.0.1", "port": server.port, "user": getpass.getuser(),
+            "identity_file": str(server.client_key), "python": sys.executable, "workdir": str(tmp_path / "gone"), "connect_timeout_s": 5,
+            "options": NO_HOST_CHECK}}  # fmt: skip
+        (tmp_path / "board.yaml").write_text(yaml.safe_dump(board))
+        recipe = write_recipe(tmp_path, """name: two-devices
+data: {format: sklearn_digits}
+teacher:
+  cnn: {widths: [8], block: plain}
+stages:
+  - stage: finetune
+    epochs: 1
+  - stage: export
+    int8: []
+  - stage: profile
+    devices: [board.yaml, x86-cpu]
+    runs: 5
+    warmup: 1
+    top_ops: 0
+""")
+        result = pipeline.run(recipe, tmp_path / "out")
+    assert result.artifacts["teacher.onnx"].latency["x86-cpu"]["p50_ms"] > 0
+    flags = [f for f in result.report["flags"] if f["kind"] == "profile_failed"]
+    assert flags and flags[0]["device"] == "flaky-board" and "creating a run folder" in flags[0]["message"]
