@@ -141,7 +141,8 @@ def test_one_failing_board_keeps_the_other_devices_numbers(tmp_path: Path) -> No
     with LocalSshd(tmp_path) as server:
         board = {"name": "flaky-board", "runner": "ssh", "threads": 1, "ssh": {
             "host": "127.0.0.1", "port": server.port, "user": getpass.getuser(),
-            "identity_file": str(server.client_key), "python": sys.executable, "workdir": str(tmp_path / "gone"), "connect_timeout_s": 5,
+            "identity_file": str(server.client_key), "python": sys.executable, "workdir": str(tmp_path / "gone"),
+            "connect_timeout_s": 5,
             "options": NO_HOST_CHECK}}  # fmt: skip
         (tmp_path / "board.yaml").write_text(yaml.safe_dump(board))
         recipe = write_recipe(tmp_path, """name: two-devices
