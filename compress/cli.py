@@ -67,9 +67,13 @@ def run(
     from compress import pipeline
 
     result = pipeline.run(recipe, out, force=force, only=only, from_stage=from_)
+    from compress.report.report import describe_headline
+
     console.print(_report_table(result.report))
     for flag in result.report.get("flags", []):
-        console.print(f"[yellow]warning[/]: {flag['message']}")
+        console.print(f"[yellow]warning[/]: {flag['message']}", highlight=False)
+    for item in result.report.get("headline", []):
+        console.print(describe_headline(item).replace("**", "").replace("`", ""), highlight=False)
     console.print(f"artifacts, report.md/json and manifest.json in {result.out_dir}")
 
 

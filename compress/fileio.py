@@ -14,9 +14,17 @@ from typing import Any
 from compress.errors import CompressError, DiskFullError
 
 
+def default_mode(path: Path | str) -> None:
+    """Give a file made by mkstemp (mode 0600) the mode every other file of a run has: 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    default_mode(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -22,7 +22,7 @@ from compress.artifacts import Artifact, Artifacts
 from compress.context import Context
 from compress.environment import environment
 from compress.errors import BudgetError, CompressError, Interrupted, OutputError, RecipeError, StageError
-from compress.fileio import atomic_write_json, disk_full, sha256_json, sha256_path
+from compress.fileio import atomic_write_json, default_mode, disk_full, sha256_json, sha256_path
 from compress.models.source import build_model
 from compress.recipe.chain import check_chain
 from compress.recipe.load import load_recipe
@@ -93,6 +93,9 @@ def _save_stage(tmp: Path, final: Path, produced: Artifacts, out_dir: Path, meta
         if art.path.is_relative_to(tmp):
             art.path = final / art.path.relative_to(tmp)
     atomic_write_json(tmp / STAGE_FILE, {**meta, "artifacts": [a.to_json(out_dir) for a in produced.values()]})
+    for f in tmp.rglob("*"):  # libraries write with their own modes (safetensors: 0600): one mode for a run's files
+        if f.is_file() and not f.is_symlink():
+            default_mode(f)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

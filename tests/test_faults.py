@@ -197,3 +197,10 @@ def test_output_names_that_are_paths_write_nothing_outside_the_output_folder(tmp
             pipeline.run(recipe, work / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
     assert sorted(p.name for p in work.iterdir()) == ["distill.yaml", "moefy.yaml", "prune.yaml", "search.yaml"]
+
+
+def test_files_of_a_run_share_one_permission_mode(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pipeline.run(write_recipe(tmp_path, QUICK), out)
+    modes = {f.relative_to(out).as_posix(): f.stat().st_mode & 0o777 for f in out.rglob("*") if f.is_file()}
+    assert len(set(modes.values())) == 1, modes

@@ -126,3 +126,15 @@ def test_only_an_earlier_stage_keeps_the_later_cached_measurements(digits_run: p
     )
     with pytest.raises(RecipeError, match="--only and --from together"):
         pipeline.run(recipe, digits_run.out_dir, only="export", from_stage="distill")
+
+
+def test_report_opens_with_the_artifact_to_ship(digits_run: pipeline.RunResult) -> None:
+    [item] = digits_run.report["headline"]
+    rows = {r["name"]: r for r in digits_run.report["artifacts"]}
+    students = [n for n, r in rows.items() if r["latency"].get("x86-cpu") and not n.startswith("teacher")]
+    assert item["device"] == "x86-cpu" and item["artifact"] in students and item["budgets"] == "no budget"
+    assert item["speedup_vs_teacher"] == pytest.approx(
+        rows["teacher.onnx"]["latency"]["x86-cpu"]["p50_ms"] / rows[item["artifact"]]["latency"]["x86-cpu"]["p50_ms"]
+    )
+    md = (digits_run.out_dir / "report.md").read_text().splitlines()
+    assert md[2].startswith(f"- **x86-cpu**: ship `{item['artifact']}`")

@@ -37,7 +37,10 @@ class TrainSchedule(Strict):
 
     epochs: float = Field(1.0, gt=0, description="Passes over the training split (fractions allowed).")
     max_steps: int | None = Field(
-        None, gt=0, description="Stop after this many optimiser steps (overrides `epochs` when smaller)."
+        None,
+        gt=0,
+        description="Optimiser steps. Alone, it sets the length (the data is passed over as often as needed); with "
+        "`epochs` also given, the smaller of the two applies.",
     )
     batch_size: int = Field(32, gt=0, description="Training batch size.")
     eval_batch_size: int = Field(128, gt=0, description="Batch size for evaluation and teacher inference.")

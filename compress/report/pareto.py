@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from compress.fileio import default_mode
+
 
 def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
     """Points (latency, accuracy, name) no other point beats on both: faster and at least as accurate."""
@@ -56,6 +58,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
     fig.tight_layout()
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png")
     os.close(fd)
+    default_mode(name)
     tmp = Path(name)
     try:
         fig.savefig(tmp, dpi=110)

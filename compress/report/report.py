@@ -221,9 +221,72 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+TRADE_OFF_POINTS = 1.0  # with no budget met: the fastest artifact within this many accuracy points of the teacher
+
+
+def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per device, the artifact to ship: the fastest that meets every budget of that device; when it has no
+    budget, or no artifact meets them all, the best trade-off (the fastest within 1 accuracy point of the
+    teacher, else the most accurate). With its speed-up over the teacher's fp32 artifact on that device, its
+    accuracy change in points, and the budget verdict."""
+    rows = report["artifacts"]
+    checks = report.get("budgets") or []
+    out = []
+    for device in report["devices"]:
+        measured = [r for r in rows if r["latency"].get(device) and not r["name"].startswith("teacher")]
+        if not measured:
+            continue
+        teacher = next((r for r in rows if r["name"].startswith("teacher") and r["latency"].get(device)
+                        and r["precision"] == "fp32"), None)  # fmt: skip
+        ref_acc = (teacher or {}).get("metrics", {}).get("accuracy")
+        if ref_acc is None:
+            ref_acc = next((r["metrics"].get("accuracy") for r in rows if r["name"] == "teacher"), None)
+        mine = [c for c in checks if c["device"] == device]
+        failing = {c["artifact"] for c in mine if not c["passed"]}
+        budgeted = {c["artifact"] for c in mine}
+        meets = [r for r in measured if r["name"] in budgeted and r["name"] not in failing]
+        if meets:
+            pick, why = min(meets, key=lambda r: r["latency"][device]["p50_ms"]), "fastest that meets every budget"
+        else:
+            def acc(r: dict[str, Any]) -> float:
+                return float(r["metrics"].get("accuracy") or 0.0)
+
+            close = [r for r in measured if ref_acc is None or 100 * (ref_acc - acc(r)) <= TRADE_OFF_POINTS]
+            if close:
+                pick = min(close, key=lambda r: r["latency"][device]["p50_ms"])
+                why = f"fastest within {TRADE_OFF_POINTS:g} point of the teacher"
+            else:
+                pick, why = max(measured, key=acc), "most accurate (none within 1 point of the teacher)"
+        p50 = pick["latency"][device]["p50_ms"]
+        speedup = teacher["latency"][device]["p50_ms"] / p50 if teacher else None
+        a = pick["metrics"].get("accuracy")
+        verdict = ("no budget" if not mine else "meets every budget" if meets
+                   else f"misses {len([c for c in mine if not c['passed']])} budget check(s)")  # fmt: skip
+        out.append({
+            "device": device, "artifact": pick["name"], "why": why, "p50_ms": p50, "speedup_vs_teacher": speedup,
+            "teacher_artifact": teacher["name"] if teacher else None,
+            "accuracy": a, "accuracy_change_points": None if a is None or ref_acc is None else 100 * (a - ref_acc),
+            "budgets": verdict,
+        })  # fmt: skip
+    return out
+
+
+def describe_headline(item: dict[str, Any]) -> str:
+    speed = (f", {item['speedup_vs_teacher']:.2f}x vs {item['teacher_artifact']}"
+             if item["speedup_vs_teacher"] is not None else "")  # fmt: skip
+    acc = (f", accuracy {100 * item['accuracy']:.2f}% ({item['accuracy_change_points']:+.2f} points)"
+           if item["accuracy_change_points"] is not None else "")  # fmt: skip
+    return (f"**{item['device']}**: ship `{item['artifact']}` ({item['why']}): p50 {item['p50_ms']:.3f} ms{speed}"
+            f"{acc}; budgets: {item['budgets']}")  # fmt: skip
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     name = report["recipe"].get("name", "recipe")
     lines = [f"# Compression report: {name}", ""]
+    for item in report.get("headline") or []:
+        lines.append(f"- {describe_headline(item)}")
+    if report.get("headline"):
+        lines.append("")
     devices = report["devices"]
     head = ["artifact", "format", "precision", "params", "size MB", "test acc"]
     for d in devices:
@@ -339,6 +402,7 @@ def _search_markdown(s: dict[str, Any]) -> list[str]:
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from compress.report.pareto import plot_pareto
 
+    report["headline"] = headline(report)
     if plot_pareto(report, out_dir / "pareto.png"):
         report["pareto"] = "pareto.png"
     atomic_write_json(out_dir / "report.json", report)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from compress.artifacts import Artifact, Artifacts
 from compress.context import Context
 from compress.data.dataset import DataBundle
-from compress.fileio import sha256_json
+from compress.fileio import default_mode, sha256_json
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.losses.terms import CEConfig, KDConfig
 from compress.models.source import ModelSource, build_model
@@ -74,6 +74,7 @@ def _cached_teacher_logits(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # unique: a second process never shares it
     save_file({"logits": logits.contiguous()}, str(tmp))
+    default_mode(tmp)
     tmp.replace(path)
     return logits
 

@@ -36,9 +36,15 @@ class TrainResult:
 
 
 def total_steps(schedule: TrainSchedule, n_train: int) -> int:
+    """`max_steps` alone sets the length (as many passes over the data as it takes); with `epochs` also given,
+    the smaller of the two wins; `epochs` alone counts passes."""
     per_epoch = math.ceil(n_train / schedule.batch_size)
     steps = max(1, math.ceil(per_epoch * schedule.epochs))
-    return min(steps, schedule.max_steps) if schedule.max_steps else steps
+    if not schedule.max_steps:
+        return steps
+    if "epochs" not in schedule.model_fields_set:
+        return schedule.max_steps
+    return min(steps, schedule.max_steps)
 
 
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
