@@ -47,7 +47,8 @@ def _default(field: Any) -> str:
 
 def _section(model: type[BaseModel], title: str, seen: set[type[BaseModel]]) -> list[str]:
     seen.add(model)
-    lines = [f"### {title}", "", ((model.__doc__ or "").strip().splitlines() or [""])[0], ""]
+    paragraph = (model.__doc__ or "").strip().split("\n\n")[0]  # the whole first paragraph, never a cut line
+    lines = [f"### {title}", "", " ".join(line.strip() for line in paragraph.splitlines()), ""]
     lines += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     nested: list[type[BaseModel]] = []
     for name, field in model.model_fields.items():
@@ -69,7 +70,8 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 def render() -> str:
-    seen: set[type[BaseModel]] = set()
+    # stage and loss schemas get their own sections below, once each: never also as a nested section
+    seen: set[type[BaseModel]] = {s.config for _, s in STAGES.items()} | {loss.config for _, loss in LOSSES.items()}
     out = [
         "# Recipe reference",
         "",
