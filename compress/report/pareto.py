@@ -42,13 +42,24 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
         front = frontier(pts)
         ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:blue", zorder=3, label="Pareto front")
         on_front = {p[2] for p in front}
-        for i, (x, y, name) in enumerate(sorted(pts)):  # stagger labels so that near points stay readable
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5 + 9 * (i % 3)), fontsize=7,
-                        color="black" if name in on_front else "dimgray")  # fmt: skip
-        if max(p[0] for p in pts) > 5 * min(p[0] for p in pts):
+        log_x = max(p[0] for p in pts) > 5 * min(p[0] for p in pts)
+        if log_x:
             ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=6))
+        else:
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.margins(x=0.12, y=0.25)  # room for the staggered labels above the highest points
+        xs = sorted(p[0] for p in pts)
+        middle = xs[len(xs) // 2] if len(xs) > 1 else xs[0] * 2
+        for i, (x, y, name) in enumerate(sorted(pts)):
+            # labels point inwards (left half: text to the right, right half: to the left) and are staggered
+            # vertically, so that they stay inside the axes and near points stay readable
+            right = x >= middle and len(xs) > 1
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(-6 if right else 6, 6 + 9 * (i % 3)),
+                        ha="right" if right else "left", fontsize=7, annotation_clip=True,
+                        color="black" if name in on_front else "dimgray")  # fmt: skip
         ax.set_xlabel(f"p50 latency on {device} (ms)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(device)
