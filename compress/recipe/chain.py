@@ -8,6 +8,8 @@ from typing import Any
 from compress.errors import RecipeError
 from compress.recipe.schema import Recipe
 
+ATTENTION_LOSSES = ("attention_map", "attention_output", "minilm")
+
 
 def _produces(stage: Any) -> str | None:
     """The model artifact a stage writes (None for stages that write only ONNX or measurements)."""
@@ -42,6 +44,15 @@ def check_chain(recipe: Recipe) -> None:
         if stage.stage == "prune" and stage.method == "torch_pruning" and transformer_teacher:
             problems.append(f"{key}.method: torch_pruning prunes image CNNs; use `method: dphubert` for "
                             "Transformer encoders.")  # fmt: skip
+        space = getattr(stage, "space", None) if stage.stage == "search" else None
+        if space is not None and (space.kind == "transformer") != transformer_teacher:
+            want = "a Transformer space (layers, hidden, heads, ffn)" if transformer_teacher else "a CNN space"
+            problems.append(f"{key}.space: a {space.kind} space does not fit this teacher "
+                            f"({recipe.teacher.describe()}); give {want}.")  # fmt: skip
+        attention = [c.name for c in getattr(stage, "losses", None) or [] if c.name in ATTENTION_LOSSES]
+        if attention and not transformer_teacher:
+            problems.append(f"{key}.losses: {', '.join(attention)} compare attention of Transformer encoders; this "
+                            f"teacher is {recipe.teacher.describe()}. Use kd, ce or hidden.")  # fmt: skip
         explicit_static = "int8" in stage.model_fields_set and "static" in (getattr(stage, "int8", None) or [])
         if stage.stage == "export" and explicit_static:
             hit = sorted(moe & set(stage.models or moe))
