@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -65,6 +66,12 @@ def run(
 ) -> None:
     """Run a recipe: every stage in order, reusing finished stages from the cache."""
     from compress import pipeline
+
+    if not console.is_terminal:  # CI logs: no per-weight progress bars of the libraries between our lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
     result = pipeline.run(recipe, out, force=force, only=only, from_stage=from_)
     from compress.report.report import describe_headline

@@ -85,17 +85,29 @@ def measure(device: DeviceProfile, paths: list[Path], **request: Any) -> list[di
     return stats
 
 
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl  # resolved here: no dlopen in a forked child
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the child gets SIGKILL when the compress process dies, even by `kill -9`."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    with contextlib.suppress(Exception):
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_child(cmd: list[str], *, what: str, device: str, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
     """Run a benchmark or device-tool process that never outlives us: killed on Ctrl-C, SIGTERM (turned into
     KeyboardInterrupt by the CLI) and timeouts (``subprocess.run`` kills it), and on Linux when compress itself
     is killed. A timeout is a :class:`DeviceError` naming ``what``; a missing program names it too."""
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    preexec = _die_with_parent if _PRCTL is not None else None
     try:
         return subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=preexec, **kwargs)  # noqa: PLW1509
     except subprocess.TimeoutExpired:
