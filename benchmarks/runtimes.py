@@ -68,9 +68,9 @@ def _runtime_accuracy(rows: list[dict], arts: dict) -> None:
     """OpenVINO may compute in bf16 (its default on AMX CPUs): measure its own accuracy instead of reusing the
     onnxruntime one that the export stage recorded."""
     from compress.context import Context
+    from compress.evaluation import onnx_logits
     from compress.recipe.load import load_recipe
-    from compress.runtimes.openvino import OvPredictor
-    from compress.stages.onnx_common import onnx_logits
+    from compress.runtimes.base import get_runtime
 
     recipe_path = ROOT / "recipes" / "sst2-runtimes.yaml"
     ctx = Context(load_recipe(recipe_path), recipe_path, OUT)
@@ -78,7 +78,8 @@ def _runtime_accuracy(rows: list[dict], arts: dict) -> None:
     test = ctx.data().test
     for r in rows:
         if r["device"] == "openvino-cpu":
-            logits = onnx_logits(OvPredictor(arts[r["artifact"]].path, 2, "CPU"), test, 64, "OpenVINO accuracy")
+            ov = get_runtime("openvino").predictor(arts[r["artifact"]].path, threads=2, provider="CPU")
+            logits = onnx_logits(ov, test, 64, "OpenVINO accuracy")
             r["accuracy"] = float((logits.argmax(-1) == test.labels.numpy()).mean())
             r["accuracy_measured_on"] = "openvino"
 

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from compress.config import TrainSchedule
 from compress.data.config import DataConfig
 from compress.data.dataset import load_data
 from compress.environment import environment
 from compress.losses.functional import ce_loss, kd_loss
 from compress.models.cnn import CNN, CnnSpec
 from compress.models.task_model import TaskModel
-from compress.recipe.base import TrainSchedule
 from compress.search.budget import static_cost
 from compress.search.candidates import build_candidate
 from compress.search.diswot import diswot_score, last_feature_path, signature

@@ -38,10 +38,9 @@ def one_line_baseline(result: pipeline.RunResult, teacher: dict) -> dict:
 
     from compress.context import Context
     from compress.devices import resolve_device
+    from compress.evaluation import onnx_logits, predictor
     from compress.recipe.load import load_recipe
     from compress.runners import measure
-    from compress.runtimes.onnxruntime import OrtPredictor
-    from compress.stages.onnx_common import onnx_logits
 
     src = result.out_dir / teacher["path"]
     dst = result.out_dir / "benchmark" / "teacher.int8-ort-default.onnx"
@@ -51,7 +50,7 @@ def one_line_baseline(result: pipeline.RunResult, teacher: dict) -> dict:
     ctx = Context(load_recipe(recipe_path), recipe_path, result.out_dir)
     ctx.tokenizer_folder = result.artifacts["teacher"].path
     test = ctx.data().test
-    logits = onnx_logits(OrtPredictor(dst, None, None), test, 64, "baseline accuracy")
+    logits = onnx_logits(predictor("onnxruntime", dst), test, 64, "baseline accuracy")
     dev = resolve_device("x86-cpu")
     lat = measure(dev, [dst], batch=1, sequence=128, runs=100, warmup=10)[0]
     return {

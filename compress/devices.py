@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from compress.config import Strict
 from compress.errors import DeviceError, RegistryError
-from compress.recipe.base import Strict
 
 SSH_HOST = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9._:%\[\]-]*")
 SSH_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9._-]*")
@@ -173,7 +173,7 @@ def builtin_names() -> list[str]:
 
 
 def load_profile_file(path: Path) -> DeviceProfile:
-    from compress.recipe.yaml_loader import load_yaml
+    from compress.safe_yaml import load_yaml
 
     data, _ = load_yaml(path, "device profile", DeviceError)
     if not isinstance(data, dict):

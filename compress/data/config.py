@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from compress.recipe.base import Strict
+from compress.config import Strict
 
 TEXT_FORMATS = ("tsv", "csv", "jsonl")
 

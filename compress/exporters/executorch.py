@@ -13,14 +13,21 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
+from compress.artifacts import Artifact
+from compress.config import Strict
+from compress.data.dataset import DataBundle
 from compress.errors import ExportError, RuntimeMissingError
+from compress.evaluation import onnx_logits, predictor
 from compress.models.bert import use_eager_attention
 from compress.models.task_model import TaskModel
+from compress.training.evaluate import predict_logits
 
 log = logging.getLogger("compress")
 EXTRA = "executorch"
@@ -124,3 +131,61 @@ def _delegation(graph: torch.fx.Graph) -> dict[str, int]:
             continue
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+# ---- checked artifacts: the programs `export` writes, compared with PyTorch, accuracy on ExecuTorch ------------
+PtePrecision = Literal["fp32", "int8"]
+PRECISIONS: tuple[PtePrecision, ...] = ("fp32", "int8")
+
+
+class ExecuTorchOptions(Strict):
+    """ExecuTorch programs delegated to XNNPACK (the mobile CPU backend), static shapes."""
+
+    precisions: list[PtePrecision] = Field(
+        default_factory=lambda: list(PRECISIONS),
+        min_length=1,
+        description="`fp32`, and `int8` (XNNPACK's PT2E quantizer: per-channel int8 weights, activations "
+        "quantized at run time).",
+    )
+    batch: int = Field(1, gt=0, description="Batch size the program is exported for.")
+    sequence: int = Field(128, gt=0, description="Sequence length of text programs (inputs padded to it).")
+    max_abs_diff: float = Field(1e-3, gt=0, description="fp32 parity: max |logit difference| against PyTorch.")
+    min_top1_agreement: float = Field(
+        0.98, gt=0, le=1, description="int8 parity: top-1 agreement with the PyTorch model on the test split."
+    )
+
+
+def pte_artifacts(
+    model: TaskModel, name: str, params: int | None, opts: ExecuTorchOptions, data: DataBundle, out_dir: Path,
+    eval_batch_size: int,
+) -> list[Artifact]:  # fmt: skip
+    sample = next(iter(data.test.loader(max(2, opts.batch))))
+    args = example_inputs(model, opts.batch, opts.sequence, sample)
+    ref = predict_logits(model, data.test, eval_batch_size, f"{name} reference logits").numpy()
+    out = []
+    for precision in opts.precisions:
+        suffix = "xnnpack" if precision == "fp32" else "xnnpack-int8"
+        path = out_dir / f"{name}.{suffix}.pte"
+        ops = export_pte(model, args, path, int8=precision == "int8")
+        logits = onnx_logits(predictor("executorch", path), data.test, eval_batch_size, f"accuracy {path.name}")
+        diff = float(np.abs(logits - ref).max())
+        agreement = float((logits.argmax(-1) == ref.argmax(-1)).mean())
+        bad = diff > opts.max_abs_diff if precision == "fp32" else agreement < opts.min_top1_agreement
+        if bad:
+            path.unlink()
+            raise ExportError(
+                f"{path.name}: ExecuTorch output differs from PyTorch (max |logit diff| {diff:.2e}, top-1 "
+                f"agreement {agreement:.3f}; allowed {opts.max_abs_diff:g} / {opts.min_top1_agreement:g})."
+            )
+        metrics = {"accuracy": float((logits.argmax(-1) == data.test.labels.numpy()).mean()),
+                   "parity_max_abs_diff": diff, "parity_top1_agreement": agreement}  # fmt: skip
+        art = Artifact(path.name, "pte", path, "export", parent=name,
+                       precision="fp32" if precision == "fp32" else "int8-dynamic", params=params, metrics=metrics,
+                       info={"backend": "xnnpack", "operators": ops, "shape": list(args[0].shape)})  # fmt: skip
+        delegated = ops.get("xnnpack_delegate", 0)
+        portable = {k: v for k, v in ops.items() if k != "xnnpack_delegate"}
+        log.info("%s: accuracy %.4f (ExecuTorch), %d XNNPACK subgraphs, %d ops left to portable kernels%s",
+                 path.name, metrics["accuracy"], delegated, sum(portable.values()),
+                 f" ({', '.join(sorted(portable))})" if portable else "")  # fmt: skip
+        out.append(art.finalize())
+    return out

@@ -11,12 +11,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from compress.config import Strict
 from compress.errors import StageError
 from compress.losses import functional as F
 from compress.losses.taps import FeatureTaps, check_paths
 from compress.models.bert import default_layer_map
 from compress.models.task_model import TaskModel
-from compress.recipe.base import Strict
 from compress.registry import Registry
 
 

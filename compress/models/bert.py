@@ -9,10 +9,10 @@ from typing import Any
 from pydantic import Field
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from compress.config import Strict
 from compress.errors import ModelError
 from compress.models.bnb import float_state_dict, is_bnb
 from compress.models.structure import encoder_layers
-from compress.recipe.base import Strict
 
 log = logging.getLogger("compress")
 

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from compress.recipe.base import Strict
+from compress.config import Strict
 
 
 class CnnSpec(Strict):

@@ -9,11 +9,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
+from compress.config import Strict
 from compress.errors import ModelError
 from compress.models.bert import BertStudentSpec, build_bert_student
 from compress.models.cnn import CNN, CnnSpec
 from compress.models.task_model import Modality, TaskModel, build_module, import_factory
-from compress.recipe.base import Strict
 
 log = logging.getLogger("compress")
 SOURCE_KEYS = ("hf", "hf_package", "python", "cnn", "bert")

@@ -1,1 +1,2 @@
-"""The recipe: schema (`schema`), safe YAML with line numbers (`yaml_loader`), loading (`load`)."""
+"""The recipe: schema (`schema`), loading with `file:line key` errors (`load`), checks across stages (`chain`), the
+Markdown reference (`docs`). Safe YAML lives below it, in `compress/safe_yaml.py` (device profiles use it too)."""

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from compress.errors import RecipeError
 from compress.recipe.schema import Recipe
-from compress.recipe.yaml_loader import Loc, line_of, load_yaml
+from compress.safe_yaml import Loc, line_of, load_yaml
 from compress.stages import STAGES
 
 

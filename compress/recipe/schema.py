@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
+from compress.config import Strict, check_name
 from compress.data.config import DataConfig
 from compress.models.source import ModelSource
-from compress.recipe.base import Strict, check_name
 from compress.report.budgets import Budget
 from compress.stages import STAGES, StageConfig
 

@@ -11,8 +11,8 @@ from xml.etree import ElementTree as ET
 
 from pydantic import Field
 
+from compress.config import Strict
 from compress.fileio import atomic_write_text
-from compress.recipe.base import Strict
 
 
 class Budget(Strict):

@@ -14,8 +14,7 @@ from typing import Any
 
 from compress.devices import AdbTarget, DeviceProfile
 from compress.errors import DeviceError
-from compress.runners.base import RUNNERS, BenchRequest, run_child
-from compress.runners.local import last_line
+from compress.runners.base import BenchRequest, last_line, run_child
 
 RUN_FOLDER = re.compile(r"compress-[A-Za-z0-9]{6,}")
 _SECONDS = {"s": 1000.0, "ms": 1.0, "us": 1e-3}
@@ -113,6 +112,3 @@ class AdbRunner:
         finally:
             with contextlib.suppress(DeviceError):  # best effort; the benchmark's own error matters more
                 self._call(self.adb("shell", f"rm -rf {shlex.quote(folder)}"), "cleaning up", timeout=60)
-
-
-RUNNERS.add("adb", AdbRunner)

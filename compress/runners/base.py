@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import signal
 import subprocess
 import sys
@@ -58,15 +59,17 @@ class Runner(Protocol):
         """Statistics per model, in order."""
 
 
-RUNNERS: Registry[Callable[[DeviceProfile], Runner]] = Registry("runner")
+# name -> "module:Class": one module per runner, imported when a device uses it (runners never import each other)
+RUNNERS: Registry[str] = Registry("runner")
+RUNNERS.add("local", "compress.runners.local:LocalRunner")
+RUNNERS.add("ssh", "compress.runners.ssh:SshRunner")
+RUNNERS.add("adb", "compress.runners.adb:AdbRunner")
 
 
 def get_runner(device: DeviceProfile) -> Runner:
-    import compress.runners.adb
-    import compress.runners.local
-    import compress.runners.ssh  # noqa: F401 - they register themselves
-
-    return RUNNERS.get(device.runner)(device)
+    module, _, cls = RUNNERS.get(device.runner).partition(":")
+    factory: Callable[[DeviceProfile], Runner] = getattr(importlib.import_module(module), cls)
+    return factory(device)
 
 
 def preflight(device: DeviceProfile) -> Runner:
@@ -114,3 +117,7 @@ def run_child(cmd: list[str], *, what: str, device: str, timeout: float, **kwarg
         raise DeviceError(f"device {device!r}: {what} timed out after {timeout:.0f} s and was stopped.") from None
     except FileNotFoundError:
         raise DeviceError(f"device {device!r}: {what}: program {cmd[0]!r} is not installed.") from None
+
+
+def last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[-1][:300]

@@ -11,11 +11,7 @@ from typing import Any
 
 from compress.devices import DeviceProfile
 from compress.errors import DeviceError
-from compress.runners.base import BENCH_SCRIPT, RUNNERS, BenchRequest, run_child
-
-
-def last_line(text: str) -> str:
-    return (text.strip().splitlines() or ["no output"])[-1][:300]
+from compress.runners.base import BENCH_SCRIPT, BenchRequest, last_line, run_child
 
 
 class LocalRunner:
@@ -50,6 +46,3 @@ class LocalRunner:
                 )
             data = json.loads(out.read_text())
         return data if isinstance(data, list) else [data]
-
-
-RUNNERS.add("local", LocalRunner)

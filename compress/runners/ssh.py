@@ -18,8 +18,7 @@ from typing import Any
 
 from compress.devices import DeviceProfile, SshTarget
 from compress.errors import DeviceError
-from compress.runners.base import BENCH_SCRIPT, RUNNERS, BenchRequest, run_child
-from compress.runners.local import last_line
+from compress.runners.base import BENCH_SCRIPT, BenchRequest, last_line, run_child
 
 # the board's Python must import these for each runtime
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -108,6 +107,3 @@ class SshRunner:
             with contextlib.suppress(DeviceError):  # best effort; the benchmark's own error matters more
                 self._call(self.ssh_command(f"rm -rf {shlex.quote(folder)}"), "cleaning up", timeout=60)
         return data if isinstance(data, list) else [data]
-
-
-RUNNERS.add("ssh", SshRunner)

@@ -8,8 +8,8 @@ import torch
 from pydantic import Field, model_validator
 from torch.utils.flop_counter import FlopCounterMode
 
+from compress.config import Strict
 from compress.models.task_model import TaskModel
-from compress.recipe.base import Strict
 
 
 class SearchBudget(Strict):

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from compress.config import Strict
 from compress.models.cnn import CnnSpec
-from compress.recipe.base import Strict
 
 Arch = dict[str, Any]
 

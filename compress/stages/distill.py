@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from safetensors.torch import load_file, save_file
 
 from compress.artifacts import Artifact, Artifacts
+from compress.config import ArtifactName, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import DataBundle
 from compress.fileio import default_mode, sha256_json
@@ -18,9 +19,7 @@ from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.losses.terms import CEConfig, KDConfig
 from compress.models.source import ModelSource, build_model
 from compress.models.task_model import TaskModel
-from compress.recipe.base import ArtifactName, TrainSchedule
-from compress.stages.base import StageConfig, register_stage, require
-from compress.stages.common import save_model_artifact
+from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
 from compress.training.evaluate import predict_logits
 from compress.training.loop import train

@@ -10,20 +10,13 @@ from pydantic import Field
 from compress.artifacts import Artifacts
 from compress.context import Context
 from compress.errors import ExportError
+from compress.evaluation import ParityConfig, check_parity, onnx_artifact
+from compress.exporters.executorch import ExecuTorchOptions, pte_artifacts
 from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.models.bnb import is_bnb
 from compress.moe.convert import is_moe
+from compress.quant.ptq import INT8_MODES, Int8Mode, PtqOptions, ptq_artifacts
 from compress.stages.base import StageConfig, register_stage, require
-from compress.stages.mobile import ExecuTorchOptions, pte_artifacts
-from compress.stages.onnx_common import (
-    INT8_MODES,
-    Int8Mode,
-    ParityConfig,
-    PtqOptions,
-    check_parity,
-    onnx_artifact,
-    ptq_artifacts,
-)
 
 log = logging.getLogger("compress")
 

@@ -9,12 +9,11 @@ import torch
 from pydantic import Field
 
 from compress.artifacts import Artifacts
+from compress.config import TrainSchedule
 from compress.context import Context
 from compress.data.dataset import Batch
 from compress.losses.functional import ce_loss
-from compress.recipe.base import TrainSchedule
-from compress.stages.base import StageConfig, register_stage, require
-from compress.stages.common import save_model_artifact
+from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.loop import train
 
 log = logging.getLogger("compress")

@@ -13,6 +13,7 @@ import torch
 from pydantic import Field, model_validator
 
 from compress.artifacts import Artifact, Artifacts
+from compress.config import ArtifactName, Strict, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import Split
 from compress.errors import DataError, ModelError
@@ -21,9 +22,7 @@ from compress.losses.terms import KDConfig
 from compress.models.task_model import TaskModel
 from compress.moe import convert, policy
 from compress.moe.experts import MoeFfn, find_ffn_blocks
-from compress.recipe.base import ArtifactName, Strict, TrainSchedule
-from compress.stages.base import StageConfig, register_stage, require
-from compress.stages.common import save_model_artifact
+from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
 from compress.training.evaluate import predict_logits
 from compress.training.loop import train

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field
 
 from compress.artifacts import Artifacts
+from compress.config import Strict
 from compress.context import Context
 from compress.devices import DeviceProfile, resolve_device
 from compress.errors import CompressError, StageError
-from compress.recipe.base import Strict
 from compress.runners import measure, preflight
 from compress.runtimes.base import get_runtime, runtime_format
 from compress.stages.base import StageConfig, register_stage

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field, model_validator
 
 from compress.artifacts import Artifacts
+from compress.config import ArtifactName, Strict, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import Batch
 from compress.errors import StageError
@@ -26,9 +27,7 @@ from compress.models.task_model import TaskModel
 from compress.pruning.encoder_masks import EncoderMasks, GroupCosts, flop_costs, param_costs
 from compress.pruning.lagrangian import Lagrangian, ramped_target
 from compress.pruning.physical import prune_encoder
-from compress.recipe.base import ArtifactName, Strict, TrainSchedule
-from compress.stages.base import StageConfig, register_stage, require
-from compress.stages.common import save_model_artifact
+from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.loop import train
 
 log = logging.getLogger("compress")

@@ -13,9 +13,11 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from compress.artifacts import Artifact, Artifacts
+from compress.config import Strict, TrainSchedule, check_name
 from compress.context import Context
 from compress.data.dataset import DataBundle
 from compress.errors import QuantizationError
+from compress.evaluation import ParityConfig, check_parity, onnx_artifact, onnx_logits, predictor
 from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.losses.terms import CEConfig, KDConfig
@@ -23,19 +25,8 @@ from compress.models.task_model import TaskModel
 from compress.moe.convert import is_moe
 from compress.quant import nbits, qat, qdq
 from compress.quant import ort as ortq
-from compress.recipe.base import Strict, TrainSchedule, check_name
-from compress.runtimes.onnxruntime import OrtPredictor
+from compress.quant.ptq import INT8_MODES, Int8Mode, PtqOptions, ptq_artifacts
 from compress.stages.base import StageConfig, register_stage, require
-from compress.stages.onnx_common import (
-    INT8_MODES,
-    Int8Mode,
-    ParityConfig,
-    PtqOptions,
-    check_parity,
-    onnx_artifact,
-    onnx_logits,
-    ptq_artifacts,
-)
 from compress.training.distillation import distillation_step
 from compress.training.evaluate import predict_logits
 from compress.training.loop import train
@@ -188,7 +179,7 @@ def _run_ptq(source: Artifact, model: TaskModel, config: QuantizeConfig, ctx: Co
     export_onnx(model, next(iter(data.test.loader(2))), fp32_path, opset=config.opset)
     check_parity(model, fp32_path, data.test, ParityConfig(), source.name)  # type: ignore[call-arg]
     fp32 = Artifact(f"{source.name}.onnx", "onnx", fp32_path, "quantize", parent=source.name, params=source.params)
-    fp32_logits = onnx_logits(OrtPredictor(fp32_path, None, None), data.test, config.eval_batch_size, "fp32 logits")
+    fp32_logits = onnx_logits(predictor("onnxruntime", fp32_path), data.test, config.eval_batch_size, "fp32 logits")
     if config.weight_only:
         arts = [_rtn_4bit(source.name, fp32, fp32_logits, config, data, ctx.stage_dir)]
     else:

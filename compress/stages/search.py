@@ -11,19 +11,18 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from compress.artifacts import Artifacts
+from compress.config import ArtifactName, Strict
 from compress.context import Context
 from compress.data.dataset import DataBundle
 from compress.devices import resolve_device
 from compress.errors import StageError
 from compress.models.task_model import TaskModel
-from compress.recipe.base import ArtifactName, Strict
 from compress.search.budget import Cost, SearchBudget, static_cost
 from compress.search.candidates import build_candidate, resolve_transformer_space
 from compress.search.evolution import Evaluated, ScoreFn, SearchResult, evolve
 from compress.search.latency import CnnLatency, TransformerLatency, latency_model
 from compress.search.space import Arch, CnnSpace, Space, TransformerSpace, arch_key
-from compress.stages.base import StageConfig, register_stage, require
-from compress.stages.common import save_model_artifact
+from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 
 log = logging.getLogger("compress")
 

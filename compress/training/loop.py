@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from compress.config import TrainSchedule
 from compress.data.dataset import Batch, Split
 from compress.errors import StageError
 from compress.models.bnb import is_bnb
 from compress.models.task_model import TaskModel
-from compress.recipe.base import TrainSchedule
 from compress.training.evaluate import evaluate
 from compress.ui import progress
 

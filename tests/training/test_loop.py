@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compress.recipe.base import TrainSchedule
+from compress.config import TrainSchedule
 from compress.training.loop import total_steps
 
 

@@ -1,4 +1,4 @@
-"""Base classes shared by every recipe section, stage config and loss config."""
+"""Base classes of every recipe section, stage config and loss config: below both the recipe and the stages."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""What the export and quantize stages share: parity with PyTorch, accuracy on onnxruntime, post-training int8."""
+"""onnxruntime post-training int8 of an exported ONNX graph, shared by `export` and `quantize: {method: ptq}`:
+the options, calibration on real training inputs, transformer fusion before dynamic int8, and the artifacts with
+their accuracy measured on onnxruntime."""
 
 from __future__ import annotations
 
@@ -13,27 +15,18 @@ import torch
 from pydantic import Field
 
 from compress.artifacts import Artifact
+from compress.config import Strict
 from compress.data.dataset import DataBundle, Split
-from compress.errors import ExportError, QuantizationError
+from compress.errors import QuantizationError
+from compress.evaluation import feeds, onnx_artifact, predictor
 from compress.models.task_model import TaskModel
 from compress.quant import ort as ortq
-from compress.recipe.base import Strict
-from compress.runtimes.base import Predictor
-from compress.runtimes.onnxruntime import OrtPredictor
 from compress.ui import progress
 
 log = logging.getLogger("compress")
 
 Int8Mode = Literal["dynamic", "static"]
 INT8_MODES: tuple[Int8Mode, ...] = ("dynamic", "static")
-
-
-class ParityConfig(Strict):
-    """Thresholds of the ONNX vs PyTorch check on real test inputs; the stage fails beyond them."""
-
-    samples: int = Field(128, gt=0, description="Test examples compared.")
-    max_abs_diff: float = Field(1e-3, gt=0, description="Largest allowed |logit_onnx - logit_torch|.")
-    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="Smallest allowed top-1 agreement.")
 
 
 class PtqOptions(Strict):
@@ -61,39 +54,6 @@ class PtqOptions(Strict):
     eval_batch_size: int = Field(64, gt=0, description="Batch size for accuracy on onnxruntime.")
 
 
-def feeds(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, np.ndarray]:
-    return {n: batch[n].numpy() for n in names}
-
-
-def onnx_logits(predictor: Predictor, split: Split, batch_size: int, label: str) -> np.ndarray:
-    """Logits of any runtime's predictor over a split (onnxruntime, OpenVINO, ExecuTorch)."""
-    loader = split.loader(batch_size)
-    out = []
-    with progress(label, len(loader)) as bar:
-        for batch in loader:
-            out.append(predictor(feeds(batch, predictor.input_names)))
-            bar.advance()
-    return np.concatenate(out)
-
-
-def check_parity(model: TaskModel, path: Path, split: Split, cfg: ParityConfig, name: str) -> dict[str, float]:
-    sub = split.subset(cfg.samples)
-    pred = OrtPredictor(path, None, None)
-    ort_out = onnx_logits(pred, sub, 32, f"parity {name}")
-    model.module.eval()
-    with torch.no_grad():
-        torch_out = torch.cat([model.logits(b) for b in sub.loader(32)]).numpy()
-    diff = float(np.abs(ort_out - torch_out).max())
-    agree = float((ort_out.argmax(-1) == torch_out.argmax(-1)).mean())
-    if diff > cfg.max_abs_diff or agree < cfg.min_top1_agreement:
-        raise ExportError(
-            f"ONNX export of {name!r} does not match PyTorch on {len(sub)} test inputs: max abs diff {diff:.2e} "
-            f"(allowed {cfg.max_abs_diff:.0e}), top-1 agreement {agree:.3f} (needed {cfg.min_top1_agreement}). "
-            "Raise export.parity thresholds only if you accept the difference."
-        )
-    return {"parity_max_abs_diff": diff, "parity_top1_agreement": agree}
-
-
 def calibration_batches(split: Split, n: int, names: list[str], length: int) -> Iterator[dict[str, np.ndarray]]:
     """Real training inputs; text is padded to one fixed length because onnxruntime's histogram
     calibrators concatenate every batch of a tensor."""
@@ -110,29 +70,6 @@ def _padded(batch: dict[str, torch.Tensor], split: Split, length: int, names: li
         batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, pad), value=split.pad_id)
         batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
     return feeds(batch, names)
-
-
-def onnx_artifact(
-    name: str,
-    path: Path,
-    parent: str,
-    precision: str,
-    params: int | None,
-    data: DataBundle,
-    eval_batch_size: int,
-    fp32_logits: np.ndarray | None,
-    extra: dict[str, float],
-    stage: str = "export",
-) -> tuple[Artifact, np.ndarray]:
-    """The artifact of an ONNX file with its test accuracy measured on onnxruntime (and its logits)."""
-    pred = OrtPredictor(path, None, None)
-    logits = onnx_logits(pred, data.test, eval_batch_size, f"accuracy {name}")
-    metrics = {"accuracy": float((logits.argmax(-1) == data.test.labels.numpy()).mean()), **extra}
-    if fp32_logits is not None:
-        metrics["top1_agreement_with_fp32"] = float((logits.argmax(-1) == fp32_logits.argmax(-1)).mean())
-    art = Artifact(name, "onnx", path, stage, parent=parent, precision=precision, params=params, metrics=metrics)
-    log.info("%s: accuracy %.4f (onnxruntime, test split)", name, metrics["accuracy"])
-    return art.finalize(), logits
 
 
 FUSION_TOLERANCE = 1e-3  # max |logit difference| between the fused and the exported fp32 graph
@@ -161,7 +98,7 @@ def fused_graph(model: TaskModel, fp32_path: Path, work: Path, test: Split) -> t
     ops = ortq.fuse_transformer(fp32_path, fused, num_heads=heads, hidden_size=width, head_size=size)
     batch = next(iter(test.loader(32)))
     try:
-        ref, got = (OrtPredictor(p, None, None) for p in (fp32_path, fused))
+        ref, got = (predictor("onnxruntime", p) for p in (fp32_path, fused))
         diff = float(np.abs(ref(feeds(batch, ref.input_names)) - got(feeds(batch, got.input_names))).max())
     except Exception as exc:  # noqa: BLE001 - a fused graph onnxruntime cannot run is simply not used
         diff, why = float("inf"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
