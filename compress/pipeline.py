@@ -464,21 +464,26 @@ def check_devices(recipe: Recipe, recipe_path: Path) -> list[str]:
 
 def check_budget_devices(recipe: Recipe, base_dir: Path) -> None:
     """Every device named in `budgets` must be measured by a profile stage, else the budget could never pass;
-    a stage budget with a latency limit (search) needs a device that can be measured here."""
+    a latency limit of a stage (search budget, prune target) needs a device that can be measured here."""
     from compress.devices import resolve_device
     from compress.runtimes.base import get_runtime
 
     for i, stage in enumerate(recipe.stages):
         budget = getattr(stage, "budget", None)
-        if budget is not None and getattr(budget, "max_latency_ms", None) is not None:
+        target = getattr(stage, "target", None)
+        if target is not None and getattr(target, "latency_ms", None) is not None:
+            budget, key = target, f"stages[{i}].target.device"  # prune to a latency: measured on that device
+        elif budget is not None and getattr(budget, "max_latency_ms", None) is not None:
             key = f"stages[{i}].budget.device"
-            try:
-                profile = resolve_device(budget.device, base_dir)
-                ok, why = get_runtime(profile.runtime).available(profile.provider)
-            except CompressError as exc:
-                raise RecipeError(f"{key}: {exc}") from None
-            if not ok:
-                raise RecipeError(f"{key}: device {profile.name!r} cannot be measured here: {why}.")
+        else:
+            continue
+        try:
+            profile = resolve_device(budget.device, base_dir)
+            ok, why = get_runtime(profile.runtime).available(profile.provider)
+        except CompressError as exc:
+            raise RecipeError(f"{key}: {exc}") from None
+        if not ok:
+            raise RecipeError(f"{key}: device {profile.name!r} cannot be measured here: {why}.")
     if not recipe.budgets:
         return
 

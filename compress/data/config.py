@@ -38,7 +38,12 @@ class DataConfig(Strict):
     dev: str | None = Field(None, description="Dev file or folder, used to pick the best checkpoint.")
     test: str | None = Field(None, description="Test file or folder: every reported accuracy is on this split.")
     columns: Columns = Field(default_factory=Columns, description="Column mapping for text files.")  # type: ignore[arg-type]
-    max_length: int = Field(128, gt=0, le=8192, description="Truncate tokenised text to this many tokens.")
+    max_length: int = Field(
+        128,
+        gt=0,
+        le=8192,
+        description="Truncate tokenised text to this many tokens (default: `deploy.sequence`, else 128).",
+    )
     max_train_samples: int | None = Field(None, gt=0, description="Use only the first N training examples.")
     max_eval_samples: int | None = Field(None, gt=0, description="Use only the first N dev and test examples.")
     split: SplitFractions = Field(default_factory=SplitFractions, description="Hold-out fractions.")  # type: ignore[arg-type]

@@ -147,8 +147,12 @@ class ExecuTorchOptions(Strict):
         description="`fp32`, and `int8` (XNNPACK's PT2E quantizer: per-channel int8 weights, activations "
         "quantized at run time).",
     )
-    batch: int = Field(1, gt=0, description="Batch size the program is exported for.")
-    sequence: int = Field(128, gt=0, description="Sequence length of text programs (inputs padded to it).")
+    batch: int = Field(1, gt=0, description="Batch size the program is exported for (default: `deploy.batch`, else 1).")
+    sequence: int = Field(
+        128,
+        gt=0,
+        description="Sequence length of text programs, inputs padded to it (default: `deploy.sequence`, else 128).",
+    )
     max_abs_diff: float = Field(1e-3, gt=0, description="fp32 parity: max |logit difference| against PyTorch.")
     min_top1_agreement: float = Field(
         0.98, gt=0, le=1, description="int8 parity: top-1 agreement with the PyTorch model on the test split."

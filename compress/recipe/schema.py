@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from compress.config import Strict, check_name
 from compress.data.config import DataConfig
@@ -24,6 +24,32 @@ else:
     StageUnion = stage_union()
 
 
+class Deploy(Strict):
+    """The input shape the artifacts are deployed at, set once: every shape the recipe leaves unset follows it."""
+
+    batch: int | None = Field(
+        None, gt=0, le=65536, description="Batch size: profile.shape.batch and export.executorch.batch follow it."
+    )
+    sequence: int | None = Field(
+        None,
+        gt=0,
+        le=8192,
+        description="Tokens per input of text models: data.max_length, profile.shape.sequence, "
+        "export.executorch.sequence, search.budget.sequence and prune.target.sequence follow it.",
+    )
+
+
+# where each deploy value lands, per stage: (stage, path of the sub-mapping, key, deploy field)
+DEPLOY_KEYS = (
+    ("profile", ("shape",), "sequence", "sequence"),
+    ("profile", ("shape",), "batch", "batch"),
+    ("export", ("executorch",), "sequence", "sequence"),
+    ("export", ("executorch",), "batch", "batch"),
+    ("search", ("budget",), "sequence", "sequence"),
+    ("prune", ("target",), "sequence", "sequence"),
+)
+
+
 class Recipe(Strict):
     """A compression recipe: a teacher, data, and the stages that turn the teacher into deployable artifacts."""
 
@@ -33,11 +59,42 @@ class Recipe(Strict):
     data: DataConfig = Field(..., description="The data set.")
     teacher: ModelSource = Field(..., description="The teacher model.")
     stages: list[StageUnion] = Field(..., min_length=1, description="Stages, run in order.")
+    deploy: Deploy | None = Field(
+        None,
+        description="The deployment shape, given once: shapes the recipe leaves unset (data.max_length, profile, "
+        "ExecuTorch export, search budget, prune target) follow it; a shape a stage sets itself wins.",
+    )
     budgets: dict[str, Budget] = Field(
         default_factory=dict,
         description="Per device name: limits the artifacts must meet. A miss fails the run (exit code 3) after "
         "report.json, report.md and junit.xml are written.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deploy(cls, data: Any) -> Any:
+        """Fill the shapes the recipe leaves unset from `deploy` (before validation: every field stays an int)."""
+        deploy = data.get("deploy") if isinstance(data, dict) else None
+        if not isinstance(deploy, dict):
+            return data
+        values = {k: deploy.get(k) for k in ("batch", "sequence")}
+        values = {k: v for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+        if "sequence" in values and isinstance(data.get("data"), dict):
+            data["data"].setdefault("max_length", values["sequence"])
+        for stage in data.get("stages") or []:
+            if not isinstance(stage, dict):
+                continue
+            for kind, path, key, field in DEPLOY_KEYS:
+                if stage.get("stage") != kind or field not in values:
+                    continue
+                node: Any = stage
+                for part in path:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if node is None and kind == "profile":  # profile's shape is optional: make it
+                    node = stage.setdefault(path[0], {})
+                if isinstance(node, dict):
+                    node.setdefault(key, values[field])
+        return data
 
     @field_validator("name")
     @classmethod

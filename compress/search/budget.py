@@ -23,7 +23,11 @@ class SearchBudget(Strict):
         None, gt=0, description="Most p50 latency in ms on `device` (batch 1, `sequence` tokens), fp32 ONNX."
     )
     device: str = Field("x86-cpu", description="Device profile for `max_latency_ms` (name or YAML path).")
-    sequence: int = Field(128, gt=0, description="Sequence length for FLOPs and latency (text models).")
+    sequence: int = Field(
+        128,
+        gt=0,
+        description="Sequence length for FLOPs and latency (text models; default: `deploy.sequence`, else 128).",
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> SearchBudget:

@@ -23,8 +23,12 @@ log = logging.getLogger("compress")
 class Shape(Strict):
     """Input shape used for timing."""
 
-    batch: int = Field(1, gt=0, description="Batch size.")
-    sequence: int = Field(128, gt=0, description="Sequence length (text models; ignored for images).")
+    batch: int = Field(1, gt=0, description="Batch size (default: `deploy.batch`, else 1).")
+    sequence: int = Field(
+        128,
+        gt=0,
+        description="Sequence length (text models; ignored for images). Default: `deploy.sequence`, else 128.",
+    )
 
 
 class ProfileConfig(StageConfig):

@@ -42,7 +42,12 @@ class PruneTarget(Strict):
         None, gt=0, description="p50 latency in ms on `device` (batch 1, `sequence` tokens) to land on (DPHuBERT)."
     )
     device: str = Field("x86-cpu", description="Device profile that `latency_ms` is measured on.")
-    sequence: int = Field(128, gt=0, description="Sequence length at which `flops` and `latency_ms` are counted.")
+    sequence: int = Field(
+        128,
+        gt=0,
+        description="Sequence length at which `flops` and `latency_ms` are counted (default: `deploy.sequence`, "
+        "else 128).",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> PruneTarget:
@@ -208,9 +213,7 @@ def _logit_loss(config: PruneConfig, student: TaskModel, teacher: TaskModel, bat
     return loss, {"kd": float(kd.detach())}
 
 
-def _run_cnn_masks(
-    config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
-) -> Artifacts:
+def _run_cnn_masks(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str) -> Artifacts:
     """DPHuBERT's masks and Lagrangian on the channels of a built-in CNN (logit KD: no layer-to-layer loss)."""
     from compress.models.task_model import build_module
     from compress.pruning.channels import pruned_shapes
@@ -265,9 +268,7 @@ def _run_cnn_masks(
     return {config.output: art}
 
 
-def _run_channels(
-    config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
-) -> Artifacts:
+def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str) -> Artifacts:
     from compress.models.task_model import build_module
     from compress.pruning.channels import prune_channels, pruned_shapes
 
@@ -321,9 +322,7 @@ def _run_channels(
     return {config.output: art}
 
 
-def _run_dphubert(
-    config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
-) -> Artifacts:
+def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str) -> Artifacts:
     n_layers = len(encoder_layers(student.module))
     layers = config.layers or list(range(n_layers))
     if any(not 0 <= i < n_layers for i in layers):

