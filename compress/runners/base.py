@@ -111,6 +111,9 @@ def run_child(cmd: list[str], *, what: str, device: str, timeout: float, **kwarg
     KeyboardInterrupt by the CLI) and timeouts (``subprocess.run`` kills it), and on Linux when compress itself
     is killed. A timeout is a :class:`DeviceError` naming ``what``; a missing program names it too."""
     preexec = _die_with_parent if _PRCTL is not None else None
+    kwargs.setdefault("stdin", subprocess.DEVNULL)  # a benchmark or ssh never reads the user's terminal
+    if kwargs["stdin"] is None:
+        kwargs["stdin"] = subprocess.DEVNULL
     try:
         return subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=preexec, **kwargs)  # noqa: PLW1509
     except subprocess.TimeoutExpired:

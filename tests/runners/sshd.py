@@ -11,10 +11,16 @@ import asyncssh
 
 
 async def _exec(process: asyncssh.SSHServerProcess) -> None:
+    """Run the command with the client's whole stdin, then send its whole output, then the exit status: never an
+    exit status that overtakes output still in flight (which `redirect` allowed under load)."""
     pipe = asyncio.subprocess.PIPE
+    given = await process.stdin.read()  # the client sends EOF: a file it pipes, or /dev/null
     proc = await asyncio.create_subprocess_shell(process.command or "true", stdin=pipe, stdout=pipe, stderr=pipe)
-    await process.redirect(stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr)  # bytes both ways
-    process.exit(await proc.wait())
+    out, err = await proc.communicate(given)
+    process.stdout.write(out)
+    process.stderr.write(err)
+    await process.stdout.drain()
+    process.exit(proc.returncode or 0)
     await process.wait_closed()
 
 
