@@ -21,6 +21,7 @@ from timing import measure_alternating, seed_from_sst2_minilm  # benchmarks/timi
 
 from compress import pipeline
 from compress.environment import environment
+from compress.families import load as load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "export" / "sst2-moe"
@@ -38,10 +39,9 @@ def _cost_by_k(model_dir: Path, work: Path) -> list[dict[str, float]]:
     """The same MoE model with k of 8 experts in every layer (token-grouped path; k = 8 forced through it
     too), exported and timed alternating: does the exported graph's cost fall with fewer active experts?"""
     from compress.exporters.onnx import export_onnx
-    from compress.models.task_model import TaskModel
     from compress.moe.convert import moe_layers
 
-    model = TaskModel.load(model_dir)
+    model = load_model(model_dir)
     sample = {"input_ids": torch.full((2, 16), 5), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
     work.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -2,7 +2,7 @@
 
 import logging
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # transformers imports torchao whenever it is installed (NNCF and ExecuTorch need it); torchao then warns about
 # each CUDA kernel library it cannot load on a CPU machine, and torch about enum pytree constants. Neither says

@@ -54,3 +54,32 @@ class TrainSchedule(Strict):
         description="Evaluate on the dev split every N steps (default: once per epoch and at the end). "
         "The checkpoint with the best dev accuracy is kept.",
     )
+
+
+# ---- one config class per method ------------------------------------------------------------------------
+METHOD_SIBLINGS: dict[type[BaseModel], list[type[BaseModel]]] = {}  # a method's config -> the stage's others
+
+
+def method_union(default: str | None, *configs: type[BaseModel]) -> object:
+    """A stage whose methods each have their own config class, chosen by the `method` key (``default`` when the
+    recipe leaves it out; None: the recipe must name it): each class holds only its own keys, and
+    `recipe/load.py` names the method a key of another method belongs to."""
+    from typing import Any, Union
+
+    from pydantic import Discriminator, Tag
+
+    tags = {c: _literal(c) for c in configs}
+
+    def method(value: Any) -> Any:
+        return value.get("method", default) if isinstance(value, dict) else getattr(value, "method", None)
+
+    for c in configs:
+        METHOD_SIBLINGS[c] = [o for o in configs if o is not c]
+    members = tuple(Annotated[c, Tag(tags[c])] for c in configs)
+    return Annotated[Union[members], Discriminator(method)]  # noqa: UP007
+
+
+def _literal(config: type[BaseModel]) -> str:
+    from typing import get_args
+
+    return str(get_args(config.model_fields["method"].annotation)[0])

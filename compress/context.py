@@ -67,10 +67,28 @@ class Context:
             )
         return self._data
 
+    def label_info(self) -> tuple[int, int | None]:
+        """Labels and image channels come from the data; text data needs a tokenizer, so only its label columns
+        are read here (the teacher is built before the tokenizer it brings)."""
+        cfg = self.recipe.data
+        if cfg.modality == "image":
+            d = self.data()
+            return d.num_labels, d.in_channels
+        from compress.data import text
+
+        labels = {}
+        for key in ("train", "dev", "test"):
+            value = getattr(cfg, key)
+            if value:
+                path = self.base_dir / value
+                labels[key] = (path, text.extract(text.read_rows(path, cfg.format), cfg, path)[2])
+        mapping = text.label_mapping(labels, cfg.columns.label)
+        return max(mapping.values()) + 1, None
+
     def load_model(self, artifact: Artifact) -> TaskModel:
         """Load a model artifact (a fresh copy each call: stages may train it in place)."""
-        from compress.models.task_model import TaskModel
+        from compress.families import load
 
         if artifact.kind != "model":
             raise StageError(f"artifact {artifact.name!r} is {artifact.kind}, not a PyTorch model.")
-        return TaskModel.load(artifact.path)
+        return load(artifact.path)

@@ -15,21 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from compress import __version__
 from compress.artifacts import Artifact, Artifacts
 from compress.context import Context
 from compress.environment import environment
 from compress.errors import BudgetError, CompressError, Interrupted, OutputError, RecipeError, StageError
+from compress.families import family_of_source
 from compress.fileio import atomic_write_json, default_mode, disk_full, sha256_json, sha256_path
-from compress.models.source import build_model
 from compress.recipe.chain import check_chain
 from compress.recipe.load import load_recipe
 from compress.recipe.schema import Recipe
 from compress.report import budgets
 from compress.report.report import build_report, write_report
 from compress.stages import STAGES
+from compress.stages.teacher import TeacherConfig
 
 log = logging.getLogger("compress")
 STAGE_FILE = "stage.json"
@@ -102,37 +101,6 @@ def _save_stage(tmp: Path, final: Path, produced: Artifacts, out_dir: Path, meta
     return produced
 
 
-def _teacher_stage(recipe: Recipe, ctx: Context) -> tuple[dict[str, Any], Any]:
-    """The teacher is the output of stage 0: built (and its head initialised) once, then cached."""
-    spec = recipe.teacher.model_dump(exclude_none=True)
-
-    def run(_: Artifacts, __: Any, c: Context) -> Artifacts:
-        modality = recipe.data.modality
-        num_labels, in_channels = _label_info(recipe, c)
-        torch.manual_seed(c.seed)
-        model = build_model(
-            recipe.teacher, modality=modality, num_labels=num_labels, in_channels=in_channels, base_dir=c.base_dir
-        )
-        if modality == "text":
-            check_positions(recipe, getattr(getattr(model.module, "config", None), "max_position_embeddings", None))
-        elif model.family == "python":
-            train = c.data().train
-            model.probe(train.collate(list(range(min(2, len(train))))), f"teacher.python {recipe.teacher.python}")
-        folder = c.stage_dir / "teacher"
-        model.save(folder)
-        art = Artifact(
-            "teacher",
-            "model",
-            folder,
-            "teacher",
-            params=model.num_params(),
-            info={"family": model.family, "source": recipe.teacher.describe()},
-        )
-        return {"teacher": art.finalize()}
-
-    return {"stage": "teacher", **spec}, run
-
-
 def _library_failure(exc: Exception, pos: int, name: str, entry: Any, recipe: Recipe, out_dir: Path) -> StageError:
     """A one-paragraph error for an exception raised inside a library (torch-pruning on a model it cannot trace,
     a loss on mismatched shapes, an exporter on an unsupported operator): the stage, the model, where it failed
@@ -148,7 +116,12 @@ def _library_failure(exc: Exception, pos: int, name: str, entry: Any, recipe: Re
         lib = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("site-packages", "dist-packages")), None)
         where = f" inside {lib or Path(outside[-1].filename).name}"
     model = next(
-        (f"{key} {getattr(entry, key)!r}" for key in ("source", "models") if getattr(entry, key, None)), None
+        (
+            f"{key} {v!r}"
+            for key in ("source", "models")
+            if isinstance(v := getattr(entry, key, None), str | list) and v
+        ),
+        None,
     ) or (f"the student ({entry.student.describe()})" if getattr(entry, "student", None) else None)
     model = model or f"the teacher ({recipe.teacher.describe()})"
     first = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -157,33 +130,6 @@ def _library_failure(exc: Exception, pos: int, name: str, entry: Any, recipe: Re
         f"this stage) is not supported by that step; check the stage's keys against docs/recipe.md, or try another "
         f"method. The full traceback is in {out_dir / 'compress.log'}."
     )
-
-
-def check_positions(recipe: Recipe, positions: int | None) -> None:
-    """`data.max_length` must fit the teacher's position embeddings (else every long input crashes the model)."""
-    if isinstance(positions, int) and recipe.data.max_length > positions:
-        raise RecipeError(
-            f"data.max_length: {recipe.data.max_length} tokens, but the teacher has {positions} positions. Set "
-            f"data.max_length to at most {positions}."
-        )
-
-
-def _label_info(recipe: Recipe, ctx: Context) -> tuple[int, int | None]:
-    """Labels and channels come from the data; text data needs a tokenizer, so peek at the label column only."""
-    if recipe.data.modality == "image":
-        d = ctx.data()
-        return d.num_labels, d.in_channels
-    from compress.data import text
-
-    cfg = recipe.data
-    labels = {}
-    for key in ("train", "dev", "test"):
-        value = getattr(cfg, key)
-        if value:
-            path = ctx.base_dir / value
-            labels[key] = (path, text.extract(text.read_rows(path, cfg.format), cfg, path)[2])
-    mapping = text.label_mapping(labels, cfg.columns.label)
-    return max(mapping.values()) + 1, None
 
 
 def _select(recipe: Recipe, ref: str | None, flag: str) -> int | None:
@@ -363,8 +309,8 @@ def _run(
     artifacts: Artifacts = {}
     history: list[Artifact] = []
     entries: list[tuple[str, dict[str, Any], Any, Any]] = []
-    teacher_cfg, teacher_run = _teacher_stage(recipe, ctx)
-    entries.append(("teacher", teacher_cfg, teacher_run, None))
+    teacher = TeacherConfig(stage="teacher", source=recipe.teacher)
+    entries.append(("teacher", teacher.model_dump(exclude_none=True), STAGES.get("teacher").run, teacher))
     for entry in recipe.stages:
         entries.append((entry.stage, entry.model_dump(), STAGES.get(entry.stage).run, entry))
     started = time.perf_counter()
@@ -449,7 +395,7 @@ def check_devices(recipe: Recipe, recipe_path: Path) -> list[str]:
 
     found = []
     for i, stage in enumerate(recipe.stages):
-        for j, ref in enumerate(getattr(stage, "devices", None) or []):
+        for j, ref in enumerate(stage.measured_devices()):
             key = f"stages[{i}].devices[{j}]"
             try:
                 device = resolve_device(ref, recipe_path.parent)
@@ -466,28 +412,13 @@ def check_budget_devices(recipe: Recipe, base_dir: Path) -> None:
     """Every device named in `budgets` must be measured by a profile stage, else the budget could never pass;
     a latency limit of a stage (search budget, prune target) needs a device that can be measured here."""
     from compress.devices import resolve_device
-    from compress.runtimes.base import get_runtime
 
     for i, stage in enumerate(recipe.stages):
-        budget = getattr(stage, "budget", None)
-        target = getattr(stage, "target", None)
-        if target is not None and getattr(target, "latency_ms", None) is not None:
-            budget, key = target, f"stages[{i}].target.device"  # prune to a latency: measured on that device
-        elif budget is not None and getattr(budget, "max_latency_ms", None) is not None:
-            key = f"stages[{i}].budget.device"
-        else:
-            continue
-        try:
-            profile = resolve_device(budget.device, base_dir)
-            ok, why = get_runtime(profile.runtime).available(profile.provider)
-        except CompressError as exc:
-            raise RecipeError(f"{key}: {exc}") from None
-        if not ok:
-            raise RecipeError(f"{key}: device {profile.name!r} cannot be measured here: {why}.")
+        stage.preflight(f"stages[{i}]", base_dir)
     if not recipe.budgets:
         return
 
-    profiled = {resolve_device(ref, base_dir).name for s in recipe.stages for ref in getattr(s, "devices", None) or []}
+    profiled = {resolve_device(ref, base_dir).name for s in recipe.stages for ref in s.measured_devices()}
     for device in recipe.budgets:
         if device not in profiled:
             have = ", ".join(sorted(profiled)) or "none"
@@ -504,7 +435,7 @@ def device_formats(recipe: Recipe, base_dir: Path) -> dict[str, str]:
 
     out = {}
     for stage in recipe.stages:
-        for ref in getattr(stage, "devices", None) or []:
+        for ref in stage.measured_devices():
             device = resolve_device(ref, base_dir)
             out[device.name] = budgets.FORMAT_OF_KIND[runtime_format(device.runtime)]
     return out
@@ -557,8 +488,9 @@ def _validate(recipe_path: Path) -> list[str]:
                 check_hub_id(path, where, src.trust_remote_code)
             remote = " (trust_remote_code: runs the model's own Python code)" if src.trust_remote_code else ""
             found.append(f"{where}: {path}{remote}")
-            if where == "teacher" and recipe.data.modality == "text":
-                check_positions(recipe, hf_positions(path, src.trust_remote_code))
+            if where == "teacher":
+                family = family_of_source(src, recipe.data.modality, "teacher")
+                family.check_positions(recipe.data.max_length, hf_positions(path, src.trust_remote_code))
         elif src.python:
             code = locate_factory(src.python, src.kwargs)
             found.append(
@@ -568,7 +500,7 @@ def _validate(recipe_path: Path) -> list[str]:
         else:
             found.append(f"{where}: built-in {src.describe()}")
     if recipe.data.modality == "text":
-        n_labels, _ = _label_info(recipe, ctx)
+        n_labels, _ = ctx.label_info()
         found.append(f"data: {recipe.data.format} files readable, columns present, {n_labels} labels")
     else:
         d = ctx.data()

@@ -10,7 +10,7 @@ import torch
 
 from compress import pipeline
 from compress.errors import ExportError, RecipeError, StageError
-from compress.models.task_model import TaskModel
+from compress.families import load as load_model
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_manifest_lists_hashes_timings_and_environment(digits_run: pipeline.RunR
 
 def test_saved_student_reloads_with_identical_outputs(digits_run: pipeline.RunResult) -> None:
     art = digits_run.artifacts["student"]
-    a, b = TaskModel.load(art.path), TaskModel.load(art.path)
+    a, b = load_model(art.path), load_model(art.path)
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(a.logits({"pixel_values": x}), b.logits({"pixel_values": x}))
 

@@ -10,6 +10,7 @@ import torch
 from compress import pipeline
 from compress.data.config import DataConfig
 from compress.data.dataset import load_data
+from compress.families import FAMILIES
 from compress.losses import build_terms
 from compress.losses.terms import Captured, HiddenConfig, KDConfig, MiniLMConfig
 from compress.models.bert import BertStudentSpec, build_bert_student
@@ -75,12 +76,10 @@ def sst2_config(folder: Path, *, max_length: int) -> DataConfig:
 
 def _tiny_setup(tiny_bert_dir: Path, sst2_slice: Path) -> tuple[TaskModel, TaskModel, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
-    teacher = build_model(
-        ModelSource(hf=str(tiny_bert_dir)), modality="text", num_labels=2, in_channels=None, base_dir=Path(".")
-    )
-    student = build_model(
+    family = FAMILIES.get("encoder")  # builds members with their feature taps (the `hidden` loss's default)
+    teacher = family.build(ModelSource(hf=str(tiny_bert_dir)), num_labels=2, in_channels=None, base_dir=Path("."))
+    student = family.build(
         ModelSource(bert=BertStudentSpec(layers=2, hidden=16, heads=2, ffn=32)),
-        modality="text",
         num_labels=2,
         in_channels=None,
         base_dir=Path("."),

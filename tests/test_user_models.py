@@ -39,7 +39,7 @@ def test_python_factory_teacher_with_checkpoint_runs_end_to_end(tmp_path: Path) 
         tmp_path, RECIPE.format(factory="small_cnn", checkpoint="checkpoint: weights.safetensors", steps=8)
     )
     result = pipeline.run(recipe, tmp_path / "out")
-    assert result.artifacts["teacher"].info["family"] == "python"
+    assert result.artifacts["teacher"].info["kind"] == "python"
     assert result.artifacts["teacher.onnx"].metrics["parity_max_abs_diff"] < 1e-4
     assert result.artifacts["teacher.int8-static.onnx"].metrics["accuracy"] > 0.3
 

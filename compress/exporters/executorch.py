@@ -39,7 +39,7 @@ class _Program(nn.Module):
     def __init__(self, model: TaskModel) -> None:
         super().__init__()
         self.module = model.module
-        self.text_hf = model.family == "hf" and model.modality == "text"
+        self.text_hf = model.kind == "hf" and model.modality == "text"
         self.names = model.input_names()
         self.model = model
 
@@ -97,7 +97,7 @@ def export_pte(model: TaskModel, args: tuple, path: Path, *, int8: bool) -> dict
     except Exception as exc:  # noqa: BLE001 - export/lowering failures become one clear error
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ExportError(
-            f"the {model.family} model ({type(model.module).__name__}) does not export to ExecuTorch/XNNPACK"
+            f"the {model.kind} model ({type(model.module).__name__}) does not export to ExecuTorch/XNNPACK"
             f"{' int8' if int8 else ''}: {type(exc).__name__}: {first}"
         ) from None
     tmp = path.with_suffix(".tmp")

@@ -67,7 +67,7 @@ def export_onnx(model: TaskModel, sample: Batch, path: Path, *, opset: int = MIN
         path.unlink(missing_ok=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(
-            f"the {model.family} model ({type(model.module).__name__}) does not export to ONNX opset {opset}: "
+            f"the {model.kind} model ({type(model.module).__name__}) does not export to ONNX opset {opset}: "
             f"{type(exc).__name__}: {first}. Operators without an ONNX mapping or data-dependent control flow "
             "are the usual causes; simplify the forward or raise `opset`."
         ) from None

@@ -128,12 +128,7 @@ class HiddenTerm(LossTerm):
     uses_teacher_logits = False
 
     def __init__(self, cfg: HiddenConfig, student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]):
-        pairs = cfg.pairs
-        if pairs is None:
-            s_mods, t_mods = student.default_feature_modules(), teacher.default_feature_modules()
-            if not s_mods or not t_mods:
-                raise StageError("loss `hidden` has no default layers for this model; give `pairs` explicitly.")
-            pairs = [(s, t_mods[j]) for s, j in zip(s_mods, default_layer_map(len(s_mods), len(t_mods)), strict=True)]
+        pairs = cfg.pairs or _default_pairs(student, teacher, "hidden")
         check_paths(student.module, [p[0] for p in pairs], "the student")
         check_paths(teacher.module, [p[1] for p in pairs], "the teacher")
         super().__init__(cfg.weight, [p[0] for p in pairs], [p[1] for p in pairs])
@@ -149,6 +144,50 @@ class HiddenTerm(LossTerm):
             fs, ft = proj(s.features[sp]), t.features[tp]
             total = total + F.hint_loss(fs, ft, mask=mask if fs.dim() == 3 else None)
         return total / len(self.pairs)
+
+
+# ---- DPHuBERT layer-to-layer ----------------------------------------------------------------------------------
+class L1CosineConfig(LossConfig):
+    """DPHuBERT's layer-to-layer distillation: per layer pair, ``mean |h_s - h_t| + (1 - cos(h_s, h_t))`` per
+    token, averaged over non-padding tokens and pairs (hidden sizes must match: no projection)."""
+
+    name: Literal["l1_cosine"]
+    pairs: list[tuple[str, str]] | None = Field(
+        None,
+        description="[student module path, teacher module path] pairs. Default: every student layer paired with "
+        "the evenly spaced teacher layer (the family's feature taps).",
+    )
+
+
+def _default_pairs(student: TaskModel, teacher: TaskModel, loss: str) -> list[tuple[str, str]]:
+    s_mods, t_mods = student.features, teacher.features
+    if not s_mods or not t_mods:
+        raise StageError(f"loss `{loss}` has no default layers for this model; give `pairs` explicitly.")
+    return [(s, t_mods[j]) for s, j in zip(s_mods, default_layer_map(len(s_mods), len(t_mods)), strict=True)]
+
+
+class L1CosineTerm(LossTerm):
+    uses_teacher_logits = False
+
+    def __init__(self, cfg: L1CosineConfig, student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]):
+        pairs = cfg.pairs or _default_pairs(student, teacher, "l1_cosine")
+        check_paths(student.module, [p[0] for p in pairs], "the student")
+        check_paths(teacher.module, [p[1] for p in pairs], "the teacher")
+        super().__init__(cfg.weight, [p[0] for p in pairs], [p[1] for p in pairs])
+        s_feats, t_feats = _probe(student, self.student_paths, batch), _probe(teacher, self.teacher_paths, batch)
+        for s, t in pairs:
+            if s_feats[s].shape[-1] != t_feats[t].shape[-1]:
+                raise StageError(
+                    f"loss `l1_cosine`: {s} (width {s_feats[s].shape[-1]}) and {t} (width {t_feats[t].shape[-1]}) "
+                    "differ in width; it compares hidden states directly (use `hidden`, which learns a projection)."
+                )
+        self.pairs = pairs
+
+    def forward(self, s: Captured, t: Captured, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.l1_cosine_loss(
+            [s.features[p] for p, _ in self.pairs], [t.features[q] for _, q in self.pairs],
+            mask=batch.get("attention_mask"),
+        )  # fmt: skip
 
 
 # ---- MiniLM self-attention relations ---------------------------------------------------------------------------
@@ -207,6 +246,7 @@ LOSSES.add("kd", LossDef(KDConfig, lambda c, s, t, b: KDTerm(c)))  # type: ignor
 LOSSES.add("ce", LossDef(CEConfig, lambda c, s, t, b: CETerm(c)))  # type: ignore[arg-type]
 LOSSES.add("hidden", LossDef(HiddenConfig, HiddenTerm))  # type: ignore[arg-type]
 LOSSES.add("minilm", LossDef(MiniLMConfig, MiniLMTerm))  # type: ignore[arg-type]
+LOSSES.add("l1_cosine", LossDef(L1CosineConfig, L1CosineTerm))  # type: ignore[arg-type]
 
 
 def build_terms(

@@ -21,7 +21,13 @@ def quantization_config(mode: BnbMode) -> Any:
 
     if mode == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    # The classification head stays float: it is tiny, and bitsandbytes' CPU NF4 kernels cannot run a layer with
+    # fewer than 32 outputs (one per class here).
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                              llm_int8_skip_modules=list(_FLOAT_HEADS))  # fmt: skip
+
+
+_FLOAT_HEADS = ("classifier", "score")  # Hugging Face's names for a sequence classifier's head
 
 
 def device() -> str:
@@ -46,11 +52,15 @@ def load(path: str, mode: BnbMode, num_labels: int, *, key: str = "teacher.bitsa
         module = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, quantization_config=quantization_config(mode), device_map=where
         )
+        if mode == "nf4" and where == "cpu":
+            _check_cpu_nf4_widths(module, key)
         ids = torch.full((1, 16), 5, dtype=torch.long, device=where)
         with torch.no_grad():
             module(input_ids=ids, attention_mask=torch.ones_like(ids))
     except ImportError as exc:
         raise ModelError(f"{key}: {exc}. Install with: pip install accelerate bitsandbytes") from None
+    except ModelError:
+        raise
     except Exception as exc:  # noqa: BLE001 - bitsandbytes kernels fail with assorted errors on unsupported shapes
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(
@@ -59,6 +69,28 @@ def load(path: str, mode: BnbMode, num_labels: int, *, key: str = "teacher.bitsa
             + ("." if where == "cpu" else ", built for this GPU.")
         ) from None
     return module.eval()
+
+
+# bitsandbytes' CPU inference path for 4-bit weights (AVX-512 BF16 kernels) repacks each weight in blocks of 64
+# inputs and 32 outputs, and fails on a layer whose widths are not multiples of those (bitsandbytes 0.50.2).
+_NF4_BLOCK_IN, _NF4_BLOCK_OUT = 64, 32
+
+
+def _check_cpu_nf4_widths(module: nn.Module, key: str) -> None:
+    """Name the layers bitsandbytes' CPU NF4 kernels cannot run, instead of its reshape error at the first
+    forward pass."""
+    bad = [
+        f"{name} ({int(m.in_features)} -> {int(m.out_features)})"
+        for name, m in module.named_modules()
+        if type(m).__name__ == "Linear4bit" and getattr(m, "support_avx512bf16_for_cpu", False)
+        and (int(m.in_features) % _NF4_BLOCK_IN or int(m.out_features) % _NF4_BLOCK_OUT)
+    ]  # fmt: skip
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ModelError(
+            f"{key}: nf4 on this CPU (bitsandbytes' AVX-512 BF16 kernels) needs layers with a multiple of "
+            f"{_NF4_BLOCK_IN} inputs and of {_NF4_BLOCK_OUT} outputs; {shown} are not. Use `int8`, or run on a GPU."
+        )
 
 
 def is_saved_bnb(folder: Path) -> bool:

@@ -200,7 +200,7 @@ def build_model(
             raise ModelError(f"cannot load Hugging Face model {path!r}: {first}") from None
         return TaskModel(module.eval(), "hf", modality, num_labels, tokenizer, {"source": str(path)})
     if source.bert:
-        if teacher is None or teacher.family != "hf":
+        if teacher is None or teacher.kind != "hf":
             raise ModelError("`bert` students need a Hugging Face BERT-family teacher (teacher: {hf: ...}).")
         module = build_bert_student(teacher.module, source.bert)  # type: ignore[arg-type]
         return TaskModel(

@@ -1,23 +1,23 @@
 """Per-layer encoder structure of BERT-family models: how many attention heads and FFN units each layer keeps.
 
 Hugging Face BERT sizes every layer from one config (``hidden / heads`` per head, ``intermediate_size`` units).
-Searched and pruned students differ per layer, so the structure is recorded in the config as
-``compress_structure = {"heads": [...], "ffn": [...]}`` and re-applied when the model is loaded. The head size
+Searched and pruned students differ per layer, so the structure is recorded as the model transform
+``encoder_structure`` (``{"heads": [...], "ffn": [...]}``) and re-applied when the model is loaded. The head size
 stays the config's ``hidden_size // num_attention_heads``; HF's attention reshapes with ``-1`` heads, so a layer
 with smaller Q/K/V projections simply runs fewer heads.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.transforms import register_transform
 
-STRUCTURE_KEY = "compress_structure"
+TRANSFORM = "encoder_structure"
 
 
 def encoder_layers(model: nn.Module) -> list[Any]:
@@ -49,10 +49,9 @@ def current_structure(model: nn.Module) -> dict[str, list[int]]:
 
 
 def _ffn_units(intermediate: nn.Module) -> int:
-    from compress.moe.experts import MoeFfn
-
-    if isinstance(intermediate, MoeFfn):  # moefy: all experts together
-        return intermediate.experts * intermediate.expert_size
+    units = getattr(intermediate, "ffn_units", None)  # a replaced FFN (moefy's experts) counts its own units
+    if units is not None:
+        return int(units)
     return int(intermediate.dense.out_features)  # type: ignore[union-attr,arg-type]
 
 
@@ -104,32 +103,10 @@ def resize_encoder(model: nn.Module, heads: list[int], ffn: list[int]) -> None:
         else:
             layer.intermediate.dense = nn.Linear(hidden, f)
             layer.output.dense = nn.Linear(f, hidden)
-    uniform = len(set(heads)) == 1 and heads[0] * d == hidden and len(set(ffn)) == 1
-    if uniform:
-        config.intermediate_size = ffn[0]
-        if hasattr(config, STRUCTURE_KEY):
-            delattr(config, STRUCTURE_KEY)
-    else:
-        setattr(config, STRUCTURE_KEY, {"heads": list(heads), "ffn": list(ffn)})
+    if len(set(heads)) == 1 and heads[0] * d == hidden and len(set(ffn)) == 1 and ffn[0] > 0:
+        config.intermediate_size = ffn[0]  # uniform: the config alone describes it
 
 
-def load_structured(folder: Path) -> nn.Module | None:
-    """Load a saved model whose config carries a per-layer structure (pruning) or MoE layers (moefy); None when
-    it has neither."""
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from compress.moe.convert import MOE_KEY, rebuild
-
-    config = AutoConfig.from_pretrained(folder)
-    structure = getattr(config, STRUCTURE_KEY, None)
-    moe = getattr(config, MOE_KEY, None)
-    if not structure and not moe:
-        return None
-    model = AutoModelForSequenceClassification.from_config(config)
-    if structure:
-        resize_encoder(model, structure["heads"], structure["ffn"])
-    if moe:  # Mixture-of-Experts FFNs (moefy): the skeleton first, then the weights
-        rebuild(model, moe)
-    load_model(model, str(folder / "model.safetensors"))
-    return model
+@register_transform(TRANSFORM)
+def _reapply(module: nn.Module, args: Any) -> None:
+    resize_encoder(module, args["heads"], args["ffn"])

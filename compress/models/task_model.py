@@ -1,4 +1,4 @@
-"""A classification model plus what is needed to feed, save and rebuild it (tokenizer, family, spec)."""
+"""A classification model plus what is needed to feed, save and rebuild it (tokenizer, kind, spec, transforms)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.transforms import apply_transforms
 
-Family = Literal["hf", "cnn", "python"]
+Kind = Literal["hf", "cnn", "python"]  # how the module is built and stored (not what it is: that is its family)
 Modality = Literal["text", "image"]
 META_FILE = "compress_model.json"
 
@@ -50,12 +51,21 @@ def import_factory(ref: str) -> Any:
 
 @dataclass
 class TaskModel:
+    """``kind`` says how the module is built and stored (a Hugging Face folder, the built-in CNN, a Python
+    factory); ``family`` names the plug-in in `compress.families` that answers what stages ask of it (set by the
+    family that built or loaded it). ``transforms`` lists the structural changes applied since it was built
+    (see `models/transforms.py`), re-applied in order on load. ``features`` are the module paths whose outputs
+are its intermediate features (the family's default taps for hint losses and DisWOT)."""
+
     module: nn.Module
-    family: Family
+    kind: Kind
     modality: Modality
     num_labels: int
     tokenizer: Any = None
     spec: dict[str, Any] = field(default_factory=dict)
+    family: str = ""
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)  # the family's feature taps, input to output
 
     # ---- running -------------------------------------------------------------------------------
     def input_names(self) -> list[str]:
@@ -102,25 +112,25 @@ class TaskModel:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
-    def default_feature_modules(self) -> list[str]:
-        """Module paths whose outputs are the model's intermediate features, input to output."""
-        names = [n for n, _ in self.module.named_modules()]
-        if self.family == "cnn":
-            return [n for n in names if n.startswith("stages.") and n.count(".") == 1]
-        if self.family == "hf":
-            return [n for n in names if n.split(".")[-2:-1] == ["layer"] and ".encoder." in f".{n}"]
-        return []
+    def record(self, name: str, args: Any) -> None:
+        """Record a structural change (a transform registered in `models/transforms.py`) for `load` to redo."""
+        self.transforms = [*self.transforms, {"name": name, "args": args}]
+
+    def has_transform(self, name: str) -> bool:
+        return any(t.get("name") == name for t in self.transforms)
 
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {
             "family": self.family,
+            "kind": self.kind,
             "modality": self.modality,
             "num_labels": self.num_labels,
             "spec": self.spec,
+            "transforms": self.transforms,
         }
-        if self.family == "hf":
+        if self.kind == "hf":
             self.module.save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
         else:
             save_model(self.module, str(folder / "model.safetensors"))
@@ -134,45 +144,50 @@ class TaskModel:
         if not meta_path.is_file():
             raise ModelError(f"{folder} is not a compress model folder (no {META_FILE}).")
         meta = json.loads(meta_path.read_text())
-        family, spec = meta["family"], meta["spec"]
+        if "kind" not in meta:
+            raise ModelError(
+                f"{folder} was saved by an older compress (no `kind` in {META_FILE}); run its recipe again."
+            )
+        kind, spec, transforms = meta["kind"], meta["spec"], meta.get("transforms") or []
         tokenizer = None
         if (folder / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(folder)
-        if family == "hf":
-            from transformers import AutoModelForSequenceClassification
+        if kind == "hf":
+            from transformers import AutoConfig, AutoModelForSequenceClassification
 
             from compress.models import bnb
-            from compress.models.structure import load_structured
 
             if bnb.is_saved_bnb(folder):  # bitsandbytes weights: placed on the device their kernels run on
                 module = AutoModelForSequenceClassification.from_pretrained(folder, device_map=bnb.device())
+            elif transforms:  # the skeleton from the config, the recorded changes, then the weights
+                module = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
+                apply_transforms(module, transforms, str(folder))
+                load_model(module, str(folder / "model.safetensors"))
             else:
-                module = load_structured(folder) or AutoModelForSequenceClassification.from_pretrained(folder)
+                module = AutoModelForSequenceClassification.from_pretrained(folder)
         else:
-            module = build_module(family, spec)
-            if spec.get("pruned_shapes"):
-                from compress.pruning.channels import apply_shapes
-
-                apply_shapes(module, spec["pruned_shapes"])
+            module = build_module(kind, spec)
+            apply_transforms(module, transforms, str(folder))
             load_model(module, str(folder / "model.safetensors"))
         module.eval()
-        return cls(module, family, meta["modality"], meta["num_labels"], tokenizer, spec)
+        return cls(module, kind, meta["modality"], meta["num_labels"], tokenizer, spec, meta.get("family", ""),
+                   transforms)  # fmt: skip
 
 
-def build_module(family: str, spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a non-HF module from its saved spec."""
-    if family == "cnn":
+def build_module(kind: str, spec: dict[str, Any]) -> nn.Module:
+    """Build a non-HF module from its spec (the built-in CNN, or a Python factory called with its kwargs)."""
+    if kind == "cnn":
         from compress.models.cnn import CNN, CnnSpec
 
-        return CNN(CnnSpec.model_validate({k: v for k, v in spec.items() if k != "pruned_shapes"}))
-    if family == "python":
+        return CNN(CnnSpec.model_validate(spec))
+    if kind == "python":
         module = call_factory(spec["factory"], spec.get("kwargs", {}))
         if not isinstance(module, nn.Module):
             raise ModelError(f"python factory {spec['factory']!r} returned {type(module).__name__}, not an nn.Module.")
         return module
-    raise ModelError(f"unknown model family {family!r}")
+    raise ModelError(f"unknown model kind {kind!r}")
 
 
 def call_factory(ref: str, kwargs: dict[str, Any]) -> Any:

@@ -11,15 +11,17 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from compress.models.transforms import register_transform
 from compress.moe.experts import FfnBlock, MoeFfn, balanced_kmeans, find_ffn_blocks
 
 log = logging.getLogger("compress")
-MOE_KEY = "compress_moe"  # in the saved Hugging Face config: what rebuilds the MoE layers on load
+TRANSFORM = "moe"  # the model transform that rebuilds the MoE layers on load (args: `spec`)
 
 
-def is_moe(module: object) -> bool:
-    """Whether a model holds MoE layers made by `moefy` (its config records them)."""
-    return getattr(getattr(module, "config", None), MOE_KEY, None) is not None
+def is_moe(module: nn.Module) -> bool:
+    """Whether a model holds MoE layers made by `moefy`."""
+    return any(isinstance(m, MoeFfn) for m in module.modules())
+
 Clustering = Literal["weights", "coactivation"]
 
 
@@ -132,6 +134,7 @@ def spec(moes: list[tuple[str, MoeFfn]]) -> dict[str, Any]:
     }
 
 
+@register_transform(TRANSFORM)
 def rebuild(module: nn.Module, moe_spec: dict[str, Any]) -> None:
     """Turn a freshly built dense model into the saved MoE skeleton (weights are loaded afterwards)."""
     by_path = {b.path: b for b in find_ffn_blocks(module)}

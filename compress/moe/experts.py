@@ -102,6 +102,11 @@ class MoeFfn(nn.Module):
         self.top_k: int = experts
         self.threshold: float | None = None
 
+    @property
+    def ffn_units(self) -> int:
+        """FFN units over all experts (what `models.structure` counts for a dense FFN's width)."""
+        return self.experts * self.expert_size
+
     @classmethod
     def from_dense(cls, block: FfnBlock, groups: list[torch.Tensor]) -> MoeFfn:
         w_in, w_out = block.w_in, block.w_out

@@ -4,7 +4,8 @@ torch-pruning's dependency graph finds every layer coupled to a pruned channel (
 convolutions, batch norms, the classifier's inputs); its `MetaPruner` removes channel groups ranked by an
 importance criterion, a few percent per step. torch-pruning's own serialisation pickles module ``__dict__``s,
 which cannot be loaded with ``weights_only=True``; `pruned_shapes` / `apply_shapes` record the new sizes of
-standard layers as JSON instead, so a pruned model is rebuilt from its spec and loaded from safetensors.
+standard layers as JSON instead (the model transform `channel_shapes`), so a pruned model is rebuilt from its
+spec and loaded from safetensors.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.transforms import register_transform
 
+TRANSFORM = "channel_shapes"  # the model transform that re-applies `pruned_shapes` on load
 Importance = Literal["magnitude", "taylor", "bn_scale"]
 
 
@@ -106,6 +109,7 @@ def pruned_shapes(model: nn.Module, reference: nn.Module) -> dict[str, dict[str,
     return out
 
 
+@register_transform(TRANSFORM)
 def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> None:
     """Resize the layers named in ``shapes`` (fresh weights: load the pruned state dict afterwards)."""
     modules = dict(model.named_modules())

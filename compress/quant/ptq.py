@@ -90,7 +90,7 @@ def fused_graph(model: TaskModel, fp32_path: Path, work: Path, test: Split) -> t
     """The fused graph of a BERT-family encoder, or the plain export when the model is not one or when the
     fusion does not reproduce the exported graph's outputs (checked on real test inputs)."""
     cfg: Any = getattr(model.module, "config", None)
-    if model.family != "hf" or getattr(cfg, "model_type", None) not in ortq.FUSABLE_MODEL_TYPES:
+    if model.kind != "hf" or getattr(cfg, "model_type", None) not in ortq.FUSABLE_MODEL_TYPES:
         return fp32_path, {}
     fused = work / fp32_path.name
     fused.parent.mkdir(exist_ok=True)

@@ -21,38 +21,50 @@ def _produces(stage: Any) -> str | None:
 
 
 def check_chain(recipe: Recipe) -> None:
+    """What the teacher's family supports, asked of the family (never by testing the model), and MoE models
+    refused by static int8."""
+    from compress.errors import ModelError
+    from compress.families import family_of_source, source_key, source_kind
+
     problems: list[str] = []
-    transformer_teacher = recipe.teacher.hf is not None or recipe.teacher.hf_package is not None
-    if recipe.teacher.cnn is not None and recipe.data.modality == "text":
-        problems.append(f"teacher.cnn: built-in CNNs classify images; data.format is {recipe.data.format} (text). "
-                        "Use an `hf` / `hf_package` teacher, or image data.")  # fmt: skip
+    where = f"teacher.{source_key(recipe.teacher)} (data.format {recipe.data.format})"
+    try:
+        family = family_of_source(recipe.teacher, recipe.data.modality, where)
+    except ModelError as exc:
+        raise RecipeError(f"{exc} Use a teacher of a family that takes {recipe.data.modality} data.") from None
+    kind, teacher = source_kind(recipe.teacher), recipe.teacher.describe()
+    member = f"this teacher ({teacher}, {family.name} family)"
+
+    def unsupported(capability: str) -> bool:
+        return not family.supports(capability, kind)
+
     moe: set[str] = set()
     stage: Any
     for i, stage in enumerate(recipe.stages):
         key = f"stages[{i}]"
         student = getattr(stage, "student", None)
-        if student is not None and student.bert is not None and not transformer_teacher:
+        if student is not None and student.bert is not None and unsupported("student:bert"):
             problems.append(f"{key}.student.bert: `bert` students are built from a Hugging Face BERT-family "
-                            f"teacher; this teacher is {recipe.teacher.describe()}. Use a `cnn` or `python` "
-                            "student.")  # fmt: skip
-        if stage.stage == "moefy" and not transformer_teacher:
-            problems.append(f"{key}: moefy turns the FFNs of a Hugging Face BERT-family encoder into experts; this "
-                            f"teacher is {recipe.teacher.describe()}.")  # fmt: skip
-        if stage.stage == "prune" and stage.method == "dphubert" and recipe.teacher.python is not None:
-            problems.append(f"{key}.method: dphubert prunes Hugging Face encoders and built-in CNNs; a `python` "
-                            "model is pruned with `method: torch_pruning`.")  # fmt: skip
-        if stage.stage == "prune" and stage.method == "torch_pruning" and transformer_teacher:
-            problems.append(f"{key}.method: torch_pruning prunes image CNNs; use `method: dphubert` for "
-                            "Transformer encoders.")  # fmt: skip
+                            f"teacher; {member} has none. Use a `cnn` or `python` student.")  # fmt: skip
+        if stage.stage == "moefy" and unsupported("moefy"):
+            problems.append(f"{key}: moefy turns the FFNs of a Hugging Face BERT-family encoder into experts; "
+                            f"{member} has none to convert.")  # fmt: skip
+        if stage.stage in ("prune", "search") and unsupported(f"{stage.stage}:{stage.method}"):
+            others = [c.split(":")[1] for c in family.capabilities if c.startswith(f"{stage.stage}:")
+                      and not unsupported(c)]  # fmt: skip
+            hint = f"use `method: {others[0]}`" if others else f"{stage.stage} does not apply to it"
+            problems.append(f"{key}.method: {stage.method} does not apply to {member}; {hint}.")
         space = getattr(stage, "space", None) if stage.stage == "search" else None
-        if space is not None and (space.kind == "transformer") != transformer_teacher:
-            want = "a Transformer space (layers, hidden, heads, ffn)" if transformer_teacher else "a CNN space"
-            problems.append(f"{key}.space: a {space.kind} space does not fit this teacher "
-                            f"({recipe.teacher.describe()}); give {want}.")  # fmt: skip
+        if space is not None and family.space_kind is not None and space.kind != family.space_kind:
+            problems.append(f"{key}.space: a {space.kind} space does not fit {member}; give a {family.space_kind} "
+                            "space.")  # fmt: skip
         attention = [c.name for c in getattr(stage, "losses", None) or [] if c.name in ATTENTION_LOSSES]
-        if attention and not transformer_teacher:
-            problems.append(f"{key}.losses: {', '.join(attention)} compare attention of Transformer encoders; this "
-                            f"teacher is {recipe.teacher.describe()}. Use kd, ce or hidden.")  # fmt: skip
+        if attention and unsupported("losses:attention"):
+            problems.append(f"{key}.losses: {', '.join(attention)} compare attention of Transformer encoders; "
+                            f"{member} has none. Use kd, ce or hidden.")  # fmt: skip
+        if stage.stage == "quantize" and stage.method == "bitsandbytes" and unsupported("quantize:bitsandbytes"):
+            problems.append(f"{key}.method: bitsandbytes deployment covers Hugging Face models; {member} is not one. "
+                            "Use qat or ptq.")  # fmt: skip
         explicit_static = "int8" in stage.model_fields_set and "static" in (getattr(stage, "int8", None) or [])
         if stage.stage == "export" and explicit_static:
             hit = sorted(moe & set(stage.models or moe))

@@ -71,7 +71,8 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 def render() -> str:
     # stage and loss schemas get their own sections below, once each: never also as a nested section
-    seen: set[type[BaseModel]] = {s.config for _, s in STAGES.items()} | {loss.config for _, loss in LOSSES.items()}
+    seen: set[type[BaseModel]] = {c for _, s in STAGES.items() for c in s.configs}
+    seen |= {loss.config for _, loss in LOSSES.items()}
     out = [
         "# Recipe reference",
         "",
@@ -82,7 +83,15 @@ def render() -> str:
     out += _section(Recipe, "Recipe (top level)", seen)
     out += ["## Stages", "", "Each entry of `stages` picks its schema with the `stage` key.", ""]
     for name, stage in STAGES.items():
-        out += _section(stage.config, f"`stage: {name}`", seen)
+        if not stage.in_recipe:
+            continue
+        if len(stage.configs) == 1:
+            out += _section(stage.configs[0], f"`stage: {name}`", seen)
+            continue
+        for i, config in enumerate(stage.configs):
+            method = typing.get_args(config.model_fields["method"].annotation)[0]
+            default = " (the default)" if i == 0 else ""
+            out += _section(config, f"`stage: {name}`, `method: {method}`{default}", seen)
     out += ["## Losses", "", "Entries of `distill.losses`, selected by `name`.", ""]
     for name, loss in LOSSES.items():
         out += _section(loss.config, f"`name: {name}`", seen)

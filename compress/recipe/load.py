@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from compress.config import METHOD_SIBLINGS
 from compress.errors import RecipeError
 from compress.recipe.schema import Recipe
 from compress.safe_yaml import Loc, line_of, load_yaml
@@ -38,7 +39,18 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Loc:
 
 
 def _is_tag(node: Any, part: str) -> bool:
-    return isinstance(node, dict) and (node.get("stage") == part or node.get("name") == part)
+    if not isinstance(node, dict):
+        return False
+    if node.get("stage") == part or node.get("name") == part or node.get("method") == part:
+        return True
+    # a method union's tag when the recipe leaves `method` out (the stage's default method)
+    stage = node.get("stage")
+    return "method" not in node and isinstance(stage, str) and stage in STAGES and part in _methods(stage)
+
+
+def _methods(stage: str) -> list[str]:
+    configs = STAGES.get(stage).configs
+    return [str(typing.get_args(c.model_fields["method"].annotation)[0]) for c in configs if "method" in c.model_fields]
 
 
 def _child(node: Any, part: str | int) -> Any:
@@ -82,13 +94,29 @@ def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
         return annotation
     for arg in typing.get_args(annotation):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
-            tag = node.get("stage") or node.get("name") if isinstance(node, dict) else None
-            lits = [typing.get_args(f.annotation) for k, f in arg.model_fields.items() if k in ("stage", "name")]
-            if tag is None or any(tag in lit for lit in lits):
+            if _matches(arg, node):
                 return arg
         elif (found := _resolve(arg, node)) is not None:
             return found
     return None
+
+
+def _matches(model: type[BaseModel], node: Any) -> bool:
+    """Whether a union member is the one the mapping's tags (`stage`, `name`, `method`) choose."""
+    if not isinstance(node, dict):
+        return True
+    for key in ("stage", "name", "method"):
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        value = node.get(key)
+        if value is None and key == "method":
+            if field.is_required():  # a method the recipe must name: not the default
+                return False
+            continue
+        if value is not None and value not in typing.get_args(field.annotation):
+            return False
+    return True
 
 
 def _describe(err: Any, loc: Loc, data: Any) -> str:
@@ -96,6 +124,12 @@ def _describe(err: Any, loc: Loc, data: Any) -> str:
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1], data)
         allowed = list(parent.model_fields) if parent else []
+        owners = _owners(parent, str(loc[-1]))
+        if owners:
+            methods = " or ".join(f"`method: {m}`" for m in owners)
+            mine = typing.get_args(parent.model_fields["method"].annotation)[0] if parent else ""
+            return (f"`{loc[-1]}` applies to {methods}, not `method: {mine}`. Keys of `method: {mine}`: "
+                    f"{', '.join(allowed)}.")  # fmt: skip
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return f"unknown key.{hint} Allowed here: {', '.join(allowed)}." if allowed else f"unknown key.{hint}"
@@ -106,10 +140,17 @@ def _describe(err: Any, loc: Loc, data: Any) -> str:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return f"unknown value {tag!r}.{hint} Expected one of: {expected}."
     if kind == "union_tag_not_found":
-        return f"missing the `{err.get('ctx', {}).get('discriminator', 'stage').strip(chr(39))}` key."
+        key = str(err.get("ctx", {}).get("discriminator", "stage")).strip("'").removesuffix("()")
+        return f"missing the `{key}` key."
     if kind == "missing":
         return "required key is missing."
     return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
+
+
+def _owners(model: type[BaseModel] | None, key: str) -> list[str]:
+    """The other methods of the same stage whose config has ``key``."""
+    siblings = METHOD_SIBLINGS.get(model, []) if model is not None else []
+    return [str(typing.get_args(s.model_fields["method"].annotation)[0]) for s in siblings if key in s.model_fields]
 
 
 def format_loc(loc: Loc) -> str:
@@ -131,7 +172,8 @@ def load_recipe(path: Path) -> Recipe:
         for err in exc.errors():
             loc = _clean_loc(err["loc"], data)
             if err["type"] == "union_tag_invalid":
-                loc = (*loc, str(err.get("ctx", {}).get("discriminator", "stage")).strip("'"))
+                key = str(err.get("ctx", {}).get("discriminator", "stage")).strip("'")
+                loc = (*loc, key.removesuffix("()"))  # a callable discriminator is named `method()`
             line = line_of(lines, loc)
             where = f"{path}:{line}" if line else str(path)
             problems.append(f"{where} {format_loc(loc)}: {_describe(err, loc, data)}")

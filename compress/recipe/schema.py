@@ -14,7 +14,7 @@ from compress.stages import STAGES, StageConfig
 
 
 def stage_union() -> object:
-    configs = tuple(d.config for _, d in STAGES.items())
+    configs = tuple(d.config for _, d in STAGES.items() if d.in_recipe)
     return Annotated[Union[configs], Field(discriminator="stage")]  # noqa: UP007
 
 

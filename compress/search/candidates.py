@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from compress.errors import StageError
-from compress.models.structure import encoder_layers, head_size, resize_encoder
+from compress.models.structure import TRANSFORM as STRUCTURE
+from compress.models.structure import current_structure, encoder_layers, head_size, resize_encoder
 from compress.models.task_model import TaskModel
 from compress.search.space import Arch, CnnSpace, Space, TransformerSpace, arch_key
 
@@ -27,8 +28,6 @@ def transformer_config(teacher_config: Any, arch: Arch) -> Any:
     cfg.hidden_size = arch["hidden"]
     cfg.num_attention_heads = arch["hidden"] // d
     cfg.intermediate_size = arch["ffn"]
-    if hasattr(cfg, "compress_structure"):
-        delattr(cfg, "compress_structure")
     return cfg
 
 
@@ -60,19 +59,17 @@ def build_candidate(space: Space, arch: Arch, teacher: TaskModel, *, in_channels
         return TaskModel(CNN(spec).eval(), "cnn", "image", teacher.num_labels, None, spec.model_dump())
     assert isinstance(space, TransformerSpace)
     module = build_transformer(teacher.module.config, arch)  # type: ignore[union-attr]
-    return TaskModel(module.eval(), "hf", "text", teacher.num_labels, teacher.tokenizer, {"search": arch})
+    model = TaskModel(module.eval(), "hf", "text", teacher.num_labels, teacher.tokenizer, {"search": arch})
+    model.record(STRUCTURE, current_structure(module))
+    return model
 
 
 def resolve_transformer_space(space: TransformerSpace, teacher: TaskModel, key: str) -> TransformerSpace:
     """Fill unset choices from the teacher and check every choice fits it (errors name ``key``)."""
-    if teacher.family != "hf" or teacher.modality != "text":
-        raise StageError(
-            f"{key}: a transformer space needs a Hugging Face text teacher (got a {teacher.family} model)."
-        )
+    if teacher.kind != "hf" or teacher.modality != "text":
+        raise StageError(f"{key}: a transformer space needs a Hugging Face text teacher (got a {teacher.kind} model).")
     cfg: Any = teacher.module.config
     encoder_layers(teacher.module)
-    if getattr(cfg, "compress_structure", None):
-        raise StageError(f"{key}: the teacher has a per-layer pruned structure; search needs a uniform teacher.")
     n_layers, hidden, heads, ffn = (
         cfg.num_hidden_layers,
         cfg.hidden_size,

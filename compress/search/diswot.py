@@ -123,5 +123,5 @@ def signature(model: TaskModel, batch: Batch, feature_path: str | None, *, candi
 
 def last_feature_path(model: TaskModel) -> str | None:
     """The module whose output is the last spatial feature map (built-in CNNs: the last stage)."""
-    paths = model.default_feature_modules()
+    paths = model.features
     return paths[-1] if paths else None

@@ -106,6 +106,24 @@ class CnnSpace(Strict):
         blocks = sum(len(self.expansion) if b == "mbv2" else 1 for b in self.block)
         return blocks * len(self.kernel) * sum(per_stage**n for n in self.stages)
 
+    def smallest_candidates(self) -> list[Arch]:
+        """The smallest candidate of each block type: if none meets a budget, no candidate does."""
+        n = min(self.stages)
+        return [
+            {
+                "block": block,
+                "kernel": min(self.kernel),
+                "expansion": min(self.expansion) if block == "mbv2" else 1,
+                "widths": [min(self.width)] * n,
+                "depths": [min(self.depth)] * n,
+            }
+            for block in self.block
+        ]
+
+    def enumerable(self) -> list[Arch] | None:
+        """Every candidate, when the space lists them (None: the search samples them)."""
+        return None
+
     @staticmethod
     def to_spec(arch: Arch) -> CnnSpec:
         return CnnSpec(
@@ -169,6 +187,12 @@ class TransformerSpace(Strict):
 
     def smallest(self) -> Arch:
         return {k: min(v) for k, v in self.choices().items()}
+
+    def smallest_candidates(self) -> list[Arch]:
+        return [self.smallest()]
+
+    def enumerable(self) -> list[Arch] | None:
+        return self.all()
 
     def split(self, k: int) -> list[TransformerSpace]:
         """K compact sub-spaces (AutoDistil): contiguous groups of the hidden sizes, smallest first."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from compress.artifacts import Artifact, Artifacts
-from compress.config import Strict
+from compress.config import Strict, method_union
 from compress.context import Context
 from compress.data.dataset import DataBundle
-from compress.errors import StageError
+from compress.errors import CompressError, RecipeError, StageError
 from compress.models.task_model import TaskModel
 from compress.registry import Registry
 from compress.training.evaluate import evaluate
@@ -20,25 +21,62 @@ from compress.training.loop import TrainResult
 class StageConfig(Strict):
     stage: str
 
+    def measured_devices(self) -> list[str]:
+        """Device references this stage measures artifacts on (where the recipe's `budgets` can apply)."""
+        return []
+
+    def latency_devices(self) -> dict[str, str]:
+        """Devices a latency limit of this stage is measured on, by the key that names each (e.g.
+        ``{"target.device": "x86-cpu"}``)."""
+        return {}
+
+    def preflight(self, key: str, base_dir: Path) -> None:
+        """Checks before any stage runs: every device a latency limit needs resolves and can be measured here.
+        Errors name ``key`` (``stages[i]``) and the stage's own key."""
+        from compress.devices import resolve_device
+        from compress.runtimes.base import get_runtime
+
+        for field, ref in self.latency_devices().items():
+            try:
+                profile = resolve_device(ref, base_dir)
+                ok, why = get_runtime(profile.runtime).available(profile.provider)
+            except CompressError as exc:
+                raise RecipeError(f"{key}.{field}: {exc}") from None
+            if not ok:
+                raise RecipeError(f"{key}.{field}: device {profile.name!r} cannot be measured here: {why}.")
+
 
 StageFn = Callable[[Artifacts, Any, Context], Artifacts]  # Any: each stage takes its own config class
 
 
 @dataclass
 class StageDef:
-    config: type[StageConfig]
+    config: Any  # the config class, or the discriminated union of the method classes (`method_union`)
     run: StageFn
+    configs: tuple[type[StageConfig], ...]  # the config classes (one per method)
+    in_recipe: bool = True  # False: the pipeline makes it (the teacher), a recipe cannot list it
 
 
 STAGES: Registry[StageDef] = Registry("stage")
 
 
-def register_stage(name: str, config: type[StageConfig]) -> Callable[[StageFn], StageFn]:
+def register_stage(name: str, *configs: type[StageConfig], in_recipe: bool = True) -> Callable[[StageFn], StageFn]:
+    """Register a stage's `run` under its name. One config class, or one per method: the first is the default
+    when a recipe leaves `method` out (if its `method` has a default), and the recipe picks the class by its
+    `method` key."""
+
     def decorator(fn: StageFn) -> StageFn:
-        STAGES.add(name, StageDef(config, fn))
+        config = configs[0] if len(configs) == 1 else method_union(_method(configs[0]), *configs)
+        STAGES.add(name, StageDef(config, fn, configs, in_recipe))
         return fn
 
     return decorator
+
+
+def _method(config: type[StageConfig]) -> str | None:
+    """The method a recipe gets when it leaves `method` out (None: the recipe must name one)."""
+    default = config.model_fields["method"].default
+    return default if isinstance(default, str) else None
 
 
 def require(artifacts: Artifacts, name: str, stage: str) -> None:
@@ -63,7 +101,9 @@ def save_model_artifact(
     folder = ctx.stage_dir / name
     model.save(folder)
     metrics = {"accuracy": evaluate(model, data.test, eval_batch_size)}
-    info: dict = {"family": model.family, "spec": model.spec}
+    info: dict = {"family": model.family, "kind": model.kind, "spec": model.spec}
+    if model.transforms:
+        info["transforms"] = [t["name"] for t in model.transforms]
     if result is not None:
         metrics["dev_accuracy"] = result.best_dev_accuracy
         info["training"] = {

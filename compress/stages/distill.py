@@ -14,10 +14,11 @@ from compress.artifacts import Artifact, Artifacts
 from compress.config import ArtifactName, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import DataBundle
+from compress.families import family_of, family_of_source, source_where
 from compress.fileio import default_mode, sha256_json
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.losses.terms import CEConfig, KDConfig
-from compress.models.source import ModelSource, build_model
+from compress.models.source import ModelSource
 from compress.models.task_model import TaskModel
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
@@ -85,9 +86,9 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     teacher = ctx.load_model(artifacts["teacher"])
     if config.student is not None:
         torch.manual_seed(ctx.seed)
-        student = build_model(
+        family = family_of_source(config.student, data.modality, "distill.student")
+        student = family.build(
             config.student,
-            modality=data.modality,
             num_labels=data.num_labels,
             in_channels=data.in_channels,
             base_dir=ctx.base_dir,
@@ -96,10 +97,11 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     else:
         require(artifacts, "student", "distill")
         student = ctx.load_model(artifacts["student"])
+        family = family_of(student)
     teacher.module.eval().requires_grad_(False)
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
-    if student.family == "python":
-        student.probe(probe, f"distill.student.python {student.spec.get('factory')}")
+    where = "distill.student" if config.student is None else source_where("distill.student", config.student)
+    family.check_student(student, lambda: probe, where)
     terms = build_terms(config.losses, student, teacher, probe)
     cached = None
     if config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):

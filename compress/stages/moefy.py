@@ -17,11 +17,12 @@ from compress.config import ArtifactName, Strict, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import Split
 from compress.errors import DataError, ModelError
+from compress.families import family_of
 from compress.losses import LossConfig, build_terms
 from compress.losses.terms import KDConfig
 from compress.models.task_model import TaskModel
 from compress.moe import convert, policy
-from compress.moe.experts import MoeFfn, find_ffn_blocks
+from compress.moe.experts import MoeFfn
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
 from compress.training.evaluate import predict_logits
@@ -112,10 +113,7 @@ def _tokens(split: Split, limit: int) -> int:
 
 def _check(model: TaskModel, config: MoefyConfig, train_split: Split, dev: Split) -> list[Any]:
     """Everything that can be wrong, before any work."""
-    if model.family != "hf" or model.modality != "text":
-        raise ModelError(f"moefy.source {config.source!r}: a {model.family} {model.modality} model; moefy converts "
-                         "Hugging Face Transformer encoders.")  # fmt: skip
-    blocks = find_ffn_blocks(model.module)
+    blocks = family_of(model).ffn_blocks(model, f"moefy.source {config.source!r}")
     inner = blocks[0].w_in.out_features
     if config.experts > inner or inner % config.experts:
         raise ModelError(f"moefy.experts: {config.experts} experts do not split the FFN's {inner} neurons into equal "
@@ -177,7 +175,7 @@ def run(artifacts: Artifacts, config: MoefyConfig, ctx: Context) -> Artifacts:  
     actives = [c.active for c in chosen]
     for entry, cand in zip(layers, chosen, strict=True):
         entry["policy"], entry["active_experts_per_token"] = cand.describe(), cand.active * config.experts
-    setattr(model.module.config, convert.MOE_KEY, convert.spec(moes))  # rebuilt by TaskModel.load
+    model.record(convert.TRANSFORM, convert.spec(moes))  # rebuilt on load (a registered transform)
     name = config.output or f"{config.source}.moe"
     art = save_model_artifact(model, name, ctx, "moefy", config.source, data, 128, result)
     art.params = source.params

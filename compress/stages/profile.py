@@ -53,6 +53,9 @@ class ProfileConfig(StageConfig):
         "ExecuTorch programs for `executorch` devices).",
     )
 
+    def measured_devices(self) -> list[str]:
+        return list(self.devices)
+
 
 def _targets(artifacts: Artifacts, config: ProfileConfig, device: DeviceProfile) -> tuple[list[str], dict[str, str]]:
     """The artifacts ``device``'s runtime runs, of those the stage measures, and why each other one is left out.

@@ -21,14 +21,15 @@ from compress.config import ArtifactName, Strict, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import Batch
 from compress.errors import StageError
-from compress.losses.functional import kd_loss, l1_cosine_loss
-from compress.models.structure import current_structure, encoder_layers
+from compress.families import Family, family_of
+from compress.losses import build_terms
 from compress.models.task_model import TaskModel
-from compress.pruning.encoder_masks import EncoderMasks, GroupCosts, flop_costs, param_costs
+from compress.pruning.encoder_masks import GroupCosts
 from compress.pruning.lagrangian import Lagrangian, ramped_target
-from compress.pruning.physical import prune_encoder
+from compress.pruning.masked import PruneGoal
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
-from compress.training.loop import train
+from compress.training.distillation import distillation_step
+from compress.training.loop import StepLoss, total_steps, train
 
 log = logging.getLogger("compress")
 
@@ -62,109 +63,115 @@ class Finetune(TrainSchedule):
     epochs: float = Field(0.5, gt=0, description="Passes over the training split.")
 
 
-class PruneConfig(StageConfig, TrainSchedule):
-    """Learn which heads, FFN units and blocks to remove while distilling; remove them; distil briefly."""
-
+class _PruneBase(StageConfig, TrainSchedule):
     stage: Literal["prune"]
-    method: Literal["dphubert", "torch_pruning"] = Field(
-        "dphubert",
-        description="`dphubert`: joint distillation and structured pruning of Transformer encoders (the target "
-        "is a fraction of the prunable encoder). `torch_pruning`: dependency-graph channel pruning of CNNs, "
-        "step by step with recovery distillation in between, then the stage's schedule distils the pruned "
-        "model (the target is a fraction of the whole model's MACs or parameters).",
-    )
-    importance: Literal["magnitude", "taylor", "bn_scale"] = Field(
-        "magnitude", description="torch_pruning: channel importance (group L2 magnitude, Taylor, BN scale)."
-    )
-    recovery_steps: int = Field(
-        20, ge=0, description="torch_pruning: distillation steps after each pruning step (a few % per step)."
-    )
-    ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the labels (CNNs).")
     source: str = Field("teacher", description="Artifact to prune (the student starts as a copy of it).")
     teacher: str = Field(
         "teacher",
         description="Artifact the pruned model distils from. `teacher` by default; name the `source` itself (e.g. "
         "`student`) to prune a distilled or searched student against its unpruned self, as DPHuBERT does.",
     )
+    target: PruneTarget = Field(..., description="Size to land on.")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of logit KD.")
+    temperature: float = Field(2.0, gt=0, description="KD temperature.")
+    ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the labels.")
+    output: ArtifactName = Field("student", description="Name of the produced model artifact.")
+
+
+    def latency_devices(self) -> dict[str, str]:
+        return {"target.device": self.target.device} if self.target.latency_ms is not None else {}
+
+
+class DphubertConfig(_PruneBase):
+    """DPHuBERT: learn which heads, FFN units and blocks (Transformer encoders) or channels (built-in CNNs) to
+    remove while distilling; remove them; distil briefly. The target is a fraction of the prunable structure."""
+
+    method: Literal["dphubert"] = Field(
+        "dphubert",
+        description="`dphubert` (the default): joint distillation and structured pruning with hard-concrete masks. "
+        "`torch_pruning`: dependency-graph channel pruning of CNNs (its own keys: importance, recovery_steps).",
+    )
     layer_map: list[int] | None = Field(
         None,
-        description="dphubert: the teacher layer (0-based) whose hidden states each student layer matches. Default: "
-        "the same layer when both have as many layers; else the teacher layers the student was initialised from "
+        description="The teacher layer (0-based) whose hidden states each student layer matches. Default: the same "
+        "layer when both have as many layers; else the teacher layers the student was initialised from "
         "(`bert.init_from_layers`, or the evenly spaced layers `search` and `bert` students are sliced from).",
     )
-    target: PruneTarget = Field(..., description="Size to land on.")
     ramp: float = Field(0.5, gt=0, le=1, description="Fraction of the masked steps over which the target ramps in.")
     mask_lr: float = Field(0.02, gt=0, description="Learning rate of the mask parameters (log alpha).")
     lambda_lr: float = Field(0.02, gt=0, description="Learning rate of the Lagrange multipliers (gradient ascent).")
-    hidden_weight: float = Field(1.0, ge=0, description="Weight of the L1 + cosine hidden-state loss.")
-    kd_weight: float = Field(1.0, ge=0, description="Weight of logit KD.")
-    temperature: float = Field(2.0, gt=0, description="KD temperature.")
+    hidden_weight: float = Field(
+        1.0, ge=0, description="Weight of the L1 + cosine hidden-state loss (families with hidden states)."
+    )
     layers: list[int] | None = Field(
         None, description="Encoder layers (0-based) distilled layer-to-layer (default: all)."
     )
     finetune: Finetune = Field(default_factory=Finetune)  # type: ignore[arg-type]
-    output: ArtifactName = Field("student", description="Name of the produced model artifact.")
 
 
-def _layer_map(config: PruneConfig, student: TaskModel, teacher: TaskModel) -> list[int]:
+class TorchPruningConfig(_PruneBase):
+    """torch-pruning: dependency-graph channel pruning of CNNs, step by step with recovery distillation in
+    between, then the stage's schedule distils the pruned model. The target is a fraction of the whole model's
+    MACs (`flops`) or parameters."""
+
+    method: Literal["torch_pruning"] = Field(..., description="`torch_pruning`.")
+    importance: Literal["magnitude", "taylor", "bn_scale"] = Field(
+        "magnitude", description="Channel importance (group L2 magnitude, Taylor, BN scale)."
+    )
+    recovery_steps: int = Field(20, ge=0, description="Distillation steps after each pruning step (a few % per step).")
+
+
+PruneConfig = DphubertConfig | TorchPruningConfig
+
+
+def _layer_map(config: DphubertConfig, family: Family, student: TaskModel, teacher: TaskModel) -> list[int]:
     """Teacher layer per student layer for the hidden-state loss (see `layer_map`)."""
-    from compress.models.bert import default_layer_map
-
-    s_layers, t_layers = len(encoder_layers(student.module)), len(encoder_layers(teacher.module))
-    if config.layer_map is not None:
-        mapping = config.layer_map
-        if len(mapping) != s_layers or not all(0 <= t < t_layers for t in mapping):
-            raise StageError(
-                f"prune.layer_map: {mapping} must give one teacher layer in 0..{t_layers - 1} for each of the "
-                f"{s_layers} layers of {config.source!r}."
-            )
-        return mapping
-    if s_layers == t_layers:
-        return list(range(s_layers))
-    init = (student.spec.get("bert") or {}).get("init_from_layers")
-    return list(init) if init and len(init) == s_layers else default_layer_map(s_layers, t_layers)
+    s_layers, t_layers = family.layers(student), family.layers(teacher)
+    if config.layer_map is None:
+        return family.default_layer_map(student, teacher)
+    mapping = config.layer_map
+    if len(mapping) != s_layers or not all(0 <= t < t_layers for t in mapping):
+        raise StageError(
+            f"prune.layer_map: {mapping} must give one teacher layer in 0..{t_layers - 1} for each of the "
+            f"{s_layers} layers of {config.source!r}."
+        )
+    return mapping
 
 
-def _hidden(model: TaskModel, batch: Batch, layers: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    out = model.module(  # type: ignore[operator]
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
-    )
-    return out.logits, [out.hidden_states[i + 1] for i in layers]
+def _loss_configs(config: _PruneBase, pairs: list[tuple[str, str]] | None = None, weight: float = 0.0) -> list:
+    """The stage's distillation terms, from the loss registry: logit KD, CE when weighted, L1 + cosine pairs."""
+    from compress.losses.terms import CEConfig, KDConfig, L1CosineConfig
+
+    terms: list = [KDConfig(name="kd", weight=config.kd_weight, temperature=config.temperature)]
+    if config.ce_weight > 0:
+        terms.append(CEConfig(name="ce", weight=config.ce_weight))
+    if pairs:
+        terms.append(L1CosineConfig(name="l1_cosine", weight=weight, pairs=pairs))
+    return terms
 
 
-def _distill_loss(  # noqa: ANN202
-    config: PruneConfig, student: TaskModel, teacher: TaskModel, batch: Batch, layers: list[int], mapping: list[int]
-):
-    s_logits, s_hidden = _hidden(student, batch, layers)
-    with torch.no_grad():
-        t_logits, t_hidden = _hidden(teacher, batch, [mapping[i] for i in layers])
-    hidden = (
-        l1_cosine_loss(s_hidden, t_hidden, mask=batch["attention_mask"])
-        if config.hidden_weight > 0
-        else s_logits.new_zeros(())
-    )
-    kd = kd_loss(s_logits, t_logits, temperature=config.temperature)
-    return config.hidden_weight * hidden + config.kd_weight * kd, {
-        "hidden": float(hidden.detach()),
-        "kd": float(kd.detach()),
-    }
+def _step(configs: list, student: TaskModel, teacher: TaskModel, sample: Batch) -> StepLoss:
+    terms = build_terms(configs, student, teacher, sample)
+    return distillation_step(student, teacher, terms, [c.name for c in configs])
 
 
-def _costs(config: PruneConfig, model: TaskModel, ctx: Context) -> tuple[GroupCosts, float]:
-    cfg: Any = model.module.config
-    if config.target.params is not None:
-        return param_costs(cfg), config.target.params
-    if config.target.latency_ms is not None:
+def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
+    target = config.target
+    if target.latency_ms is None:
+        return PruneGoal(params=target.params, flops=target.flops, sequence=target.sequence)
+    latency_ms = target.latency_ms
+
+    def latency(model_config: Any) -> tuple[GroupCosts, float]:
         from compress.devices import resolve_device
         from compress.pruning.latency_costs import latency_fraction, measure_costs
 
-        device = resolve_device(config.target.device, ctx.base_dir)
-        lat = measure_costs(cfg, device, config.target.sequence, ctx.cache_dir / "latency")
+        device = resolve_device(target.device, ctx.base_dir)
+        lat = measure_costs(model_config, device, target.sequence, ctx.cache_dir / "latency")
         log.info("prune: on %s, %.4f ms per head, %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
                  device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
-        return lat.costs, latency_fraction(lat, config.target.latency_ms)
-    assert config.target.flops is not None
-    return flop_costs(cfg, config.target.sequence), config.target.flops
+        return lat.costs, latency_fraction(lat, latency_ms)
+
+    return PruneGoal(sequence=target.sequence, latency=latency)
 
 
 TARGET_TOLERANCE = 0.02  # kept fraction above the target by more than this: the target was missed
@@ -182,110 +189,120 @@ def _target_check(info: dict[str, Any], kept: float, target: float, output: str)
     return info
 
 
-@register_stage("prune", PruneConfig)
-def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
+def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:
     require(artifacts, config.teacher, "prune")
     require(artifacts, config.source, "prune")
     teacher = ctx.load_model(artifacts[config.teacher])
     student = ctx.load_model(artifacts[config.source])
     # lineage: what the pruned model came from (the source's own parent when the output replaces the source)
     parent = (artifacts[config.source].parent or config.teacher) if config.output == config.source else config.source
-    if config.method == "torch_pruning":
-        return _run_channels(config, teacher, student, ctx, parent)
-    if student.family == "cnn":
-        return _run_cnn_masks(config, teacher, student, ctx, parent)
-    if student.family != "hf" or student.modality != "text":
-        raise StageError(
-            f"prune.method: dphubert prunes Hugging Face text encoders and built-in CNNs; {config.source!r} is a "
-            f"{student.family} model. Use `method: torch_pruning` for CNNs."
-        )
+    if isinstance(config, TorchPruningConfig):
+        return _run_torch_pruning(config, teacher, student, ctx, parent)
     return _run_dphubert(config, teacher, student, ctx, parent)
 
 
-def _logit_loss(config: PruneConfig, student: TaskModel, teacher: TaskModel, batch: Batch):  # noqa: ANN202
-    s = student.logits(batch)
-    with torch.no_grad():
-        t = teacher.logits(batch)
-    kd = kd_loss(s, t, temperature=config.temperature)
-    loss = config.kd_weight * kd
-    if config.ce_weight:
-        loss = loss + config.ce_weight * torch.nn.functional.cross_entropy(s, batch["labels"])
-    return loss, {"kd": float(kd.detach())}
+register_stage("prune", DphubertConfig, TorchPruningConfig)(run)
 
 
-def _run_cnn_masks(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str) -> Artifacts:
-    """DPHuBERT's masks and Lagrangian on the channels of a built-in CNN (logit KD: no layer-to-layer loss)."""
-    from compress.models.task_model import build_module
-    from compress.pruning.channels import pruned_shapes
-    from compress.pruning.cnn_masks import CnnMasks, prune_cnn_channels
+def _hidden_pairs(
+    config: DphubertConfig, family: Family, student: TaskModel, teacher: TaskModel
+) -> tuple[list[tuple[str, str]], list[int]]:
+    """Student/teacher feature-tap pairs of the L1 + cosine loss (none when the family has no hidden states)."""
+    if config.hidden_weight == 0 or not family.supports("hidden_states", student.kind):
+        return [], []
+    n_layers = family.layers(student)
+    layers = config.layers or list(range(n_layers))
+    if any(not 0 <= i < n_layers for i in layers):
+        raise StageError(f"prune.layers: {layers} must be in 0..{n_layers - 1}.")
+    mapping = _layer_map(config, family, student, teacher)
+    s_width, t_width = family.hidden_width(student), family.hidden_width(teacher)
+    if s_width != t_width:
+        raise StageError(
+            f"prune: {config.source!r} (hidden size {s_width}) and its teacher {config.teacher!r} (hidden size "
+            f"{t_width}) cannot match hidden states. Set `teacher: {config.source}` (distil from the unpruned model "
+            "itself) or `hidden_weight: 0` (logit distillation only)."
+        )
+    log.info("prune: student layers -> teacher layers %s", dict(enumerate(mapping)))
+    return [(student.features[i], teacher.features[mapping[i]]) for i in layers], mapping
 
-    if config.target.params is None:
-        raise StageError("prune.target: CNN channel masks take a `params` target; use torch_pruning for `flops`.")
+
+def _run_dphubert(
+    config: DphubertConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
+) -> Artifacts:
+    """One masked-distillation loop for every family with masked groups (DPHuBERT)."""
+    family = family_of(student)
+    family.require("prune:dphubert", "prune", student, "Prune it with `method: torch_pruning`.")
+    pairs, mapping = _hidden_pairs(config, family, student, teacher)
     data = ctx.data()
     teacher.module.eval().requires_grad_(False)
-    reference = build_module(student.family, student.spec)
-    masks = CnnMasks(student.module).attach()
-    full, target = masks.full_size(), config.target.params
+    sample = next(iter(data.train.loader(min(8, len(data.train)))))
+    # terms probe the models: before the masks are attached; they hold no state the pruning changes
+    distil = _step(_loss_configs(config, pairs, config.hidden_weight), student, teacher, sample)
+    groups = family.masked_groups(student, _goal(config, ctx), "prune", data)
+    target, full = groups.target, groups.full
     lagrangian = Lagrangian()
-    from compress.training.loop import total_steps
-
     ramp_steps = max(1, int(config.ramp * total_steps(config, len(data.train))))
     state = {"step": 0}
 
     def masked_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        masks.sample()
-        loss, parts = _logit_loss(config, student, teacher, batch)
-        expected = masks.expected_size() / full
+        groups.sample()
+        loss, parts = distil(batch)
+        expected = groups.expected()
         t = ramped_target(state["step"], ramp_steps, target)
         state["step"] += 1
         return loss + lagrangian(expected, t), parts | {"expected_size": float(expected.detach()), "target": t}
 
-    mask_opt = torch.optim.AdamW(masks.parameters(), lr=config.mask_lr, weight_decay=0.0)
+    mask_opt = torch.optim.AdamW(groups.parameters(), lr=config.mask_lr, weight_decay=0.0)
+    log.info("prune: dphubert target %.3f of %s prunable %s", target, f"{full:,.0f}", config_unit(config))
     masked = train(
         student, masked_step, data.train, data.dev, config, seed=ctx.seed, label="prune (masks)",
         extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)), select_best=False,
     )  # fmt: skip
     before = student.num_params()
-    example = torch.as_tensor(data.train.features[:1]).float()
-    kept_channels = prune_cnn_channels(student.module, masks, example)
-    kept = sum(k * g.per_channel for k, g in zip(kept_channels, masks.groups, strict=True)) / full
-    student.spec = {**student.spec, "pruned_shapes": pruned_shapes(student.module, reference)}
-    log.info("prune: kept %.4f of the maskable channels' parameters (target %.3f); %d -> %d parameters",
-             kept, target, before, student.num_params())  # fmt: skip
-
-    def plain_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        return _logit_loss(config, student, teacher, batch)
-
-    tuned = train(student, plain_step, data.train, data.dev, config.finetune, seed=ctx.seed, label="prune (finetune)")
+    kept, structure = groups.finalize()
+    log.info("prune: kept %.4f of the prunable size (target %.3f); %d -> %d parameters; structure %s",
+             kept, target, before, student.num_params(), structure)  # fmt: skip
+    tuned = train(student, distil, data.train, data.dev, config.finetune, seed=ctx.seed, label="prune (finetune)")
     art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
     art.info["pruning"] = {
-        "method": config.method, "target": config.target.model_dump(), "kept_fraction": kept,
-        "target_error": kept - target, "params_before": before,
-        "structure": {g.name: k for g, k in zip(masks.groups, kept_channels, strict=True)},
+        "method": config.method,
+        "target": config.target.model_dump(),
+        "kept_fraction": kept,
+        "target_error": kept - target,
+        "structure": structure,
+        "params_before": before,
+        "teacher": config.teacher,
         "masked_training": {"steps": masked.steps, "history": masked.history, "seconds": round(masked.seconds, 2)},
-    }  # fmt: skip
+    }
+    if mapping:
+        art.info["pruning"]["layer_map"] = mapping
     _target_check(art.info["pruning"], kept, target, config.output)
     return {config.output: art}
 
 
-def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str) -> Artifacts:
-    from compress.models.task_model import build_module
-    from compress.pruning.channels import prune_channels, pruned_shapes
+def config_unit(config: _PruneBase) -> str:
+    target = config.target
+    return "parameters" if target.params is not None else "FLOPs" if target.flops is not None else "ms"
 
-    if student.family not in ("cnn", "python") or student.modality != "image":
-        raise StageError("prune.method: torch_pruning prunes image CNNs; use `method: dphubert` for Transformers.")
+
+def _run_torch_pruning(
+    config: TorchPruningConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
+) -> Artifacts:
+    from compress.pruning.channels import TRANSFORM, prune_channels, pruned_shapes
+
+    family = family_of(student)
+    family.require("prune:torch_pruning", "prune", student, "Prune it with `method: dphubert`.")
     if config.target.params is None and config.target.flops is None:
         raise StageError("prune.target: torch_pruning takes a `params` or `flops` target.")
     data = ctx.data()
     teacher.module.eval().requires_grad_(False)
     torch.manual_seed(ctx.seed)
-    example = torch.as_tensor(data.train.features[:1]).float()
-    reference = build_module(student.family, student.spec)
+    example = family.example_input(data)
+    reference = family.reference(student)
     measure: Literal["flops", "params"] = "flops" if config.target.flops is not None else "params"
     keep = float(config.target.flops if config.target.flops is not None else config.target.params)  # type: ignore[arg-type]
-
-    def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        return _logit_loss(config, student, teacher, batch)
+    sample = next(iter(data.train.loader(min(8, len(data.train)))))
+    step = _step(_loss_configs(config), student, teacher, sample)
 
     batches: Iterator[Batch] = iter(())
 
@@ -308,7 +325,7 @@ def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
     pruning = prune_channels(
         student.module, example, keep=keep, measure=measure, importance=config.importance, between_steps=recover
     )
-    student.spec = {**student.spec, "pruned_shapes": pruned_shapes(student.module, reference)}
+    student.record(TRANSFORM, pruned_shapes(student.module, reference))
     log.info("prune: torch_pruning kept %.4f of the %s (target %.3f); %d -> %d parameters in %d steps",
              pruning["fraction"], measure, keep, before, student.num_params(), len(pruning["history"]))  # fmt: skip
     tuned = train(student, step, data.train, data.dev, config, seed=ctx.seed, label="prune (distill)")
@@ -319,74 +336,4 @@ def _run_channels(config: PruneConfig, teacher: TaskModel, student: TaskModel, c
         "steps": pruning["history"], "base_macs": pruning["base_macs"],
     }  # fmt: skip
     _target_check(art.info["pruning"], pruning["fraction"], keep, config.output)
-    return {config.output: art}
-
-
-def _run_dphubert(config: PruneConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str) -> Artifacts:
-    n_layers = len(encoder_layers(student.module))
-    layers = config.layers or list(range(n_layers))
-    if any(not 0 <= i < n_layers for i in layers):
-        raise StageError(f"prune.layers: {layers} must be in 0..{n_layers - 1}.")
-    mapping = _layer_map(config, student, teacher)
-    s_width, t_width = student.module.config.hidden_size, teacher.module.config.hidden_size  # type: ignore[union-attr]
-    if s_width != t_width and config.hidden_weight > 0:
-        raise StageError(
-            f"prune: {config.source!r} (hidden size {s_width}) and its teacher {config.teacher!r} (hidden size "
-            f"{t_width}) cannot match hidden states. Set `teacher: {config.source}` (distil from the unpruned model "
-            "itself) or `hidden_weight: 0` (logit distillation only)."
-        )
-    log.info("prune: student layers -> teacher layers %s", dict(enumerate(mapping)))
-    data = ctx.data()
-    teacher.module.eval().requires_grad_(False)
-    masks = EncoderMasks(student.module).attach(student.module)
-    costs, target = _costs(config, student, ctx)
-    full = masks.full_size(costs)
-    lagrangian = Lagrangian()
-    from compress.training.loop import total_steps
-
-    steps = total_steps(config, len(data.train))
-    ramp_steps = max(1, int(config.ramp * steps))
-    state = {"step": 0}
-
-    def masked_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        masks.sample()
-        loss, parts = _distill_loss(config, student, teacher, batch, layers, mapping)
-        expected = masks.expected_size(costs) / full
-        t = ramped_target(state["step"], ramp_steps, target)
-        state["step"] += 1
-        penalty = lagrangian(expected, t)
-        return loss + penalty, parts | {"expected_size": float(expected.detach()), "target": t}
-
-    mask_opt = torch.optim.AdamW(masks.parameters(), lr=config.mask_lr, weight_decay=0.0)
-    log.info("prune: %s target %.3f of %s prunable %s", config.method, target, f"{full:,.0f}",
-             "parameters" if config.target.params else "FLOPs" if config.target.flops else "ms")  # fmt: skip
-    masked = train(
-        student, masked_step, data.train, data.dev, config, seed=ctx.seed, label="prune (masks)",
-        extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)), select_best=False,
-    )  # fmt: skip
-    gates = masks.deterministic()
-    masks.detach()
-    before = student.num_params()
-    structure = prune_encoder(student.module, gates)
-    kept = (sum(structure["heads"]) * costs.per_head + sum(structure["ffn"]) * costs.per_unit) / full
-    log.info("prune: kept %.4f of the prunable size (target %.3f); %d -> %d parameters; structure %s",
-             kept, target, before, student.num_params(), structure)  # fmt: skip
-
-    def plain_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        return _distill_loss(config, student, teacher, batch, layers, mapping)
-
-    tuned = train(student, plain_step, data.train, data.dev, config.finetune, seed=ctx.seed, label="prune (finetune)")
-    art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
-    art.info["pruning"] = {
-        "method": config.method,
-        "target": config.target.model_dump(),
-        "kept_fraction": kept,
-        "target_error": kept - target,
-        "structure": current_structure(student.module),
-        "params_before": before,
-        "teacher": config.teacher,
-        "layer_map": mapping,
-        "masked_training": {"steps": masked.steps, "history": masked.history, "seconds": round(masked.seconds, 2)},
-    }
-    _target_check(art.info["pruning"], kept, target, config.output)
     return {config.output: art}

@@ -19,8 +19,8 @@ from compress.data.dataset import DataBundle
 from compress.errors import QuantizationError
 from compress.evaluation import ParityConfig, check_parity, onnx_artifact, onnx_logits, predictor
 from compress.exporters.onnx import MIN_OPSET, export_onnx
+from compress.families import family_of
 from compress.losses import LossConfig, build_terms, loss_config_union
-from compress.losses.terms import CEConfig, KDConfig
 from compress.models.task_model import TaskModel
 from compress.moe.convert import is_moe
 from compress.quant import nbits, qat, qdq
@@ -79,25 +79,28 @@ def _qat_parity() -> ParityConfig:
     return ParityConfig(samples=128, max_abs_diff=0.1, min_top1_agreement=0.98)
 
 
-class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
-    """Quantize a model: `qat` trains fake-quantized weights and activations by distillation from the
-    full-precision model and exports integer QDQ ONNX; `ptq` is onnxruntime's post-training int8."""
-
+class _QuantizeBase(StageConfig):
     stage: Literal["quantize"]
-    method: Literal["qat", "ptq", "bitsandbytes"] = Field(
-        "qat",
-        description="`qat` (quantization-aware distillation), `ptq` (onnxruntime post-training) or `bitsandbytes` "
-        "(a GPU deployment target: the Hugging Face model saved with bitsandbytes weights, LLM.int8 for "
-        "`weights.bits: 8`, NF4 for 4; artifact `<source>.bnb-int8` / `<source>.bnb-nf4`, a PyTorch folder that "
-        "`from_pretrained` reloads quantized).",
-    )
     source: str = Field("student", description="Model artifact to quantize.")
+    weights: WeightQuant = Field(default_factory=WeightQuant, description="Weight quantization.")  # type: ignore[arg-type]
+    eval_batch_size: int = Field(64, gt=0, description="Batch size for accuracy and teacher inference.")
+
+
+class QatConfig(_QuantizeBase, TrainSchedule):
+    """Quantization-aware distillation: NNCF fake quantizers on weights and activations trained by distillation
+    from the full-precision model, exported as integer QDQ ONNX (int8) or MatMulNBits (4-bit weights)."""
+
+    method: Literal["qat"] = Field(
+        "qat",
+        description="`qat` (the default: quantization-aware distillation), `ptq` (onnxruntime post-training) or "
+        "`bitsandbytes` (a GPU deployment target: the Hugging Face model saved with bitsandbytes weights). Each "
+        "method takes only its own keys.",
+    )
     teacher: str | None = Field(
         None,
         description="Model artifact the quantized model is distilled from. Default: the full-precision `source` "
         "itself (the paper's setting).",
     )
-    weights: WeightQuant = Field(default_factory=WeightQuant, description="Weight quantization.")  # type: ignore[arg-type]
     activations: ActivationQuant | None = Field(
         None,
         description="Activation quantization. Default: 8 bits with 8-bit weights; leave it out with 4-bit weights "
@@ -105,18 +108,17 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
     )
     losses: list[LossUnion] | None = Field(
         None,
-        description="Distillation terms for `qat`, by `name`. Default for Transformer encoders: kd + attention_map "
-        "+ attention_output (weights 1); for CNNs: kd + ce 0.5.",
+        description="Distillation terms, by `name`. Default: the model family's (Transformer encoders: kd + "
+        "attention_map + attention_output, weights 1; others: kd + ce 0.5).",
     )
-    int8: list[Int8Mode] = Field(
-        default_factory=lambda: list(INT8_MODES), description="onnxruntime int8 variants made by `ptq`."
-    )
+    calibration_samples: int = Field(256, gt=0, description="Training examples that initialise the quantizers.")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate of AdamW (QAT starts from a trained model).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training split (fractions allowed).")
+    eval_batch_size: int = Field(64, gt=0, description="Batch size for accuracy and teacher inference.")
     opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=23, description="ONNX opset.")
     output: str | None = Field(
         None,
-        description="Name of the `qat` artifact (an .onnx file name). Default: `<source>.int8-qat.onnx` "
+        description="Name of the artifact (an .onnx file name). Default: `<source>.int8-qat.onnx` "
         "(`<source>.int4-qat.onnx` with 4-bit weights).",
     )
     parity: ParityConfig = Field(
@@ -133,10 +135,8 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
         return v if v is None else check_name(v)
 
     @model_validator(mode="after")
-    def _scheme(self) -> QuantizeConfig:
+    def _scheme(self) -> QatConfig:
         if self.weights.bits == 4:
-            if self.method != "qat" and "int8" in self.model_fields_set:
-                raise ValueError("int8: with weights.bits 4, ptq makes one 4-bit artifact; remove `int8`")
             if self.activations is not None:
                 raise ValueError(
                     "activations: 4-bit weights are weight-only (activations stay float); remove `activations`"
@@ -155,23 +155,43 @@ class QuantizeConfig(PtqOptions, TrainSchedule, StageConfig):
         return self.weights.bits == 4
 
 
-def _default_losses(model: TaskModel) -> list[LossConfig]:
-    from compress.losses.attention import AttentionMapConfig, AttentionOutputConfig
+class PtqConfig(_QuantizeBase, PtqOptions):
+    """onnxruntime post-training quantization of the exported fp32 model: the `int8` variants, or 4-bit
+    round-to-nearest weights (`weights.bits: 4`)."""
 
-    if model.family == "hf" and model.modality == "text":
-        return [
-            KDConfig(name="kd", weight=1.0, temperature=1.0),
-            AttentionMapConfig(name="attention_map", weight=1.0),
-            AttentionOutputConfig(name="attention_output", weight=1.0),
-        ]
-    return [KDConfig(name="kd", weight=1.0, temperature=1.0), CEConfig(name="ce", weight=0.5)]
+    method: Literal["ptq"] = Field(..., description="`ptq`.")
+    int8: list[Int8Mode] = Field(
+        default_factory=lambda: list(INT8_MODES), description="onnxruntime int8 variants made."
+    )
+    opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=23, description="ONNX opset.")
+
+    @model_validator(mode="after")
+    def _scheme(self) -> PtqConfig:
+        if self.weights.bits == 4 and "int8" in self.model_fields_set:
+            raise ValueError("int8: with weights.bits 4, ptq makes one 4-bit artifact; remove `int8`")
+        return self
+
+    @property
+    def weight_only(self) -> bool:
+        return self.weights.bits == 4
+
+
+class BitsandbytesConfig(_QuantizeBase):
+    """A GPU deployment target: the Hugging Face model saved with bitsandbytes weights (LLM.int8 for
+    `weights.bits: 8`, NF4 for 4), artifact `<source>.bnb-int8` / `<source>.bnb-nf4`, a PyTorch folder that
+    `from_pretrained` reloads quantized."""
+
+    method: Literal["bitsandbytes"] = Field(..., description="`bitsandbytes`.")
+
+
+QuantizeConfig = QatConfig | PtqConfig | BitsandbytesConfig
 
 
 def _calibration(data: DataBundle, model: TaskModel, n: int) -> list[dict[str, torch.Tensor]]:
     return [model.inputs(b) for b in data.train.subset(n).loader(16)]
 
 
-def _run_ptq(source: Artifact, model: TaskModel, config: QuantizeConfig, ctx: Context) -> Artifacts:
+def _run_ptq(source: Artifact, model: TaskModel, config: PtqConfig, ctx: Context) -> Artifacts:
     data = ctx.data()
     work = ctx.stage_dir / ".work"
     work.mkdir(exist_ok=True)
@@ -196,20 +216,17 @@ def _run_ptq(source: Artifact, model: TaskModel, config: QuantizeConfig, ctx: Co
     return {a.name: a for a in arts}
 
 
-def _run_bnb(source: Artifact, config: QuantizeConfig, ctx: Context) -> Artifacts:
+def _run_bnb(source: Artifact, config: BitsandbytesConfig, ctx: Context) -> Artifacts:
     """Reload the source's Hugging Face folder with bitsandbytes (one probe forward on this machine's device),
     save it as a new model artifact, measure its accuracy with PyTorch."""
     from compress.models import bnb
-    from compress.models.structure import STRUCTURE_KEY
+    from compress.models.structure import TRANSFORM as ENCODER_STRUCTURE
 
     model = ctx.load_model(source)
-    cfg = getattr(model.module, "config", None)
-    if model.family != "hf":
-        raise QuantizationError(
-            f"quantize.method bitsandbytes: {config.source!r} is a {model.family} model; bitsandbytes deployment "
-            "covers Hugging Face models (use qat or ptq)."
-        )
-    if getattr(cfg, STRUCTURE_KEY, None):
+    family_of(model).require(
+        "quantize:bitsandbytes", f"quantize.source {config.source!r}", model, "Quantize it with qat or ptq."
+    )
+    if model.has_transform(ENCODER_STRUCTURE):
         raise QuantizationError(
             f"quantize.method bitsandbytes: {config.source!r} is a pruned encoder (per-layer shapes); transformers "
             "cannot reload it quantized. Quantize it with qat or ptq."
@@ -228,14 +245,14 @@ def _run_bnb(source: Artifact, config: QuantizeConfig, ctx: Context) -> Artifact
         "top1_agreement_with_fp32": float((logits.argmax(-1) == fp32.argmax(-1)).float().mean()),
     }
     log.info("%s: accuracy %.4f (bitsandbytes %s on %s)", name, metrics["accuracy"], mode, bnb.device())
-    info = {"method": "bitsandbytes", "bitsandbytes": mode, "device": bnb.device(), "family": "hf"}
+    info = {"method": "bitsandbytes", "bitsandbytes": mode, "device": bnb.device(), "family": model.family}
     art = Artifact(name, "model", folder, "quantize", parent=config.source, precision=f"bnb-{mode}",
                    params=source.params, metrics=metrics, info=info)  # fmt: skip
     return {name: art.finalize()}
 
 
 def _rtn_4bit(
-    name: str, fp32: Artifact, fp32_logits: np.ndarray, config: QuantizeConfig, data: DataBundle, out: Path
+    name: str, fp32: Artifact, fp32_logits: np.ndarray, config: PtqConfig, data: DataBundle, out: Path
 ) -> Artifact:
     path = out / f"{name}.int4-rtn.onnx"
     ortq.quantize_4bit_rtn(fp32.path, path)
@@ -249,24 +266,24 @@ def _rtn_4bit(
     return art
 
 
-@register_stage("quantize", QuantizeConfig)
-def run(artifacts: Artifacts, config: QuantizeConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
+@register_stage("quantize", QatConfig, PtqConfig, BitsandbytesConfig)
+def run(artifacts: Artifacts, config: QuantizeConfig, ctx: Context) -> Artifacts:
     require(artifacts, config.source, "quantize")
     source = artifacts[config.source]
     if source.kind != "model":
         raise QuantizationError(
             f"quantize.source {config.source!r} is an ONNX file; give a PyTorch model artifact (e.g. student)."
         )
-    if config.method == "bitsandbytes":
+    if isinstance(config, BitsandbytesConfig):
         return _run_bnb(source, config, ctx)
     model = ctx.load_model(source)
-    if config.method == "ptq":
+    if isinstance(config, PtqConfig):
         return _run_ptq(source, model, config, ctx)
     return _run_qat(artifacts, source, model, config, ctx)
 
 
 def _run_qat(
-    artifacts: Artifacts, source: Artifact, fp32: TaskModel, config: QuantizeConfig, ctx: Context
+    artifacts: Artifacts, source: Artifact, fp32: TaskModel, config: QatConfig, ctx: Context
 ) -> Artifacts:
     data = ctx.data()
     teacher_name = config.teacher or config.source
@@ -275,14 +292,15 @@ def _run_qat(
     teacher = fp32 if teacher_name == config.source else ctx.load_model(artifacts[teacher_name])
     teacher.module.eval().requires_grad_(False)
     student = ctx.load_model(source)
+    family = family_of(student)
     calibration = _calibration(data, student, config.calibration_samples)
     scheme = qat.QatScheme(
         weight_bits=config.weights.bits,
         activation_bits=config.activations.bits if config.activations else 32,
         per_channel=config.weights.per_channel,
-        transformer=student.family == "hf",
+        transformer=family.qat_transformer(student),
     )
-    losses = config.losses or _default_losses(student)
+    losses = config.losses or family.qat_losses(student)
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
     # losses are built before quantizers go in: they switch attention to eager, which NNCF must trace
     build_terms(losses, student, teacher, probe)
@@ -304,7 +322,7 @@ def _run_qat(
     return {a.name: a for a in [_export_qat(student, fp32, source, config, ctx, result, losses, teacher_name)]}
 
 
-def _describe(config: QuantizeConfig) -> str:
+def _describe(config: QatConfig) -> str:
     acts = config.activations
     return f"W{config.weights.bits}" + (f"A{acts.bits}" if acts else " weight-only")
 
@@ -339,7 +357,7 @@ def _export_qat(
     student: TaskModel,
     fp32: TaskModel,
     source: Artifact,
-    config: QuantizeConfig,
+    config: QatConfig,
     ctx: Context,
     result: object,
     losses: list[LossConfig],

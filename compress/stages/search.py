@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag
 
 from compress.artifacts import Artifacts
 from compress.config import ArtifactName, Strict
@@ -16,9 +16,10 @@ from compress.context import Context
 from compress.data.dataset import DataBundle
 from compress.devices import resolve_device
 from compress.errors import StageError
+from compress.families import family_of
 from compress.models.task_model import TaskModel
 from compress.search.budget import Cost, SearchBudget, static_cost
-from compress.search.candidates import build_candidate, resolve_transformer_space
+from compress.search.candidates import build_candidate
 from compress.search.evolution import Evaluated, ScoreFn, SearchResult, evolve
 from compress.search.latency import CnnLatency, TransformerLatency, latency_model
 from compress.search.space import Arch, CnnSpace, Space, TransformerSpace, arch_key
@@ -57,11 +58,23 @@ class Supernet(Strict):
     eval_batches: int = Field(8, gt=0, description="Held-out (dev) batches that score each sub-network.")
 
 
-class SearchConfig(StageConfig):
-    """Search the student architecture under a budget; the chosen student feeds the next stage."""
-
+class _SearchBase(StageConfig):
     stage: Literal["search"]
-    method: Literal["diswot", "autodistil"] = Field(
+    budget: SearchBudget = Field(..., description="Limits every candidate must meet.")
+    evolution: Evolution = Field(default_factory=Evolution)  # type: ignore[arg-type]
+    top_k: int = Field(5, gt=0, description="Best candidates kept in the report (and measured end to end).")
+    output: ArtifactName = Field("student", description="Name of the produced model artifact.")
+
+
+    def latency_devices(self) -> dict[str, str]:
+        return {"budget.device": self.budget.device} if self.budget.max_latency_ms is not None else {}
+
+
+class DiswotConfig(_SearchBase):
+    """DisWOT: rank candidates without training by how closely their randomly initialised features relate
+    samples (and classes) as the teacher's do; the chosen student trains in the next stage."""
+
+    method: Literal["diswot"] = Field(
         ..., description="`diswot` (training-free score) or `autodistil` (weight-sharing super-networks)."
     )
     space: SpaceField | None = Field(
@@ -69,55 +82,30 @@ class SearchConfig(StageConfig):
         description="The search space: CNN keys (block, stages, depth, width, kernel, expansion) or Transformer "
         "keys (layers, hidden, heads, ffn). Default: derived from the teacher.",
     )
-    budget: SearchBudget = Field(..., description="Limits every candidate must meet.")
-    evolution: Evolution = Field(default_factory=Evolution)  # type: ignore[arg-type]
-    supernet: Supernet = Field(default_factory=Supernet)  # type: ignore[arg-type]
-    batch_size: int = Field(64, gt=1, description="DisWOT: examples in the scoring batch.")
+    batch_size: int = Field(64, gt=1, description="Examples in the scoring batch.")
     semantic: Literal["class", "sample"] = Field(
         "class",
-        description="DisWOT semantic similarity: `class` (class-by-class Gram of the class-activation weights, "
+        description="Semantic similarity: `class` (class-by-class Gram of the class-activation weights, "
         "the paper's) or `sample` (sample-by-sample Gram of per-sample Grad-CAM / attention maps).",
     )
     feature: str | None = Field(
-        None, description="DisWOT on image teachers: module path of the teacher's last feature map (default: found)."
+        None, description="On image teachers: module path of the teacher's last feature map (default: found)."
     )
-    top_k: int = Field(5, gt=0, description="Best candidates kept in the report (and measured end to end).")
-    output: ArtifactName = Field("student", description="Name of the produced model artifact.")
-
-    @model_validator(mode="after")
-    def _method_fits_space(self) -> SearchConfig:
-        if self.method == "autodistil" and isinstance(self.space, CnnSpace):
-            raise ValueError("autodistil searches Transformer students; give a transformer space or use diswot")
-        return self
 
 
-# ---- set-up checks, before any expensive work ------------------------------------------------------
-def _resolve_space(config: SearchConfig, teacher: TaskModel) -> Space:
-    space = config.space
-    if space is None:
-        space = TransformerSpace() if teacher.modality == "text" else CnnSpace()
-    if isinstance(space, TransformerSpace):
-        return resolve_transformer_space(space, teacher, "search.space")
-    if teacher.modality != "image":
-        raise StageError("search.space: a CNN space needs image data; this teacher takes text.")
-    return space
+class AutodistilConfig(_SearchBase):
+    """AutoDistil: train weight-sharing super-networks (one per group of hidden sizes) by task-agnostic
+    self-attention distillation, rank their sub-networks on held-out data; the chosen one keeps its weights."""
+
+    method: Literal["autodistil"] = Field(..., description="`autodistil`.")
+    space: TransformerSpace | None = Field(
+        None,
+        description="The Transformer search space (layers, hidden, heads, ffn). Default: derived from the teacher.",
+    )
+    supernet: Supernet = Field(default_factory=Supernet)  # type: ignore[arg-type]
 
 
-def _smallest(space: Space) -> list[Arch]:
-    """The smallest candidate of each block type: if none meets the budget, no candidate does."""
-    if isinstance(space, TransformerSpace):
-        return [space.smallest()]
-    n = min(space.stages)
-    return [
-        {
-            "block": block,
-            "kernel": min(space.kernel),
-            "expansion": min(space.expansion) if block == "mbv2" else 1,
-            "widths": [min(space.width)] * n,
-            "depths": [min(space.depth)] * n,
-        }
-        for block in space.block
-    ]
+SearchConfig = DiswotConfig | AutodistilConfig
 
 
 class Costs:
@@ -126,8 +114,7 @@ class Costs:
     def __init__(self, space: Space, teacher: TaskModel, data: DataBundle, config: SearchConfig, ctx: Context):
         self.space, self.teacher, self.budget = space, teacher, config.budget
         self.in_channels, self.seed = data.in_channels, ctx.seed
-        x: Any = data.train.features[:1] if teacher.modality == "image" else None
-        self.image_shape = tuple(x.shape[1:]) if x is not None else None
+        self.image_shape = family_of(teacher).input_shape(data)
         self.cache: dict[str, Cost] = {}
         self.latency: CnnLatency | TransformerLatency | None = None
         if self.budget.max_latency_ms is not None:
@@ -156,7 +143,7 @@ class Costs:
 
 
 def _check_budget_reachable(costs: Costs) -> None:
-    archs = _smallest(costs.space)
+    archs = costs.space.smallest_candidates()
     verdicts = costs.violations(archs)
     if all(verdicts):
         i = min(range(len(archs)), key=lambda j: costs.static(archs[j]).params)
@@ -172,10 +159,11 @@ Extra = tuple[dict[str, Any], list[dict[str, Any]]] | None  # AutoDistil: super-
 
 
 def _diswot(
-    config: SearchConfig, space: Space, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context
+    config: DiswotConfig, space: Space, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context
 ) -> tuple[SearchResult, Extra]:
     from compress.search.diswot import diswot_score, last_feature_path, signature
 
+    family = family_of(teacher)
     feature = config.feature or last_feature_path(teacher)
     batch = next(iter(data.train.loader(config.batch_size, shuffle=True, seed=ctx.seed)))
     t_sig = signature(teacher, batch, feature)
@@ -183,18 +171,17 @@ def _diswot(
     def score(archs: list[Arch]) -> list[dict[str, float]]:
         out = []
         for arch in archs:
-            cand = build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed)
+            cand = family.adopt(build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed))
             s_sig = signature(cand, batch, last_feature_path(cand), candidate=True)
             out.append(diswot_score(t_sig, s_sig, semantic=config.semantic))
         return out
 
-    all_archs = space.all() if isinstance(space, TransformerSpace) else None
-    result = _evolve(config, space, score, costs, all_archs)
+    result = _evolve(config, space, score, costs, space.enumerable())
     return result, None
 
 
 def _autodistil(
-    config: SearchConfig, space: TransformerSpace, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context
+    config: AutodistilConfig, space: TransformerSpace, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context
 ) -> tuple[SearchResult, Extra]:
     from compress.search.autodistil import HeldOut, relation_heads, train_supernet
     from compress.search.supernet import SuperNet
@@ -292,44 +279,34 @@ def _pick(rows: list[dict[str, Any]], budget: SearchBudget) -> dict[str, Any]:
     )
 
 
-@register_stage("search", SearchConfig)
-def run(artifacts: Artifacts, config: SearchConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
+@register_stage("search", DiswotConfig, AutodistilConfig)
+def run(artifacts: Artifacts, config: SearchConfig, ctx: Context) -> Artifacts:
     require(artifacts, "teacher", "search")
     teacher = ctx.load_model(artifacts["teacher"])
     teacher.module.requires_grad_(False)
+    family = family_of(teacher)
+    family.require(f"search:{config.method}", "search", teacher)
     data = ctx.data()
-    space = _resolve_space(config, teacher)
+    space = family.search_space(config.space, teacher, "search")
     costs = Costs(space, teacher, data, config, ctx)
     _check_budget_reachable(costs)
     log.info("search: %s over a %s space of %d candidates", config.method, space.kind, space.size())
     t0 = time.perf_counter()
-    if config.method == "diswot":
-        result, extra = _diswot(config, space, teacher, data, costs, ctx)
+    if isinstance(config, AutodistilConfig):
+        result, extra = _autodistil(config, space, teacher, data, costs, ctx)  # type: ignore[arg-type]
     else:
-        assert isinstance(space, TransformerSpace)
-        result, extra = _autodistil(config, space, teacher, data, costs, ctx)
+        result, extra = _diswot(config, space, teacher, data, costs, ctx)
     search_s = time.perf_counter() - t0
     top = result.ranked[: config.top_k]
     measured = _measure_top(top, costs)
     rows = _rows(top, costs, measured, space)
     chosen = _pick(rows, config.budget)
-    student = _build_student(space, chosen["arch"], teacher, data, ctx, extra)
+    supernet = extra[0][arch_key(chosen["arch"])] if extra else None
+    student = family.search_student(space, chosen["arch"], teacher, data, ctx.seed, supernet)
     art = save_model_artifact(student, config.output, ctx, "search", "teacher", data, 128)
     art.info["search"] = _info(config, space, result, rows, chosen, search_s, extra)
     log.info("search: chose %s (rank %d)", chosen["describe"], chosen["rank"])
     return {config.output: art}
-
-
-def _build_student(
-    space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, ctx: Context, extra: Extra
-) -> TaskModel:
-    if isinstance(space, CnnSpace):  # DisWOT's CNN students train from scratch, as in the paper
-        return build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed)
-    from compress.search.supernet import SuperNet
-
-    net = extra[0][arch_key(arch)] if extra else SuperNet(teacher.module)  # DisWOT: slice the rewired teacher
-    module = net.extract(arch)
-    return TaskModel(module, "hf", "text", teacher.num_labels, teacher.tokenizer, {"search": arch})
 
 
 def _info(

@@ -7,6 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from compress.errors import ModelError
+from compress.families import load as load_model
 from compress.models.bert import default_layer_map
 from compress.models.cnn import CNN, CnnSpec
 from compress.models.source import ModelSource, build_model
@@ -22,9 +23,9 @@ def test_cnn_family_shapes_and_reload(block: str, tmp_path: Path) -> None:
     out = model.logits({"pixel_values": x})
     assert out.shape == (2, 7)
     model.save(tmp_path / "m")
-    again = TaskModel.load(tmp_path / "m")
+    again = load_model(tmp_path / "m")
     assert torch.equal(again.logits({"pixel_values": x}), out)
-    assert model.default_feature_modules() == ["stages.0", "stages.1", "stages.2"]
+    assert again.family == "cnn" and again.features == ["stages.0", "stages.1", "stages.2"]
 
 
 def test_cnn_spec_rejects_inconsistent_shapes() -> None:
@@ -40,11 +41,11 @@ def test_hf_model_round_trip_keeps_tokenizer(tiny_bert_dir: Path, tmp_path: Path
     )
     assert model.module.config.num_labels == 3  # a fresh 3-way head on a 2-way checkpoint
     model.save(tmp_path / "m")
-    again = TaskModel.load(tmp_path / "m")
+    again = load_model(tmp_path / "m")
     batch = again.tokenizer(["a fine film"], return_tensors="pt")
     b = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     assert torch.allclose(model.logits(b), again.logits(b))
-    assert again.default_feature_modules() == [f"bert.encoder.layer.{i}" for i in range(4)]
+    assert again.family == "encoder" and again.features == [f"bert.encoder.layer.{i}" for i in range(4)]
 
 
 def test_layer_map_and_bad_sources(tmp_path: Path) -> None:

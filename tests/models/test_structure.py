@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from compress.exporters.onnx import export_onnx
-from compress.models.structure import STRUCTURE_KEY, current_structure, resize_encoder
+from compress.families import load as load_model
+from compress.models.structure import TRANSFORM, current_structure, resize_encoder
 from compress.models.task_model import TaskModel
 from compress.runtimes.onnxruntime import OrtPredictor
 
@@ -20,7 +22,9 @@ def _model() -> TaskModel:
                      intermediate_size=64, max_position_embeddings=32)  # fmt: skip
     module = BertForSequenceClassification(cfg)
     resize_encoder(module, [1, 3], [16, 40])
-    return TaskModel(module.eval(), "hf", "text", 2)
+    model = TaskModel(module.eval(), "hf", "text", 2)
+    model.record(TRANSFORM, current_structure(module))  # what the pruning and search code records
+    return model
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -33,9 +37,10 @@ def _batch() -> dict[str, torch.Tensor]:
 def test_structure_round_trip(tmp_path: Path) -> None:
     model = _model()
     assert current_structure(model.module) == {"heads": [1, 3], "ffn": [16, 40]}
-    assert getattr(model.module.config, STRUCTURE_KEY) == {"heads": [1, 3], "ffn": [16, 40]}
     model.save(tmp_path / "m")
-    again = TaskModel.load(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "compress_model.json").read_text())
+    assert meta["transforms"] == [{"name": TRANSFORM, "args": {"heads": [1, 3], "ffn": [16, 40]}}]
+    again = load_model(tmp_path / "m")
     assert current_structure(again.module) == {"heads": [1, 3], "ffn": [16, 40]}
     with torch.no_grad():
         assert torch.allclose(again.logits(_batch()), model.logits(_batch()), atol=1e-6)

@@ -10,7 +10,7 @@ import pytest
 
 from compress import pipeline
 from compress.errors import CompressError
-from compress.models.task_model import TaskModel
+from compress.families import load as load_model
 from compress.moe.experts import MoeFfn
 from tests.conftest import text_recipe_head, write_recipe
 
@@ -48,7 +48,7 @@ def test_moefy_converts_searches_reloads_and_exports(tmp_path: Path, tiny_bert_d
     else:  # the search stayed within its budget on the dev subset
         search = moe["policy_search"]
         assert 100 * (search["dense_dev_accuracy"] - search["dev_accuracy"]) <= 2.0 + 1e-9
-    reloaded = TaskModel.load(art.path)  # the MoE layers come back with their policies
+    reloaded = load_model(art.path)  # the MoE layers come back with their policies
     layers = [m for m in reloaded.module.modules() if isinstance(m, MoeFfn)]
     want = [(int(lay["policy"][4:]), None) if lay["policy"].startswith("top-") else (4, float(lay["policy"][10:]))
             for lay in moe["layers"]]  # fmt: skip

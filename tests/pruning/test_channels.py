@@ -10,8 +10,8 @@ import torch
 
 from compress import pipeline
 from compress.errors import CompressError
+from compress.families import load as load_model
 from compress.models.cnn import CNN, CnnSpec
-from compress.models.task_model import TaskModel
 from compress.pruning.channels import apply_shapes, count, prune_channels, pruned_shapes
 from tests.conftest import write_recipe
 
@@ -61,16 +61,23 @@ def test_torch_pruning_stage_end_to_end(tmp_path: Path) -> None:
     result = pipeline.run(write_recipe(tmp_path, RECIPE), out=tmp_path / "out")
     art = result.artifacts["student"]
     assert 0.4 < art.info["pruning"]["kept_fraction"] <= 0.5
-    student = TaskModel.load(art.path)  # rebuilt from spec + recorded shapes, weights from safetensors
-    teacher = TaskModel.load(result.artifacts["teacher"].path)
+    student = load_model(art.path)  # rebuilt from spec + recorded shapes, weights from safetensors
+    teacher = load_model(result.artifacts["teacher"].path)
     assert student.num_params() < teacher.num_params()
     meta = json.loads((art.path / "compress_model.json").read_text())
-    assert meta["spec"]["pruned_shapes"]
+    assert [t["name"] for t in meta["transforms"]] == ["channel_shapes"] and meta["transforms"][0]["args"]
     assert result.artifacts["student.onnx"].metrics["accuracy"] > 0.3
 
 
 def test_channel_masks_need_a_params_target(tmp_path: Path) -> None:
-    text = RECIPE.replace("method: torch_pruning", "method: dphubert")
+    text = RECIPE.replace("method: torch_pruning", "method: dphubert").replace("    recovery_steps: 3\n", "")
     text = text.replace("    epochs: 1\n", "    max_steps: 1\n", 1)  # the error comes right after the teacher
     with pytest.raises(CompressError, match="CNN channel masks take a `params` target"):
+        pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
+
+
+def test_a_key_of_another_method_names_that_method(tmp_path: Path) -> None:
+    text = RECIPE.replace("method: torch_pruning", "method: dphubert")
+    with pytest.raises(CompressError, match=r"recipe.yaml:15 stages\[1\].recovery_steps: `recovery_steps` applies "
+                       r"to `method: torch_pruning`, not `method: dphubert`"):  # fmt: skip
         pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")

@@ -9,8 +9,8 @@ import torch
 
 from compress import pipeline
 from compress.errors import ModelError
+from compress.families import load as load_model
 from compress.models.cnn import CNN, CnnSpec
-from compress.models.task_model import TaskModel
 from compress.pruning.channels import apply_shapes, pruned_shapes
 from compress.pruning.cnn_masks import CnnMasks, prune_cnn_channels
 from tests.conftest import write_recipe
@@ -78,5 +78,5 @@ def test_channel_masks_stage_lands_near_the_target(tmp_path: Path) -> None:
     result = pipeline.run(write_recipe(tmp_path, RECIPE), out=tmp_path / "out")
     art = result.artifacts["student"]
     assert art.info["pruning"]["kept_fraction"] == pytest.approx(0.5, abs=0.1)
-    assert TaskModel.load(art.path).num_params() < TaskModel.load(result.artifacts["teacher"].path).num_params()
+    assert load_model(art.path).num_params() < load_model(result.artifacts["teacher"].path).num_params()
     assert "student.onnx" in result.artifacts

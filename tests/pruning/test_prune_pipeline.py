@@ -9,7 +9,7 @@ import pytest
 
 from compress import pipeline
 from compress.errors import CompressError
-from compress.models.task_model import TaskModel
+from compress.families import load as load_model
 from tests.conftest import TINY_FINETUNE, text_recipe_head, write_recipe
 
 RECIPE = (
@@ -39,8 +39,8 @@ def test_dphubert_prunes_to_the_target_and_exports(tmp_path: Path, tiny_bert_dir
     art = result.artifacts["student"]
     info = art.info["pruning"]
     assert info["kept_fraction"] == pytest.approx(0.5, abs=0.1)
-    teacher = TaskModel.load(result.artifacts["teacher"].path)
-    student = TaskModel.load(art.path)  # loads back without any pruning state
+    teacher = load_model(result.artifacts["teacher"].path)
+    student = load_model(art.path)  # loads back without any pruning state
     assert student.num_params() < teacher.num_params()
     assert sum(info["structure"]["heads"]) < 4 * 4 or sum(info["structure"]["ffn"]) < 4 * 64
     history = info["masked_training"]["history"]

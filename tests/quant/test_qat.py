@@ -12,6 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from compress import pipeline
 from compress.errors import CompressError
+from compress.families import load as load_model
 from compress.losses import build_terms
 from compress.losses.attention import AttentionMapConfig, AttentionOutputConfig
 from compress.losses.terms import KDConfig
@@ -166,7 +167,7 @@ DIGITS = (
 
 def test_cnn_qat_folds_batchnorm_and_runs_integer_convs(tmp_path: Path) -> None:
     result = pipeline.run(write_recipe(tmp_path, DIGITS), out=tmp_path / "out")
-    teacher = TaskModel.load(result.artifacts["teacher"].path)
+    teacher = load_model(result.artifacts["teacher"].path)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in teacher.module.modules())
     art = result.artifacts["teacher.int8-qat.onnx"]
     assert art.info["integer_kernels"]["QLinearConv"] == convs  # BatchNorm folded: every Conv is integer

@@ -9,6 +9,7 @@ import torch
 
 from compress.data.config import DataConfig
 from compress.data.dataset import load_data
+from compress.families import family_of
 from compress.models.cnn import CNN, CnnSpec
 from compress.models.task_model import TaskModel
 from compress.search.candidates import build_candidate
@@ -38,10 +39,12 @@ def teacher(digits) -> TaskModel:  # noqa: ANN001
             loss.backward()
             opt.step()
     model.module.eval()
+    family_of(model)  # the cnn family names its feature taps
     return model
 
 
 def _score(teacher: TaskModel, student: TaskModel, batch: dict, candidate: bool = True) -> dict[str, float]:
+    family_of(student)
     t = signature(teacher, batch, last_feature_path(teacher))
     return diswot_score(t, signature(student, batch, last_feature_path(student), candidate=candidate))
 

@@ -9,7 +9,7 @@ import pytest
 
 from compress import pipeline
 from compress.errors import CompressError
-from compress.models.task_model import TaskModel
+from compress.families import load as load_model
 from tests.conftest import digits_recipe_head, text_recipe_head, write_recipe
 
 DIGITS = (
@@ -60,7 +60,7 @@ def test_diswot_search_then_distill(tmp_path: Path) -> None:
     assert info["method"] == "diswot" and info["evaluated"] >= 6
     assert all(row["params"] <= 12000 for row in info["top"])
     assert [r["score"] for r in info["top"]] == sorted((r["score"] for r in info["top"]), reverse=True)
-    student = TaskModel.load(result.artifacts["student"].path)
+    student = load_model(result.artifacts["student"].path)
     assert student.num_params() == info["chosen"]["params"] <= 12000
     assert result.artifacts["student.onnx"].metrics["accuracy"] > 0.3  # distilled from the searched arch
     report = (tmp_path / "out" / "report.md").read_text()
@@ -83,7 +83,7 @@ def test_autodistil_search_then_distill(tmp_path: Path, tiny_bert_dir: Path, sst
         assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
     assert info["latency_table_mape"] is not None
     chosen = info["chosen"]["arch"]
-    student = TaskModel.load(result.artifacts["student"].path)
+    student = load_model(result.artifacts["student"].path)
     cfg = student.module.config
     assert (cfg.num_hidden_layers, cfg.hidden_size) == (chosen["layers"], chosen["hidden"])
     assert "student.onnx" in result.artifacts

@@ -11,6 +11,9 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from compress.data.config import DataConfig
 from compress.data.dataset import load_data
+from compress.families import load as load_model
+from compress.models.structure import TRANSFORM as STRUCTURE
+from compress.models.structure import current_structure
 from compress.models.task_model import TaskModel
 from compress.search.autodistil import HeldOut, relation_heads, train_supernet
 from compress.search.space import TransformerSpace
@@ -57,8 +60,9 @@ def test_extracted_subnetwork_equals_sliced_forward(
     assert model.config.num_hidden_layers == arch["layers"] and model.config.hidden_size == arch["hidden"]
     # the standalone model survives a save / load round trip (per-layer structure in its config)
     tm = TaskModel(model, "hf", "text", 2)
+    tm.record(STRUCTURE, current_structure(model))  # what the search stage records for an extracted student
     tm.save(tmp_path / "m")
-    again = TaskModel.load(tmp_path / "m")
+    again = load_model(tmp_path / "m")
     assert torch.allclose(again.logits(_inputs()), sliced, atol=1e-6)  # attention kernel may differ after load
 
 

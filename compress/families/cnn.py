@@ -1,0 +1,73 @@
+"""The `cnn` family: image classifiers, built-in (`cnn:` stem, stages of plain / ResNet / MobileNetV2 blocks,
+linear head) or a user's (`python:` factories that take `pixel_values`).
+
+Built-in members have named stages (feature taps, DisWOT's feature map), maskable channel groups (DPHuBERT's
+masks) and a searchable space; any member prunes channels through torch-pruning's dependency graph.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from compress.families.base import Family, register_family
+from compress.models.task_model import TaskModel, build_module
+
+if TYPE_CHECKING:
+    from compress.data.dataset import DataBundle
+    from compress.pruning.masked import MaskedGroups, PruneGoal
+    from compress.search.space import Arch, Space
+
+
+@register_family
+class CnnFamily(Family):
+    name = "cnn"
+    modality = "image"
+    summary = "CNN image classifiers"
+    kinds = ("cnn", "python")
+    space_kind = "cnn"
+    capabilities = {
+        "prune:dphubert": ("cnn",),
+        "prune:torch_pruning": ("cnn", "python"),
+        "search:diswot": ("cnn", "python"),
+    }
+
+    def feature_modules(self, model: TaskModel) -> list[str]:
+        if model.kind != "cnn":
+            return []  # a user's CNN: name the modules (`hidden.pairs`, `search.feature`)
+        return [n for n, _ in model.module.named_modules() if n.startswith("stages.") and n.count(".") == 1]
+
+    def input_shape(self, data: DataBundle) -> tuple[int, ...] | None:
+        return tuple(torch.as_tensor(data.train.features[:1]).shape[1:])
+
+    def example_input(self, data: DataBundle) -> torch.Tensor:
+        return torch.as_tensor(data.train.features[:1]).float()
+
+    def reference(self, model: TaskModel) -> nn.Module:
+        return build_module(model.kind, model.spec)
+
+    def masked_groups(self, model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:
+        self.require("prune:dphubert", where, model, "Prune it with `method: torch_pruning`.")
+        from compress.pruning.masked import ChannelGroups
+
+        return ChannelGroups(model, goal, self.reference(model), self.example_input(data))
+
+    def search_space(self, space: Space | None, teacher: TaskModel, where: str) -> Space:
+        self.require("search:diswot", where, teacher)
+        from compress.errors import ModelError
+        from compress.search.space import CnnSpace
+
+        space = CnnSpace() if space is None else space
+        if space.kind != "cnn":
+            raise ModelError(f"{where}.space: a {space.kind} space does not fit a CNN teacher; give a CNN space "
+                             "(block, stages, depth, width, kernel, expansion).")  # fmt: skip
+        return space
+
+    def search_student(self, space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, seed: int,
+                       supernet: Any = None) -> TaskModel:  # fmt: skip
+        from compress.search.candidates import build_candidate
+
+        # DisWOT's CNN students train from scratch, as in the paper
+        return self.adopt(build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=seed))

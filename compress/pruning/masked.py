@@ -1,0 +1,127 @@
+"""DPHuBERT's masked groups behind one small interface, so the `prune` stage runs the same masked-distillation
+loop on every family that has them: a family hands the stage a `MaskedGroups` (heads, attention blocks, FFN units
+and FFN blocks of a Transformer encoder; the maskable channels of a built-in CNN) sized against a `PruneGoal`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import StageError
+from compress.models.structure import TRANSFORM as ENCODER_TRANSFORM
+from compress.models.structure import current_structure
+from compress.models.task_model import TaskModel
+from compress.pruning.encoder_masks import EncoderMasks, GroupCosts, flop_costs, param_costs
+from compress.pruning.physical import prune_encoder
+
+LatencyCosts = Callable[[Any], tuple[GroupCosts, float]]  # model config -> (costs per group, fraction to keep)
+
+
+@dataclass(frozen=True)
+class PruneGoal:
+    """What to keep, as given in the recipe (exactly one of params, flops, latency)."""
+
+    params: float | None = None
+    flops: float | None = None
+    sequence: int = 128
+    latency: LatencyCosts | None = None  # measures the device and turns the ms target into a fraction
+
+    @property
+    def unit(self) -> str:
+        return "parameters" if self.params is not None else "FLOPs" if self.flops is not None else "ms"
+
+
+class MaskedGroups(ABC):
+    """Hard-concrete masks on a model's prunable groups, attached to it."""
+
+    target: float  # fraction of the full size to keep
+    full: float  # full size in the goal's unit
+
+    @abstractmethod
+    def parameters(self) -> list[nn.Parameter]:
+        """The mask parameters (their own optimiser)."""
+
+    @abstractmethod
+    def sample(self) -> None:
+        """Draw the gates for the next training forward pass."""
+
+    @abstractmethod
+    def expected(self) -> torch.Tensor:
+        """Expected kept fraction of the full size (differentiable)."""
+
+    @abstractmethod
+    def finalize(self) -> tuple[float, dict[str, Any]]:
+        """Make the gates deterministic, remove the masks and the zero-gated groups for real, record the
+        change on the model (a registered transform); returns the kept fraction and the structure left."""
+
+
+class EncoderGroups(MaskedGroups):
+    """Heads, attention blocks, FFN units and FFN blocks of a BERT-family encoder."""
+
+    def __init__(self, model: TaskModel, goal: PruneGoal) -> None:
+        self.model = model
+        cfg: Any = model.module.config
+        if goal.params is not None:
+            self.costs, self.target = param_costs(cfg), goal.params
+        elif goal.flops is not None:
+            self.costs, self.target = flop_costs(cfg, goal.sequence), goal.flops
+        else:
+            assert goal.latency is not None
+            self.costs, self.target = goal.latency(cfg)
+        self.masks = EncoderMasks(model.module).attach(model.module)
+        self.full = self.masks.full_size(self.costs)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.masks.parameters())
+
+    def sample(self) -> None:
+        self.masks.sample()
+
+    def expected(self) -> torch.Tensor:
+        return self.masks.expected_size(self.costs) / self.full
+
+    def finalize(self) -> tuple[float, dict[str, Any]]:
+        gates = self.masks.deterministic()
+        self.masks.detach()
+        structure = prune_encoder(self.model.module, gates)
+        self.model.record(ENCODER_TRANSFORM, current_structure(self.model.module))
+        kept = (sum(structure["heads"]) * self.costs.per_head + sum(structure["ffn"]) * self.costs.per_unit) / self.full
+        return kept, current_structure(self.model.module)
+
+
+class ChannelGroups(MaskedGroups):
+    """The maskable channels of a built-in CNN, removed through torch-pruning's dependency graph."""
+
+    def __init__(self, model: TaskModel, goal: PruneGoal, reference: nn.Module, example: torch.Tensor) -> None:
+        from compress.pruning.cnn_masks import CnnMasks
+
+        if goal.params is None:
+            raise StageError("prune.target: CNN channel masks take a `params` target; use torch_pruning for `flops`.")
+        self.model, self.reference, self.example = model, reference, example
+        self.masks = CnnMasks(model.module).attach()
+        self.full, self.target = self.masks.full_size(), goal.params
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.masks.parameters())
+
+    def sample(self) -> None:
+        self.masks.sample()
+
+    def expected(self) -> torch.Tensor:
+        return self.masks.expected_size() / self.full
+
+    def finalize(self) -> tuple[float, dict[str, Any]]:
+        from compress.pruning.channels import TRANSFORM, pruned_shapes
+        from compress.pruning.cnn_masks import prune_cnn_channels
+
+        kept_channels = prune_cnn_channels(self.model.module, self.masks, self.example)
+        groups = self.masks.groups
+        kept = sum(k * g.per_channel for k, g in zip(kept_channels, groups, strict=True)) / self.full
+        self.model.record(TRANSFORM, pruned_shapes(self.model.module, self.reference))
+        return kept, {g.name: k for g, k in zip(groups, kept_channels, strict=True)}
