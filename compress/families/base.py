@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from compress.losses import LossConfig
     from compress.moe.experts import FfnBlock
     from compress.pruning.masked import MaskedGroups, PruneGoal
+    from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
 
 # What a stage may ask for; `supports(capability, kind)` answers per source kind.
@@ -175,6 +176,13 @@ class Family(ABC):
     def qat_transformer(self, model: TaskModel) -> bool:
         """Whether NNCF quantizes the model with its Transformer scheme (attention MatMuls included)."""
         return False
+
+    def ptq_scheme(self, model: TaskModel) -> PtqScheme:
+        """How onnxruntime's post-training int8 treats members: the operators static int8 quantizes, and the
+        attention shape for transformer fusion (default: MatMul and Gemm, no fusion)."""
+        from compress.quant.ptq import PtqScheme
+
+        return PtqScheme()
 
     def example_input(self, data: DataBundle) -> torch.Tensor:
         """One example as the single tensor dependency-graph tracers take (torch-pruning)."""

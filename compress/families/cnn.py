@@ -18,6 +18,7 @@ from compress.models.task_model import TaskModel, build_module
 if TYPE_CHECKING:
     from compress.data.dataset import DataBundle
     from compress.pruning.masked import MaskedGroups, PruneGoal
+    from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
 
 
@@ -41,6 +42,12 @@ class CnnFamily(Family):
 
     def input_shape(self, data: DataBundle) -> tuple[int, ...] | None:
         return tuple(torch.as_tensor(data.train.features[:1]).shape[1:])
+
+    def ptq_scheme(self, model: TaskModel) -> PtqScheme:
+        from compress.quant import ort
+        from compress.quant.ptq import PtqScheme
+
+        return PtqScheme(static_ops=tuple(ort.IMAGE_OPS))  # convolutions too; nothing to fuse
 
     def example_input(self, data: DataBundle) -> torch.Tensor:
         return torch.as_tensor(data.train.features[:1]).float()

@@ -16,7 +16,7 @@ import torch
 from compress.errors import ModelError
 from compress.families.base import Family, register_family
 from compress.models.bert import default_layer_map
-from compress.models.structure import TRANSFORM, current_structure, encoder_layers
+from compress.models.structure import TRANSFORM, current_structure, encoder_layers, head_size
 from compress.models.task_model import TaskModel
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from compress.losses import LossConfig
     from compress.moe.experts import FfnBlock
     from compress.pruning.masked import MaskedGroups, PruneGoal
+    from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
 
 HF = ("hf",)
@@ -127,6 +128,20 @@ class EncoderFamily(Family):
             AttentionMapConfig(name="attention_map", weight=1.0),
             AttentionOutputConfig(name="attention_output", weight=1.0),
         ]
+
+    def ptq_scheme(self, model: TaskModel) -> PtqScheme:
+        """MatMul and Gemm; onnxruntime's BERT fusion (attention, SkipLayerNorm, BiasGelu) before dynamic int8
+        for Hugging Face models of a type it recognises, with the head count of the first layer that has heads
+        (searched students may differ from ``hidden / head size``; pruned layers get their own after fusion)."""
+        from compress.quant import ort
+        from compress.quant.ptq import PtqScheme
+
+        cfg = getattr(model.module, "config", None)
+        if model.kind != "hf" or getattr(cfg, "model_type", None) not in ort.FUSABLE_MODEL_TYPES:
+            return PtqScheme()
+        size = head_size(cfg)
+        heads = next((h for h in current_structure(model.module)["heads"] if h), 0)
+        return PtqScheme(fusion=(heads, heads * size, size))
 
     def qat_transformer(self, model: TaskModel) -> bool:
         return model.kind == "hf"

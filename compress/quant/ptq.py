@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ class PtqOptions(Strict):
         "percentile", description="How `static` picks activation ranges."
     )
     quantize_ops: list[str] | None = Field(
-        None, description="Operator types quantized (default: MatMul, Gemm for text; Conv, MatMul, Gemm for images)."
+        None,
+        description="Operator types quantized (default: the model family's: MatMul, Gemm for encoders; Conv, "
+        "MatMul, Gemm for CNNs).",
     )
     per_channel: bool = Field(True, description="Per-channel weight scales for `static`.")
     quantize_embeddings: bool = Field(
@@ -75,26 +78,27 @@ def _padded(batch: dict[str, torch.Tensor], split: Split, length: int, names: li
 FUSION_TOLERANCE = 1e-3  # max |logit difference| between the fused and the exported fp32 graph
 
 
-def _attention_shape(model: TaskModel) -> tuple[int, int, int]:
-    """(heads, attention width, head size) for onnxruntime's fusion: the heads of the first layer that has
-    attention (searched students may differ from ``hidden / head size``); layers that differ (pruned models)
-    get their own count after fusion."""
-    from compress.models.structure import current_structure, head_size
+@dataclass(frozen=True)
+class PtqScheme:
+    """What a model family tells onnxruntime's post-training quantization about its members
+    (`Family.ptq_scheme`): the operator types static int8 quantizes by default, and the attention shape for
+    onnxruntime's transformer fusion before dynamic int8 (None: the graph is quantized unfused)."""
 
-    size = head_size(model.module.config)
-    n = next((h for h in current_structure(model.module)["heads"] if h), 0)
-    return n, n * size, size
+    static_ops: tuple[str, ...] = tuple(ortq.TEXT_OPS)
+    fusion: tuple[int, int, int] | None = None  # (heads, hidden width, head size) of the attention to fuse
 
 
-def fused_graph(model: TaskModel, fp32_path: Path, work: Path, test: Split) -> tuple[Path, dict[str, int]]:
-    """The fused graph of a BERT-family encoder, or the plain export when the model is not one or when the
-    fusion does not reproduce the exported graph's outputs (checked on real test inputs)."""
-    cfg: Any = getattr(model.module, "config", None)
-    if model.kind != "hf" or getattr(cfg, "model_type", None) not in ortq.FUSABLE_MODEL_TYPES:
+def fused_graph(
+    fusion: tuple[int, int, int] | None, fp32_path: Path, work: Path, test: Split
+) -> tuple[Path, dict[str, int]]:
+    """The graph fused by onnxruntime's transformer optimizer for an attention of shape ``fusion`` (heads,
+    width, head size), or the plain export when there is none or when the fusion does not reproduce the exported
+    graph's outputs (checked on real test inputs)."""
+    if fusion is None:
         return fp32_path, {}
     fused = work / fp32_path.name
     fused.parent.mkdir(exist_ok=True)
-    heads, width, size = _attention_shape(model)
+    heads, width, size = fusion
     ops = ortq.fuse_transformer(fp32_path, fused, num_heads=heads, hidden_size=width, head_size=size)
     batch = next(iter(test.loader(32)))
     try:
@@ -120,6 +124,7 @@ MOE_STATIC = (
 
 def ptq_artifacts(
     model: TaskModel,
+    scheme: PtqScheme,
     name: str,
     fp32: Artifact,
     fp32_logits: np.ndarray,
@@ -130,7 +135,8 @@ def ptq_artifacts(
     max_length: int,
     stage: str,
 ) -> list[Artifact]:
-    """onnxruntime int8 of ``fp32`` (the exported graph of ``model``): one artifact per mode, accuracy measured."""
+    """onnxruntime int8 of ``fp32`` (the exported graph of ``model``, quantized as its family's ``scheme`` says):
+    one artifact per mode, accuracy measured."""
     from compress.moe.convert import is_moe
 
     if "static" in modes and is_moe(model.module):
@@ -138,13 +144,13 @@ def ptq_artifacts(
         # expert), which onnxruntime's calibrator cannot stack ("inhomogeneous shape", after gigabytes).
         raise QuantizationError(MOE_STATIC.format(stage=stage, name=name))
     out = []
-    ops = opts.quantize_ops or (ortq.TEXT_OPS if data.modality == "text" else ortq.IMAGE_OPS)
+    ops = opts.quantize_ops or list(scheme.static_ops)
     work = out_dir / ".fused"
     for mode in modes:
         q_path = out_dir / f"{name}.int8-{mode}.onnx"
         fused_ops: dict[str, int] = {}
         if mode == "dynamic":
-            src, fused_ops = fused_graph(model, fp32.path, work, data.test) if opts.fuse else (fp32.path, {})
+            src, fused_ops = fused_graph(scheme.fusion, fp32.path, work, data.test) if opts.fuse else (fp32.path, {})
             embeddings = ortq.EMBEDDING_OPS if opts.quantize_embeddings else []
             ortq.quantize_dynamic(src, q_path, opts.quantize_ops or ortq.DYNAMIC_OPS + embeddings)
         else:

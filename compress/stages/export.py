@@ -13,6 +13,7 @@ from compress.errors import ExportError
 from compress.evaluation import ParityConfig, check_parity, onnx_artifact
 from compress.exporters.executorch import ExecuTorchOptions, pte_artifacts
 from compress.exporters.onnx import MIN_OPSET, export_onnx
+from compress.families import family_of
 from compress.models.bnb import is_bnb
 from compress.moe.convert import is_moe
 from compress.quant.ptq import INT8_MODES, Int8Mode, PtqOptions, ptq_artifacts
@@ -68,9 +69,11 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
         if "int8" not in config.model_fields_set and is_moe(model.module) and "static" in modes:
             log.info("export: %s is a MoE model: static int8 left out (its experts' shapes depend on the data)", name)
             modes = [m for m in modes if m != "static"]
+        scheme = family_of(model).ptq_scheme(model)
         for art in ptq_artifacts(
-            model, name, fp32, fp32_logits, modes, config, data, ctx.stage_dir, ctx.recipe.data.max_length, "export"
-        ):
+            model, scheme, name, fp32, fp32_logits, modes, config, data, ctx.stage_dir, ctx.recipe.data.max_length,
+            "export",
+        ):  # fmt: skip
             out[art.name] = art
         if config.executorch is not None:
             for art in pte_artifacts(model, name, source.params, config.executorch, data, ctx.stage_dir,

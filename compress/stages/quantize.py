@@ -207,8 +207,8 @@ def _run_ptq(source: Artifact, model: TaskModel, config: PtqConfig, ctx: Context
         if "int8" not in config.model_fields_set and is_moe(model.module):
             modes = [m for m in modes if m != "static"]  # explicit `static` on a MoE model is refused instead
         arts = ptq_artifacts(
-            model, source.name, fp32, fp32_logits, modes, config, data, ctx.stage_dir,
-            ctx.recipe.data.max_length, "quantize",
+            model, family_of(model).ptq_scheme(model), source.name, fp32, fp32_logits, modes, config, data,
+            ctx.stage_dir, ctx.recipe.data.max_length, "quantize",
         )  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     for art in arts:

@@ -126,3 +126,14 @@ def test_stages_never_test_what_a_model_is() -> None:
     class (isinstance on configs and plain values is fine)."""
     found = {p.name: b for p in sorted(STAGES.glob("*.py")) if (b := _branches(ast.parse(p.read_text())))}
     assert not found, found
+
+
+def test_families_tell_ptq_what_to_quantize_and_what_to_fuse(
+    cnn_model: TaskModel, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    cnn = family_of(cnn_model).ptq_scheme(cnn_model)
+    assert "Conv" in cnn.static_ops and cnn.fusion is None
+    encoder = FAMILIES.get("encoder")
+    bert = encoder.build(ModelSource(hf=str(tiny_bert_dir)), num_labels=2, in_channels=None, base_dir=tmp_path)
+    scheme = encoder.ptq_scheme(bert)
+    assert scheme.fusion == (4, 32, 8) and "Conv" not in scheme.static_ops  # 4 heads of 8 in the tiny BERT
