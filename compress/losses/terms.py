@@ -124,17 +124,29 @@ def _projector(s: torch.Tensor, t: torch.Tensor) -> nn.Module:
     return nn.Identity() if s.shape[-1] == t.shape[-1] else nn.Linear(s.shape[-1], t.shape[-1])
 
 
-class HiddenTerm(LossTerm):
-    uses_teacher_logits = False
+class PairedTerm(LossTerm):
+    """A term over (student module, teacher module) feature pairs: checks the paths, taps them, and probes
+    both models once on a real batch so that subclasses can size projections or refuse mismatched widths."""
 
-    def __init__(self, cfg: HiddenConfig, student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]):
-        pairs = cfg.pairs or _default_pairs(student, teacher, "hidden")
+    uses_teacher_logits = False
+    pairs: list[tuple[str, str]]
+
+    def _pair(
+        self, weight: float, given: list[tuple[str, str]] | None, loss: str,
+        student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor],
+    ) -> tuple[list[tuple[str, str]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:  # fmt: skip
+        pairs = given or _default_pairs(student, teacher, loss)
         check_paths(student.module, [p[0] for p in pairs], "the student")
         check_paths(teacher.module, [p[1] for p in pairs], "the teacher")
-        super().__init__(cfg.weight, [p[0] for p in pairs], [p[1] for p in pairs])
-        s_feats = _probe(student, self.student_paths, batch)
-        t_feats = _probe(teacher, self.teacher_paths, batch)
+        super().__init__(weight, [p[0] for p in pairs], [p[1] for p in pairs])
         self.pairs = pairs
+        return pairs, _probe(student, self.student_paths, batch), _probe(teacher, self.teacher_paths, batch)
+
+
+class HiddenTerm(PairedTerm):
+
+    def __init__(self, cfg: HiddenConfig, student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]):
+        pairs, s_feats, t_feats = self._pair(cfg.weight, cfg.pairs, "hidden", student, teacher, batch)
         self.projectors = nn.ModuleList(_projector(s_feats[s], t_feats[t]) for s, t in pairs)
 
     def forward(self, s: Captured, t: Captured, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -166,22 +178,16 @@ def _default_pairs(student: TaskModel, teacher: TaskModel, loss: str) -> list[tu
     return [(s, t_mods[j]) for s, j in zip(s_mods, default_layer_map(len(s_mods), len(t_mods)), strict=True)]
 
 
-class L1CosineTerm(LossTerm):
-    uses_teacher_logits = False
+class L1CosineTerm(PairedTerm):
 
     def __init__(self, cfg: L1CosineConfig, student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]):
-        pairs = cfg.pairs or _default_pairs(student, teacher, "l1_cosine")
-        check_paths(student.module, [p[0] for p in pairs], "the student")
-        check_paths(teacher.module, [p[1] for p in pairs], "the teacher")
-        super().__init__(cfg.weight, [p[0] for p in pairs], [p[1] for p in pairs])
-        s_feats, t_feats = _probe(student, self.student_paths, batch), _probe(teacher, self.teacher_paths, batch)
+        pairs, s_feats, t_feats = self._pair(cfg.weight, cfg.pairs, "l1_cosine", student, teacher, batch)
         for s, t in pairs:
             if s_feats[s].shape[-1] != t_feats[t].shape[-1]:
                 raise StageError(
                     f"loss `l1_cosine`: {s} (width {s_feats[s].shape[-1]}) and {t} (width {t_feats[t].shape[-1]}) "
                     "differ in width; it compares hidden states directly (use `hidden`, which learns a projection)."
                 )
-        self.pairs = pairs
 
     def forward(self, s: Captured, t: Captured, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.l1_cosine_loss(
