@@ -34,6 +34,8 @@ def _setup_logging(verbose: bool) -> None:
     for h in logger.handlers:
         if isinstance(h, RichHandler):
             h.setLevel(logging.DEBUG if verbose else logging.INFO)
+            if os.environ.get("RANK", "0") != "0":  # under a launcher, rank 0 speaks; the others only warn
+                h.setLevel(logging.WARNING)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False  # onnxruntime's quantizer configures the root logger; don't print twice
     for noisy in ("transformers", "onnxruntime", "nncf", "torch"):
@@ -74,6 +76,8 @@ def run(
         hf_logging.disable_progress_bar()
 
     result = pipeline.run(recipe, out, force=force, only=only, from_stage=from_)
+    if not result.report:  # another process of a launched run: rank 0 reports
+        return
     from compress.report.report import describe_headline
 
     console.print(_report_table(result.report))

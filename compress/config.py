@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -83,3 +83,48 @@ def _literal(config: type[BaseModel]) -> str:
     from typing import get_args
 
     return str(get_args(config.model_fields["method"].annotation)[0])
+
+
+# ---- where and how training runs ---------------------------------------------------------------------------
+Precision = Literal["fp32", "bf16", "fp16"]
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+class TrainConfig(Strict):
+    """Where and how every training stage trains (finetune, distill, prune, quantize qat, moefy, search
+    autodistil). Launched under `torchrun` or `accelerate launch`, each process trains on its shard of every
+    batch with PyTorch DDP (gloo on CPU, NCCL on GPUs); `batch_size` stays the global batch per optimiser step, so
+    a run on 1 process and on N processes take the same steps and reuse each other's cached stages."""
+
+    device: str = Field(
+        "auto",
+        pattern=f"^({DEVICE_PATTERN})$",
+        description="auto (the GPU where there is one, else the CPU), cpu, cuda, cuda:N or mps. Under a launcher, "
+        "`cuda` gives each process the GPU of its LOCAL_RANK.",
+    )
+    precision: Precision = Field(
+        "fp32",
+        description="Student training precision: fp32, bf16 (autocast) or fp16 (autocast with loss scaling; GPUs "
+        "only). bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) falls back to fp32 with a warning: there "
+        "it would only be slower.",
+    )
+    teacher_precision: Precision | None = Field(
+        None, description="Precision of the teacher's forward passes (default: `precision`)."
+    )
+    gradient_accumulation: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per optimiser step and process: each process runs batch_size / (processes x "
+        "gradient_accumulation) examples at a time; the optimiser step and its result do not change.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them (less memory, about a "
+        "third more compute); Hugging Face models only.",
+    )
+    checkpoint_every: int | None = Field(
+        200,
+        gt=0,
+        description="Save a training checkpoint every N optimiser steps in the stage's temporary folder; a re-run "
+        "after a crash resumes from it (null: never).",
+    )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.data.dataset import DataBundle, fingerprint, load_data
 from compress.errors import StageError
+from compress.training.engine import Engine, Session
 
 if TYPE_CHECKING:
     from compress.artifacts import Artifact
@@ -27,6 +28,8 @@ class Context:
     _data: DataBundle | None = None
     _fingerprint: str | None = None
     tokenizer_folder: Path | None = None
+    engine: Engine = field(default_factory=Engine.single_cpu)
+    checkpoints: Path | None = None  # this stage's training checkpoints (set by the pipeline)
 
     @property
     def base_dir(self) -> Path:
@@ -40,6 +43,10 @@ class Context:
     @property
     def cache_dir(self) -> Path:
         return self.out_dir / ".cache"
+
+    def session(self) -> Session:
+        """What the stage's training calls share: engine, seed, checkpoint folder."""
+        return Session(self.engine, self.seed, self.checkpoints)
 
     def data_fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -29,10 +29,12 @@ from compress.report import budgets
 from compress.report.report import build_report, write_report
 from compress.stages import STAGES
 from compress.stages.teacher import TeacherConfig
+from compress.training.engine import Engine
 
 log = logging.getLogger("compress")
 STAGE_FILE = "stage.json"
 LOCK_FILE = ".lock"
+CHECKPOINTS = "checkpoints"  # inside a stage's temporary folder: what a re-run resumes from
 
 
 @dataclass
@@ -53,7 +55,10 @@ class RunResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _stage_key(config: dict[str, Any], inputs: Artifacts, ctx: Context) -> str:
+def _stage_key(config: dict[str, Any], inputs: Artifacts, ctx: Context, trains: bool) -> str:
+    """What the stage's output depends on. Never the device or the number of processes (a run on 1 process
+    and one on 4 reuse each other's stages); a training stage's precision when it is not fp32."""
+    training = ctx.engine.key() if trains else {}
     return sha256_json(
         {
             "config": config,
@@ -61,6 +66,7 @@ def _stage_key(config: dict[str, Any], inputs: Artifacts, ctx: Context) -> str:
             "data": ctx.data_fingerprint(),
             "seed": ctx.seed,
             "version": __version__,
+            **({"training": training} if training else {}),
         }
     )
 
@@ -219,9 +225,15 @@ def _lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _remove_stale(out_dir: Path) -> None:
-    """Temporary stage folders and files left by a run that was killed (we hold the lock: none is in use)."""
-    stale = [*out_dir.glob(".tmp-*"), *out_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp.png")]
+def _remove_stale(out_dir: Path, keep_checkpoints: bool = True) -> None:
+    """Temporary stage folders and files left by a run that was killed (we hold the lock: none is in use). A
+    stage folder's training checkpoints stay (the stage resumes from them) unless ``keep_checkpoints`` is off."""
+    stale = [*out_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp.png")]
+    for tmp in out_dir.glob(".tmp-*"):
+        if keep_checkpoints and (tmp / CHECKPOINTS).is_dir() and tmp.is_dir() and not tmp.is_symlink():
+            stale += [p for p in tmp.iterdir() if p.name != CHECKPOINTS]
+        else:
+            stale.append(tmp)
     if (out_dir / ".cache").is_dir():
         stale += [p for p in (out_dir / ".cache").rglob("*.tmp") if p.is_file()]
     for path in stale:
@@ -282,13 +294,19 @@ def run(
     check_chain(recipe)
     check_budget_devices(recipe, recipe_path.parent)
     check_devices(recipe, recipe_path)  # typos, missing runtimes, unreachable boards: before any work
+    engine = Engine.create(recipe.train)  # a device this machine lacks is an error before any work
     out_dir = (out or Path("export") / recipe.name).resolve()
+    if not engine.is_main:  # rank 0 owns the output folder: its lock, its log, its clean-up
+        engine.barrier()
+        with recipe_imports(recipe_path):
+            return _run(recipe, recipe_path, out_dir, force, only_i, from_i, engine)
     _prepare_out(out_dir)
     with _lock(out_dir), recipe_imports(recipe_path):
         handler = _attach_log(out_dir)
         try:
-            _remove_stale(out_dir)
-            return _run(recipe, recipe_path, out_dir, force, only_i, from_i)
+            _remove_stale(out_dir, keep_checkpoints=not force)
+            engine.barrier()
+            return _run(recipe, recipe_path, out_dir, force, only_i, from_i, engine)
         except Exception as exc:  # a full disk is not the model's fault, whoever's error reports it
             full = disk_full(exc, out_dir)
             if full is not None:
@@ -302,9 +320,12 @@ def run(
 
 
 def _run(
-    recipe: Recipe, recipe_path: Path, out_dir: Path, force: bool, only_i: int | None, from_i: int | None
-) -> RunResult:
-    ctx = Context(recipe, recipe_path, out_dir)
+    recipe: Recipe, recipe_path: Path, out_dir: Path, force: bool, only_i: int | None, from_i: int | None,
+    engine: Engine,
+) -> RunResult:  # fmt: skip
+    ctx = Context(recipe, recipe_path, out_dir, engine=engine)
+    if engine.is_main:
+        log.info("%s", engine.summary())
     result = RunResult(out_dir, {})
     artifacts: Artifacts = {}
     history: list[Artifact] = []
@@ -316,7 +337,8 @@ def _run(
     started = time.perf_counter()
     for pos, (name, cfg, fn, entry) in enumerate(entries):
         index = pos - 1  # position among the recipe's stages; -1 is the teacher
-        key = _stage_key(cfg, artifacts, ctx)
+        trains = entry.trains()
+        key = _stage_key(cfg, artifacts, ctx, trains)
         folder = out_dir / f"{pos:02d}-{name}-{key[:12]}"
         after_only = only_i is not None and index > only_i  # later stages: loaded if still cached, never run
         must_run = not after_only and (
@@ -337,28 +359,19 @@ def _run(
             produced = cached
             log.info("stage %d %s: cached (%s)", pos, name, folder.name)
         else:
-            log.info("stage %d %s: running", pos, name)
             if name != "teacher" and ctx.tokenizer_folder is None and "teacher" in artifacts:
                 ctx.tokenizer_folder = artifacts["teacher"].path
-            tmp = out_dir / f".tmp-{folder.name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            ctx.stage_dir = tmp
-            try:
-                produced = fn(artifacts, entry, ctx)
-                produced = _save_stage(tmp, folder, produced, out_dir, {"stage": name, "key": key, "config": cfg})
-            except Interrupted as exc:
-                exc.where = f"stage {pos} ({name})"
-                raise
-            except CompressError:
-                raise
-            except Exception as exc:  # a library failed on this model: one paragraph here, the traceback in the log
-                if disk_full(exc, out_dir) is not None:
-                    raise
-                log.debug("stage %d %s failed", pos, name, exc_info=True)
-                raise _library_failure(exc, pos, name, entry, recipe, out_dir) from exc
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            if engine.is_main or trains:
+                if engine.is_main:
+                    log.info("stage %d %s: running%s", pos, name,
+                             f" on {engine.world} processes" if trains and engine.distributed else "")  # fmt: skip
+                produced = _run_stage(fn, artifacts, entry, ctx, (pos, name, key, cfg), folder, recipe)
+            engine.barrier()  # the stage boundary: rank 0 has written the stage folder
+            if not engine.is_main:
+                loaded = _load_stage(folder, out_dir)
+                if loaded is None:
+                    raise StageError(f"stage {pos} ({name}): rank 0 wrote no usable {folder.name}; see its error.")
+                produced = loaded
         if name == "teacher":
             ctx.tokenizer_folder = produced["teacher"].path
         seconds = time.perf_counter() - t0
@@ -367,6 +380,8 @@ def _run(
         history.extend(produced.values())
         log.info("stage %d %s: %s in %.1fs", pos, name, "loaded" if reuse else "done", seconds)
     result.artifacts = artifacts
+    if not engine.is_main:
+        return result  # rank 0 writes the report and the manifest, and says whether the budgets were met
     recipe_dict = {"name": recipe.name, "path": str(recipe_path), **recipe.model_dump(mode="json", exclude={"name"})}
     report = build_report(artifacts, recipe_dict, out_dir, history)
     checks = None
@@ -376,7 +391,7 @@ def _run(
         budgets.write_junit(checks, out_dir / "junit.xml", recipe.name)
         budgets.write_github_summary(checks, recipe.name)
     result.report = write_report(report, out_dir)
-    _write_manifest(result, recipe_dict, history, time.perf_counter() - started)
+    _write_manifest(result, recipe_dict, history, time.perf_counter() - started, engine)
     missed = [c for c in checks or [] if not c["passed"]]
     if missed:
         raise BudgetError(
@@ -384,6 +399,60 @@ def _run(
             + "\n".join(f"  {budgets.describe(c)}" for c in missed)
         )
     return result
+
+
+def _run_stage(
+    fn: Any, artifacts: Artifacts, entry: Any, ctx: Context, what: tuple[int, str, str, dict[str, Any]], folder: Path,
+    recipe: Recipe,
+) -> Artifacts:  # fmt: skip
+    """Run one stage into its temporary folder and rename it into place (rank 0); other processes of a training
+    stage work in a private folder that is thrown away. Training checkpoints live in the temporary folder's
+    `checkpoints/` and survive a failure or a kill, so that a re-run resumes; they go when the stage is done."""
+    import tempfile
+
+    pos, name, key, cfg = what
+    out_dir, engine = ctx.out_dir, ctx.engine
+    tmp = out_dir / f".tmp-{folder.name}"
+    if engine.is_main:
+        if tmp.is_dir() and not tmp.is_symlink():
+            for p in tmp.iterdir():
+                if p.name != CHECKPOINTS:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        else:
+            tmp.unlink(missing_ok=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        ctx.stage_dir = tmp
+    else:
+        ctx.stage_dir = Path(tempfile.mkdtemp(prefix=f"compress-rank{engine.rank}-"))
+    ctx.checkpoints = tmp / CHECKPOINTS
+    done = False
+    try:
+        produced = fn(artifacts, entry, ctx)
+        if engine.is_main:
+            shutil.rmtree(tmp / CHECKPOINTS, ignore_errors=True)
+            produced = _save_stage(tmp, folder, produced, out_dir, {"stage": name, "key": key, "config": cfg})
+        done = True
+        return produced
+    except Interrupted as exc:
+        exc.where = f"stage {pos} ({name})"
+        raise
+    except CompressError:
+        raise
+    except Exception as exc:  # a library failed on this model: one paragraph here, the traceback in the log
+        if disk_full(exc, out_dir) is not None:
+            raise
+        log.debug("stage %d %s failed", pos, name, exc_info=True)
+        raise _library_failure(exc, pos, name, entry, recipe, out_dir) from exc
+    finally:
+        ctx.checkpoints = None
+        if not engine.is_main:
+            shutil.rmtree(ctx.stage_dir, ignore_errors=True)
+        elif done or not (tmp / CHECKPOINTS).is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:  # keep what a re-run resumes from, nothing else
+            for p in tmp.iterdir():
+                if p.name != CHECKPOINTS:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def check_devices(recipe: Recipe, recipe_path: Path) -> list[str]:
@@ -441,7 +510,9 @@ def device_formats(recipe: Recipe, base_dir: Path) -> dict[str, str]:
     return out
 
 
-def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Artifact], seconds: float) -> None:
+def _write_manifest(
+    result: RunResult, recipe: dict[str, Any], history: list[Artifact], seconds: float, engine: Engine
+) -> None:
     out_dir = result.out_dir
     atomic_write_json(
         out_dir / "manifest.json",
@@ -456,6 +527,7 @@ def _write_manifest(result: RunResult, recipe: dict[str, Any], history: list[Art
                 for a in history
             ],
             "environment": environment(),
+            "training": engine.describe(),
         },
     )
 
@@ -505,5 +577,6 @@ def _validate(recipe_path: Path) -> list[str]:
     else:
         d = ctx.data()
         found.append(f"data: {len(d.train)}/{len(d.dev)}/{len(d.test)} examples, {d.num_labels} labels")
+    found.append(f"train: {Engine.create(recipe.train, join=False).summary()}")
     found += check_devices(recipe, recipe_path)
     return found

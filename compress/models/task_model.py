@@ -75,13 +75,15 @@ are its intermediate features (the family's default taps for hint losses and Dis
         return {name: batch[name] for name in self.input_names()}
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits, on the device the batch is on (the model may be elsewhere: a bitsandbytes teacher on a GPU)."""
         inputs = self.inputs(batch)
         where = next(self.module.parameters()).device
-        if where.type != "cpu":  # a model placed on a GPU (bitsandbytes); batches are built on the CPU
+        came_from = next(iter(inputs.values())).device
+        if where != came_from:
             inputs = {k: v.to(where) for k, v in inputs.items()}
         out = self.module(**inputs)
         logits = out.logits if hasattr(out, "logits") else out
-        return logits if where.type == "cpu" else logits.cpu()  # training and losses run on the CPU
+        return logits if where == came_from else logits.to(came_from)
 
     def probe(self, batch: dict[str, torch.Tensor], where: str) -> None:
         """One forward pass on a real batch, so that a model that does not take the family's inputs or does not

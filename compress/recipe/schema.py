@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from compress.config import Strict, check_name
+from compress.config import Strict, TrainConfig, check_name
 from compress.data.config import DataConfig
 from compress.models.source import ModelSource
 from compress.report.budgets import Budget
@@ -63,6 +63,11 @@ class Recipe(Strict):
         None,
         description="The deployment shape, given once: shapes the recipe leaves unset (data.max_length, profile, "
         "ExecuTorch export, search budget, prune target) follow it; a shape a stage sets itself wins.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="Where and how the training stages train: device, precision, gradient accumulation and "
+        "checkpointing, checkpoints for resuming. Processes come from the launcher (torchrun, accelerate launch).",
     )
     budgets: dict[str, Budget] = Field(
         default_factory=dict,

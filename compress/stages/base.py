@@ -25,6 +25,11 @@ class StageConfig(Strict):
         """Device references this stage measures artifacts on (where the recipe's `budgets` can apply)."""
         return []
 
+    def trains(self) -> bool:
+        """Whether this stage trains with the engine: under several processes every process runs it (each on its
+        shard); a stage that does not is run by rank 0 alone while the others wait at the stage boundary."""
+        return False
+
     def latency_devices(self) -> dict[str, str]:
         """Devices a latency limit of this stage is measured on, by the key that names each (e.g.
         ``{"target.device": "x86-cpu"}``)."""

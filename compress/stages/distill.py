@@ -61,16 +61,23 @@ class DistillConfig(StageConfig, TrainSchedule):
             raise ValueError("give at least one loss")
         return v
 
+    def trains(self) -> bool:
+        return True
+
 
 def _cached_teacher_logits(
     teacher: TaskModel, source: Artifact, data: DataBundle, ctx: Context, bs: int
 ) -> torch.Tensor:
     key = sha256_json([source.sha256, data.fingerprint, len(data.train), "train-logits"])[:24]
     path = ctx.cache_dir / "teacher-logits" / f"{key}.safetensors"
-    if path.is_file():
+    if ctx.engine.broadcast_object(path.is_file()):  # every process takes the same branch
         log.info("teacher logits: cache hit %s", path.name)
         return load_file(str(path))["logits"]
-    logits = predict_logits(teacher, data.train, bs, "teacher logits (cached once)")
+    teacher.module.to(ctx.engine.device)
+    with ctx.engine.autocast(ctx.engine.teacher_precision):  # each process its shard, gathered by all
+        logits = predict_logits(teacher, data.train, bs, "teacher logits (cached once)", ctx.engine)
+    if not ctx.engine.is_main:
+        return logits
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # unique: a second process never shares it
     save_file({"logits": logits.contiguous()}, str(tmp))
@@ -114,9 +121,9 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         "logits cached" if cached is not None else "run every step",
     )
 
-    step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in config.losses], cached)
+    step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in config.losses], cached, ctx.engine)
     extra = torch.nn.ModuleList(terms)  # regressors of hint losses train with the student
-    result = train(student, step, data.train, data.dev, config, seed=ctx.seed, extra=extra, label="distill")
+    result = train(student, step, data.train, data.dev, config, session=ctx.session(), extra=extra, label="distill")
     art = save_model_artifact(student, config.output, ctx, "distill", "teacher", data, config.eval_batch_size, result)
     art.info["losses"] = [c.model_dump() for c in config.losses]
     return {config.output: art}

@@ -26,6 +26,9 @@ class FinetuneConfig(StageConfig, TrainSchedule):
     target: str = Field("teacher", description="Name of the model artifact to fine-tune.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy.")
 
+    def trains(self) -> bool:
+        return True
+
 
 @register_stage("finetune", FinetuneConfig)
 def run(artifacts: Artifacts, config: FinetuneConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
@@ -38,7 +41,7 @@ def run(artifacts: Artifacts, config: FinetuneConfig, ctx: Context) -> Artifacts
         loss = ce_loss(model.logits(batch), batch["labels"], label_smoothing=config.label_smoothing)
         return loss, {}
 
-    result = train(model, step, data.train, data.dev, config, seed=ctx.seed, label=f"finetune {config.target}")
+    result = train(model, step, data.train, data.dev, config, session=ctx.session(), label=f"finetune {config.target}")
     art = save_model_artifact(
         model, config.target, ctx, "finetune", source.parent, data, config.eval_batch_size, result
     )

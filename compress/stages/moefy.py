@@ -101,6 +101,9 @@ class MoefyConfig(StageConfig):
             raise ValueError(f"policy.top_k: {self.policy.top_k} is more than the {self.experts} experts")
         return self
 
+    def trains(self) -> bool:
+        return self.finetune is not None  # router training is per layer and short: rank 0's alone otherwise
+
 
 def _tokens(split: Split, limit: int) -> int:
     total = 0
@@ -226,6 +229,6 @@ def _finetune(model: TaskModel, source: Artifact, config: MoefyConfig, ctx: Cont
     kd: list[LossConfig] = [KDConfig(name="kd", weight=1.0, temperature=config.finetune.temperature)]
     probe = next(iter(data.train.loader(8)))
     terms = build_terms(kd, model, teacher, probe)
-    step = distillation_step(model, teacher, terms, ["loss_kd"])
-    return train(model, step, data.train, data.dev, config.finetune, seed=ctx.seed,
+    step = distillation_step(model, teacher, terms, ["loss_kd"], engine=ctx.engine)
+    return train(model, step, data.train, data.dev, config.finetune, session=ctx.session(),
                  extra=torch.nn.ModuleList(terms), label="moefy finetune")  # fmt: skip

@@ -29,6 +29,7 @@ from compress.pruning.lagrangian import Lagrangian, ramped_target
 from compress.pruning.masked import PruneGoal
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
+from compress.training.engine import Engine
 from compress.training.loop import StepLoss, total_steps, train
 
 log = logging.getLogger("compress")
@@ -76,6 +77,9 @@ class _PruneBase(StageConfig, TrainSchedule):
     temperature: float = Field(2.0, gt=0, description="KD temperature.")
     ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the labels.")
     output: ArtifactName = Field("student", description="Name of the produced model artifact.")
+
+    def trains(self) -> bool:
+        return True
 
 
     def latency_devices(self) -> dict[str, str]:
@@ -150,9 +154,11 @@ def _loss_configs(config: _PruneBase, pairs: list[tuple[str, str]] | None = None
     return terms
 
 
-def _step(configs: list, student: TaskModel, teacher: TaskModel, sample: Batch) -> StepLoss:
+def _step(
+    configs: list, student: TaskModel, teacher: TaskModel, sample: Batch, engine: Engine | None = None
+) -> StepLoss:
     terms = build_terms(configs, student, teacher, sample)
-    return distillation_step(student, teacher, terms, [c.name for c in configs])
+    return distillation_step(student, teacher, terms, [c.name for c in configs], engine=engine)
 
 
 def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
@@ -237,7 +243,7 @@ def _run_dphubert(
     teacher.module.eval().requires_grad_(False)
     sample = next(iter(data.train.loader(min(8, len(data.train)))))
     # terms probe the models: before the masks are attached; they hold no state the pruning changes
-    distil = _step(_loss_configs(config, pairs, config.hidden_weight), student, teacher, sample)
+    distil = _step(_loss_configs(config, pairs, config.hidden_weight), student, teacher, sample, ctx.engine)
     groups = family.masked_groups(student, _goal(config, ctx), "prune", data)
     target, full = groups.target, groups.full
     lagrangian = Lagrangian()
@@ -249,20 +255,22 @@ def _run_dphubert(
         loss, parts = distil(batch)
         expected = groups.expected()
         t = ramped_target(state["step"], ramp_steps, target)
-        state["step"] += 1
         return loss + lagrangian(expected, t), parts | {"expected_size": float(expected.detach()), "target": t}
 
     mask_opt = torch.optim.AdamW(groups.parameters(), lr=config.mask_lr, weight_decay=0.0)
     log.info("prune: dphubert target %.3f of %s prunable %s", target, f"{full:,.0f}", config_unit(config))
     masked = train(
-        student, masked_step, data.train, data.dev, config, seed=ctx.seed, label="prune (masks)",
+        student, masked_step, data.train, data.dev, config, session=ctx.session(), label="prune (masks)",
         extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)), select_best=False,
+        on_step=lambda n: state.update(step=n),
     )  # fmt: skip
     before = student.num_params()
     kept, structure = groups.finalize()
     log.info("prune: kept %.4f of the prunable size (target %.3f); %d -> %d parameters; structure %s",
              kept, target, before, student.num_params(), structure)  # fmt: skip
-    tuned = train(student, distil, data.train, data.dev, config.finetune, seed=ctx.seed, label="prune (finetune)")
+    tuned = train(
+        student, distil, data.train, data.dev, config.finetune, session=ctx.session(), label="prune (finetune)"
+    )
     art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
     art.info["pruning"] = {
         "method": config.method,
@@ -328,7 +336,8 @@ def _run_torch_pruning(
     student.record(TRANSFORM, pruned_shapes(student.module, reference))
     log.info("prune: torch_pruning kept %.4f of the %s (target %.3f); %d -> %d parameters in %d steps",
              pruning["fraction"], measure, keep, before, student.num_params(), len(pruning["history"]))  # fmt: skip
-    tuned = train(student, step, data.train, data.dev, config, seed=ctx.seed, label="prune (distill)")
+    step = _step(_loss_configs(config), student, teacher, sample, ctx.engine)  # recovery ran on the CPU
+    tuned = train(student, step, data.train, data.dev, config, session=ctx.session(), label="prune (distill)")
     art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
     art.info["pruning"] = {
         "method": config.method, "target": config.target.model_dump(), "kept_fraction": pruning["fraction"],

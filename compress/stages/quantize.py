@@ -154,6 +154,9 @@ class QatConfig(_QuantizeBase, TrainSchedule):
     def weight_only(self) -> bool:
         return self.weights.bits == 4
 
+    def trains(self) -> bool:
+        return True
+
 
 class PtqConfig(_QuantizeBase, PtqOptions):
     """onnxruntime post-training quantization of the exported fp32 model: the `int8` variants, or 4-bit
@@ -315,9 +318,10 @@ def _run_qat(
         "per-channel" if scheme.per_channel else
         "per-tensor", quantizers, teacher_name, ", ".join(f"{c.name}x{c.weight:g}" for c in losses),
     )  # fmt: skip
-    step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in losses])
+    step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in losses], engine=ctx.engine)
     result = train(
-        student, step, data.train, data.dev, config, seed=ctx.seed, extra=torch.nn.ModuleList(terms), label="qat"
+        student, step, data.train, data.dev, config, session=ctx.session(), extra=torch.nn.ModuleList(terms),
+        label="qat",
     )
     return {a.name: a for a in [_export_qat(student, fp32, source, config, ctx, result, losses, teacher_name)]}
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from compress.data.dataset import Batch
 from compress.losses.taps import FeatureTaps
 from compress.losses.terms import Captured, LossTerm
 from compress.models.task_model import TaskModel
+from compress.training.engine import Engine
 from compress.training.loop import StepLoss
+
+
+def _placed(model: TaskModel) -> bool:
+    """A model that placed itself (bitsandbytes on a GPU) is not moved; its logits come back to the batch's device."""
+    from compress.models.bnb import is_bnb
+
+    return is_bnb(model.module)
 
 
 def distillation_step(
@@ -17,9 +27,17 @@ def distillation_step(
     terms: list[LossTerm],
     names: list[str],
     cached_teacher_logits: torch.Tensor | None = None,
+    engine: Engine | None = None,
 ) -> StepLoss:
     """The step loss ``sum_i w_i * term_i(student, teacher)``; parts reported under ``names``. With cached teacher
-    logits (indexed by the batch's ``index``) the teacher does not run."""
+    logits (indexed by the batch's ``index``) the teacher does not run. With an engine, the teacher runs on its
+    device at its teacher precision (the student's autocast is the caller's)."""
+    if engine is not None:
+        if not _placed(teacher):
+            teacher.module.to(engine.device)
+        if cached_teacher_logits is not None:
+            cached_teacher_logits = cached_teacher_logits.to(engine.device)
+    teacher_autocast = (lambda: engine.autocast(engine.teacher_precision)) if engine is not None else nullcontext
     s_paths = sorted({p for t in terms for p in t.student_paths})
     t_paths = sorted({p for t in terms for p in t.teacher_paths})
 
@@ -27,10 +45,10 @@ def distillation_step(
         with FeatureTaps(student.module, s_paths) as s_feats:
             s = Captured(student.logits(batch), s_feats)
         if cached_teacher_logits is not None:
-            t = Captured(cached_teacher_logits[batch["index"]])
+            t = Captured(cached_teacher_logits[batch["index"].to(cached_teacher_logits.device)])
         else:
-            with torch.no_grad(), FeatureTaps(teacher.module, t_paths) as t_feats:
-                t = Captured(teacher.logits(batch), dict(t_feats))
+            with torch.no_grad(), teacher_autocast(), FeatureTaps(teacher.module, t_paths) as t_feats:
+                t = Captured(teacher.logits(batch).float(), dict(t_feats))
         total = torch.zeros(())
         parts: dict[str, float] = {}
         for name, term in zip(names, terms, strict=True):
