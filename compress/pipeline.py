@@ -408,8 +408,6 @@ def _run_stage(
     """Run one stage into its temporary folder and rename it into place (rank 0); other processes of a training
     stage work in a private folder that is thrown away. Training checkpoints live in the temporary folder's
     `checkpoints/` and survive a failure or a kill, so that a re-run resumes; they go when the stage is done."""
-    import tempfile
-
     pos, name, key, cfg = what
     out_dir, engine = ctx.out_dir, ctx.engine
     tmp = out_dir / f".tmp-{folder.name}"
@@ -422,8 +420,10 @@ def _run_stage(
             tmp.unlink(missing_ok=True)
         tmp.mkdir(parents=True, exist_ok=True)
         ctx.stage_dir = tmp
-    else:
-        ctx.stage_dir = Path(tempfile.mkdtemp(prefix=f"compress-rank{engine.rank}-"))
+    else:  # removed when the stage ends; if this process is killed, rank 0's next run removes it as stale
+        ctx.stage_dir = out_dir / f".tmp-rank{engine.rank}-{folder.name}"
+        shutil.rmtree(ctx.stage_dir, ignore_errors=True)
+        ctx.stage_dir.mkdir(parents=True)
     ctx.checkpoints = tmp / CHECKPOINTS
     done = False
     try:

@@ -144,7 +144,9 @@ def test_signal_stops_cleanly_and_says_how_to_resume(tmp_path: Path, sig: signal
     assert proc.returncode == code, err
     assert f"interrupted by {sig.name} during stage 1 (finetune)" in err and "run the same command again" in err
     assert "Traceback" not in err
-    assert not list(out.glob(".tmp-*"))  # the half-finished stage folder is gone
+    for tmp in out.glob(".tmp-*"):  # the half-finished stage folder is gone, but for what a re-run resumes from
+        assert [p.name for p in tmp.iterdir()] == ["checkpoints"]
+    assert not list(out.glob("01-finetune-*"))
     assert list(out.glob("00-teacher-*/stage.json"))  # the finished stage stays cached
 
 

@@ -172,9 +172,12 @@ def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
         from compress.pruning.latency_costs import latency_fraction, measure_costs
 
         device = resolve_device(target.device, ctx.base_dir)
-        lat = measure_costs(model_config, device, target.sequence, ctx.cache_dir / "latency")
-        log.info("prune: on %s, %.4f ms per head, %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
-                 device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
+        lat = None
+        if ctx.engine.is_main:  # measured once: every process must prune to the same target
+            lat = measure_costs(model_config, device, target.sequence, ctx.cache_dir / "latency")
+            log.info("prune: on %s, %.4f ms per head, %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
+                     device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
+        lat = ctx.engine.broadcast_object(lat)
         return lat.costs, latency_fraction(lat, latency_ms)
 
     return PruneGoal(sequence=target.sequence, latency=latency)
