@@ -43,6 +43,7 @@ CAPABILITIES = {
     "losses:attention": "attention distillation losses (attention_map, attention_output, minilm)",
     "hidden_states": "layer-to-layer hidden-state distillation",
     "student:bert": "built-in BERT students sliced from the teacher (student: {bert: ...})",
+    "gradient_checkpointing": "recomputing activations in the backward pass (train.gradient_checkpointing)",
 }
 
 

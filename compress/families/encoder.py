@@ -46,6 +46,7 @@ class EncoderFamily(Family):
         "losses:attention": HF,
         "hidden_states": HF,
         "student:bert": HF,
+        "gradient_checkpointing": HF,
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:

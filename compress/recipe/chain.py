@@ -81,5 +81,34 @@ def check_chain(recipe: Recipe) -> None:
                 moe.add(produced)
             else:
                 moe.discard(produced)
+    if recipe.train.gradient_checkpointing and unsupported("gradient_checkpointing"):
+        problems.append(f"train.gradient_checkpointing: {member} cannot recompute its activations (Hugging Face "
+                        "models can); set it to false.")  # fmt: skip
+    problems += _batch_splits(recipe)
     if problems:
         raise RecipeError("\n".join(problems))
+
+
+def _batch_splits(recipe: Recipe) -> list[str]:
+    """Every training schedule's global batch must give each launched process at least one example per
+    micro-batch: refused before any work, not when the stage starts."""
+    from compress.config import TrainSchedule
+    from compress.training.engine import launched_world
+
+    _, world, _ = launched_world()
+    accumulation = recipe.train.gradient_accumulation
+    parts = world * accumulation
+    found = []
+    for i, stage in enumerate(recipe.stages):
+        if not stage.trains():
+            continue
+        schedules = [("", stage)] if isinstance(stage, TrainSchedule) else []
+        schedules += [(f".{k}", v) for k, v in stage if isinstance(v, TrainSchedule)]
+        for key, schedule in schedules:
+            if schedule.batch_size < parts:
+                found.append(
+                    f"stages[{i}]{key}.batch_size: {schedule.batch_size} cannot be split over {world} process(es) x "
+                    f"{accumulation} accumulation step(s) (train.gradient_accumulation); give at least {parts}, or "
+                    "launch fewer processes."
+                )
+    return found

@@ -98,3 +98,46 @@ def test_the_cache_key_ignores_device_and_processes_but_not_precision() -> None:
     four = Engine(torch.device("cpu"), "fp32", "fp32", rank=3, world=4, accumulation=2)
     assert one.key() == four.key() == {}
     assert Engine(torch.device("cpu"), "bf16", "fp32").key() == {"precision": "bf16"}
+
+
+def test_a_batch_too_small_for_the_launched_processes_is_refused_before_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "4")  # what `torchrun --nproc_per_node 4` sets; checked before joining
+    recipe = digits_recipe_head("split").replace("stages:", "train: {gradient_accumulation: 32}\nstages:")
+    with pytest.raises(RecipeError, match=r"stages\[0\].batch_size: 64 cannot be split over 4 process.* 32 "):
+        pipeline.validate(write_recipe(tmp_path, recipe))
+
+
+def test_gradient_checkpointing_on_a_family_without_it_is_refused(tmp_path: Path) -> None:
+    recipe = digits_recipe_head("ckpt").replace("stages:", "train: {gradient_checkpointing: true}\nstages:")
+    with pytest.raises(RecipeError, match="train.gradient_checkpointing: this teacher .*cnn family.* set it to false"):
+        pipeline.validate(write_recipe(tmp_path, recipe))
+
+
+def test_gradient_checkpointing_trains_the_same_weights(tiny_bert_dir: Path) -> None:
+    from compress.config import TrainSchedule
+    from compress.data.dataset import Split
+    from compress.families import family_of_source
+    from compress.losses.functional import ce_loss
+    from compress.models.source import ModelSource
+    from compress.training.engine import Session
+    from compress.training.loop import train
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(4, 16, (48,), generator=gen).tolist()
+    ids = [torch.randint(1000, 2000, (n,), generator=gen).tolist() for n in lengths]
+    split = Split("train", ids, torch.randint(0, 2, (48,), generator=gen))
+    weights = []
+    for checkpointing in (False, True):
+        src = ModelSource(hf=str(tiny_bert_dir))
+        model = family_of_source(src, "text", "t").build(src, num_labels=2, in_channels=None, base_dir=Path("."))
+        engine = Engine(torch.device("cpu"), "fp32", "fp32", gradient_checkpointing=checkpointing)
+
+        def step(batch: dict, model=model) -> tuple[torch.Tensor, dict[str, float]]:  # noqa: ANN001
+            return ce_loss(model.logits(batch), batch["labels"], label_smoothing=0.0), {}
+
+        train(model, step, split, split, TrainSchedule(max_steps=3, batch_size=16, lr=1e-3), session=Session(engine, 0))
+        assert getattr(model.module, "is_gradient_checkpointing", False) == checkpointing
+        weights.append(model.module.state_dict())
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])  # recomputed, same
