@@ -162,6 +162,7 @@ def train(
         return {
             "label": label, "steps": steps, "step": step, "epoch": epoch, "offset": offset, "running": running,
             "done": done, "model": model.module.state_dict(), "extra": extra.state_dict() if extra else {},
+            "others": [p.detach().cpu().clone() for p in others],
             "optimizers": [o.state_dict() for o in optimizers], "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "best": best_state or {},
             "result": {"best_dev_accuracy": result.best_dev_accuracy, "best_step": result.best_step,
@@ -178,6 +179,9 @@ def train(
         model.module.load_state_dict(saved["model"])
         if extra is not None:
             extra.load_state_dict(saved["extra"])
+        with torch.no_grad():  # the extra optimisers' own parameters: pruning masks, Lagrange multipliers
+            for p, value in zip(others, saved["others"], strict=True):
+                p.copy_(value)
         for o, state in zip(optimizers, saved["optimizers"], strict=True):
             o.load_state_dict(state)
         sched.load_state_dict(saved["scheduler"])

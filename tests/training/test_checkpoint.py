@@ -42,16 +42,21 @@ def _train(folder: Path | None, every: int = 10, crash_at: int | None = None) ->
     data = load_data(DataConfig(format="sklearn_digits"), Path("."), None, 0)
     model = _model()
     engine = Engine(torch.device("cpu"), "fp32", "fp32", checkpoint_every=every)
+    # a parameter outside the model with its own optimiser, as DPHuBERT's masks and Lagrange multipliers are
+    gate = torch.nn.Parameter(torch.zeros(10))
+    gate_opt = torch.optim.AdamW([gate], lr=0.05, weight_decay=0.0)
 
     def step(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        return ce_loss(model.logits(batch), batch["labels"], label_smoothing=0.0), {}
+        logits = model.logits(batch) + gate
+        return ce_loss(logits, batch["labels"], label_smoothing=0.0) + 0.1 * gate.square().sum(), {}
 
     def on_step(n: int) -> None:
         if crash_at is not None and n == crash_at:
             raise Crash
 
     result = train(model, step, data.train, data.dev, SCHEDULE, session=Session(engine, 0, folder),
-                   label="finetune teacher", on_step=on_step)  # fmt: skip
+                   label="finetune teacher", on_step=on_step, extra_optimizers=(gate_opt,))  # fmt: skip
+    model.module.register_buffer("gate", gate.detach().clone())  # compared with the weights
     return model, result
 
 
