@@ -72,3 +72,10 @@ PY
 echo "== 4. CUDA fp32 against bf16 on SST-2 distillation (needs ../shared/data and the MiniLM package)"
 (cd benchmarks && python3 scale.py --device cuda --nprocs 1 --precisions fp32,bf16 --rounds 1 --tag _cuda) \
   || echo "scale.py on CUDA FAILED (exit $?)"
+
+echo "== 5. the student on onnxruntime's TensorRT execution provider, where installed"
+student=$(ls "$out"/cuda/*-export-*/student.onnx 2>/dev/null | head -1 || true)
+if [ -n "$student" ]; then
+  python3 -m compress profile "$student" --device cuda-tensorrt --batch 1 --runs 200 \
+    || echo "cuda-tensorrt: not measured (TensorRT execution provider missing?)"
+fi
