@@ -345,6 +345,11 @@ def _run(
             force or (only_i is not None and index == only_i) or (from_i is not None and index >= from_i)
         )
         cached = _load_stage(folder, out_dir) if (folder / STAGE_FILE).is_file() and not must_run else None
+        if engine.distributed:  # rank 0's answer for every process (a collective: rank 0 is not writing now)
+            if not engine.broadcast_object(cached is not None):
+                cached = None
+            elif cached is None:
+                raise StageError(f"stage {pos} ({name}): rank 0 reuses {folder.name}, which this process cannot read.")
         if after_only and cached is None:
             log.info("stage %d %s: not run (--only); later stages are left out of the report", pos, name)
             break
