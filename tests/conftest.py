@@ -144,6 +144,29 @@ DIGITS_RECIPE = (
 )
 
 
+def resumable_digits(name: str, finetune_steps: int, distill_steps: int) -> str:
+    """A digits recipe with a long-enough distill stage to be stopped mid-way, checkpoints every 40 steps."""
+    return f"""
+name: {name}
+seed: 0
+data: {{format: sklearn_digits}}
+teacher:
+  cnn: {{widths: [8, 16], depths: [1, 1], block: plain}}
+train: {{checkpoint_every: 40}}
+stages:
+  - stage: finetune
+    max_steps: {finetune_steps}
+    batch_size: 32
+    lr: 3.0e-3
+  - stage: distill
+    student:
+      cnn: {{widths: [4, 8], depths: [1, 1], block: plain}}
+    max_steps: {distill_steps}
+    batch_size: 32
+    lr: 5.0e-3
+"""
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -23,7 +23,7 @@ from compress.models.task_model import TaskModel
 from compress.training import checkpoint
 from compress.training.engine import Engine, Session
 from compress.training.loop import TrainResult, train
-from tests.conftest import write_recipe
+from tests.conftest import resumable_digits, write_recipe
 
 SCHEDULE = TrainSchedule(max_steps=40, batch_size=32, lr=3e-3, warmup_steps=5, eval_every=15)
 
@@ -97,25 +97,7 @@ def test_a_damaged_checkpoint_costs_the_steps_not_the_run(tmp_path: Path, caplog
     assert "unreadable" in caplog.text and _same_weights(whole, model)
 
 
-KILL_RECIPE = """
-name: resume
-seed: 0
-data: {format: sklearn_digits}
-teacher:
-  cnn: {widths: [8, 16], depths: [1, 1], block: plain}
-train: {checkpoint_every: 40}
-stages:
-  - stage: finetune
-    max_steps: 20
-    batch_size: 32
-    lr: 3.0e-3
-  - stage: distill
-    student:
-      cnn: {widths: [4, 8], depths: [1, 1], block: plain}
-    max_steps: 400
-    batch_size: 32
-    lr: 5.0e-3
-"""
+KILL_RECIPE = resumable_digits("resume", finetune_steps=20, distill_steps=400)
 
 
 def _compress(recipe: Path, out: Path) -> subprocess.Popen:

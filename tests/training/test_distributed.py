@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import minilm_path, text_recipe_head, write_recipe
+from tests.conftest import minilm_path, resumable_digits, text_recipe_head, write_recipe
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without torch.distributed")
 
@@ -130,25 +130,7 @@ def test_two_processes_match_one_and_share_the_cache(tmp_path: Path, bert_no_dro
     assert again.stderr.count(": cached (") == 6, again.stderr[-4000:]  # the teacher and five stages
 
 
-KILL_RECIPE = """
-name: ddp-kill
-seed: 0
-data: {format: sklearn_digits}
-teacher:
-  cnn: {widths: [8, 16], depths: [1, 1], block: plain}
-train: {checkpoint_every: 40}
-stages:
-  - stage: finetune
-    max_steps: 10
-    batch_size: 32
-    lr: 3.0e-3
-  - stage: distill
-    student:
-      cnn: {widths: [4, 8], depths: [1, 1], block: plain}
-    max_steps: 400
-    batch_size: 32
-    lr: 5.0e-3
-"""
+KILL_RECIPE = resumable_digits("ddp-kill", finetune_steps=10, distill_steps=400)
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
@@ -193,7 +175,7 @@ def test_accelerate_launch_runs_the_same_processes(tmp_path: Path) -> None:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     if accelerate is None:
         pytest.skip("accelerate's launcher is not installed")
-    recipe = write_recipe(tmp_path, KILL_RECIPE.replace("max_steps: 400", "max_steps: 10"))
+    recipe = write_recipe(tmp_path, resumable_digits("accelerate", finetune_steps=10, distill_steps=10))
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "compress", "run", str(recipe),
            "--out", str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
