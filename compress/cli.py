@@ -89,19 +89,21 @@ def run(
 
 
 def _report_table(report: dict) -> Table:
+    from compress.report.report import quality_column
+
     devices = report["devices"]
-    table = Table("artifact", "precision", "params", "size MB", "test acc", title=report["recipe"].get("name"))
+    quality = quality_column(report["artifacts"])
+    table = Table("artifact", "precision", "params", "size MB", quality[0], title=report["recipe"].get("name"))
     for d in devices:
         table.add_column(f"{d} p50 ms", justify="right")
         table.add_column("speed-up vs source", justify="right")
     for row in report["artifacts"]:
-        acc = row["metrics"].get("accuracy")
         cells = [
             row["name"],
             row["precision"],
             f"{row['params'] / 1e6:.2f}M" if row["params"] else "-",
             f"{row['size_bytes'] / 1e6:.2f}",
-            f"{100 * acc:.2f}%" if acc is not None else "-",
+            quality[1](row),
         ]
         for d in devices:
             st = row["latency"].get(d, {})

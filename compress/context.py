@@ -57,7 +57,7 @@ class Context:
         """The recipe's splits, loaded once (text is tokenised with the teacher's tokenizer)."""
         if self._data is None:
             tokenizer = None
-            if self.recipe.data.modality == "text":
+            if self.recipe.data.modality in ("text", "lm"):
                 if self.tokenizer_folder is None:
                     raise StageError("text data needs the teacher's tokenizer, but no teacher is loaded yet.")
                 from transformers import AutoTokenizer
@@ -65,13 +65,12 @@ class Context:
                 tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_folder)
             self._data = load_data(self.recipe.data, self.base_dir, tokenizer, self.seed)
             d = self._data
-            log.info(
-                "data: %d train / %d dev / %d test examples, %d labels",
-                len(d.train),
-                len(d.dev),
-                len(d.test),
-                d.num_labels,
-            )
+            if d.modality == "lm":
+                log.info("data: %d / %d / %d blocks of up to %d tokens (train / dev / test), vocabulary %d",
+                         len(d.train), len(d.dev), len(d.test), self.recipe.data.max_length, d.num_labels)  # fmt: skip
+            else:
+                log.info("data: %d train / %d dev / %d test examples, %d labels", len(d.train), len(d.dev),
+                         len(d.test), d.num_labels)  # fmt: skip
         return self._data
 
     def label_info(self) -> tuple[int, int | None]:

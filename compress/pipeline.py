@@ -576,7 +576,12 @@ def _validate(recipe_path: Path) -> list[str]:
             )
         else:
             found.append(f"{where}: built-in {src.describe()}")
-    if recipe.data.modality == "text":
+    if recipe.data.modality == "lm":
+        from compress.data.dataset import lm_documents
+
+        docs = lm_documents(recipe.data, ctx.base_dir, recipe.seed)
+        found.append("data: " + " / ".join(f"{len(docs[k])} {k}" for k in ("train", "dev", "test")) + " documents")
+    elif recipe.data.modality == "text":
         n_labels, _ = ctx.label_info()
         found.append(f"data: {recipe.data.format} files readable, columns present, {n_labels} labels")
     else:

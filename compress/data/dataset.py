@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from compress.data import images, text
+from compress.data import images, lm, text
 from compress.data.config import DataConfig
 from compress.errors import DataError
 from compress.fileio import sha256_file
@@ -55,8 +55,39 @@ class Split(Dataset):
         return DataLoader(self, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate, generator=gen)
 
     def subset(self, n: int) -> Split:
-        n = min(n, len(self))
-        return Split(self.name, self.features[:n], self.labels[:n], self.pad_id)
+        return self.slice(0, min(n, len(self)))
+
+    def slice(self, lo: int, hi: int) -> Split:
+        """Examples ``lo`` to ``hi`` (a process's shard)."""
+        return Split(self.name, self.features[lo:hi], self.labels[lo:hi], self.pad_id)
+
+    @property
+    def task(self) -> str:
+        return "classification"
+
+
+class LmSplit(Split):
+    """One split of a causal-LM corpus: token blocks (see `data/lm.py`); a batch's ``labels`` are the next tokens."""
+
+    def __init__(self, name: str, blocks: Sequence[Any], pad_id: int):
+        super().__init__(name, blocks, torch.zeros(len(blocks), dtype=torch.long), pad_id)
+        self.blocks: list[list[int]] = list(blocks)
+
+    def collate(self, indices: list[int]) -> Batch:
+        batch = lm.collate_blocks([self.blocks[i] for i in indices], self.pad_id)
+        batch["index"] = torch.tensor(indices, dtype=torch.long)
+        return batch
+
+    def slice(self, lo: int, hi: int) -> Split:
+        return LmSplit(self.name, self.blocks[lo:hi], self.pad_id)
+
+    def tokens(self) -> int:
+        """Tokens predicted in this split (each block's positions but its last)."""
+        return sum(len(b) - 1 for b in self.blocks)
+
+    @property
+    def task(self) -> str:
+        return "causal_lm"
 
 
 @dataclass
@@ -65,7 +96,7 @@ class DataBundle:
     dev: Split
     test: Split
     num_labels: int
-    modality: Literal["text", "image"]
+    modality: Literal["text", "image", "lm"]
     in_channels: int | None = None
     label_names: list[str] = field(default_factory=list)
     fingerprint: str = ""
@@ -114,6 +145,8 @@ def load_data(cfg: DataConfig, base_dir: Path, tokenizer: Any = None, seed: int 
         )
     elif cfg.format == "image_folder":
         bundle = _image_folder(cfg, base_dir, seed, fp)
+    elif cfg.modality == "lm":
+        bundle = _lm(cfg, base_dir, tokenizer, seed, fp)
     else:
         bundle = _text(cfg, base_dir, tokenizer, seed, fp)
     return _limit(bundle, cfg)
@@ -181,3 +214,34 @@ def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -
     return DataBundle(
         splits[0], splits[1], splits[2], num_labels=num_labels, modality="text", label_names=names, fingerprint=fp
     )
+
+
+def lm_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
+    """The documents of each split; without `dev` / `test` files, whole documents are held out by fraction."""
+    assert cfg.train is not None
+    docs = {k: lm.read_documents(base_dir / v, cfg) for k in ("train", "dev", "test") if (v := getattr(cfg, k))}
+    if "dev" not in docs or "test" not in docs:
+        full = docs["train"]
+        tr, dv, te = _holdout(len(full), cfg, seed)
+        parts = {"train": tr, "dev": dv, "test": te}
+        for name, idx in parts.items():
+            if name == "train" or name not in docs:
+                docs[name] = [full[i] for i in idx.tolist()]
+        for name in ("dev", "test"):
+            if not docs[name]:
+                raise DataError(f"data.split.{name}: {len(full)} documents in {cfg.train} leave none for the {name} "
+                                f"split; give data.{name} or more documents.")  # fmt: skip
+    return docs
+
+
+def _lm(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -> DataBundle:
+    if tokenizer is None:
+        raise DataError("causal-LM data needs a tokenizer: the teacher's, or one trained by data.tokenizer.")
+    docs = lm_documents(cfg, base_dir, seed)
+    pad = lm.pad_id(tokenizer)
+    splits = [LmSplit(k, lm.blocks(docs[k], tokenizer, cfg.max_length), pad) for k in ("train", "dev", "test")]
+    for split in splits:
+        if len(split) == 0:
+            raise DataError(f"data.{split.name}: the {split.name} split has no block of two or more tokens.")
+    vocab = len(tokenizer)
+    return DataBundle(splits[0], splits[1], splits[2], num_labels=vocab, modality="lm", fingerprint=fp)

@@ -1,7 +1,7 @@
 """Model families as plug-ins (see `base.py` for the interface). Importing this package registers the built-in
 families, and the libraries whose model transforms a saved model may need on load (pruning, MoE)."""
 
-from compress.families import cnn, encoder  # noqa: F401
+from compress.families import cnn, decoder, encoder  # noqa: F401
 from compress.families.base import (
     FAMILIES,
     Family,

@@ -43,6 +43,10 @@ CAPABILITIES = {
     "losses:attention": "attention distillation losses (attention_map, attention_output, minilm)",
     "hidden_states": "layer-to-layer hidden-state distillation",
     "student:bert": "built-in BERT students sliced from the teacher (student: {bert: ...})",
+    "student:decoder": "causal-LM students sliced from the teacher (student: {decoder: ...})",
+    "export": "export to ONNX and ExecuTorch (export)",
+    "quantize:qat": "quantization-aware training (quantize, method qat)",
+    "quantize:ptq": "onnxruntime post-training quantization (quantize, method ptq)",
     "gradient_checkpointing": "recomputing activations in the backward pass (train.gradient_checkpointing)",
 }
 
@@ -66,11 +70,12 @@ class Family(ABC):
 
     def build(
         self, source: ModelSource, *, num_labels: int, in_channels: int | None, base_dir: Path,
-        teacher: TaskModel | None = None,
+        teacher: TaskModel | None = None, tokenizer: Any = None,
     ) -> TaskModel:  # fmt: skip
-        """Build (and initialise) a member from a recipe source."""
+        """Build (and initialise) a member from a recipe source (``tokenizer``: the data's, for models built
+        from scratch)."""
         model = build_model(source, modality=self.modality, num_labels=num_labels, in_channels=in_channels,
-                            base_dir=base_dir, teacher=teacher)  # fmt: skip
+                            base_dir=base_dir, teacher=teacher, tokenizer=tokenizer)  # fmt: skip
         return self.adopt(model)
 
     def adopt(self, model: TaskModel) -> TaskModel:
@@ -223,7 +228,7 @@ def source_where(prefix: str, source: ModelSource) -> str:
 def source_kind(source: ModelSource) -> str:
     """The kind of model a recipe source builds (`hf_package` and `bert` build Hugging Face models)."""
     key = source_key(source)
-    return {"hf_package": "hf", "bert": "hf"}.get(key, key)
+    return {"hf_package": "hf", "bert": "hf", "llama": "hf", "decoder": "hf"}.get(key, key)
 
 
 def family_for(kind: str, modality: str, where: str) -> Family:

@@ -33,6 +33,9 @@ class CnnFamily(Family):
         "prune:dphubert": ("cnn",),
         "prune:torch_pruning": ("cnn", "python"),
         "search:diswot": ("cnn", "python"),
+        "export": ("cnn", "python"),
+        "quantize:qat": ("cnn", "python"),
+        "quantize:ptq": ("cnn", "python"),
     }
 
     def feature_modules(self, model: TaskModel) -> list[str]:

@@ -47,6 +47,9 @@ class EncoderFamily(Family):
         "hidden_states": HF,
         "student:bert": HF,
         "gradient_checkpointing": HF,
+        "export": ("hf", "python"),
+        "quantize:qat": ("hf", "python"),
+        "quantize:ptq": ("hf", "python"),
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:

@@ -21,7 +21,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempe
 
 
 def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy with the ground-truth labels: ``-mean(log softmax(s)[y])``."""
+    """Cross-entropy with the ground-truth labels: ``-mean(log softmax(s)[y])``. Next-token logits ``(B, S, V)``
+    with labels ``(B, S)`` average over the positions whose label is not -100 (the language-modelling loss)."""
+    if student_logits.dim() == 3:
+        return F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                               label_smoothing=label_smoothing)  # fmt: skip
     return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
 
 

@@ -73,6 +73,10 @@ class KDTerm(LossTerm):
 
     def forward(self, s: Captured, t: Captured, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         assert s.logits is not None and t.logits is not None
+        if s.logits.dim() == 3:  # next-token logits: token-level, over non-padding positions
+            from compress.losses.sequence import forward_kl
+
+            return forward_kl(s.logits, t.logits, mask=batch.get("attention_mask"), temperature=self.temperature)
         return F.kd_loss(s.logits, t.logits, temperature=self.temperature)
 
 

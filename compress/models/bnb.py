@@ -42,16 +42,21 @@ def is_bnb(module: nn.Module) -> bool:
     )
 
 
-def load(path: str, mode: BnbMode, num_labels: int, *, key: str = "teacher.bitsandbytes") -> nn.Module:
+def load(path: str, mode: BnbMode, num_labels: int | None, *, key: str = "teacher.bitsandbytes") -> nn.Module:
     """``path`` loaded with bitsandbytes `mode`, checked by one forward pass on this machine's device; errors
-    name the recipe ``key`` that asked for it."""
-    from transformers import AutoModelForSequenceClassification
+    name the recipe ``key`` that asked for it. ``num_labels`` None: a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     where = device()
     try:
-        module = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, quantization_config=quantization_config(mode), device_map=where
-        )
+        if num_labels is None:
+            module = AutoModelForCausalLM.from_pretrained(
+                path, quantization_config=quantization_config(mode), device_map=where
+            )
+        else:
+            module = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, quantization_config=quantization_config(mode), device_map=where
+            )
         if mode == "nf4" and where == "cpu":
             _check_cpu_nf4_widths(module, key)
         ids = torch.full((1, 16), 5, dtype=torch.long, device=where)

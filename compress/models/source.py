@@ -13,19 +13,21 @@ from compress.config import Strict
 from compress.errors import ModelError
 from compress.models.bert import BertStudentSpec, build_bert_student
 from compress.models.cnn import CNN, CnnSpec
+from compress.models.decoder import DecoderStudentSpec, LlamaSpec
 from compress.models.task_model import Modality, TaskModel, build_module, import_factory
 
 log = logging.getLogger("compress")
-SOURCE_KEYS = ("hf", "hf_package", "python", "cnn", "bert")
+SOURCE_KEYS = ("hf", "hf_package", "python", "cnn", "bert", "llama", "decoder")
 
 
 class ModelSource(Strict):
-    """Exactly one of `hf`, `hf_package`, `python`, `cnn` or `bert` (students only)."""
+    """Exactly one of `hf`, `hf_package`, `python`, `cnn`, `llama`, or `bert` / `decoder` (students only)."""
 
     hf: str | None = Field(
         None,
         description="Hugging Face model folder (relative to the recipe) or hub id; loaded with "
-        "AutoModelForSequenceClassification (a fresh classifier head is added to a bare backbone).",
+        "AutoModelForSequenceClassification (a fresh classifier head is added to a bare backbone), or with "
+        "AutoModelForCausalLM for `task: causal_lm` (GPT-2, LLaMA, Qwen2, SmolLM, ...).",
     )
     hf_package: str | None = Field(
         None,
@@ -56,6 +58,12 @@ class ModelSource(Strict):
     )
     cnn: CnnSpec | None = Field(None, description="A built-in CNN (image tasks).")
     bert: BertStudentSpec | None = Field(None, description="A built-in BERT-style student (students only).")
+    llama: LlamaSpec | None = Field(
+        None, description="A LLaMA-style causal LM built from scratch with the data's tokenizer (`task: causal_lm`)."
+    )
+    decoder: DecoderStudentSpec | None = Field(
+        None, description="A causal-LM student sliced from the decoder teacher (students only, `task: causal_lm`)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -132,6 +140,27 @@ def hf_positions(path: str, trust_remote_code: bool = False) -> int | None:
     return value if isinstance(value, int) else None
 
 
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "camembert", "deberta", "deberta-v2",
+                 "albert", "mpnet", "modernbert"}  # fmt: skip
+
+
+def hf_architecture(path: str, trust_remote_code: bool = False) -> str | None:
+    """Whether a Hugging Face model is a causal LM (`decoder`), a bidirectional `encoder`, or unknown (None: the
+    config cannot be read here, or says neither), from its config alone."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - offline hub id, unknown architecture: the load itself will say
+        return None
+    if getattr(config, "model_type", None) in ENCODER_TYPES:
+        return "encoder"
+    archs = getattr(config, "architectures", None) or []
+    if archs and all(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "decoder"
+    return None
+
+
 def _load_checkpoint(module: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist.")
@@ -172,12 +201,19 @@ def build_model(
     in_channels: int | None,
     base_dir: Path,
     teacher: TaskModel | None = None,
+    tokenizer: Any = None,
 ) -> TaskModel:
-    """Instantiate a model from its source (downloads hub models; builds and initialises built-ins)."""
+    """Instantiate a model from its source (downloads hub models; builds and initialises built-ins). ``tokenizer``:
+    the data's, for models built from scratch."""
+    if modality == "lm" or source.llama or source.decoder:
+        return _build_causal_lm(source, modality, base_dir, teacher, tokenizer)
     if source.hf or source.hf_package:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = resolve_hf_path(source, base_dir)
+        if hf_architecture(path, source.trust_remote_code) == "decoder":
+            raise ModelError(f"{path} is a causal language model; a classification recipe needs an encoder or a "
+                             "classifier. Set `task: causal_lm` to distil it as a language model.")  # fmt: skip
         try:
             if source.bitsandbytes:
                 from compress.models import bnb
@@ -226,3 +262,54 @@ def build_model(
         _load_checkpoint(module, base_dir / source.checkpoint)
     tokenizer = teacher.tokenizer if teacher is not None else None
     return TaskModel(module.eval(), "python", modality, num_labels, tokenizer, spec_dict)
+
+
+def _build_causal_lm(
+    source: ModelSource, modality: Modality, base_dir: Path, teacher: TaskModel | None, tokenizer: Any
+) -> TaskModel:
+    from compress.models import decoder
+
+    if modality != "lm":
+        key = "llama" if source.llama else "decoder"
+        raise ModelError(f"`{key}` builds a causal language model; it needs `task: causal_lm`.")
+    if source.llama:
+        if tokenizer is None:
+            raise ModelError("`llama` builds a model from scratch and needs the data's tokenizer: set data.tokenizer "
+                             "(train one) when the teacher is built from scratch.")  # fmt: skip
+        from compress.data.lm import eos_id, pad_id
+
+        module = decoder.build_llama(source.llama, len(tokenizer), pad_id(tokenizer), eos_id(tokenizer))
+        return TaskModel(module.eval(), "hf", "lm", len(tokenizer), tokenizer, {"llama": source.llama.model_dump()})
+    if source.decoder:
+        if teacher is None or teacher.kind != "hf":
+            raise ModelError("`decoder` students need a Hugging Face causal-LM teacher.")
+        module = decoder.build_decoder_student(teacher.module, source.decoder)
+        return TaskModel(module.eval(), "hf", "lm", teacher.num_labels, teacher.tokenizer,
+                         {"decoder": source.decoder.model_dump()})  # fmt: skip
+    if source.hf or source.hf_package:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_hf_path(source, base_dir)
+        if hf_architecture(path, source.trust_remote_code) == "encoder":
+            raise ModelError(f"{path} is a bidirectional encoder, not a causal language model; `task: causal_lm` "
+                             "needs a decoder (GPT-2, LLaMA, Qwen2, ...). Use `task: classification` for "
+                             "encoders.")  # fmt: skip
+        try:
+            if source.bitsandbytes:
+                from compress.models import bnb
+
+                module = bnb.load(path, source.bitsandbytes, None)
+            else:
+                module = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=source.trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=source.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelError(f"cannot load Hugging Face causal LM {path!r}: {first}") from None
+        vocab = int(module.get_output_embeddings().weight.shape[0])  # type: ignore[union-attr,operator]
+        return TaskModel(module.eval(), "hf", "lm", vocab, tok, {"source": str(path)})
+    raise ModelError(f"`{source_key_of(source)}` models are not causal LMs; a `task: causal_lm` recipe takes hf, "
+                     "hf_package, llama or decoder models.")  # fmt: skip
+
+
+def source_key_of(source: ModelSource) -> str:
+    return next(k for k in SOURCE_KEYS if getattr(source, k) is not None)

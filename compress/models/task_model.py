@@ -22,7 +22,7 @@ from compress.errors import ModelError
 from compress.models.transforms import apply_transforms
 
 Kind = Literal["hf", "cnn", "python"]  # how the module is built and stored (not what it is: that is its family)
-Modality = Literal["text", "image"]
+Modality = Literal["text", "image", "lm"]  # lm: token sequences for a causal language model
 META_FILE = "compress_model.json"
 
 
@@ -69,7 +69,7 @@ are its intermediate features (the family's default taps for hint losses and Dis
 
     # ---- running -------------------------------------------------------------------------------
     def input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask"] if self.modality == "text" else ["pixel_values"]
+        return ["pixel_values"] if self.modality == "image" else ["input_ids", "attention_mask"]
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: batch[name] for name in self.input_names()}
@@ -157,18 +157,21 @@ are its intermediate features (the family's default taps for hint losses and Dis
 
             tokenizer = AutoTokenizer.from_pretrained(folder)
         if kind == "hf":
-            from transformers import AutoConfig, AutoModelForSequenceClassification
+            import transformers
+            from transformers import AutoConfig
 
             from compress.models import bnb
 
+            auto = (transformers.AutoModelForCausalLM if meta["modality"] == "lm"
+                    else transformers.AutoModelForSequenceClassification)  # fmt: skip
             if bnb.is_saved_bnb(folder):  # bitsandbytes weights: placed on the device their kernels run on
-                module = AutoModelForSequenceClassification.from_pretrained(folder, device_map=bnb.device())
+                module = auto.from_pretrained(folder, device_map=bnb.device())
             elif transforms:  # the skeleton from the config, the recorded changes, then the weights
-                module = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
+                module = auto.from_config(AutoConfig.from_pretrained(folder))
                 apply_transforms(module, transforms, str(folder))
                 load_model(module, str(folder / "model.safetensors"))
             else:
-                module = AutoModelForSequenceClassification.from_pretrained(folder)
+                module = auto.from_pretrained(folder)
         else:
             module = build_module(kind, spec)
             apply_transforms(module, transforms, str(folder))

@@ -46,6 +46,14 @@ def check_chain(recipe: Recipe) -> None:
         if student is not None and student.bert is not None and unsupported("student:bert"):
             problems.append(f"{key}.student.bert: `bert` students are built from a Hugging Face BERT-family "
                             f"teacher; {member} has none. Use a `cnn` or `python` student.")  # fmt: skip
+        if student is not None and student.decoder is not None and unsupported("student:decoder"):
+            problems.append(f"{key}.student.decoder: `decoder` students are sliced from a causal-LM teacher "
+                            f"(`task: causal_lm`); {member} is not one. Use `bert`, `cnn` or `python`.")  # fmt: skip
+        if stage.stage == "export" and unsupported("export"):
+            problems.append(f"{key}: export does not apply to {member} yet (no exporter for it); leave the stage "
+                            "out and use the PyTorch model.")  # fmt: skip
+        if stage.stage == "quantize" and stage.method != "bitsandbytes" and unsupported(f"quantize:{stage.method}"):
+            problems.append(f"{key}.method: {stage.method} does not apply to {member} yet.")
         if stage.stage == "moefy" and unsupported("moefy"):
             problems.append(f"{key}: moefy turns the FFNs of a Hugging Face BERT-family encoder into experts; "
                             f"{member} has none to convert.")  # fmt: skip

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from compress.config import Strict, TrainConfig, check_name
-from compress.data.config import DataConfig
+from compress.data.config import LM_FORMATS, DataConfig
 from compress.models.source import ModelSource
 from compress.report.budgets import Budget
 from compress.stages import STAGES, StageConfig
@@ -55,7 +55,11 @@ class Recipe(Strict):
 
     name: str = Field(..., description="Recipe name; artifacts go to `export/<name>/` unless --out is given.")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed for data splits, initialisation and shuffling.")
-    task: Literal["classification"] = Field("classification", description="The task (classification).")
+    task: Literal["classification", "causal_lm"] = Field(
+        "classification",
+        description="`classification` (labelled text or images) or `causal_lm` (next-token prediction on text: a "
+        "decoder teacher, data packed into blocks, perplexity as the metric).",
+    )
     data: DataConfig = Field(..., description="The data set.")
     teacher: ModelSource = Field(..., description="The teacher model.")
     stages: list[StageUnion] = Field(..., min_length=1, description="Stages, run in order.")
@@ -101,6 +105,27 @@ class Recipe(Strict):
                     node.setdefault(key, values[field])
         return data
 
+    @model_validator(mode="after")
+    def _task(self) -> Recipe:
+        self.data._task = self.task
+        fmt = self.data.format
+        if self.task == "causal_lm" and fmt not in LM_FORMATS:
+            raise ValueError(f"task causal_lm reads documents: data.format must be jsonl or text, not {fmt}")
+        if self.task == "classification" and fmt == "text":
+            raise ValueError("data.format text is for `task: causal_lm` (plain documents have no labels)")
+        if self.task != "causal_lm" and self.teacher.llama is not None:
+            raise ValueError("teacher.llama builds a causal language model; it needs `task: causal_lm`")
+        if self.teacher.llama is not None and self.data.tokenizer is None:
+            raise ValueError("teacher.llama is built from scratch and needs a tokenizer: set data.tokenizer (e.g. "
+                             "{vocab_size: 4096}) to train one on the training split")
+        if self.data.tokenizer is not None and self.teacher.llama is None:
+            raise ValueError("data.tokenizer trains a tokenizer for a teacher built from scratch (teacher.llama); "
+                             "this teacher brings its own: remove data.tokenizer")
+        if self.task == "classification" and self.data.tokenizer is not None:
+            raise ValueError("data.tokenizer trains a tokenizer for `task: causal_lm`; classification uses the "
+                             "teacher's")
+        return self
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -109,8 +134,10 @@ class Recipe(Strict):
     @field_validator("teacher")
     @classmethod
     def _teacher(cls, v: ModelSource) -> ModelSource:
-        if v.bert is not None:
-            raise ValueError(
-                "`bert` builds a student from a teacher; give the teacher as hf, hf_package, python or cnn"
-            )
+        for key in ("bert", "decoder"):
+            if getattr(v, key) is not None:
+                raise ValueError(
+                    f"`{key}` builds a student from a teacher; give the teacher as hf, hf_package, python, cnn or "
+                    "llama"
+                )
         return v

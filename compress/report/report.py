@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -288,19 +289,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("headline"):
         lines.append("")
     devices = report["devices"]
-    head = ["artifact", "format", "precision", "params", "size MB", "test acc"]
+    quality = quality_column(report["artifacts"])
+    head = ["artifact", "format", "precision", "params", "size MB", quality[0]]
     for d in devices:
         head += [f"{d} p50 ms", f"{d} p90 ms", f"{d} speed-up"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in report["artifacts"]:
-        acc = row["metrics"].get("accuracy")
         cells = [
             row["name"],
             row["format"],
             row["precision"],
             _fmt(row["params"] / 1e6 if row["params"] else None, ".2f") + ("M" if row["params"] else ""),
             f"{row['size_bytes'] / 1e6:.2f}",
-            _fmt(acc * 100 if acc is not None else None, ".2f") + "%",
+            quality[1](row),
         ]
         for d in devices:
             st = row["latency"].get(d, {})
@@ -408,3 +409,19 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     return report
+
+
+def quality_column(rows: list[dict[str, Any]]) -> tuple[str, Callable[[dict[str, Any]], str]]:
+    """The test-quality column of a report table: accuracy, or perplexity when the artifacts are causal LMs."""
+    if any("perplexity" in r["metrics"] for r in rows):
+        def ppl(row: dict[str, Any]) -> str:
+            value = row["metrics"].get("perplexity")
+            return f"{value:.2f}" if value is not None else "-"
+
+        return "test ppl", ppl
+
+    def acc(row: dict[str, Any]) -> str:
+        value = row["metrics"].get("accuracy")
+        return f"{100 * value:.2f}%" if value is not None else "-"
+
+    return "test acc", acc

@@ -14,7 +14,7 @@ from compress.data.dataset import DataBundle
 from compress.errors import CompressError, RecipeError, StageError
 from compress.models.task_model import TaskModel
 from compress.registry import Registry
-from compress.training.evaluate import evaluate
+from compress.training.evaluate import metrics as evaluation_metrics
 from compress.training.loop import TrainResult
 
 
@@ -102,15 +102,16 @@ def save_model_artifact(
     eval_batch_size: int,
     result: TrainResult | None = None,
 ) -> Artifact:
-    """Measure test accuracy, save the model under the stage folder, return its artifact."""
+    """Measure the task metrics on the test split (accuracy; perplexity for causal LMs), save the model under the
+    stage folder, return its artifact."""
     folder = ctx.stage_dir / name
     model.save(folder)
-    metrics = {"accuracy": evaluate(model, data.test, eval_batch_size)}
+    metrics = evaluation_metrics(model, data.test, eval_batch_size)
     info: dict = {"family": model.family, "kind": model.kind, "spec": model.spec}
     if model.transforms:
         info["transforms"] = [t["name"] for t in model.transforms]
     if result is not None:
-        metrics["dev_accuracy"] = result.best_dev_accuracy
+        metrics[f"dev_{result.dev_metric}"] = result.best_dev
         info["training"] = {
             "steps": result.steps,
             "best_step": result.best_step,

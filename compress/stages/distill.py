@@ -23,7 +23,7 @@ from compress.models.task_model import TaskModel
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
 from compress.training.evaluate import predict_logits
-from compress.training.loop import train
+from compress.training.loop import total_steps, train
 
 log = logging.getLogger("compress")
 if TYPE_CHECKING:
@@ -45,7 +45,8 @@ class DistillConfig(StageConfig, TrainSchedule):
     )
     losses: list[LossUnion] = Field(
         default_factory=_default_losses,
-        description="Weighted loss terms, by `name`: kd, ce, hidden, minilm (see the loss table).",
+        description="Weighted loss terms, by `name`: kd, ce, hidden, minilm, l1_cosine, attention_map, "
+        "attention_output; for causal LMs also fkl, rkl, skl, srkl, jsd, taid (see the loss table).",
     )
     cache_teacher_outputs: bool = Field(
         True,
@@ -100,6 +101,7 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
             in_channels=data.in_channels,
             base_dir=ctx.base_dir,
             teacher=teacher,
+            tokenizer=teacher.tokenizer,
         )
     else:
         require(artifacts, "student", "distill")
@@ -111,7 +113,9 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     family.check_student(student, lambda: probe, where)
     terms = build_terms(config.losses, student, teacher, probe)
     cached = None
-    if config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
+    if data.train.task != "classification" and config.cache_teacher_outputs:
+        log.info("distill: the teacher runs every step (full next-token logits are too large to cache)")
+    elif config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
         cached = _cached_teacher_logits(teacher, artifacts["teacher"], data, ctx, config.eval_batch_size)
     log.info(
         "distill: teacher %d params -> student %d params; losses %s; teacher %s",
@@ -123,7 +127,17 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
 
     step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in config.losses], cached, ctx.engine)
     extra = torch.nn.ModuleList(terms)  # regressors of hint losses train with the student
-    result = train(student, step, data.train, data.dev, config, session=ctx.session(), extra=extra, label="distill")
+    steps = total_steps(config, len(data.train))
+    scheduled = [t for t in terms if hasattr(t, "advance")]  # TAID's interpolation schedule
+
+    def on_step(n: int) -> None:
+        for term in scheduled:
+            term.advance(n, steps)  # type: ignore[operator]
+
+    result = train(student, step, data.train, data.dev, config, session=ctx.session(), extra=extra, label="distill",
+                   on_step=on_step if scheduled else None)  # fmt: skip
+    for term in scheduled:
+        log.info("distill: TAID ended at t = %.4f", term.interpolation())  # type: ignore[operator]
     art = save_model_artifact(student, config.output, ctx, "distill", "teacher", data, config.eval_batch_size, result)
     art.info["losses"] = [c.model_dump() for c in config.losses]
     return {config.output: art}

@@ -405,6 +405,6 @@ def _export_qat(
         "integer_ops": ortq.integer_ops(path),
         "float_layers": float_layers,
         "training": {k: getattr(result, k) for k in ("steps", "best_step", "seconds", "first_loss", "last_loss",
-                                                      "history", "best_dev_accuracy")},
+                                                      "history", "best_dev", "dev_metric")},
     })  # fmt: skip
     return art

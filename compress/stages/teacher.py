@@ -4,7 +4,9 @@ and saves it; every later stage loads it from the cache."""
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+import time
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -14,6 +16,8 @@ from compress.context import Context
 from compress.families import family_of_source, source_where
 from compress.models.source import ModelSource
 from compress.stages.base import StageConfig, register_stage
+
+log = logging.getLogger("compress")
 
 
 class TeacherConfig(StageConfig):
@@ -27,9 +31,12 @@ class TeacherConfig(StageConfig):
 def run(artifacts: Artifacts, config: TeacherConfig, ctx: Context) -> Artifacts:
     data_config = ctx.recipe.data
     family = family_of_source(config.source, data_config.modality, "teacher")
-    num_labels, in_channels = ctx.label_info()
+    tokenizer = _trained_tokenizer(ctx) if data_config.tokenizer is not None else None
+    num_labels, in_channels = (len(tokenizer) if tokenizer is not None else 0, None) if (
+        data_config.modality == "lm") else ctx.label_info()  # fmt: skip
     torch.manual_seed(ctx.seed)
-    model = family.build(config.source, num_labels=num_labels, in_channels=in_channels, base_dir=ctx.base_dir)
+    model = family.build(config.source, num_labels=num_labels, in_channels=in_channels, base_dir=ctx.base_dir,
+                         tokenizer=tokenizer)  # fmt: skip
     folder = ctx.stage_dir / "teacher"
     model.save(folder)
 
@@ -44,3 +51,19 @@ def run(artifacts: Artifacts, config: TeacherConfig, ctx: Context) -> Artifacts:
         info={"family": model.family, "kind": model.kind, "source": config.source.describe()},
     )  # fmt: skip
     return {"teacher": art.finalize()}
+
+
+def _trained_tokenizer(ctx: Context) -> Any:
+    """`data.tokenizer`: a byte-level BPE trained on the training split, saved with the teacher (which every later
+    model and the data share)."""
+    from compress.data.dataset import lm_documents
+    from compress.data.lm import tokenizer_corpus, train_tokenizer
+
+    cfg = ctx.recipe.data
+    assert cfg.tokenizer is not None
+    docs = tokenizer_corpus(lm_documents(cfg, ctx.base_dir, ctx.seed)["train"], cfg.tokenizer)
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(docs, cfg.tokenizer)
+    log.info("tokenizer: byte-level BPE, %d tokens, trained on %d documents (%d characters) in %.1fs", len(tokenizer),
+             len(docs), sum(map(len, docs)), time.perf_counter() - started)  # fmt: skip
+    return tokenizer

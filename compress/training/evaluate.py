@@ -1,8 +1,12 @@
-"""Inference helpers shared by every stage: logits over a split (sharded across processes), accuracy."""
+"""Inference helpers shared by every stage: logits over a split (sharded across processes), the task metric
+(accuracy for classification, perplexity for causal LMs)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from compress.data.dataset import Split
 from compress.models.task_model import TaskModel
@@ -17,10 +21,11 @@ def predict_logits(
     """Logits of every example of ``split``, in order, on the CPU. With an engine, on its device, and under
     several processes each computes a contiguous shard and all gather the whole (equal to one process's)."""
     model.module.eval()
+    if split.task != "classification":
+        raise TypeError(f"predict_logits takes classification splits, not {split.task}")
     part = split
     if engine is not None and engine.distributed:
-        lo, hi = engine.shard(len(split))
-        part = Split(split.name, split.features[lo:hi], split.labels[lo:hi], split.pad_id)
+        part = split.slice(*engine.shard(len(split)))
     out = []
     loader = part.loader(batch_size)
     with progress(label or f"inference on {split.name}", len(loader)) as bar:
@@ -37,5 +42,51 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).float().mean())
 
 
+# the metric that selects checkpoints, per task: (name, higher is better)
+SELECTION = {"classification": ("accuracy", True), "causal_lm": ("perplexity", False)}
+
+
+def selection_metric(split: Split) -> tuple[str, bool]:
+    """The metric a split selects checkpoints by, and whether higher is better."""
+    return SELECTION[split.task]
+
+
+@torch.no_grad()
+def lm_metrics(model: TaskModel, split: Split, batch_size: int, engine: Engine | None = None) -> dict[str, float]:
+    """Perplexity ``exp(mean NLL)`` over every predicted token of the split, next-token top-1 accuracy and the
+    token count; sharded across processes and summed (equal to one process's)."""
+    model.module.eval()
+    part = split.slice(*engine.shard(len(split))) if engine is not None and engine.distributed else split
+    nll, correct, count = torch.zeros((), dtype=torch.float64), torch.zeros(()), torch.zeros(())
+    loader = part.loader(batch_size)
+    with progress(f"perplexity on {split.name}", len(loader)) as bar:
+        for batch in loader:
+            if engine is not None:
+                batch = engine.to_device(batch)
+            logits = model.logits(batch).float()
+            labels = batch["labels"]
+            keep = labels != -100
+            nll += F.cross_entropy(logits[keep], labels[keep], reduction="sum").double().cpu()
+            correct += (logits[keep].argmax(-1) == labels[keep]).sum().float().cpu()
+            count += keep.sum().float().cpu()
+            bar.advance()
+    if engine is not None and engine.distributed:
+        nll, correct, count = engine.sum(nll).double(), engine.sum(correct), engine.sum(count)
+    n = max(float(count), 1.0)
+    mean = float(nll) / n
+    return {"perplexity": math.exp(min(mean, 50.0)), "nll": mean, "next_token_accuracy": float(correct) / n,
+            "tokens": float(count)}  # fmt: skip
+
+
+def metrics(model: TaskModel, split: Split, batch_size: int, engine: Engine | None = None) -> dict[str, float]:
+    """The task's metrics on a split: ``accuracy`` (classification); ``perplexity``, ``nll``,
+    ``next_token_accuracy`` and ``tokens`` (causal LMs)."""
+    if split.task == "causal_lm":
+        return lm_metrics(model, split, batch_size, engine)
+    logits = predict_logits(model, split, batch_size, f"evaluating on {split.name}", engine)
+    return {"accuracy": accuracy(logits, split.labels)}
+
+
 def evaluate(model: TaskModel, split: Split, batch_size: int, engine: Engine | None = None) -> float:
-    return accuracy(predict_logits(model, split, batch_size, f"evaluating on {split.name}", engine), split.labels)
+    """The split's selection metric (accuracy, or perplexity for causal LMs; see `selection_metric`)."""
+    return metrics(model, split, batch_size, engine)[selection_metric(split)[0]]

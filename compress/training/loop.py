@@ -18,7 +18,7 @@ from compress.models.bnb import is_bnb
 from compress.models.task_model import TaskModel
 from compress.training import checkpoint
 from compress.training.engine import Engine, Session
-from compress.training.evaluate import evaluate
+from compress.training.evaluate import evaluate, selection_metric
 from compress.ui import progress
 
 log = logging.getLogger("compress")
@@ -28,12 +28,13 @@ StepLoss = Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]
 @dataclass
 class TrainResult:
     steps: int
-    best_dev_accuracy: float
+    best_dev: float  # the best value of the dev split's selection metric (`dev_metric`)
     best_step: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     first_loss: float = math.nan
     last_loss: float = math.nan
+    dev_metric: str = "accuracy"  # accuracy (higher is better) or perplexity (lower is better)
 
 
 def total_steps(schedule: TrainSchedule, n_train: int) -> int:
@@ -152,7 +153,8 @@ def train(
     scaler = engine.scaler()
     trainable = _Trainable(modules, others, step_loss)
     runner = engine.wrap(trainable)
-    result = TrainResult(steps, -1.0, 0, 0.0)
+    metric, higher = selection_metric(dev_split)
+    result = TrainResult(steps, -math.inf if higher else math.inf, 0, 0.0, dev_metric=metric)
     best_state: dict[str, torch.Tensor] | None = None
     start, step, epoch, offset, running = time.perf_counter(), 0, 0, 0, 0.0
     folder = checkpoint.folder_for(session.checkpoints, label) if session.checkpoints else None
@@ -165,7 +167,7 @@ def train(
             "others": [p.detach().cpu().clone() for p in others],
             "optimizers": [o.state_dict() for o in optimizers], "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "best": best_state or {},
-            "result": {"best_dev_accuracy": result.best_dev_accuracy, "best_step": result.best_step,
+            "result": {"best_dev": result.best_dev, "best_step": result.best_step,
                        "first_loss": result.first_loss, "history": result.history,
                        "seconds": result.seconds},
             "rng": checkpoint.rng_state(engine.device),
@@ -190,7 +192,7 @@ def train(
         step, epoch, offset, running = saved["step"], saved["epoch"], saved["offset"], saved["running"]
         best_state = saved["best"] or None
         r = saved["result"]
-        result.best_dev_accuracy, result.best_step = r["best_dev_accuracy"], r["best_step"]
+        result.best_dev, result.best_step = r["best_dev"], r["best_step"]
         result.first_loss = r["first_loss"]
         result.history, result.seconds, result.last_loss = list(r["history"]), r["seconds"], running
         checkpoint.set_rng_state(saved["rng"], engine.device)
@@ -248,11 +250,12 @@ def train(
                 bar.advance(info=f"loss {running:.4f}")
                 if step % eval_every == 0 or step == steps:
                     with engine.autocast():
-                        dev_acc = evaluate(model, dev_split, schedule.eval_batch_size, engine)
-                    result.history.append({"step": step, "loss": running, "dev_accuracy": dev_acc, **parts})
-                    log.info("%s step %d/%d: loss %.4f, dev accuracy %.4f", label, step, steps, running, dev_acc)
-                    if dev_acc > result.best_dev_accuracy or not select_best:
-                        result.best_dev_accuracy, result.best_step = dev_acc, step
+                        dev = evaluate(model, dev_split, schedule.eval_batch_size, engine)
+                    result.history.append({"step": step, "loss": running, f"dev_{metric}": dev, **parts})
+                    log.info("%s step %d/%d: loss %.4f, dev %s %.4f", label, step, steps, running, metric, dev)
+                    better = dev > result.best_dev if higher else dev < result.best_dev
+                    if better or not select_best:
+                        result.best_dev, result.best_step = dev, step
                         best_state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
                 if every and step % every == 0 and step < steps and engine.is_main:
                     result.seconds = time.perf_counter() - start
@@ -279,11 +282,6 @@ def _finish(model: TaskModel, result: TrainResult, extra: nn.Module | None, labe
         model.module.to("cpu")
         if extra is not None:
             extra.to("cpu")
-    log.info(
-        "%s done in %.1fs; best dev accuracy %.4f at step %d",
-        label,
-        result.seconds,
-        result.best_dev_accuracy,
-        result.best_step,
-    )
+    log.info("%s done in %.1fs; best dev %s %.4f at step %d", label, result.seconds, result.dev_metric,
+             result.best_dev, result.best_step)  # fmt: skip
     return result

@@ -1,0 +1,99 @@
+"""The `decoder` family: causal language models (`task: causal_lm`) from Hugging Face (GPT-2, LLaMA, Qwen2,
+Mistral, SmolLM: anything `AutoModelForCausalLM` loads), the built-in LLaMA-style model trained from scratch
+(`llama:`), and students sliced from a decoder teacher (`decoder:`).
+
+Members map ``input_ids`` and ``attention_mask`` to next-token logits ``(batch, positions, vocabulary)``; the task
+metric is perplexity. Their decoder layers (`model.layers.N`) are the feature taps of layer-to-layer distillation.
+Stages this family does not have yet (pruning, MoEfication, search, export with a KV cache, quantization) answer
+"not supported for the decoder family" before any work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from compress.errors import ModelError
+from compress.families.base import Family, register_family
+from compress.models.decoder import decoder_layers, evenly_spaced, layer_prefix
+from compress.models.task_model import TaskModel
+
+if TYPE_CHECKING:
+    from compress.data.dataset import Batch
+    from compress.losses import LossConfig
+
+HF = ("hf",)
+
+
+@register_family
+class DecoderFamily(Family):
+    name = "decoder"
+    modality = "lm"
+    summary = "causal (decoder) language models"
+    kinds = ("hf",)
+    space_kind = None
+    capabilities = {
+        "hidden_states": HF,
+        "student:decoder": HF,
+        "gradient_checkpointing": HF,
+        "quantize:bitsandbytes": HF,
+    }
+
+    def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
+        self.check_positions(max_length, self.positions(model))
+        tokenizer = model.tokenizer
+        if tokenizer is None:
+            raise ModelError(f"{where}: the causal LM has no tokenizer; give a model folder with one, or set "
+                             "data.tokenizer to train one.")  # fmt: skip
+        if len(tokenizer) > model.num_labels:
+            raise ModelError(
+                f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+                f"{model.num_labels}; token ids beyond it would crash the embedding. Use the model's own tokenizer."
+            )
+        batch = sample()
+        with torch.no_grad():
+            logits = model.logits(batch)
+        want = (*batch["input_ids"].shape, model.num_labels)
+        if tuple(logits.shape) != want:
+            raise ModelError(f"{where}: the model returns logits of shape {tuple(logits.shape)}, expected {want}.")
+
+    def check_student(self, model: TaskModel, sample: Callable[[], Batch], where: str) -> None:
+        self.check_teacher(model, sample, 0, where)
+
+    def positions(self, model: TaskModel) -> int | None:
+        cfg = getattr(model.module, "config", None)
+        value = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        return value if isinstance(value, int) else None
+
+    def feature_modules(self, model: TaskModel) -> list[str]:
+        try:
+            prefix = layer_prefix(model.module)
+        except ModelError:
+            return []
+        return [f"{prefix}.{i}" for i in range(len(decoder_layers(model.module)))]
+
+    def layers(self, model: TaskModel) -> int:
+        return len(decoder_layers(model.module))
+
+    def hidden_width(self, model: TaskModel) -> int:
+        return int(model.module.config.hidden_size)  # type: ignore[union-attr,arg-type]
+
+    def hidden_states(
+        self, model: TaskModel, batch: Batch, layers: list[int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out = model.module(**model.inputs(batch), output_hidden_states=True)  # type: ignore[operator]
+        return out.logits, [out.hidden_states[i + 1] for i in layers]
+
+    def default_layer_map(self, student: TaskModel, teacher: TaskModel) -> list[int]:
+        s_layers, t_layers = self.layers(student), self.layers(teacher)
+        if s_layers == t_layers:
+            return list(range(s_layers))
+        init = (student.spec.get("decoder") or {}).get("init_from_layers")
+        return list(init) if init and len(init) == s_layers else evenly_spaced(s_layers, t_layers)
+
+    def qat_losses(self, model: TaskModel) -> list[LossConfig]:
+        from compress.losses.sequence import ForwardKLConfig
+
+        return [ForwardKLConfig(name="fkl", weight=1.0)]

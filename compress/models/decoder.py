@@ -1,0 +1,156 @@
+"""Causal (decoder) language models: a built-in LLaMA-style architecture for models trained from scratch, and
+students sliced from a Hugging Face decoder teacher (chosen layers, optionally narrower)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from typing import Any
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from compress.config import Strict
+from compress.errors import ModelError
+
+log = logging.getLogger("compress")
+
+
+class LlamaSpec(Strict):
+    """A LLaMA-style decoder built from scratch (RoPE, RMSNorm, SwiGLU FFN, grouped-query attention), with the
+    data's tokenizer: a teacher trained on the recipe's corpus, or a student of any shape."""
+
+    layers: int = Field(6, gt=0, le=128, description="Decoder layers.")
+    hidden: int = Field(384, gt=0, description="Hidden size (a multiple of `heads`).")
+    heads: int = Field(6, gt=0, description="Attention (query) heads.")
+    kv_heads: int | None = Field(
+        None, gt=0, description="Key/value heads (grouped-query attention; must divide `heads`). Default: `heads`."
+    )
+    ffn: int | None = Field(None, gt=0, description="SwiGLU intermediate size. Default: 8/3 x hidden, rounded to 64.")
+    positions: int = Field(2048, gt=0, le=131072, description="Maximum positions (RoPE); at least data.max_length.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
+    tie_embeddings: bool = Field(True, description="Share the input embedding and the output projection.")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> LlamaSpec:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not a multiple of heads {self.heads}")
+        if self.kv_heads is not None and self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads {self.kv_heads} must divide heads {self.heads}")
+        if (self.hidden // self.heads) % 2:
+            raise ValueError(f"the head size hidden/heads = {self.hidden // self.heads} must be even (RoPE)")
+        return self
+
+
+class DecoderStudentSpec(Strict):
+    """A smaller decoder of the teacher's architecture. Unset sizes are copied from the teacher."""
+
+    layers: int = Field(..., gt=0, description="Decoder layers.")
+    hidden: int | None = Field(None, gt=0, description="Hidden size (default: the teacher's).")
+    heads: int | None = Field(None, gt=0, description="Attention heads (default: the teacher's).")
+    kv_heads: int | None = Field(None, gt=0, description="Key/value heads (default: the teacher's, capped at heads).")
+    ffn: int | None = Field(None, gt=0, description="FFN intermediate size (default: the teacher's).")
+    init_from_layers: list[int] | None = Field(
+        None,
+        description="Teacher layers (0-based) whose weights initialise the student's layers, one per student layer. "
+        "Default: evenly spaced, ending at the teacher's last layer. Used when the sizes match the teacher's; "
+        "otherwise the layers start from random weights (embeddings, final norm and output head are copied "
+        "whenever the hidden size matches).",
+    )
+
+
+def build_llama(spec: LlamaSpec, vocab_size: int, pad_id: int, eos_id: int) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ffn = spec.ffn or 64 * round(8 * spec.hidden / 3 / 64)
+    rope: dict[str, Any] = (  # Transformers 5 groups the RoPE settings; 4.x takes rope_theta itself
+        {"rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta}}
+        if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters
+        else {"rope_theta": spec.rope_theta}
+    )
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=spec.hidden, intermediate_size=ffn, num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads or spec.heads,
+        max_position_embeddings=spec.positions, tie_word_embeddings=spec.tie_embeddings,
+        pad_token_id=pad_id, bos_token_id=eos_id, eos_token_id=eos_id, attention_bias=False, mlp_bias=False, **rope,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg)
+
+
+def decoder_layers(model: nn.Module) -> list[Any]:
+    """The decoder layer list of a Hugging Face causal LM (`model.layers`: LLaMA, Qwen2, Mistral, SmolLM;
+    `transformer.h`: GPT-2)."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    for holder, name in ((base, "layers"), (base, "h")):
+        layers = getattr(holder, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return list(layers)
+    raise ModelError(f"{type(model).__name__} has no decoder layer list (`model.layers` or `transformer.h`).")
+
+
+def layer_prefix(model: nn.Module) -> str:
+    """The module path of the decoder layers (`model.layers`), for feature taps: `<prefix>.<i>`."""
+    layers = decoder_layers(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    return names[id(layers[0])].rsplit(".", 1)[0]
+
+
+def evenly_spaced(student_layers: int, teacher_layers: int) -> list[int]:
+    step = teacher_layers / student_layers
+    return [round(step * (i + 1)) - 1 for i in range(student_layers)]
+
+
+def build_decoder_student(teacher: nn.Module, spec: DecoderStudentSpec) -> nn.Module:
+    """The student from the teacher's config, with the teacher's embeddings, final norm, head and chosen layers
+    where the sizes allow."""
+    from transformers import AutoModelForCausalLM
+
+    tcfg: Any = teacher.config
+    t_layers = decoder_layers(teacher)
+    cfg = copy.deepcopy(tcfg)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    t_kv = getattr(tcfg, "num_key_value_heads", None) or tcfg.num_attention_heads
+    cfg.num_hidden_layers = spec.layers
+    cfg.hidden_size = spec.hidden or tcfg.hidden_size
+    cfg.num_attention_heads = spec.heads or tcfg.num_attention_heads
+    if hasattr(tcfg, "num_key_value_heads"):
+        cfg.num_key_value_heads = spec.kv_heads or min(t_kv, cfg.num_attention_heads)
+        if cfg.num_attention_heads % cfg.num_key_value_heads:
+            raise ModelError(f"student heads={cfg.num_attention_heads} is not a multiple of kv_heads="
+                             f"{cfg.num_key_value_heads}; choose kv_heads that divides heads.")  # fmt: skip
+    elif spec.kv_heads:
+        raise ModelError(f"kv_heads: the teacher ({type(teacher).__name__}) has no grouped-query attention.")
+    if hasattr(tcfg, "intermediate_size"):
+        cfg.intermediate_size = spec.ffn or tcfg.intermediate_size
+    elif spec.ffn:
+        cfg.n_inner = spec.ffn
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ModelError(f"student hidden={cfg.hidden_size} is not divisible by heads={cfg.num_attention_heads}; "
+                         "choose sizes where hidden % heads == 0.")  # fmt: skip
+    if getattr(cfg, "head_dim", None) is not None and spec.hidden is not None:
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
+    layer_map = spec.init_from_layers or evenly_spaced(spec.layers, len(t_layers))
+    if len(layer_map) != spec.layers or not all(0 <= i < len(t_layers) for i in layer_map):
+        raise ModelError(f"init_from_layers={layer_map} must list {spec.layers} teacher layers in "
+                         f"0..{len(t_layers) - 1}.")  # fmt: skip
+    student = AutoModelForCausalLM.from_config(cfg)
+    same_width = cfg.hidden_size == tcfg.hidden_size
+    shape = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "n_inner")
+    same_layers = same_width and all(getattr(cfg, a, None) == getattr(tcfg, a, None) for a in shape)
+    if same_width:
+        t_state, s_state = teacher.state_dict(), student.state_dict()
+        prefix = layer_prefix(teacher) + "."
+        copied = {k: v for k, v in t_state.items() if not k.startswith(prefix) and k in s_state}
+        if same_layers:
+            s_layers = decoder_layers(student)
+            for s_i, t_i in enumerate(layer_map):
+                at = f"{prefix}{t_i}."
+                s_layers[s_i].load_state_dict({k[len(at) :]: v for k, v in t_state.items() if k.startswith(at)})
+        student.load_state_dict({**s_state, **copied}, strict=False)
+    log.info(
+        "student: %d layers, hidden %d, heads %d; init: %s", spec.layers, cfg.hidden_size, cfg.num_attention_heads,
+        f"teacher layers {layer_map}" if same_layers else "embeddings and head copied" if same_width else "random",
+    )  # fmt: skip
+    return student
