@@ -75,8 +75,10 @@ class Context:
 
     def label_info(self) -> tuple[int, int | None]:
         """Labels and image channels come from the data; text data needs a tokenizer, so only its label columns
-        are read here (the teacher is built before the tokenizer it brings)."""
+        are read here (the teacher is built before the tokenizer it brings). Causal-LM data has no labels (0)."""
         cfg = self.recipe.data
+        if cfg.modality == "lm":  # next-token prediction: the vocabulary comes with the tokenizer
+            return 0, None
         if cfg.modality == "image":
             d = self.data()
             return d.num_labels, d.in_channels

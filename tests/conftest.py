@@ -175,3 +175,56 @@ def copy_tree(src: Path, dst: Path) -> Path:
 def read_tsv(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8", newline="") as fh:
         return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+PYCODE = SHARED_DATA / "pycode"
+
+
+def _write_docs(src: Path, dst: Path, n: int, chars: int) -> Path:
+    """The first ``n`` documents of a pycode split, each cut to ``chars`` characters."""
+    import json
+
+    with src.open(encoding="utf-8") as fh_in, dst.open("w", encoding="utf-8") as fh_out:
+        for i, line in enumerate(fh_in):
+            if i >= n:
+                break
+            row = json.loads(line)
+            fh_out.write(json.dumps({"path": row["path"], "text": row["text"][:chars]}) + "\n")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def pycode_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train / dev / test JSONL slices of the real pycode corpus (Python source, one file per line)."""
+    if not PYCODE.is_dir():
+        pytest.skip(f"{PYCODE} not found (the shared data folder must sit beside the repository)")
+    folder = tmp_path_factory.mktemp("pycode")
+    _write_docs(PYCODE / "train.jsonl", folder / "train.jsonl", 60, 6000)
+    _write_docs(PYCODE / "dev.jsonl", folder / "dev.jsonl", 6, 3000)
+    _write_docs(PYCODE / "test.jsonl", folder / "test.jsonl", 6, 3000)
+    return folder
+
+
+def lm_recipe_head(name: str, data: Path, block: int = 64) -> str:
+    """A causal-LM recipe: the pycode slice, a BPE tokenizer trained on it, and a tiny LLaMA teacher pre-trained for
+    a few dozen steps (the first stage)."""
+    return f"""
+name: {name}
+seed: 0
+task: causal_lm
+data:
+  format: jsonl
+  train: {data}/train.jsonl
+  dev: {data}/dev.jsonl
+  test: {data}/test.jsonl
+  max_length: {block}
+  tokenizer: {{vocab_size: 512}}
+teacher:
+  llama: {{layers: 2, hidden: 64, heads: 4, kv_heads: 2, ffn: 128, positions: 256}}
+stages:
+  - stage: finetune
+    max_steps: 60
+    batch_size: 16
+    lr: 5.0e-3
+    eval_every: 30
+"""

@@ -54,7 +54,12 @@ def read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
     return rows
 
 
-_LINE = "\0line"  # the file line of a row, for error messages (not a possible column name)
+_LINE = "\0line"
+
+
+def _short(name: str, limit: int = 60) -> str:
+    """A column name as an error shows it (a whole line read as a header is cut)."""
+    return name if len(name) <= limit else name[:limit] + "..."  # the file line of a row, for error messages (not a possible column name)
 
 
 def extract(rows: list[dict[str, Any]], cfg: DataConfig, path: Path) -> tuple[list[str], list[str] | None, list[Any]]:
@@ -64,7 +69,7 @@ def extract(rows: list[dict[str, Any]], cfg: DataConfig, path: Path) -> tuple[li
     wanted = [c for c in (cols.text, cols.text_pair, cols.label) if c]
     missing = [c for c in wanted if c not in rows[0]]
     if missing:
-        have = ", ".join(str(k) for k in rows[0] if k != _LINE)
+        have = ", ".join(_short(str(k)) for k in rows[0] if k != _LINE)
         raise DataError(
             f"data file {path} has no column {', '.join(map(repr, missing))} (it has: {have}). "
             "Set data.columns.text / data.columns.label to the right names."

@@ -32,8 +32,9 @@ def run(artifacts: Artifacts, config: TeacherConfig, ctx: Context) -> Artifacts:
     data_config = ctx.recipe.data
     family = family_of_source(config.source, data_config.modality, "teacher")
     tokenizer = _trained_tokenizer(ctx) if data_config.tokenizer is not None else None
-    num_labels, in_channels = (len(tokenizer) if tokenizer is not None else 0, None) if (
-        data_config.modality == "lm") else ctx.label_info()  # fmt: skip
+    num_labels, in_channels = ctx.label_info()
+    if tokenizer is not None:  # a model built from scratch: one output per token of the trained vocabulary
+        num_labels = len(tokenizer)
     torch.manual_seed(ctx.seed)
     model = family.build(config.source, num_labels=num_labels, in_channels=in_channels, base_dir=ctx.base_dir,
                          tokenizer=tokenizer)  # fmt: skip

@@ -14,6 +14,9 @@ RUNS = {
     "search:diswot": "search",
     "prune:dphubert": "prune (dphubert)",
     "prune:torch_pruning": "prune (torch_pruning)",
+    "quantize:qat": "quantize (qat)",
+    "quantize:ptq": "quantize (ptq)",
+    "export": "export",
 }
 RECIPE = (
     digits_recipe_head("cnn-family").replace("epochs: 3", "epochs: 2")

@@ -1,0 +1,153 @@
+"""The decoder family end to end on a pycode slice: a BPE tokenizer trained by the recipe, a tiny LLaMA teacher
+pre-trained from scratch, a student sliced from it and distilled with each sequence loss; students and bad
+inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import pipeline
+from compress.errors import CompressError, ModelError
+from compress.families import FAMILIES, family_of, load
+from compress.models.decoder import DecoderStudentSpec, LlamaSpec, build_decoder_student, build_llama, decoder_layers
+from tests.conftest import lm_recipe_head, minilm_path, write_recipe
+
+DISTILL = """  - stage: distill
+    student: {{decoder: {{layers: 1}}}}
+    max_steps: 24
+    batch_size: 16
+    lr: 5.0e-3
+    eval_every: 12
+    losses:
+      - {{name: {loss}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def lm_run(pycode_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> pipeline.RunResult:
+    folder = tmp_path_factory.mktemp("lm")
+    text = lm_recipe_head("tiny-lm", pycode_slice) + DISTILL.format(loss="taid")
+    return pipeline.run(write_recipe(folder, text), folder / "out")
+
+
+def test_a_teacher_trained_from_scratch_and_a_distilled_student(lm_run: pipeline.RunResult) -> None:
+    arts = lm_run.artifacts
+    teacher, student = arts["teacher"], arts["student"]
+    history = teacher.info["training"]["history"]
+    assert teacher.info["training"]["last_loss"] < teacher.info["training"]["first_loss"] - 0.5  # it learns
+    assert history[-1]["dev_perplexity"] < history[0]["dev_perplexity"]
+    assert 1 < teacher.metrics["perplexity"] < 512 and teacher.metrics["tokens"] > 100
+    assert 0 < teacher.metrics["next_token_accuracy"] < 1
+    assert student.params < teacher.params and student.metrics["perplexity"] < 512
+    assert student.info["training"]["last_loss"] < student.info["training"]["first_loss"]
+    model = load(student.path)
+    assert family_of(model).name == "decoder" and model.features == ["model.layers.0"]
+    assert (student.path / "tokenizer.json").is_file()  # the student ships the tokenizer it was trained with
+    report = json.loads((lm_run.out_dir / "report.json").read_text())
+    assert "test ppl" in (lm_run.out_dir / "report.md").read_text() and report["artifacts"]
+
+
+@pytest.mark.parametrize("loss", ["fkl", "rkl", "skl", "srkl", "jsd"])
+def test_every_sequence_loss_distils_and_its_loss_falls(
+    loss: str, lm_run: pipeline.RunResult, pycode_slice: Path, tmp_path: Path
+) -> None:
+    text = lm_recipe_head("tiny-lm", pycode_slice) + DISTILL.format(loss=loss)
+    result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    training = result.artifacts["student"].info["training"]
+    assert training["last_loss"] < training["first_loss"]
+    assert result.artifacts["student"].metrics["perplexity"] < 512
+
+
+def test_gradients_reach_the_student_only(lm_run: pipeline.RunResult) -> None:
+    from compress.losses import build_terms
+    from compress.losses.sequence import TaidConfig
+    from compress.training.distillation import distillation_step
+
+    teacher, student = load(lm_run.artifacts["teacher"].path), load(lm_run.artifacts["student"].path)
+    teacher.module.requires_grad_(False)
+    batch = {"input_ids": torch.randint(0, 500, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    batch["labels"] = torch.roll(batch["input_ids"], -1, 1)
+    terms = build_terms([TaidConfig(name="taid")], student, teacher, batch)
+    loss, _ = distillation_step(student, teacher, terms, ["loss_taid"])(batch)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.module.parameters())
+    assert all(p.grad is not None for p in student.module.parameters() if p.requires_grad)
+
+
+def test_students_are_sliced_from_the_teacher() -> None:
+    torch.manual_seed(0)
+    teacher = build_llama(LlamaSpec(layers=4, hidden=32, heads=4, kv_heads=2, ffn=64, positions=64), 100, 1, 0)
+    same = build_decoder_student(teacher, DecoderStudentSpec(layers=2))
+    t_layers, s_layers = decoder_layers(teacher), decoder_layers(same)
+    assert len(s_layers) == 2  # evenly spaced: teacher layers 1 and 3
+    assert torch.equal(s_layers[0].mlp.up_proj.weight, t_layers[1].mlp.up_proj.weight)
+    assert torch.equal(s_layers[1].self_attn.k_proj.weight, t_layers[3].self_attn.k_proj.weight)
+    assert torch.equal(same.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    narrow = build_decoder_student(teacher, DecoderStudentSpec(layers=2, heads=2, kv_heads=1, ffn=32))
+    assert narrow.config.num_key_value_heads == 1 and decoder_layers(narrow)[0].mlp.up_proj.out_features == 32
+    assert torch.equal(narrow.model.embed_tokens.weight, teacher.model.embed_tokens.weight)  # same width: copied
+    with pytest.raises(ModelError, match=r"heads=4 is not a multiple of kv_heads=3"):
+        build_decoder_student(teacher, DecoderStudentSpec(layers=1, kv_heads=3))
+    with pytest.raises(ModelError, match=r"init_from_layers=\[7\] must list 1 teacher layers in 0..3"):
+        build_decoder_student(teacher, DecoderStudentSpec(layers=1, init_from_layers=[7]))
+
+
+def test_the_family_contract_for_decoders() -> None:
+    family = FAMILIES.get("decoder")
+    assert family.modality == "lm" and family.supports("hidden_states", "hf")
+    assert not family.supports("export") and not family.supports("moefy")
+
+
+# ---- bad input: each a clear error before any training ----------------------------------------------------------
+def _fails(tmp_path: Path, text: str, match: str) -> None:
+    recipe = write_recipe(tmp_path, text)
+    with pytest.raises(CompressError, match=match):
+        pipeline.run(recipe, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("stage-*")) if (tmp_path / "out").exists() else True
+
+
+def test_a_decoder_in_a_classification_recipe_and_the_reverse(
+    tmp_path: Path, pycode_slice: Path, sst2_slice: Path
+) -> None:
+    llama_text = lm_recipe_head("x", pycode_slice).replace("task: causal_lm\n", "")
+    _fails(tmp_path, llama_text, r"teacher.llama builds a causal language model; it needs `task: causal_lm`")
+    folder = tmp_path / "decoder"
+    build_llama(LlamaSpec(layers=1, hidden=32, heads=2, ffn=32), 300, 1, 0).save_pretrained(folder)
+    sst = f"""
+name: x
+data: {{format: tsv, train: {sst2_slice}/train.tsv}}
+teacher: {{hf: {folder}}}
+stages: [{{stage: finetune, max_steps: 1}}]
+"""
+    _fails(tmp_path, sst, r"is a causal language model; a classification recipe needs an encoder .* `task: causal_lm`")
+    encoder = lm_recipe_head("x", pycode_slice).replace(
+        "  llama: {layers: 2, hidden: 64, heads: 4, kv_heads: 2, ffn: 128, positions: 256}",
+        f"  hf: {minilm_path()}").replace("  tokenizer: {vocab_size: 512}\n", "")  # fmt: skip
+    _fails(tmp_path, encoder, r"is a bidirectional encoder, not a causal language model")
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_names_both_sizes(tmp_path: Path, pycode_slice: Path) -> None:
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "decoder"
+    build_llama(LlamaSpec(layers=1, hidden=32, heads=2, ffn=32), 300, 1, 0).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)  # 30522 tokens for a 300-token model
+    text = lm_recipe_head("x", pycode_slice).replace(
+        "  llama: {layers: 2, hidden: 64, heads: 4, kv_heads: 2, ffn: 128, positions: 256}",
+        f"  hf: {folder}").replace("  tokenizer: {vocab_size: 512}\n", "")  # fmt: skip
+    _fails(tmp_path, text, r"the tokenizer has 30522 tokens but the model's vocabulary has 300")
+
+
+def test_a_block_longer_than_the_positions_and_unsupported_stages(tmp_path: Path, pycode_slice: Path) -> None:
+    long = lm_recipe_head("x", pycode_slice, block=512)
+    _fails(tmp_path, long, r"data.max_length: 512 tokens, but the teacher has 256 positions")
+    export = lm_recipe_head("x", pycode_slice) + "  - stage: export\n"
+    _fails(tmp_path, export, r"stages\[1\]: export does not apply to this teacher .*decoder family")
+    bert = lm_recipe_head("x", pycode_slice) + "  - stage: distill\n    student: {bert: {layers: 1}}\n"
+    _fails(tmp_path, bert, r"stages\[1\].student.bert: `bert` students are built from a Hugging Face BERT-family")
+    no_tok = lm_recipe_head("x", pycode_slice).replace("  tokenizer: {vocab_size: 512}\n", "")
+    _fails(tmp_path, no_tok, r"teacher.llama is built from scratch and needs a tokenizer: set data.tokenizer")
