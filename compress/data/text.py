@@ -54,12 +54,12 @@ def read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
     return rows
 
 
-_LINE = "\0line"
+_LINE = "\0line"  # the file line of a row, for error messages (not a possible column name)
 
 
 def _short(name: str, limit: int = 60) -> str:
     """A column name as an error shows it (a whole line read as a header is cut)."""
-    return name if len(name) <= limit else name[:limit] + "..."  # the file line of a row, for error messages (not a possible column name)
+    return name if len(name) <= limit else name[:limit] + "..."
 
 
 def extract(rows: list[dict[str, Any]], cfg: DataConfig, path: Path) -> tuple[list[str], list[str] | None, list[Any]]:
