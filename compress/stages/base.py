@@ -119,6 +119,8 @@ def save_model_artifact(
             "first_loss": result.first_loss,
             "last_loss": result.last_loss,
             "history": result.history,
+            "checkpoints": result.checkpoints,
+            "checkpoint_seconds": round(result.checkpoint_seconds, 4),
         }
     art = Artifact(name, "model", folder, stage, parent=parent, params=model.num_params(), metrics=metrics, info=info)
     return art.finalize()

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,6 +36,8 @@ class TrainResult:
     first_loss: float = math.nan
     last_loss: float = math.nan
     dev_metric: str = "accuracy"  # accuracy (higher is better) or perplexity (lower is better)
+    checkpoint_seconds: float = 0.0  # time spent writing training checkpoints (this run, not a resumed one's)
+    checkpoints: int = 0
 
 
 def total_steps(schedule: TrainSchedule, n_train: int) -> int:
@@ -259,7 +262,7 @@ def train(
                         best_state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
                 if every and step % every == 0 and step < steps and engine.is_main:
                     result.seconds = time.perf_counter() - start
-                    checkpoint.save(folder / "checkpoint.pt", snapshot(done=False))  # type: ignore[operator]
+                    _timed_save(result, folder / "checkpoint.pt", snapshot(done=False))  # type: ignore[operator]
                 if step >= steps:
                     break
             else:
@@ -272,8 +275,16 @@ def train(
         model.module.load_state_dict(best_state)
     if every and engine.is_main:  # the finished phase: a re-run of the stage skips it
         best_state = None
-        checkpoint.save(folder / "checkpoint.pt", snapshot(done=True))  # type: ignore[operator]
+        _timed_save(result, folder / "checkpoint.pt", snapshot(done=True))  # type: ignore[operator]
     return _finish(model, result, extra, label, engine)
+
+
+def _timed_save(result: TrainResult, path: Path, state: dict) -> None:
+    """Write a checkpoint, counting the time it takes (the benchmark's checkpoint overhead)."""
+    started = time.perf_counter()
+    checkpoint.save(path, state)
+    result.checkpoint_seconds += time.perf_counter() - started
+    result.checkpoints += 1
 
 
 def _finish(model: TaskModel, result: TrainResult, extra: nn.Module | None, label: str, engine: Engine) -> TrainResult:
