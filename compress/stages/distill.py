@@ -14,6 +14,7 @@ from compress.artifacts import Artifact, Artifacts
 from compress.config import ArtifactName, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import DataBundle
+from compress.errors import StageError
 from compress.families import family_of, family_of_source, source_where
 from compress.fileio import default_mode, sha256_json
 from compress.losses import LossConfig, build_terms, loss_config_union
@@ -24,6 +25,7 @@ from compress.stages.base import StageConfig, register_stage, require, save_mode
 from compress.training.distillation import distillation_step
 from compress.training.evaluate import predict_logits
 from compress.training.loop import total_steps, train
+from compress.training.teacher_cache import TopKCache, top_k_logprobs
 
 log = logging.getLogger("compress")
 if TYPE_CHECKING:
@@ -51,7 +53,14 @@ class DistillConfig(StageConfig, TrainSchedule):
     cache_teacher_outputs: bool = Field(
         True,
         description="Compute the teacher's logits on the training split once and cache them on disk "
-        "(only when every loss needs just the teacher's logits: inputs are not augmented).",
+        "(only when every loss needs just the teacher's logits: inputs are not augmented). Causal LMs cache "
+        "the top `teacher_top_k` log-probabilities per token.",
+    )
+    teacher_top_k: int = Field(
+        32,
+        gt=0,
+        description="Causal LMs: tokens per position the teacher cache keeps (their exact probabilities; the mass "
+        "left over is spread over the other tokens). The report gives the mass kept. At most the vocabulary.",
     )
     output: ArtifactName = Field("student", description="Name of the produced model artifact.")
 
@@ -87,6 +96,31 @@ def _cached_teacher_logits(
     return logits
 
 
+def _cached_teacher_top_k(
+    teacher: TaskModel, source: Artifact, data: DataBundle, ctx: Context, config: DistillConfig
+) -> TopKCache:
+    """The causal-LM teacher's top-k log-probabilities on the training split, computed shard-wise once and cached."""
+    k = config.teacher_top_k
+    key = sha256_json([source.sha256, data.fingerprint, len(data.train), k, "train-top-k"])[:24]
+    path = ctx.cache_dir / "teacher-top-k" / f"{key}.safetensors"
+    if ctx.engine.broadcast_object(path.is_file()):
+        log.info("teacher top-%d: cache hit %s", k, path.name)
+        saved = load_file(str(path))
+        return TopKCache(saved["ids"], saved["logprobs"], int(saved["vocab"]))
+    teacher.module.to(ctx.engine.device)
+    with ctx.engine.autocast(ctx.engine.teacher_precision):
+        cache = top_k_logprobs(teacher, data.train, k, config.eval_batch_size, ctx.engine,
+                               f"teacher top-{k} (cached once)")  # fmt: skip
+    if ctx.engine.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+        save_file({"ids": cache.ids.contiguous(), "logprobs": cache.logprobs.contiguous(),
+                   "vocab": torch.tensor(cache.vocab)}, str(tmp))  # fmt: skip
+        default_mode(tmp)
+        tmp.replace(path)
+    return cache
+
+
 @register_stage("distill", DistillConfig)
 def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
     require(artifacts, "teacher", "distill")
@@ -107,16 +141,25 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         require(artifacts, "student", "distill")
         student = ctx.load_model(artifacts["student"])
         family = family_of(student)
+    if data.train.task == "causal_lm" and config.cache_teacher_outputs and config.teacher_top_k > data.num_labels:
+        raise StageError(f"distill.teacher_top_k: {config.teacher_top_k} is more than the teacher's vocabulary "
+                         f"({data.num_labels} tokens); give at most {data.num_labels}.")  # fmt: skip
     teacher.module.eval().requires_grad_(False)
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
     where = "distill.student" if config.student is None else source_where("distill.student", config.student)
     family.check_student(student, lambda: probe, where)
     terms = build_terms(config.losses, student, teacher, probe)
-    cached = None
-    if data.train.task != "classification" and config.cache_teacher_outputs:
-        log.info("distill: the teacher runs every step (full next-token logits are too large to cache)")
-    elif config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
-        cached = _cached_teacher_logits(teacher, artifacts["teacher"], data, ctx, config.eval_batch_size)
+    cached: torch.Tensor | TopKCache | None = None
+    cache_info: dict = {}
+    if config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
+        if data.train.task == "causal_lm":
+            cached = _cached_teacher_top_k(teacher, artifacts["teacher"], data, ctx, config)
+            lengths = [len(b) for b in data.train.features]
+            cache_info = {"top_k": cached.k, "vocabulary": cached.vocab, "mass_kept": cached.mass_kept(lengths)}
+            log.info("teacher cache: top %d of %d tokens per position keep %.2f%% of the probability mass", cached.k,
+                     cached.vocab, 100 * cache_info["mass_kept"])  # fmt: skip
+        else:
+            cached = _cached_teacher_logits(teacher, artifacts["teacher"], data, ctx, config.eval_batch_size)
     log.info(
         "distill: teacher %d params -> student %d params; losses %s; teacher %s",
         teacher.num_params(),
@@ -140,4 +183,6 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         log.info("distill: TAID ended at t = %.4f", term.interpolation())  # type: ignore[operator]
     art = save_model_artifact(student, config.output, ctx, "distill", "teacher", data, config.eval_batch_size, result)
     art.info["losses"] = [c.model_dump() for c in config.losses]
+    if cache_info:
+        art.info["teacher_cache"] = cache_info
     return {config.output: art}

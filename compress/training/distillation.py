@@ -12,6 +12,7 @@ from compress.losses.terms import Captured, LossTerm
 from compress.models.task_model import TaskModel
 from compress.training.engine import Engine
 from compress.training.loop import StepLoss
+from compress.training.teacher_cache import TopKCache
 
 
 def _placed(model: TaskModel) -> bool:
@@ -26,16 +27,18 @@ def distillation_step(
     teacher: TaskModel,
     terms: list[LossTerm],
     names: list[str],
-    cached_teacher_logits: torch.Tensor | None = None,
+    cached_teacher_logits: torch.Tensor | TopKCache | None = None,
     engine: Engine | None = None,
 ) -> StepLoss:
     """The step loss ``sum_i w_i * term_i(student, teacher)``; parts reported under ``names``. With cached teacher
-    logits (indexed by the batch's ``index``) the teacher does not run. With an engine, the teacher runs on its
-    device at its teacher precision (the student's autocast is the caller's)."""
+    logits (indexed by the batch's ``index``; a causal LM's as top-k log-probabilities, see `teacher_cache.py`)
+    the teacher does not run. With an engine, the teacher runs on its device at its teacher precision (the
+    student's autocast is the caller's)."""
+    device = engine.device if engine is not None else torch.device("cpu")
     if engine is not None:
         if not _placed(teacher):
             teacher.module.to(engine.device)
-        if cached_teacher_logits is not None:
+        if isinstance(cached_teacher_logits, torch.Tensor):
             cached_teacher_logits = cached_teacher_logits.to(engine.device)
     teacher_autocast = (lambda: engine.autocast(engine.teacher_precision)) if engine is not None else nullcontext
     s_paths = sorted({p for t in terms for p in t.student_paths})
@@ -44,7 +47,9 @@ def distillation_step(
     def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         with FeatureTaps(student.module, s_paths) as s_feats:
             s = Captured(student.logits(batch), s_feats)
-        if cached_teacher_logits is not None:
+        if isinstance(cached_teacher_logits, TopKCache):
+            t = Captured(cached_teacher_logits.dense(batch["index"].cpu(), batch["input_ids"].shape[1], device))
+        elif cached_teacher_logits is not None:
             t = Captured(cached_teacher_logits[batch["index"].to(cached_teacher_logits.device)])
         else:
             with torch.no_grad(), teacher_autocast(), FeatureTaps(teacher.module, t_paths) as t_feats:
