@@ -49,6 +49,9 @@ def check_chain(recipe: Recipe) -> None:
         if student is not None and student.decoder is not None and unsupported("student:decoder"):
             problems.append(f"{key}.student.decoder: `decoder` students are sliced from a causal-LM teacher "
                             f"(`task: causal_lm`); {member} is not one. Use `bert`, `cnn` or `python`.")  # fmt: skip
+        if getattr(stage, "student_data", None) is not None and recipe.data.modality != "lm":
+            problems.append(f"{key}.student_data: student-generated sequences are for causal LMs (`task: "
+                            "causal_lm`); remove it.")  # fmt: skip
         if stage.stage == "export" and unsupported("export"):
             problems.append(f"{key}: export does not apply to {member} yet (no exporter for it); leave the stage "
                             "out and use the PyTorch model.")  # fmt: skip

@@ -23,8 +23,9 @@ from compress.models.source import ModelSource
 from compress.models.task_model import TaskModel
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
-from compress.training.evaluate import predict_logits
+from compress.training.evaluate import predict_logits, selection_metric
 from compress.training.loop import total_steps, train
+from compress.training.student_data import StudentData, StudentDataConfig
 from compress.training.teacher_cache import TopKCache, top_k_logprobs
 
 log = logging.getLogger("compress")
@@ -61,6 +62,11 @@ class DistillConfig(StageConfig, TrainSchedule):
         gt=0,
         description="Causal LMs: tokens per position the teacher cache keeps (their exact probabilities; the mass "
         "left over is spread over the other tokens). The report gives the mass kept. At most the vocabulary.",
+    )
+    student_data: StudentDataConfig | None = Field(
+        None,
+        description="Causal LMs: train some steps on the student's own continuations, scored by the teacher (GKD's "
+        "on-policy batches, or DistiLLM's adaptive replay buffer).",
     )
     output: ArtifactName = Field("student", description="Name of the produced model artifact.")
 
@@ -168,7 +174,11 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         "logits cached" if cached is not None else "run every step",
     )
 
-    step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in config.losses], cached, ctx.engine)
+    generated = None
+    if config.student_data is not None:
+        generated = StudentData(config.student_data, student.module, data.train.pad_id, ctx.recipe.data.max_length)
+    step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in config.losses], cached, ctx.engine,
+                             generated)  # fmt: skip
     extra = torch.nn.ModuleList(terms)  # regressors of hint losses train with the student
     steps = total_steps(config, len(data.train))
     scheduled = [t for t in terms if hasattr(t, "advance")]  # TAID's interpolation schedule
@@ -177,12 +187,17 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         for term in scheduled:
             term.advance(n, steps)  # type: ignore[operator]
 
+    higher = selection_metric(data.dev)[1]
     result = train(student, step, data.train, data.dev, config, session=ctx.session(), extra=extra, label="distill",
-                   on_step=on_step if scheduled else None)  # fmt: skip
+                   on_step=on_step if scheduled else None,
+                   on_eval=(lambda v: generated.observe(v, higher)) if generated is not None else None)  # fmt: skip
     for term in scheduled:
         log.info("distill: TAID ended at t = %.4f", term.interpolation())  # type: ignore[operator]
     art = save_model_artifact(student, config.output, ctx, "distill", "teacher", data, config.eval_batch_size, result)
     art.info["losses"] = [c.model_dump() for c in config.losses]
     if cache_info:
         art.info["teacher_cache"] = cache_info
+    if generated is not None:
+        art.info["student_data"] = generated.summary()
+        log.info("distill: student data %s", generated.summary())
     return {config.output: art}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -29,11 +30,13 @@ def distillation_step(
     names: list[str],
     cached_teacher_logits: torch.Tensor | TopKCache | None = None,
     engine: Engine | None = None,
+    student_data: Callable[[Batch], Batch] | None = None,
 ) -> StepLoss:
     """The step loss ``sum_i w_i * term_i(student, teacher)``; parts reported under ``names``. With cached teacher
     logits (indexed by the batch's ``index``; a causal LM's as top-k log-probabilities, see `teacher_cache.py`)
     the teacher does not run. With an engine, the teacher runs on its device at its teacher precision (the
-    student's autocast is the caller's)."""
+    student's autocast is the caller's). ``student_data`` may replace a batch by student-generated sequences
+    (`student_data.py`); the teacher then scores them live, whatever the cache."""
     device = engine.device if engine is not None else torch.device("cpu")
     if engine is not None:
         if not _placed(teacher):
@@ -45,9 +48,14 @@ def distillation_step(
     t_paths = sorted({p for t in terms for p in t.teacher_paths})
 
     def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        if student_data is not None:
+            batch = student_data(batch)
         with FeatureTaps(student.module, s_paths) as s_feats:
             s = Captured(student.logits(batch), s_feats)
-        if isinstance(cached_teacher_logits, TopKCache):
+        if "generated" in batch:  # student-generated sequences: nothing cached for them
+            with torch.no_grad(), teacher_autocast(), FeatureTaps(teacher.module, t_paths) as t_feats:
+                t = Captured(teacher.logits(batch).float(), dict(t_feats))
+        elif isinstance(cached_teacher_logits, TopKCache):
             t = Captured(cached_teacher_logits.dense(batch["index"].cpu(), batch["input_ids"].shape[1], device))
         elif cached_teacher_logits is not None:
             t = Captured(cached_teacher_logits[batch["index"].to(cached_teacher_logits.device)])

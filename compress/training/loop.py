@@ -118,13 +118,15 @@ def train(
     extra_optimizers: tuple[torch.optim.Optimizer, ...] = (),
     select_best: bool = True,
     on_step: Callable[[int], None] | None = None,
+    on_eval: Callable[[float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (and ``extra``, e.g. loss regressors) on ``step_loss``; keep the best dev checkpoint.
 
     ``extra_optimizers`` step with the main one on the same loss (e.g. pruning masks at their own learning rate,
     Lagrange multipliers by gradient ascent); ``select_best=False`` keeps the last state (a pruning run must
     end where its size target is met, not at its best early checkpoint). ``on_step(n)`` is called once ``n``
-    optimiser steps are done (and with the step a resumed run starts from).
+    optimiser steps are done (and with the step a resumed run starts from); ``on_eval(value)`` after each dev
+    evaluation with the dev metric.
 
     Under several processes each runs its share of every global batch (``schedule.batch_size``) through
     DistributedDataParallel; the loss of each micro-batch is weighted by its share of the global batch, so the
@@ -256,6 +258,8 @@ def train(
                         dev = evaluate(model, dev_split, schedule.eval_batch_size, engine)
                     result.history.append({"step": step, "loss": running, f"dev_{metric}": dev, **parts})
                     log.info("%s step %d/%d: loss %.4f, dev %s %.4f", label, step, steps, running, metric, dev)
+                    if on_eval is not None:
+                        on_eval(dev)
                     better = dev > result.best_dev if higher else dev < result.best_dev
                     if better or not select_best:
                         result.best_dev, result.best_step = dev, step
