@@ -35,7 +35,8 @@ def test_on_policy_batches_are_the_student_s_continuations(student: torch.nn.Mod
     assert out["input_ids"].shape == (3, 10) and "generated" in out
     assert torch.equal(out["input_ids"][:, :4], batch["input_ids"][:, :4])  # the prompts are kept
     assert int(out["input_ids"].max()) < VOCAB and bool(out["attention_mask"].all())
-    assert out["labels"][:, :-1].tolist() == out["input_ids"][:, 1:].tolist() and bool((out["labels"][:, -1] == -100).all())
+    assert out["labels"][:, :-1].tolist() == out["input_ids"][:, 1:].tolist()
+    assert bool((out["labels"][:, -1] == -100).all())
     assert student.training  # generation leaves the training mode as it was
     never = StudentData(StudentDataConfig(fraction=0.0), student, pad_id=1, block=16)
     assert never(batch) is batch
@@ -89,5 +90,5 @@ stages:
     student: {cnn: {widths: [4]}}
     student_data: {fraction: 0.5}
 """
-    with pytest.raises(CompressError, match=r"stages\[0\].student_data: student-generated sequences are for causal LMs"):
+    with pytest.raises(CompressError, match=r"stages\[0\].student_data: student-generated sequences are for causal"):
         pipeline.validate(write_recipe(tmp_path, text))
