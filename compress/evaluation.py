@@ -4,7 +4,9 @@ ONNX export against the PyTorch model, and an ONNX file's artifact with its test
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,3 +90,97 @@ def onnx_artifact(
     art = Artifact(name, "onnx", path, stage, parent=parent, precision=precision, params=params, metrics=metrics)
     log.info("%s: accuracy %.4f (onnxruntime, test split)", name, metrics["accuracy"])
     return art.finalize(), logits
+
+
+# ---- causal LMs: a KV-cache graph measured on its runtime -------------------------------------------------------
+class GenerationCheck(Strict):
+    """What `export` checks and shows of a causal LM's graph: decode-step parity and greedy completions."""
+
+    parity_steps: int = Field(8, gt=0, le=256, description="Greedy decode steps compared with PyTorch (parity).")
+    prompts: list[str] = Field(
+        default_factory=lambda: ["def ", "import ", "class "],
+        min_length=1,
+        description="Prompts whose greedy completions the report prints (what the deployed model writes).",
+    )
+    new_tokens: int = Field(32, gt=0, le=1024, description="Tokens generated per prompt.")
+
+
+def decoder_runner(runtime: str, path: Path, module: torch.nn.Module) -> Any:
+    """A `CachedDecoder` over ``path`` on ``runtime`` (the cache shape read from ``module``'s config)."""
+    from compress.exporters.decoder import CachedDecoder, cache_shape
+
+    return CachedDecoder(predictor(runtime, path).outputs, *cache_shape(module))
+
+
+def decoder_parity(
+    model: TaskModel, path: Path, split: Split, cfg: ParityConfig, steps: int, name: str
+) -> dict[str, float]:
+    """The graph against PyTorch over a prompt (the start of the first test blocks) and ``steps`` greedy decode
+    steps through the KV cache: max abs logit difference and top-1 agreement of every step."""
+    runner = decoder_runner("onnxruntime", path, model.module)
+    diffs, agree = [], []
+    model.module.eval()
+    for block in split.features[: max(1, min(4, cfg.samples))]:
+        prompt = list(block[: max(1, min(32, len(block) - 1))])
+        tokens, logits = runner.greedy(prompt, steps)
+        seq = prompt + tokens
+        with torch.no_grad():
+            ref = model.module(input_ids=torch.tensor([seq])).logits[0].float().numpy()  # type: ignore[operator]
+        want = ref[len(prompt) - 1 :]  # the logits that chose each generated token, and the last one
+        got = np.stack(logits)
+        diffs.append(float(np.abs(got - want).max()))
+        agree.append(float((got.argmax(-1) == want.argmax(-1)).mean()))
+    diff, top1 = max(diffs), float(np.mean(agree))
+    if diff > cfg.max_abs_diff or top1 < cfg.min_top1_agreement:
+        raise ExportError(
+            f"ONNX export of {name!r} does not match PyTorch over a prompt and {steps} cached decode steps: max abs "
+            f"diff {diff:.2e} (allowed {cfg.max_abs_diff:.0e}), top-1 agreement {top1:.3f} (needed "
+            f"{cfg.min_top1_agreement}). Raise export.parity thresholds only if you accept the difference."
+        )
+    return {"parity_max_abs_diff": diff, "parity_top1_agreement": top1, "parity_decode_steps": float(steps)}
+
+
+def decoder_metrics(
+    runtime: str, path: Path, module: torch.nn.Module, split: Split, batch_size: int, label: str,
+    teacher: TaskModel | None = None,
+) -> tuple[dict[str, float], np.ndarray]:  # fmt: skip
+    """Perplexity, next-token accuracy and (with ``teacher``) top-1 agreement with the teacher's PyTorch model, of
+    the graph on ``runtime`` over every predicted token of ``split`` (prefill with an empty cache). Also the
+    argmax token of every counted position, to compare artifacts with each other."""
+    runner = decoder_runner(runtime, path, module)
+    nll, correct, agree, count = 0.0, 0, 0, 0
+    picks = []
+    loader = split.loader(batch_size)
+    with progress(label, len(loader)) as bar:
+        for batch in loader:
+            ids, mask, labels = (batch[k].numpy() for k in ("input_ids", "attention_mask", "labels"))
+            logits, _ = runner.forward(ids, mask, runner.empty(ids.shape[0]))
+            keep = labels != -100
+            z = torch.from_numpy(logits[keep]).float()
+            y = torch.from_numpy(labels[keep])
+            nll += float(torch.nn.functional.cross_entropy(z, y, reduction="sum"))
+            top = z.argmax(-1)
+            correct += int((top == y).sum())
+            picks.append(top.numpy())
+            if teacher is not None:
+                with torch.no_grad():
+                    t = teacher.logits({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+                agree += int((t[torch.from_numpy(keep)].argmax(-1) == top).sum())
+            count += int(keep.sum())
+            bar.advance()
+    n = max(count, 1)
+    metrics = {"perplexity": math.exp(min(nll / n, 50.0)), "nll": nll / n, "next_token_accuracy": correct / n,
+               "tokens": float(count)}  # fmt: skip
+    if teacher is not None:
+        metrics["top1_agreement_with_teacher"] = agree / n
+    return metrics, np.concatenate(picks) if picks else np.zeros(0, np.int64)
+
+
+def completions(runner: Any, tokenizer: Any, cfg: GenerationCheck) -> list[dict[str, str]]:
+    """Greedy completions of the fixed prompts by the graph (what a person reads to judge the model)."""
+    out = []
+    for prompt in cfg.prompts:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        tokens, _ = runner.greedy(list(ids), cfg.new_tokens)
+        out.append({"prompt": prompt, "completion": tokenizer.decode(tokens)})
+    return out

@@ -61,6 +61,7 @@ class Family(ABC):
     kinds: ClassVar[tuple[Kind, ...]]  # the source kinds that build members of this family
     capabilities: ClassVar[dict[str, tuple[str, ...]]] = {}  # capability -> the kinds that have it
     space_kind: ClassVar[str | None] = None  # the kind of search space its teachers take (`search.space.kind`)
+    onnx_graph: ClassVar[str] = "logits"  # what `export` writes: inputs -> logits, or `kv_cache` (causal LMs)
 
     # ---- membership and building --------------------------------------------------------------------------
     @classmethod

@@ -34,7 +34,9 @@ class DecoderFamily(Family):
     summary = "causal (decoder) language models"
     kinds = ("hf",)
     space_kind = None
+    onnx_graph = "kv_cache"
     capabilities = {
+        "export": HF,
         "hidden_states": HF,
         "student:decoder": HF,
         "gradient_checkpointing": HF,

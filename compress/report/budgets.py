@@ -27,6 +27,19 @@ class Budget(Strict):
         description="Largest allowed test-accuracy loss in points against the teacher's fp32 ONNX "
         "(or the teacher model when it was not exported).",
     )
+    tokens_per_s: float | None = Field(
+        None, gt=0, description="Causal LMs: smallest allowed decode speed (tokens per second at the p50 per-token "
+        "latency, `profile.generation`).",
+    )  # fmt: skip
+    ttft_ms: float | None = Field(
+        None, gt=0, description="Causal LMs: largest allowed median time to first token (prefill of the prompt, ms)."
+    )
+    perplexity_increase: float | None = Field(
+        None,
+        ge=0,
+        description="Causal LMs: largest allowed test-perplexity increase in percent against the teacher's fp32 "
+        "ONNX (or the teacher model when it was not exported).",
+    )
     artifacts: list[str] | None = Field(
         None,
         min_length=1,
@@ -37,6 +50,7 @@ class Budget(Strict):
 
 
 FORMAT_OF_KIND = {"onnx": "onnx", "pte": "executorch"}
+AT_LEAST = {"tokens_per_s"}  # limits that are minimums; every other is a maximum
 
 
 def _selected(budget: Budget, rows: list[dict[str, Any]], fmt: str | None) -> list[dict[str, Any]]:
@@ -56,6 +70,16 @@ def _teacher_accuracy(rows: list[dict[str, Any]]) -> float | None:
     return None
 
 
+def reference_perplexity(rows: list[dict[str, Any]]) -> float | None:
+    """The teacher's perplexity (its fp32 ONNX, else its PyTorch model): what causal-LM artifacts compare with."""
+    by_name = {r["name"]: r for r in rows}
+    for name in ("teacher.onnx", "teacher"):
+        value = by_name.get(name, {}).get("metrics", {}).get("perplexity")
+        if value is not None:
+            return float(value)
+    return None
+
+
 def evaluate(
     report: dict[str, Any], budgets: dict[str, Budget], formats: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
@@ -68,6 +92,7 @@ def evaluate(
     """
     rows = report["artifacts"]
     teacher_acc = _teacher_accuracy(rows)
+    teacher_ppl = reference_perplexity(rows)
     checks: list[dict[str, Any]] = []
     for device, budget in budgets.items():
         fmt = (formats or {}).get(device)
@@ -83,17 +108,22 @@ def evaluate(
                 continue  # the device's runtime cannot read this file (e.g. onnxruntime-only operators)
             lat = row["latency"].get(device, {})
             acc = row["metrics"].get("accuracy")
+            ppl = row["metrics"].get("perplexity")
             measured: dict[str, float | None] = {
                 "p50_ms": lat.get("p50_ms"),
                 "p90_ms": lat.get("p90_ms"),
                 "size_mb": row["size_bytes"] / 1e6,
                 "accuracy_drop": None if acc is None or teacher_acc is None else 100 * (teacher_acc - acc),
+                "tokens_per_s": lat.get("tokens_per_s"),
+                "ttft_ms": lat.get("ttft_p50_ms"),
+                "perplexity_increase": None if ppl is None or teacher_ppl is None else 100 * (ppl / teacher_ppl - 1),
             }
             for limit, value in measured.items():
                 allowed = getattr(budget, limit)
                 if allowed is None:
                     continue
-                status = "not measured" if value is None else "ok" if value <= allowed else "missed"
+                within = value is not None and (value >= allowed if limit in AT_LEAST else value <= allowed)
+                status = "not measured" if value is None else "ok" if within else "missed"
                 checks.append({"artifact": row["name"], "device": device, "limit": limit, "allowed": allowed,
                                "measured": value, "status": status, "passed": status != "missed"})  # fmt: skip
     return checks
@@ -105,7 +135,8 @@ def describe(check: dict[str, Any]) -> str:
     value = check["measured"]
     got = "not measured" if value is None else f"{value:.3f}"
     verdict = {"ok": "ok", "missed": "MISSED", "not measured": "not checked"}[check.get("status", "ok")]
-    return f"{check['artifact']} on {check['device']}: {check['limit']} {got} (allowed {check['allowed']:g}) {verdict}"
+    bound = "at least" if check["limit"] in AT_LEAST else "allowed"
+    return f"{check['artifact']} on {check['device']}: {check['limit']} {got} ({bound} {check['allowed']:g}) {verdict}"
 
 
 def write_junit(checks: list[dict[str, Any]], path: Path, suite: str) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from compress.artifacts import Artifact, Artifacts
 from compress.fileio import atomic_write_json, atomic_write_text
+from compress.report.budgets import reference_perplexity
 
 # A speed-up smaller than this is within run-to-run noise on shared machines: not "measurably faster".
 MIN_SPEEDUP = 1.05
@@ -183,6 +185,7 @@ def build_report(
         "pruned": _pruned(history or []),
         "moefied": _moefied(history or []),
         "quantized": _quantized(artifacts),
+        "completions": [{"artifact": a.name, **c} for a in artifacts.values() for c in a.info.get("completions", [])],
     }
 
 
@@ -222,6 +225,7 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+TRADE_OFF_PPL_PCT = 10.0  # causal LMs: the fastest artifact within this much perplexity increase of the teacher
 TRADE_OFF_POINTS = 1.0  # with no budget met: the fastest artifact within this many accuracy points of the teacher
 
 
@@ -242,12 +246,24 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
         ref_acc = (teacher or {}).get("metrics", {}).get("accuracy")
         if ref_acc is None:
             ref_acc = next((r["metrics"].get("accuracy") for r in rows if r["name"] == "teacher"), None)
+        ref_ppl = reference_perplexity(rows)
         mine = [c for c in checks if c["device"] == device]
         failing = {c["artifact"] for c in mine if not c["passed"]}
         budgeted = {c["artifact"] for c in mine}
         meets = [r for r in measured if r["name"] in budgeted and r["name"] not in failing]
         if meets:
             pick, why = min(meets, key=lambda r: r["latency"][device]["p50_ms"]), "fastest that meets every budget"
+        elif ref_ppl is not None:  # causal LMs: perplexity, relative
+            def ppl(r: dict[str, Any]) -> float:
+                return float(r["metrics"].get("perplexity") or math.inf)
+
+            close = [r for r in measured if 100 * (ppl(r) / ref_ppl - 1) <= TRADE_OFF_PPL_PCT]
+            if close:
+                pick = min(close, key=lambda r: r["latency"][device]["p50_ms"])
+                why = f"fastest within {TRADE_OFF_PPL_PCT:g}% of the teacher's perplexity"
+            else:
+                pick = min(measured, key=ppl)
+                why = f"lowest perplexity (none within {TRADE_OFF_PPL_PCT:g}% of the teacher's)"
         else:
             def acc(r: dict[str, Any]) -> float:
                 return float(r["metrics"].get("accuracy") or 0.0)
@@ -263,8 +279,13 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
         a = pick["metrics"].get("accuracy")
         verdict = ("no budget" if not mine else "meets every budget" if meets
                    else f"misses {len([c for c in mine if not c['passed']])} budget check(s)")  # fmt: skip
+        ppl_now = pick["metrics"].get("perplexity")
+        lat = pick["latency"][device]
         out.append({
             "device": device, "artifact": pick["name"], "why": why, "p50_ms": p50, "speedup_vs_teacher": speedup,
+            "perplexity": ppl_now, "perplexity_increase_pct": None if ppl_now is None or ref_ppl is None
+            else 100 * (ppl_now / ref_ppl - 1), "tokens_per_s": lat.get("tokens_per_s"),
+            "ttft_p50_ms": lat.get("ttft_p50_ms"),
             "teacher_artifact": teacher["name"] if teacher else None,
             "accuracy": a, "accuracy_change_points": None if a is None or ref_acc is None else 100 * (a - ref_acc),
             "budgets": verdict,
@@ -277,6 +298,10 @@ def describe_headline(item: dict[str, Any]) -> str:
              if item["speedup_vs_teacher"] is not None else "")  # fmt: skip
     acc = (f", accuracy {100 * item['accuracy']:.2f}% ({item['accuracy_change_points']:+.2f} points)"
            if item["accuracy_change_points"] is not None else "")  # fmt: skip
+    if item.get("perplexity_increase_pct") is not None:
+        acc = f", perplexity {item['perplexity']:.2f} ({item['perplexity_increase_pct']:+.1f}%)"
+    if item.get("tokens_per_s") is not None:
+        speed += f", {item['tokens_per_s']:.1f} tokens/s, time to first token {item['ttft_p50_ms']:.1f} ms"
     return (f"**{item['device']}**: ship `{item['artifact']}` ({item['why']}): p50 {item['p50_ms']:.3f} ms{speed}"
             f"{acc}; budgets: {item['budgets']}")  # fmt: skip
 
@@ -291,8 +316,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     devices = report["devices"]
     quality = quality_column(report["artifacts"])
     head = ["artifact", "format", "precision", "params", "size MB", quality[0]]
+    generating = {d for d in devices for r in report["artifacts"] if "tokens_per_s" in r["latency"].get(d, {})}
     for d in devices:
         head += [f"{d} p50 ms", f"{d} p90 ms", f"{d} speed-up"]
+        if d in generating:  # causal LMs: the latencies are per decoded token
+            head += [f"{d} tokens/s", f"{d} TTFT ms"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in report["artifacts"]:
         cells = [
@@ -311,6 +339,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 _fmt(st.get("p90_ms"), ".3f"),
                 f"{sp:.2f}x vs {st['baseline']}" if sp is not None else "-",
             ]
+            if d in generating:
+                cells += [_fmt(st.get("tokens_per_s"), ".1f"), _fmt(st.get("ttft_p50_ms"), ".2f")]
         lines.append("| " + " | ".join(cells).replace("-%", "-") + " |")
     lines.append("")
     if report.get("pareto"):
@@ -329,12 +359,27 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _quantized_markdown(q)
     for m in report.get("moefied", []):
         lines += _moefied_markdown(m)
+    if report.get("completions"):
+        lines += _completions_markdown(report["completions"])
     if report.get("budgets"):
         from compress.report.budgets import describe
 
         lines += ["## Budgets", ""] + [f"- {describe(c)}" for c in report["budgets"]] + [""]
     lines.append("Accuracy is measured on the test split, on each artifact's own runtime (PyTorch or onnxruntime).")
     return "\n".join(lines) + "\n"
+
+
+def _completions_markdown(items: list[dict[str, Any]]) -> list[str]:
+    """What each deployed causal LM writes after the fixed prompts (greedy, on onnxruntime)."""
+    lines = ["## Greedy completions", "",
+             "Each deployed graph continues the fixed prompts (greedy decoding through its KV cache, on onnxruntime):",
+             ""]  # fmt: skip
+    for artifact in dict.fromkeys(item["artifact"] for item in items):
+        lines += [f"- {artifact}:", ""]
+        for item in (i for i in items if i["artifact"] == artifact):
+            text = (item["prompt"] + item["completion"]).replace("```", "'''")  # cannot close the block early
+            lines += ["  ```", *[f"  {line}" for line in text.splitlines() or [""]], "  ```", ""]
+    return lines
 
 
 def _pruned_markdown(p: dict[str, Any]) -> list[str]:

@@ -34,6 +34,8 @@ class BenchRequest:
     warmup: int = 10
     seconds: float = 0.0
     top_ops: int = 0
+    prompt: int = 128  # causal LMs: the generation shape
+    new_tokens: int = 64
 
     @classmethod
     def for_device(cls, device: DeviceProfile, **kwargs: Any) -> BenchRequest:
@@ -46,6 +48,7 @@ class BenchRequest:
         args += ["--provider", self.provider or "CPUExecutionProvider", "--batch", str(self.batch)]
         args += ["--sequence", str(self.sequence), "--runs", str(self.runs), "--warmup", str(self.warmup)]
         args += ["--seconds", str(self.seconds), "--top-ops", str(self.top_ops), "--out", out]
+        args += ["--prompt", str(self.prompt), "--new-tokens", str(self.new_tokens)]
         if self.cpus:
             args += ["--cpus", ",".join(str(c) for c in self.cpus)]
         return args

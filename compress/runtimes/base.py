@@ -18,6 +18,10 @@ class Predictor(Protocol):
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
+    def outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output, in graph order (a KV-cache decoder returns its cache too)."""
+        ...
+
 
 class Runtime(Protocol):
     """Accuracy (an in-process predictor) and availability; latency is measured by a runner running

@@ -31,6 +31,9 @@ class EtPredictor:
         self.shapes = [tuple(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
         self.input_names = ["input_ids", "attention_mask"] if len(self.shapes) == 2 else ["pixel_values"]
 
+    def outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [self(inputs)]  # the programs `export` writes have one output: the logits
+
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         arrays = [inputs[n] for n in self.input_names]
         rows, step = arrays[0].shape[0], self.shapes[0][0]

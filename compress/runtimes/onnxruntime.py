@@ -20,7 +20,10 @@ class OrtPredictor:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, {n: inputs[n] for n in self.input_names})[0]  # type: ignore[no-any-return]
+        return self.outputs(inputs)[0]
+
+    def outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, {n: inputs[n] for n in self.input_names})  # type: ignore[return-value]
 
 
 class OnnxRuntime:

@@ -20,8 +20,11 @@ class OvPredictor:
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.outputs(inputs)[0]
+
+    def outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = self.compiled({n: inputs[n] for n in self.input_names})
-        return np.asarray(out[self.compiled.outputs[0]])
+        return [np.asarray(out[o]) for o in self.compiled.outputs]
 
 
 class OpenVinoRuntime:

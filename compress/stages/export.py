@@ -10,7 +10,8 @@ from pydantic import Field
 from compress.artifacts import Artifacts
 from compress.context import Context
 from compress.errors import ExportError
-from compress.evaluation import ParityConfig, check_parity, onnx_artifact
+from compress.evaluation import GenerationCheck, ParityConfig, check_parity, onnx_artifact
+from compress.exporters.decoder import decoder_artifacts
 from compress.exporters.executorch import ExecuTorchOptions, pte_artifacts
 from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.families import family_of
@@ -34,6 +35,16 @@ class ExportConfig(PtqOptions, StageConfig):
         "at run time) and `static` (QDQ, per-channel weights, activations calibrated on training data).",
     )
     parity: ParityConfig = Field(default_factory=ParityConfig, description="fp32 parity thresholds.")  # type: ignore[arg-type]
+    int4: bool = Field(
+        True,
+        description="Causal LMs: also 4-bit weight-only (onnxruntime MatMulNBits, round-to-nearest, symmetric), where "
+        "memory-bound decoding gains most. Other families take 4-bit from `quantize` (`weights.bits: 4`).",
+    )
+    generation: GenerationCheck = Field(
+        default_factory=GenerationCheck,  # type: ignore[arg-type]
+        description="Causal LMs: decode steps the parity check runs through the KV cache, and the fixed prompts "
+        "whose greedy completions the report prints.",
+    )
     executorch: ExecuTorchOptions | None = Field(
         None,
         description="Also export ExecuTorch programs delegated to XNNPACK (`<model>.xnnpack.pte`, "
@@ -58,6 +69,19 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
                 )
             log.info("export: skipping %s (bitsandbytes weights do not export to ONNX)", name)
             continue
+        family = family_of(model)
+        if family.onnx_graph == "kv_cache":
+            if "static" in config.int8 and "int8" in config.model_fields_set:
+                raise ExportError(f"export.int8: static int8 does not apply to {name!r}, a causal LM (its "
+                                  "activations are not calibrated here); use `int8: [dynamic]`.")  # fmt: skip
+            teacher = ctx.load_model(artifacts["teacher"]) if "teacher" in artifacts and name != "teacher" else None
+            for art in decoder_artifacts(
+                model, name, source.params, data, ctx.stage_dir, opset=config.opset, int8="dynamic" in config.int8,
+                int4=config.int4, parity=config.parity, check=config.generation,
+                eval_batch_size=config.eval_batch_size, teacher=teacher,
+            ):  # fmt: skip
+                out[art.name] = art
+            continue
         fp32_path = ctx.stage_dir / f"{name}.onnx"
         export_onnx(model, next(iter(data.test.loader(2))), fp32_path, opset=config.opset)
         parity = check_parity(model, fp32_path, data.test, config.parity, name)
@@ -69,7 +93,7 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
         if "int8" not in config.model_fields_set and is_moe(model.module) and "static" in modes:
             log.info("export: %s is a MoE model: static int8 left out (its experts' shapes depend on the data)", name)
             modes = [m for m in modes if m != "static"]
-        scheme = family_of(model).ptq_scheme(model)
+        scheme = family.ptq_scheme(model)
         for art in ptq_artifacts(
             model, scheme, name, fp32, fp32_logits, modes, config, data, ctx.stage_dir, ctx.recipe.data.max_length,
             "export",

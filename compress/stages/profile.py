@@ -31,6 +31,13 @@ class Shape(Strict):
     )
 
 
+class GenerationShape(Strict):
+    """How a causal LM's KV-cache graph is timed: a prompt, then tokens decoded one at a time."""
+
+    prompt: int = Field(128, gt=0, le=32768, description="Prompt tokens (their prefill is the time to first token).")
+    new_tokens: int = Field(64, gt=0, le=4096, description="Tokens generated after the prompt, one per step.")
+
+
 class ProfileConfig(StageConfig):
     """Measure latency of the ONNX artifacts on device profiles."""
 
@@ -39,6 +46,11 @@ class ProfileConfig(StageConfig):
         default_factory=lambda: ["x86-cpu"], min_length=1, description="Device profile names or YAML paths."
     )
     shape: Shape = Field(default_factory=Shape, description="Input shape.")  # type: ignore[arg-type]
+    generation: GenerationShape = Field(
+        default_factory=GenerationShape,  # type: ignore[arg-type]
+        description="Causal LMs: time to first token for `prompt` tokens, then milliseconds per token and tokens "
+        "per second (p50/p90) over `new_tokens` decoded through the KV cache; the latency columns are per token.",
+    )
     runs: int = Field(100, gt=0, description="Timed runs per artifact and device.")
     seconds: float | None = Field(
         None, gt=0, description="Time budget per artifact and device instead of `runs` (at least 10 runs)."
@@ -113,7 +125,8 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
         out[name] = art
     failed: dict[str, str] = {}
     request = {"batch": config.shape.batch, "sequence": config.shape.sequence, "runs": config.runs,
-               "warmup": config.warmup, "seconds": config.seconds or 0.0, "top_ops": config.top_ops}  # fmt: skip
+               "warmup": config.warmup, "seconds": config.seconds or 0.0, "top_ops": config.top_ops,
+               "prompt": config.generation.prompt, "new_tokens": config.generation.new_tokens}  # fmt: skip
     for device in devices:
         targets = plan[device.name]
         try:

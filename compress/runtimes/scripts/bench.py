@@ -5,7 +5,12 @@ cleanly, and is copied unchanged to remote boards (SSH runner). Writes one JSON 
 several) to --out, or prints it on stdout.
 
     python bench.py MODEL.onnx [MODEL2 ...] --runtime onnxruntime --threads 2 --batch 1 --sequence 128 \\
-        --runs 100 --warmup 10 [--seconds 0] [--cpus 0,1] [--top-ops 10] [--out result.json]
+        --runs 100 --warmup 10 [--seconds 0] [--cpus 0,1] [--top-ops 10] [--out result.json] \\
+        [--prompt 128 --new-tokens 64]
+
+A causal LM's KV-cache graph (inputs ``past.<i>.key``) is measured as generation instead: time to first token
+(prefill of a ``--prompt``-token prompt) and milliseconds per decoded token, over ``runs // 10`` (at least 3)
+generations of ``--new-tokens`` tokens.
 
 Measurement: session creation (cold start) and first run timed apart; ``warmup`` untimed runs; then ``runs``
 timed runs, or as many as fit in ``seconds`` (at least 10) when that is set. Per-operator times come from the
@@ -230,7 +235,87 @@ RUNTIMES = {
 }
 
 
+# ---- generation: a causal LM's KV-cache graph (inputs input_ids, attention_mask, past.<i>.key/value) -----------
+
+
+def is_kv_graph(model: str, args: argparse.Namespace) -> bool:
+    if args.runtime != "onnxruntime" or not model.endswith(".onnx"):
+        return False
+    import onnx
+
+    graph = onnx.load(model, load_external_data=False).graph
+    return any(i.name == "past.0.key" for i in graph.input)
+
+
+def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Time to first token (the prompt's prefill with an empty cache) and decode milliseconds per token (one token
+    at a time through the KV cache, greedy), over ``generations`` generations of ``--new-tokens`` after a
+    ``--prompt``-token prompt. ``p50_ms`` / ``p90_ms`` are per generated token."""
+    base_rss = rss_mb()
+    t0 = time.perf_counter()
+    session = _ort_session(model, args)
+    cold_ms = (time.perf_counter() - t0) * 1000.0
+    import onnxruntime as ort
+
+    pasts = [(i.name, list(i.shape)) for i in session.get_inputs() if i.name.startswith("past.")]
+    rng = np.random.default_rng(0)
+    batch, prompt, new = args.batch, args.prompt, args.new_tokens
+
+    def generate() -> tuple[float, list[float]]:
+        ids = rng.integers(5, 100, size=(batch, prompt), dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones((batch, prompt), np.int64)}
+        feeds.update({n: np.zeros((batch, d[1], 0, d[3]), np.float32) for n, d in pasts})
+        t = time.perf_counter_ns()
+        out = session.run(None, feeds)
+        ttft = (time.perf_counter_ns() - t) / 1e6
+        steps, total = [], prompt
+        for _ in range(new):
+            token = out[0][:, -1].argmax(-1).reshape(batch, 1).astype(np.int64)
+            total += 1
+            feeds = {"input_ids": token, "attention_mask": np.ones((batch, total), np.int64)}
+            feeds.update({n: out[1 + k] for k, (n, _) in enumerate(pasts)})
+            t = time.perf_counter_ns()
+            out = session.run(None, feeds)
+            steps.append((time.perf_counter_ns() - t) / 1e6)
+        return ttft, steps
+
+    t0 = time.perf_counter()
+    generate()
+    first_ms = (time.perf_counter() - t0) * 1000.0
+    for _ in range(min(args.warmup, 2)):
+        generate()
+    count = max(3, args.runs // 10)  # `runs` counts forward passes elsewhere: a generation is many of them
+    ttfts: list[float] = []
+    decode: list[float] = []
+    start = time.perf_counter()
+    while (len(ttfts) < count) if args.seconds <= 0 else (time.perf_counter() - start < args.seconds or len(ttfts) < 3):
+        ttft, steps = generate()
+        ttfts.append(ttft)
+        decode += steps
+    result: dict[str, Any] = dict(summarize(decode, batch))
+    ttft_arr, dec = np.asarray(ttfts), np.asarray(decode)
+    result.update({
+        "samples_ms": [round(t, 4) for t in decode],
+        "ttft_p50_ms": float(np.percentile(ttft_arr, 50)), "ttft_p90_ms": float(np.percentile(ttft_arr, 90)),
+        "decode_p50_ms": float(np.percentile(dec, 50)), "decode_p90_ms": float(np.percentile(dec, 90)),
+        "tokens_per_s": float(batch * 1000.0 / np.percentile(dec, 50)),
+        "tokens_per_s_p90": float(batch * 1000.0 / np.percentile(dec, 90)),
+        "generation": {"prompt": prompt, "new_tokens": new, "generations": len(ttfts)},
+        "runtime": "onnxruntime", "runtime_version": ort.__version__, "provider": session.get_providers()[0],
+        "cold_start_ms": cold_ms, "first_run_ms": first_ms,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "model_rss_mb": rss_mb() - base_rss,
+        "threads": args.threads,
+        "cpus": sorted(os.sched_getaffinity(0)) if args.cpus and hasattr(os, "sched_getaffinity") else None,
+        "shape": {"batch": batch, "prompt": prompt, "new_tokens": new},
+        "machine": platform.machine(), "cpu": cpu_info(),
+    })  # fmt: skip
+    return result
+
+
 def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    if is_kv_graph(model, args):
+        return measure_generation(model, args)
     load, op_times = RUNTIMES[args.runtime]
     base_rss = rss_mb()
     t0 = time.perf_counter()
@@ -281,6 +366,8 @@ def main() -> None:
     p.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime provider / OpenVINO device")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--sequence", type=int, default=128)
+    p.add_argument("--prompt", type=int, default=128, help="causal LMs (KV-cache graphs): prompt tokens")
+    p.add_argument("--new-tokens", type=int, default=64, help="causal LMs: tokens generated after the prompt")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--seconds", type=float, default=0.0, help="time budget instead of --runs (0: use --runs)")
