@@ -52,6 +52,10 @@ def check_chain(recipe: Recipe) -> None:
         if getattr(stage, "student_data", None) is not None and recipe.data.modality != "lm":
             problems.append(f"{key}.student_data: student-generated sequences are for causal LMs (`task: "
                             "causal_lm`); remove it.")  # fmt: skip
+        block = recipe.data.max_length
+        if stage.stage == "profile" and recipe.data.modality == "lm" and stage.generation.prompt > block:
+            problems.append(f"{key}.generation.prompt: {stage.generation.prompt} tokens is longer than the blocks the "
+                            f"models learn from (data.max_length {block}); give at most {block}.")  # fmt: skip
         if stage.stage == "export" and unsupported("export"):
             problems.append(f"{key}: export does not apply to {member} yet (no exporter for it); leave the stage "
                             "out and use the PyTorch model.")  # fmt: skip

@@ -27,10 +27,22 @@ DISTILL = """  - stage: distill
 """
 
 
+DEPLOY = """  - stage: export
+    generation: {prompts: ["def ", "import "], new_tokens: 8}
+  - stage: profile
+    devices: [x86-cpu]
+    generation: {prompt: 32, new_tokens: 8}
+    runs: 30
+    warmup: 1
+budgets:
+  x86-cpu: {tokens_per_s: 10, ttft_ms: 5000, perplexity_increase: 400, artifacts: ["student*"]}
+"""
+
+
 @pytest.fixture(scope="module")
 def lm_run(pycode_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> pipeline.RunResult:
     folder = tmp_path_factory.mktemp("lm")
-    text = lm_recipe_head("tiny-lm", pycode_slice) + DISTILL.format(loss="taid")
+    text = lm_recipe_head("tiny-lm", pycode_slice) + DISTILL.format(loss="taid") + DEPLOY
     return pipeline.run(write_recipe(folder, text), folder / "out")
 
 
@@ -100,7 +112,7 @@ def test_students_are_sliced_from_the_teacher() -> None:
 def test_the_family_contract_for_decoders() -> None:
     family = FAMILIES.get("decoder")
     assert family.modality == "lm" and family.supports("hidden_states", "hf")
-    assert not family.supports("export") and not family.supports("moefy")
+    assert family.supports("export", "hf") and family.onnx_graph == "kv_cache" and not family.supports("moefy")
 
 
 # ---- bad input: each a clear error before any training ----------------------------------------------------------
@@ -146,9 +158,33 @@ def test_a_tokenizer_larger_than_the_vocabulary_names_both_sizes(tmp_path: Path,
 def test_a_block_longer_than_the_positions_and_unsupported_stages(tmp_path: Path, pycode_slice: Path) -> None:
     long = lm_recipe_head("x", pycode_slice, block=512)
     _fails(tmp_path, long, r"data.max_length: 512 tokens, but the teacher has 256 positions")
-    export = lm_recipe_head("x", pycode_slice) + "  - stage: export\n"
-    _fails(tmp_path, export, r"stages\[1\]: export does not apply to this teacher .*decoder family")
+    prompt = lm_recipe_head("x", pycode_slice) + "  - stage: profile\n    generation: {prompt: 100}\n"
+    _fails(tmp_path, prompt, r"stages\[1\].generation.prompt: 100 tokens is longer than the blocks the models learn "
+                             r"from \(data.max_length 64\); give at most 64")
+    moefy = lm_recipe_head("x", pycode_slice) + "  - stage: moefy\n"
+    _fails(tmp_path, moefy, r"stages\[1\]: moefy turns the FFNs of a Hugging Face BERT-family encoder into experts")
     bert = lm_recipe_head("x", pycode_slice) + "  - stage: distill\n    student: {bert: {layers: 1}}\n"
     _fails(tmp_path, bert, r"stages\[1\].student.bert: `bert` students are built from a Hugging Face BERT-family")
     no_tok = lm_recipe_head("x", pycode_slice).replace("  tokenizer: {vocab_size: 512}\n", "")
     _fails(tmp_path, no_tok, r"teacher.llama is built from scratch and needs a tokenizer: set data.tokenizer")
+
+
+def test_the_deployed_graphs_decode_with_a_kv_cache_and_are_measured_as_generation(lm_run: pipeline.RunResult) -> None:
+    arts = lm_run.artifacts
+    for model in ("teacher", "student"):
+        fp32, int8, int4 = (arts[f"{model}{s}"] for s in (".onnx", ".int8-dynamic.onnx", ".int4.onnx"))
+        assert fp32.metrics["parity_max_abs_diff"] < 1e-3 and fp32.metrics["parity_top1_agreement"] == 1.0
+        assert fp32.metrics["perplexity"] == pytest.approx(arts[model].metrics["perplexity"], rel=1e-3)
+        assert int4.info["integer_ops"].get("MatMulNBits", 0) > 0 and int8.info["integer_ops"]
+        assert int4.size_bytes < fp32.size_bytes and int8.size_bytes < fp32.size_bytes
+        assert abs(int8.metrics["perplexity"] / fp32.metrics["perplexity"] - 1) < 0.05  # int8 barely moves it
+        for art in (fp32, int8, int4):
+            lat = art.latency["x86-cpu"]
+            assert lat["tokens_per_s"] > 0 and lat["ttft_p50_ms"] > 0 and lat["generation"]["new_tokens"] == 8
+            assert [c["prompt"] for c in art.info["completions"]] == ["def ", "import "]
+    assert 0 < arts["student.onnx"].metrics["top1_agreement_with_teacher"] <= 1
+    report = json.loads((lm_run.out_dir / "report.json").read_text())
+    assert {c["limit"] for c in report["budgets"]} == {"tokens_per_s", "ttft_ms", "perplexity_increase"}
+    assert all(c["passed"] for c in report["budgets"])
+    markdown = (lm_run.out_dir / "report.md").read_text()
+    assert "## Greedy completions" in markdown and "x86-cpu tokens/s" in markdown
