@@ -120,3 +120,23 @@ def test_budgets_apply_where_the_format_runs_and_unmeasured_is_not_a_miss() -> N
         ("student.xnnpack.pte", "executorch-xnnpack"): "missed",  # 2.0 > 1.5, on its own runtime
     }  # no .pte held to x86-cpu, no .onnx to executorch-xnnpack
     assert [c["passed"] for c in checks].count(False) == 1
+
+
+def test_generation_limits_tokens_per_second_is_a_minimum_and_perplexity_is_relative() -> None:
+    from compress.report.budgets import Budget, describe, evaluate
+
+    rows = [
+        {"name": "teacher.onnx", "format": "onnx", "size_bytes": 10**6, "metrics": {"perplexity": 10.0},
+         "latency": {"x86-cpu": {"p50_ms": 10.0, "tokens_per_s": 100.0, "ttft_p50_ms": 50.0}}},
+        {"name": "student.int4.onnx", "format": "onnx", "size_bytes": 10**5, "metrics": {"perplexity": 11.5},
+         "latency": {"x86-cpu": {"p50_ms": 2.5, "tokens_per_s": 400.0, "ttft_p50_ms": 12.0}}},
+    ]  # fmt: skip
+    budget = Budget(tokens_per_s=500, ttft_ms=20, perplexity_increase=10)
+    checks = {c["limit"]: c for c in evaluate({"artifacts": rows}, {"x86-cpu": budget})}
+    assert checks["tokens_per_s"]["status"] == "missed"  # 400 tokens/s < the 500 asked for
+    assert "tokens_per_s 400.000 (at least 500) MISSED" in describe(checks["tokens_per_s"])
+    assert checks["ttft_ms"]["passed"]
+    assert checks["perplexity_increase"]["measured"] == pytest.approx(15.0)
+    assert checks["perplexity_increase"]["status"] == "missed"
+    relaxed = evaluate({"artifacts": rows}, {"x86-cpu": Budget(tokens_per_s=300, perplexity_increase=20)})
+    assert all(c["passed"] for c in relaxed)
