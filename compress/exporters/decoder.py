@@ -134,11 +134,12 @@ class CachedDecoder:
 def decoder_artifacts(
     model: TaskModel, name: str, params: int | None, data: DataBundle, out_dir: Path, *, opset: int,
     int8: bool, int4: bool, parity: ParityConfig, check: GenerationCheck, eval_batch_size: int,
-    teacher: TaskModel | None, stage: str = "export",
+    teacher: np.ndarray | None, stage: str = "export",
 ) -> list[Artifact]:  # fmt: skip
     """A causal LM's deployable graphs: fp32 with its KV cache (parity over cached decode steps), int8 dynamic and
     4-bit weight-only (MatMulNBits) of it; each with perplexity, next-token accuracy and top-1 agreement with the
-    teacher measured on onnxruntime over the test split, and greedy completions of the fixed prompts."""
+    teacher (``teacher``: its `teacher_picks`) measured on onnxruntime over the test split, and greedy completions
+    of the fixed prompts."""
     from compress.evaluation import completions, decoder_metrics, decoder_parity, decoder_runner
     from compress.quant import nbits
     from compress.quant import ort as ortq

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from compress.artifacts import Artifacts
 from compress.context import Context
 from compress.errors import ExportError
-from compress.evaluation import GenerationCheck, ParityConfig, check_parity, onnx_artifact
+from compress.evaluation import GenerationCheck, ParityConfig, check_parity, onnx_artifact, teacher_picks
 from compress.exporters.decoder import decoder_artifacts
 from compress.exporters.executorch import ExecuTorchOptions, pte_artifacts
 from compress.exporters.onnx import MIN_OPSET, export_onnx
@@ -59,6 +60,7 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
         require(artifacts, n, "export")
     data = ctx.data()
     out: Artifacts = {}
+    teacher_tokens: np.ndarray | None = None  # causal LMs: the teacher's top-1 tokens, computed once
     for name in names:
         source = artifacts[name]
         model = ctx.load_model(source)
@@ -74,7 +76,9 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
             if "static" in config.int8 and "int8" in config.model_fields_set:
                 raise ExportError(f"export.int8: static int8 does not apply to {name!r}, a causal LM (its "
                                   "activations are not calibrated here); use `int8: [dynamic]`.")  # fmt: skip
-            teacher = ctx.load_model(artifacts["teacher"]) if "teacher" in artifacts and name != "teacher" else None
+            if teacher_tokens is None and "teacher" in artifacts:
+                teacher_tokens = teacher_picks(ctx.load_model(artifacts["teacher"]), data.test, config.eval_batch_size)
+            teacher = teacher_tokens if name != "teacher" else None
             for art in decoder_artifacts(
                 model, name, source.params, data, ctx.stage_dir, opset=config.opset, int8="dynamic" in config.int8,
                 int4=config.int4, parity=config.parity, check=config.generation,

@@ -260,6 +260,7 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
     pasts = [(i.name, list(i.shape)) for i in session.get_inputs() if i.name.startswith("past.")]
     rng = np.random.default_rng(0)
     batch, prompt, new = args.batch, args.prompt, args.new_tokens
+    cache_bytes = [0]
 
     def generate() -> tuple[float, list[float]]:
         ids = rng.integers(5, 100, size=(batch, prompt), dtype=np.int64)
@@ -277,6 +278,7 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter_ns()
             out = session.run(None, feeds)
             steps.append((time.perf_counter_ns() - t) / 1e6)
+        cache_bytes[0] = sum(int(o.nbytes) for o in out[1:])
         return ttft, steps
 
     t0 = time.perf_counter()
@@ -301,6 +303,7 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s": float(batch * 1000.0 / np.percentile(dec, 50)),
         "tokens_per_s_p90": float(batch * 1000.0 / np.percentile(dec, 90)),
         "generation": {"prompt": prompt, "new_tokens": new, "generations": len(ttfts)},
+        "kv_cache_mb": cache_bytes[0] / 1e6,  # the cache at the end of a generation: what memory adds to weights
         "runtime": "onnxruntime", "runtime_version": ort.__version__, "provider": session.get_providers()[0],
         "cold_start_ms": cold_ms, "first_run_ms": first_ms,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
