@@ -110,27 +110,34 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--teacher-steps", type=int, default=300)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--rows", default="procs,nocache,checkpoint",
+                        help="which rows: procs (1 and --nprocs processes), nocache, checkpoint")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     teacher = _teacher(args.teacher_steps)
     nprocs = [int(n) for n in args.nprocs.split(",")]
     precisions = args.precisions.split(",")
 
+    kinds = set(args.rows.split(","))
     rows: dict[str, tuple[Path, int]] = {}
-    for precision in precisions:
-        for n in nprocs:
-            label = f"{n} process{'es' if n > 1 else ''}, {precision}, teacher logits cached"
-            recipe = _recipe(f"scale-{precision}-{n}", teacher, args.steps, args.device, precision, True, None)
-            rows[label] = (recipe, n)
     first = precisions[0]
-    rows["1 process, teacher run every step"] = (
-        _recipe("scale-nocache", teacher, args.steps, args.device, first, False, None), 1)  # fmt: skip
-    rows[f"1 process, checkpoint every {args.checkpoint_every} steps"] = (
-        _recipe("scale-ckpt", teacher, args.steps, args.device, first, True, args.checkpoint_every), 1)  # fmt: skip
-
     reference = f"1 process, {first}, teacher logits cached"
+    reference_recipe = _recipe(f"scale-{first}-1", teacher, args.steps, args.device, first, True, None)
+    if "procs" in kinds:
+        for precision in precisions:
+            for n in nprocs:
+                label = f"{n} process{'es' if n > 1 else ''}, {precision}, teacher logits cached"
+                recipe = _recipe(f"scale-{precision}-{n}", teacher, args.steps, args.device, precision, True, None)
+                rows[label] = (recipe, n)
+    if "nocache" in kinds:
+        rows["1 process, teacher run every step"] = (
+            _recipe("scale-nocache", teacher, args.steps, args.device, first, False, None), 1)  # fmt: skip
+    if "checkpoint" in kinds:
+        rows[f"1 process, checkpoint every {args.checkpoint_every} steps"] = (
+            _recipe("scale-ckpt", teacher, args.steps, args.device, first, True, args.checkpoint_every), 1)  # fmt: skip
+
     print("teacher logits for the cache (once) ...", flush=True)
-    warm = _run(rows[reference][0], WORK / "warm", 1)
+    warm = _run(reference_recipe, WORK / "warm", 1)
     runs: dict[str, list[dict]] = {label: [] for label in rows}
     for r in range(args.rounds):
         order = list(rows) if r % 2 == 0 else list(reversed(rows))  # alternate: drift hits every row alike
@@ -139,7 +146,7 @@ def main() -> None:
             runs[label].append(_run(recipe, WORK / recipe.stem, n))
             print(f"round {r + 1}: {label}: {runs[label][-1]['steps_per_s']:.3f} steps/s", flush=True)
 
-    ref = statistics.median(x["steps_per_s"] for x in runs[reference])
+    ref = statistics.median(x["steps_per_s"] for x in runs.get(reference) or [warm])
     table = []
     for label, results in runs.items():
         speed = statistics.median(x["steps_per_s"] for x in results)
@@ -149,20 +156,22 @@ def main() -> None:
             "runs": results,
         })  # fmt: skip
     by = {row["row"]: row for row in table}
-    ckpt = by[f"1 process, checkpoint every {args.checkpoint_every} steps"]
-    nocache = by["1 process, teacher run every step"]
-    summary = {
-        "teacher_cache_speedup": 1 / nocache["vs_reference"],
-        "checkpoint_overhead_pct": 100 * (1 / ckpt["vs_reference"] - 1),
+    summary: dict[str, float] = {}
+    nocache = by.get("1 process, teacher run every step")
+    if nocache is not None:
+        summary["teacher_cache_speedup"] = 1 / nocache["vs_reference"]
+    ckpt = by.get(f"1 process, checkpoint every {args.checkpoint_every} steps")
+    if ckpt is not None:
+        if reference in by:
+            summary["checkpoint_overhead_pct"] = 100 * (1 / ckpt["vs_reference"] - 1)
         # the same cost timed directly (every write, the final one too, against the training time): free of the
         # run-to-run noise that the A/B ratio above carries
-        "checkpoint_write_seconds": statistics.median(
-            x["checkpoint_seconds"] / max(1, x["checkpoints"]) for x in ckpt["runs"]),
-        "checkpoint_overhead_timed_pct": statistics.median(
-            100 * x["checkpoint_seconds"] / x["seconds"] for x in ckpt["runs"]),
-        "checkpoint_overhead_target_pct": 3.0,
-    }
-    if 2 in nprocs:
+        summary["checkpoint_write_seconds"] = statistics.median(
+            x["checkpoint_seconds"] / max(1, x["checkpoints"]) for x in ckpt["runs"])
+        summary["checkpoint_overhead_timed_pct"] = statistics.median(
+            100 * x["checkpoint_seconds"] / x["seconds"] for x in ckpt["runs"])
+        summary["checkpoint_overhead_target_pct"] = 3.0
+    if 2 in nprocs and f"2 processes, {first}, teacher logits cached" in by:
         two = by[f"2 processes, {first}, teacher logits cached"]
         summary["two_process_dev_accuracy_delta_pts"] = 100 * (two["dev_accuracy"] - by[reference]["dev_accuracy"])
     print(f"\nSST-2 distillation, {args.steps} steps of batch 32, {args.device}, {os.cpu_count()} CPU cores")
