@@ -134,3 +134,42 @@ def test_kill_9_in_the_middle_of_distill_then_resume(tmp_path: Path) -> None:
     [b] = (tmp_path / "whole").glob("02-distill-*/student/model.safetensors")
     assert a.parent.parent.name == b.parent.parent.name and a.read_bytes() == b.read_bytes()
     assert not list((tmp_path / "killed").glob(".tmp-*"))  # the checkpoints go with the finished stage
+
+
+def _lm_distill(folder: Path | None, crash_at: int | None = None) -> tuple[TaskModel, float]:
+    """A tiny causal-LM distillation with TAID, whose schedule state lives in the loss term (checkpointed)."""
+    from compress.data.dataset import LmSplit
+    from compress.losses.sequence import TaidConfig, TaidTerm
+    from compress.models.decoder import DecoderStudentSpec, LlamaSpec, build_decoder_student, build_llama
+    from compress.training.distillation import distillation_step
+
+    torch.manual_seed(0)
+    teacher = TaskModel(build_llama(LlamaSpec(layers=2, hidden=16, heads=2, ffn=32, positions=32), 40, 1, 0).eval(),
+                        "hf", "lm", 40)  # fmt: skip
+    student = TaskModel(build_decoder_student(teacher.module, DecoderStudentSpec(layers=1)), "hf", "lm", 40)
+    teacher.module.requires_grad_(False)
+    gen = torch.Generator().manual_seed(3)
+    blocks = [torch.randint(2, 40, (12,), generator=gen).tolist() for _ in range(64)]
+    train_split, dev = LmSplit("train", blocks[:48], 1), LmSplit("dev", blocks[48:], 1)
+    term = TaidTerm(TaidConfig(name="taid", alpha=0.05))
+    step = distillation_step(student, teacher, [term], ["loss_taid"])
+    schedule = TrainSchedule(max_steps=24, batch_size=8, lr=3e-3, eval_every=8)
+
+    def on_step(n: int) -> None:
+        term.advance(n, 24)
+        if crash_at is not None and n == crash_at:
+            raise Crash
+
+    engine = Engine(torch.device("cpu"), "fp32", "fp32", checkpoint_every=10)
+    train(student, step, train_split, dev, schedule, session=Session(engine, 0, folder), label="distill",
+          extra=torch.nn.ModuleList([term]), on_step=on_step)  # fmt: skip
+    return student, term.interpolation()
+
+
+def test_a_resumed_taid_distillation_ends_bit_identical(tmp_path: Path) -> None:
+    whole, t_whole = _lm_distill(None)
+    with pytest.raises(Crash):
+        _lm_distill(tmp_path, crash_at=15)
+    resumed, t_resumed = _lm_distill(tmp_path)
+    assert t_resumed == t_whole and 0.4 < t_whole <= 1.0  # TAID's t (a buffer of the loss term) resumed too
+    assert _same_weights(whole, resumed)
