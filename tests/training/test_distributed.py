@@ -182,3 +182,43 @@ def test_accelerate_launch_runs_the_same_processes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["training"]["world_size"] == 2
+
+
+LM_STAGES = """  - stage: distill
+    student: {decoder: {layers: 1}}
+    max_steps: 12
+    batch_size: 16
+    lr: 5.0e-3
+    eval_every: 6
+    teacher_top_k: 8
+    losses: [{name: taid}]
+"""
+
+
+def test_two_processes_distil_a_causal_lm_like_one(tmp_path: Path, pycode_slice: Path) -> None:
+    """Two processes reuse one process's teacher (stage keys ignore the world size), compute the top-k teacher
+    cache shard-wise and gather the same one; token-level losses are means over each process's tokens, so the
+    students agree closely rather than bit for bit."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import lm_recipe_head
+
+    recipe = write_recipe(tmp_path, lm_recipe_head("ddp-lm", pycode_slice) + LM_STAGES)
+    one = _run(recipe, tmp_path / "p1", 1)
+    assert one.returncode == 0, one.stderr[-4000:]
+    shutil.copytree(tmp_path / "p1", tmp_path / "p2", symlinks=True)
+    for stale in [*(tmp_path / "p2").glob("*-distill-*"), tmp_path / "p2" / ".cache" / "teacher-top-k"]:
+        shutil.rmtree(stale)
+    two = _run(recipe, tmp_path / "p2", 2)
+    assert two.returncode == 0, two.stderr[-4000:]
+    assert two.stderr.count(": cached (") == 2  # the teacher and its pre-training, from the one-process run
+    caches = [load_file(str(next((tmp_path / p / ".cache" / "teacher-top-k").glob("*.safetensors"))))
+              for p in ("p1", "p2")]  # fmt: skip
+    same = caches[0]["ids"] == caches[1]["ids"]
+    assert caches[0]["ids"].shape == caches[1]["ids"].shape and same.float().mean() > 0.99  # near-ties may swap
+    assert torch.allclose(caches[0]["logprobs"].float()[same], caches[1]["logprobs"].float()[same], atol=2e-3)
+    ppl = [{a["name"]: a["metrics"]["perplexity"] for a in json.loads((tmp_path / p / "report.json").read_text())[
+        "artifacts"]} for p in ("p1", "p2")]  # fmt: skip
+    assert ppl[0]["student"] == pytest.approx(ppl[1]["student"], rel=0.02)
