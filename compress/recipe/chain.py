@@ -52,6 +52,11 @@ def check_chain(recipe: Recipe) -> None:
         if getattr(stage, "student_data", None) is not None and recipe.data.modality != "lm":
             problems.append(f"{key}.student_data: student-generated sequences are for causal LMs (`task: "
                             "causal_lm`); remove it.")  # fmt: skip
+        vocab = recipe.data.tokenizer.vocab_size if recipe.data.tokenizer is not None else None
+        top_k = getattr(stage, "teacher_top_k", None) if recipe.data.modality == "lm" else None
+        if vocab is not None and top_k is not None and stage.cache_teacher_outputs and top_k > vocab:
+            problems.append(f"{key}.teacher_top_k: {top_k} is more than the vocabulary data.tokenizer trains "
+                            f"({vocab} tokens); give at most {vocab}.")  # fmt: skip
         block = recipe.data.max_length
         if stage.stage == "profile" and recipe.data.modality == "lm" and stage.generation.prompt > block:
             problems.append(f"{key}.generation.prompt: {stage.generation.prompt} tokens is longer than the blocks the "
