@@ -40,7 +40,6 @@ class DecoderFamily(Family):
         "hidden_states": HF,
         "student:decoder": HF,
         "gradient_checkpointing": HF,
-        "quantize:bitsandbytes": HF,
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
