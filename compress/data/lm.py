@@ -100,7 +100,7 @@ def blocks(docs: list[str], tokenizer: Any, length: int) -> list[list[int]]:
     block never spans two documents (no attention across them); a document's last, shorter block is kept (the
     collate pads it) unless it is a single token, which has no next token to predict."""
     eos = eos_id(tokenizer)
-    encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]  # long documents: expected
     out: list[list[int]] = []
     for ids in encoded:
         ids = [*ids, eos]
