@@ -23,6 +23,7 @@ from compress.models.task_model import TaskModel
 if TYPE_CHECKING:
     from compress.data.dataset import Batch
     from compress.losses import LossConfig
+    from compress.moe.experts import FfnBlock
 
 HF = ("hf",)
 
@@ -40,6 +41,7 @@ class DecoderFamily(Family):
         "hidden_states": HF,
         "student:decoder": HF,
         "gradient_checkpointing": HF,
+        "moefy": HF,
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
@@ -93,6 +95,17 @@ class DecoderFamily(Family):
             return list(range(s_layers))
         init = (student.spec.get("decoder") or {}).get("init_from_layers")
         return list(init) if init and len(init) == s_layers else evenly_spaced(s_layers, t_layers)
+
+    def ffn_blocks(self, model: TaskModel, where: str) -> list[FfnBlock]:
+        """The gated SwiGLU FFNs (`mlp.gate_proj`, `up_proj`, `down_proj`): LaDiMo's own setting."""
+        self.require("moefy", where, model)
+        from compress.moe.experts import find_ffn_blocks
+
+        blocks = find_ffn_blocks(model.module)
+        if any(b.w_gate is None for b in blocks):
+            raise ModelError(f"{where}: moefy splits gated (SwiGLU) FFNs of causal LMs; {type(model.module).__name__} "
+                             "has ungated ones.")  # fmt: skip
+        return blocks
 
     def qat_losses(self, model: TaskModel) -> list[LossConfig]:
         from compress.losses.sequence import ForwardKLConfig

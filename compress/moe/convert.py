@@ -76,12 +76,16 @@ def neuron_groups(
         features = block.w_in.weight.detach()  # each neuron's input weights
     else:  # co-activation: each neuron's activations over (a sample of) the calibration tokens
         sample = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:2048]]
-        features = block.act(block.w_in(sample)).T.detach()
+        features = block.hidden(sample).T.detach()
     return balanced_kmeans(features, experts, seed=seed)
 
 
 def install(block: FfnBlock, moe: MoeFfn) -> None:
-    """Put ``moe`` in place of the block's intermediate, its output projection becomes Identity."""
+    """Put ``moe`` in place of the block's FFN: a gated `mlp` as a whole; a BERT-family intermediate, its output
+    projection then Identity (the residual and LayerNorm of `output` stay)."""
+    if block.w_gate is not None:
+        block.layer.mlp = moe  # type: ignore[assignment]
+        return
     block.layer.intermediate = moe  # type: ignore[assignment]
     block.layer.output.dense = nn.Identity()  # type: ignore[union-attr]
 
@@ -140,10 +144,12 @@ def rebuild(module: nn.Module, moe_spec: dict[str, Any]) -> None:
     by_path = {b.path: b for b in find_ffn_blocks(module)}
     for layer in moe_spec["layers"]:
         block = by_path[layer["path"]]
-        moe = MoeFfn(block.w_in.in_features, block.w_in.out_features, moe_spec["experts"], block.act)
+        moe = MoeFfn(block.w_in.in_features, block.w_in.out_features, moe_spec["experts"], block.act,
+                     gated=block.w_gate is not None)  # fmt: skip
         moe.top_k, moe.threshold = layer["top_k"], layer["threshold"]
         install(block, moe)
 
 
 def moe_layers(module: nn.Module) -> list[tuple[str, MoeFfn]]:
-    return [(p.rpartition(".intermediate")[0], m) for p, m in module.named_modules() if isinstance(m, MoeFfn)]
+    return [(p.rpartition(".mlp" if m.gated else ".intermediate")[0], m) for p, m in module.named_modules()
+            if isinstance(m, MoeFfn)]  # fmt: skip

@@ -21,13 +21,21 @@ from compress.errors import ModelError
 
 @dataclass
 class FfnBlock:
-    """One BERT-family FFN: ``intermediate.dense`` (H -> I) + activation, ``output.dense`` (I -> H)."""
+    """One FFN: a BERT-family one, ``intermediate.dense`` (H -> I) + activation, ``output.dense`` (I -> H); or a
+    gated one (LLaMA's SwiGLU, `mlp`): ``act(gate_proj(x)) * up_proj(x)``, then ``down_proj`` (``w_gate`` set,
+    ``w_in`` is the up projection)."""
 
     path: str  # the layer's module path
     layer: nn.Module
     w_in: nn.Linear
     w_out: nn.Linear
     act: Callable[[torch.Tensor], torch.Tensor]
+    w_gate: nn.Linear | None = None
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The FFN's intermediate activations (what its neurons output)."""
+        h = self.w_in(x)
+        return self.act(self.w_gate(x)) * h if self.w_gate is not None else self.act(h)
 
 
 def find_ffn_blocks(module: nn.Module) -> list[FfnBlock]:
@@ -35,6 +43,11 @@ def find_ffn_blocks(module: nn.Module) -> list[FfnBlock]:
     the model otherwise."""
     blocks = []
     for path, sub in module.named_modules():
+        mlp = getattr(sub, "mlp", None)
+        gate, up, down = (getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
+        if all(isinstance(w, nn.Linear) for w in (gate, up, down)) and callable(getattr(mlp, "act_fn", None)):
+            blocks.append(FfnBlock(path, sub, up, down, mlp.act_fn, gate))  # type: ignore[arg-type,union-attr]
+            continue
         inter, out = getattr(sub, "intermediate", None), getattr(sub, "output", None)
         dense_in, dense_out = getattr(inter, "dense", None), getattr(out, "dense", None)
         if isinstance(dense_in, nn.Linear) and isinstance(dense_out, nn.Linear | nn.Identity):
@@ -47,7 +60,8 @@ def find_ffn_blocks(module: nn.Module) -> list[FfnBlock]:
         names = ", ".join(sorted({type(m).__name__ for m in module.modules()})[:12])
         raise ModelError(
             f"moefy: {type(module).__name__} has no FFN blocks the stage understands (expected BERT-family "
-            f"layers with `intermediate.dense` and `output.dense` Linear modules; found modules: {names} ...)."
+            f"layers with `intermediate.dense` and `output.dense` Linear modules, or gated `mlp.gate_proj`, `up_proj` "
+            f"and `down_proj` ones; found modules: {names} ...)."
         )
     return blocks
 
@@ -90,10 +104,13 @@ class MoeFfn(nn.Module):
     Routing: ``top_k`` experts per token (``top_k == experts``: all, computed densely and exactly), or the
     fewest experts whose router probabilities sum to at least ``threshold``."""
 
-    def __init__(self, hidden: int, inner: int, experts: int, act: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, hidden: int, inner: int, experts: int, act: Callable[[torch.Tensor], torch.Tensor],
+                 gated: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.experts, self.expert_size = experts, inner // experts
         self.act = act
+        self.gated = gated  # SwiGLU: act(x wg^T) * (x w1^T + b1)
+        self.wg = nn.Parameter(torch.zeros(experts, self.expert_size, hidden)) if gated else None
         self.w1 = nn.Parameter(torch.zeros(experts, self.expert_size, hidden))
         self.b1 = nn.Parameter(torch.zeros(experts, self.expert_size))
         self.w2 = nn.Parameter(torch.zeros(experts, hidden, self.expert_size))
@@ -110,9 +127,11 @@ class MoeFfn(nn.Module):
     @classmethod
     def from_dense(cls, block: FfnBlock, groups: list[torch.Tensor]) -> MoeFfn:
         w_in, w_out = block.w_in, block.w_out
-        moe = cls(w_in.in_features, w_in.out_features, len(groups), block.act)
+        moe = cls(w_in.in_features, w_in.out_features, len(groups), block.act, gated=block.w_gate is not None)
         with torch.no_grad():
             for e, idx in enumerate(groups):
+                if moe.wg is not None and block.w_gate is not None:
+                    moe.wg[e].copy_(block.w_gate.weight[idx])
                 moe.w1[e].copy_(w_in.weight[idx])
                 moe.b1[e].copy_(w_in.bias[idx] if w_in.bias is not None else 0)
                 moe.w2[e].copy_(w_out.weight[:, idx])
@@ -136,13 +155,18 @@ class MoeFfn(nn.Module):
         idx = probs.topk(k, dim=-1).indices
         return torch.zeros_like(probs).scatter(-1, idx, torch.ones_like(idx, dtype=probs.dtype)) > 0
 
+    def _act(self, up: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+        return self.act(gate) * up if gate is not None else self.act(up)
+
     def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert on every token: [tokens, experts, hidden] (router training; small batches)."""
-        h = self.act(torch.einsum("nh,eih->nei", x, self.w1) + self.b1)
+        gate = torch.einsum("nh,eih->nei", x, self.wg) if self.wg is not None else None
+        h = self._act(torch.einsum("nh,eih->nei", x, self.w1) + self.b1, gate)
         return torch.einsum("nei,ehi->neh", h, self.w2)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(x @ self.w1.reshape(-1, self.w1.shape[-1]).T + self.b1.reshape(-1))
+        gate = x @ self.wg.reshape(-1, self.wg.shape[-1]).T if self.wg is not None else None
+        h = self._act(x @ self.w1.reshape(-1, self.w1.shape[-1]).T + self.b1.reshape(-1), gate)
         return h @ self.w2.permute(1, 0, 2).reshape(self.w2.shape[1], -1).T + self.b2
 
     @property
@@ -158,6 +182,8 @@ class MoeFfn(nn.Module):
         out = flat.new_zeros(flat.shape) + self.b2
         for e in range(self.experts):  # token grouping: each expert runs on its own tokens only
             idx = torch.nonzero(mask[:, e]).flatten()
-            h = self.act(flat.index_select(0, idx) @ self.w1[e].T + self.b1[e])
+            tokens = flat.index_select(0, idx)
+            gate = tokens @ self.wg[e].T if self.wg is not None else None
+            h = self._act(tokens @ self.w1[e].T + self.b1[e], gate)
             out = out.index_add(0, idx, h @ self.w2[e].T)
         return out.reshape(shape)

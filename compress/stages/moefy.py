@@ -6,6 +6,7 @@ optionally a short logit-KD fine-tune against the dense model."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from compress.moe import convert, policy
 from compress.moe.experts import MoeFfn
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
-from compress.training.evaluate import predict_logits
+from compress.training.evaluate import lm_metrics, predict_logits
 from compress.training.loop import train
 
 log = logging.getLogger("compress")
@@ -51,7 +52,8 @@ class PolicyOptions(Strict):
         None, gt=0, le=1, description="Fixed threshold for every layer (no search); `kind: threshold`."
     )
     max_accuracy_drop: float = Field(
-        0.5, ge=0, description="Search: largest dev-accuracy loss (points) against the dense model."
+        0.5, ge=0, description="Search: largest dev-accuracy loss (points) against the dense model. For causal LMs, "
+        "the largest dev-perplexity increase, in percent (measured as 100 ln(ppl / dense ppl)).",
     )
     eval_samples: int = Field(1000, gt=0, description="Dev examples the search evaluates on.")
     min_tokens: int = Field(
@@ -81,7 +83,10 @@ class MoefyConfig(StageConfig):
     """Convert dense FFN blocks into Mixture-of-Experts (LaDiMo)."""
 
     stage: Literal["moefy"]
-    source: str = Field("teacher", description="Model artifact to convert (a trained BERT-family encoder).")
+    source: str = Field(
+        "teacher", description="Model artifact to convert (a trained BERT-family encoder, or a causal LM with gated "
+        "SwiGLU FFNs: LLaMA, Qwen2, Mistral, the built-in `llama`).",
+    )  # fmt: skip
     experts: int = Field(8, ge=2, description="Experts per FFN (must divide its intermediate size).")
     clustering: Literal["coactivation", "weights"] = Field(
         "coactivation", description="Neuron features for balanced k-means: activations over calibration tokens, "
@@ -136,7 +141,7 @@ def _check(model: TaskModel, config: MoefyConfig, train_split: Split, dev: Split
 def _activated(moes: list[tuple[str, MoeFfn]], actives: list[float]) -> dict[str, Any]:
     per_layer, dense_total, active_total = [], 0, 0.0
     for (path, m), frac in zip(moes, actives, strict=True):
-        experts = m.w1.numel() + m.b1.numel() + m.w2.numel()
+        experts = m.w1.numel() + m.b1.numel() + m.w2.numel() + (m.wg.numel() if m.wg is not None else 0)
         dense = experts + m.b2.numel()
         active = frac * experts + m.b2.numel() + m.router.weight.numel() + m.router.bias.numel()
         per_layer.append({"layer": path, "dense_params": dense, "active_params": round(active)})
@@ -202,18 +207,25 @@ def _choose_policy(model: TaskModel, moes: list[tuple[str, MoeFfn]], calib: conv
     subset = _long_examples(dev, opts.min_tokens, opts.eval_samples)
 
     def evaluate() -> float:
+        """Higher is better: accuracy (a drop in points), or -ln(perplexity) (a drop of 0.01 is 1% more)."""
+        if subset.task == "causal_lm":
+            return -lm_metrics(model, subset, 32)["nll"]
         logits = predict_logits(model, subset, 128, "policy search")
         return float((logits.argmax(-1) == subset.labels).float().mean())
 
     options = [policy.candidates(m, opts.kind, calib.inputs[i]) for i, m in enumerate(modules)]
     chosen, search = policy.search(modules, options, evaluate, opts.max_accuracy_drop)
-    log.info("moefy policy: %s (dev accuracy %.4f, dense %.4f)", ", ".join(c.describe() for c in chosen),
-             search["dev_accuracy"], search["dense_dev_accuracy"])  # fmt: skip
+    if subset.task == "causal_lm":  # the search's score is -ln(perplexity)
+        log.info("moefy policy: %s (dev perplexity %.3f, dense %.3f)", ", ".join(c.describe() for c in chosen),
+                 math.exp(-search["dev_accuracy"]), math.exp(-search["dense_dev_accuracy"]))  # fmt: skip
+    else:
+        log.info("moefy policy: %s (dev accuracy %.4f, dense %.4f)", ", ".join(c.describe() for c in chosen),
+                 search["dev_accuracy"], search["dense_dev_accuracy"])  # fmt: skip
     return chosen, search
 
 
 def _long_examples(split: Split, min_tokens: int, n: int) -> Split:
-    if not min_tokens:
+    if not min_tokens or split.task != "classification":
         return split.subset(n)
     keep = [i for i, f in enumerate(split.features) if len(f) >= min_tokens][:n]
     return Split(split.name, [split.features[i] for i in keep], split.labels[keep], split.pad_id)

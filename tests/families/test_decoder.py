@@ -112,7 +112,8 @@ def test_students_are_sliced_from_the_teacher() -> None:
 def test_the_family_contract_for_decoders() -> None:
     family = FAMILIES.get("decoder")
     assert family.modality == "lm" and family.supports("hidden_states", "hf")
-    assert family.supports("export", "hf") and family.onnx_graph == "kv_cache" and not family.supports("moefy")
+    assert family.supports("export", "hf") and family.onnx_graph == "kv_cache" and family.supports("moefy", "hf")
+    assert not family.supports("prune:dphubert")
 
 
 # ---- bad input: each a clear error before any training ----------------------------------------------------------
@@ -161,8 +162,8 @@ def test_a_block_longer_than_the_positions_and_unsupported_stages(tmp_path: Path
     prompt = lm_recipe_head("x", pycode_slice) + "  - stage: profile\n    generation: {prompt: 100}\n"
     _fails(tmp_path, prompt, r"stages\[1\].generation.prompt: 100 tokens is longer than the blocks the models learn "
                              r"from \(data.max_length 64\); give at most 64")
-    moefy = lm_recipe_head("x", pycode_slice) + "  - stage: moefy\n"
-    _fails(tmp_path, moefy, r"stages\[1\]: moefy turns the FFNs of a Hugging Face BERT-family encoder into experts")
+    prune = lm_recipe_head("x", pycode_slice) + "  - stage: prune\n    target: {params: 0.5}\n"
+    _fails(tmp_path, prune, r"stages\[1\].method: dphubert does not apply to this teacher .*decoder family")
     bert = lm_recipe_head("x", pycode_slice) + "  - stage: distill\n    student: {bert: {layers: 1}}\n"
     _fails(tmp_path, bert, r"stages\[1\].student.bert: `bert` students are built from a Hugging Face BERT-family")
     no_tok = lm_recipe_head("x", pycode_slice).replace("  tokenizer: {vocab_size: 512}\n", "")
@@ -188,3 +189,33 @@ def test_the_deployed_graphs_decode_with_a_kv_cache_and_are_measured_as_generati
     assert all(c["passed"] for c in report["budgets"])
     markdown = (lm_run.out_dir / "report.md").read_text()
     assert "## Greedy completions" in markdown and "x86-cpu tokens/s" in markdown
+
+
+def test_moefy_turns_a_decoder_s_swiglu_ffns_into_experts(tmp_path: Path, pycode_slice: Path) -> None:
+    text = lm_recipe_head("lm-moe", pycode_slice) + """  - stage: moefy
+    source: teacher
+    experts: 4
+    calibration_tokens: 4000
+    router: {steps: 30, batch_tokens: 1024}
+    policy: {eval_samples: 16, max_accuracy_drop: 5.0}
+  - stage: export
+    models: [teacher.moe]
+    int8: []
+    int4: false
+    generation: {prompts: ["def "], new_tokens: 4}
+"""
+    result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    art = result.artifacts["teacher.moe"]
+    moe = art.info["moe"]
+    assert [layer["all_experts_max_abs_diff"] < 1e-4 for layer in moe["layers"]] == [True, True]
+    assert all(layer["router_last_loss"] <= layer["router_first_loss"] for layer in moe["layers"])
+    assert 0 < moe["activated"]["active_fraction"] <= 1
+    growth = 100 * (art.metrics["perplexity"] / result.artifacts["teacher"].metrics["perplexity"] - 1)
+    assert growth < 10  # the policy search keeps dev perplexity within ~5%; test within twice that
+    model = load(art.path)
+    from compress.moe.convert import is_moe
+
+    assert is_moe(model.module) and model.family == "decoder"
+    onnx = result.artifacts["teacher.moe.onnx"]
+    assert onnx.metrics["parity_top1_agreement"] == 1.0
+    assert onnx.metrics["perplexity"] == pytest.approx(art.metrics["perplexity"], rel=1e-3)

@@ -81,3 +81,36 @@ def test_policies_respect_their_settings() -> None:
 def test_model_without_ffn_blocks_is_named() -> None:
     with pytest.raises(ModelError, match="moefy: Sequential has no FFN blocks the stage understands"):
         find_ffn_blocks(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_gated_swiglu_ffns_split_into_exact_experts_and_reload() -> None:
+    """LaDiMo's own setting: a LLaMA-style decoder's SwiGLU FFNs (act(gate) * up, then down) as experts."""
+    from compress.models.decoder import LlamaSpec, build_llama
+
+    torch.manual_seed(0)
+    model = build_llama(LlamaSpec(layers=2, hidden=32, heads=4, kv_heads=2, ffn=64, positions=32), 100, 1, 0).eval()
+    batch = _batch()
+    with torch.no_grad():
+        dense_logits = model(**batch).logits
+    blocks = find_ffn_blocks(model)
+    assert [b.path for b in blocks] == ["model.layers.0", "model.layers.1"] and blocks[0].w_gate is not None
+    calib = convert.capture(model, blocks, [batch], 10_000)
+    for i, block in enumerate(blocks):
+        x, y = calib.inputs[i], calib.outputs[i]
+        moe = MoeFfn.from_dense(block, convert.neuron_groups(block, x, 4, "coactivation", 0))
+        assert moe.gated and torch.allclose(moe.dense(x), y, atol=1e-5)  # all experts: the dense FFN exactly
+        moe.top_k = 2  # token-grouped forward equals the masked sum of the chosen experts' outputs
+        mask = moe.select(moe.probabilities(x)).to(x.dtype)
+        want = (mask.unsqueeze(-1) * moe.expert_outputs(x)).sum(1) + moe.b2
+        assert torch.allclose(moe(x), want, atol=1e-5)
+        moe.top_k = 4
+        convert.install(block, moe)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, dense_logits, atol=1e-4)
+    moes = convert.moe_layers(model)
+    assert [p for p, _ in moes] == ["model.layers.0", "model.layers.1"]
+    fresh = build_llama(LlamaSpec(layers=2, hidden=32, heads=4, kv_heads=2, ffn=64, positions=32), 100, 1, 0)
+    convert.rebuild(fresh, convert.spec(moes))  # the skeleton a saved MoE decoder is loaded into
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(**batch).logits, dense_logits, atol=1e-4)
