@@ -35,13 +35,15 @@ log = logging.getLogger("compress")
 Run = Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # a session: feeds -> every output, in graph order
 
 
-def cache_shape(module: nn.Module) -> tuple[int, int, int]:
-    """(layers, kv_heads, head_dim) of a Hugging Face causal LM's KV cache."""
+def cache_shape(module: nn.Module) -> tuple[int, list[int], int]:
+    """(layers, key/value heads of each layer, head_dim) of a Hugging Face causal LM's KV cache (a pruned layer
+    has fewer heads than the config says)."""
+    from compress.models.decoder import decoder_layers
+
     cfg: Any = module.config
-    heads = cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return int(cfg.num_hidden_layers), int(kv), int(head_dim)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = [int(layer.self_attn.k_proj.out_features // head_dim) for layer in decoder_layers(module)]
+    return len(kv), kv, int(head_dim)
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
@@ -81,7 +83,7 @@ def export_decoder_onnx(model: TaskModel, path: Path, *, opset: int) -> None:
     layers, kv, dim = cache_shape(module)
     names_in, names_out = io_names(layers)
     ids = torch.randint(0, max(2, model.num_labels), (1, 2))
-    past = [torch.zeros(1, kv, 3, dim) for _ in range(2 * layers)]  # traced with a past; an empty one runs too
+    past = [torch.zeros(1, kv[i // 2], 3, dim) for i in range(2 * layers)]  # traced with a past; empty runs too
     mask = torch.ones(1, 5, dtype=torch.long)
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "total"},
@@ -104,12 +106,13 @@ def export_decoder_onnx(model: TaskModel, path: Path, *, opset: int) -> None:
 class CachedDecoder:
     """Runs a KV-cache graph (any runtime's session as ``run``): the prompt, then one token at a time."""
 
-    def __init__(self, run: Run, layers: int, kv_heads: int, head_dim: int) -> None:
+    def __init__(self, run: Run, layers: int, kv_heads: list[int], head_dim: int) -> None:
         self.run, self.layers, self.kv_heads, self.head_dim = run, layers, kv_heads, head_dim
         self.past_names = io_names(layers)[0][2:]
 
     def empty(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past_names]
+        return [np.zeros((batch, self.kv_heads[i // 2], 0, self.head_dim), np.float32)
+                for i in range(len(self.past_names))]  # fmt: skip
 
     def forward(self, ids: np.ndarray, mask: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list]:
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}

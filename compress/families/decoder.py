@@ -21,9 +21,10 @@ from compress.models.decoder import decoder_layers, evenly_spaced, layer_prefix
 from compress.models.task_model import TaskModel
 
 if TYPE_CHECKING:
-    from compress.data.dataset import Batch
+    from compress.data.dataset import Batch, DataBundle
     from compress.losses import LossConfig
     from compress.moe.experts import FfnBlock
+    from compress.pruning.masked import MaskedGroups, PruneGoal
 
 HF = ("hf",)
 
@@ -42,6 +43,7 @@ class DecoderFamily(Family):
         "student:decoder": HF,
         "gradient_checkpointing": HF,
         "moefy": HF,
+        "prune:dphubert": HF,
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
@@ -95,6 +97,17 @@ class DecoderFamily(Family):
             return list(range(s_layers))
         init = (student.spec.get("decoder") or {}).get("init_from_layers")
         return list(init) if init and len(init) == s_layers else evenly_spaced(s_layers, t_layers)
+
+    def masked_groups(self, model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:
+        """DPHuBERT on LLaMA-style layers: key/value groups (with their query heads) and SwiGLU units."""
+        self.require("prune:dphubert", where, model)
+        from compress.pruning.masked import DecoderGroups
+
+        layer = decoder_layers(model.module)[0]
+        if not all(hasattr(layer, n) for n in ("self_attn", "mlp")) or not hasattr(layer.mlp, "gate_proj"):
+            raise ModelError(f"{where}: DPHuBERT prunes LLaMA-style decoder layers (self_attn with q/k/v/o "
+                             f"projections, a SwiGLU mlp); {type(model.module).__name__} has other ones.")  # fmt: skip
+        return DecoderGroups(model, goal)
 
     def ffn_blocks(self, model: TaskModel, where: str) -> list[FfnBlock]:
         """The gated SwiGLU FFNs (`mlp.gate_proj`, `up_proj`, `down_proj`): LaDiMo's own setting."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from compress.config import Strict
 from compress.errors import ModelError
+from compress.models.transforms import register_transform
 
 log = logging.getLogger("compress")
 
@@ -154,3 +155,51 @@ def build_decoder_student(teacher: nn.Module, spec: DecoderStudentSpec) -> nn.Mo
         f"teacher layers {layer_map}" if same_layers else "embeddings and head copied" if same_width else "random",
     )  # fmt: skip
     return student
+
+
+# ---- per-layer structure (pruned decoders) -----------------------------------------------------------------------
+STRUCTURE = "decoder_structure"  # the model transform that resizes each layer on load (args: the structure)
+
+
+def decoder_structure(model: nn.Module) -> dict[str, list[int]]:
+    """Key/value heads and FFN units of every decoder layer, read from the modules themselves."""
+    cfg: Any = model.config
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    layers = decoder_layers(model)
+    return {"kv_heads": [int(layer.self_attn.k_proj.out_features // d) for layer in layers],
+            "ffn": [int(layer.mlp.down_proj.in_features) for layer in layers]}  # fmt: skip
+
+
+def _linear(like: nn.Linear, inputs: int, outputs: int) -> nn.Linear:
+    return nn.Linear(inputs, outputs, bias=like.bias is not None, dtype=like.weight.dtype)
+
+
+def resize_decoder(model: nn.Module, structure: dict[str, list[int]]) -> None:
+    """Give each decoder layer ``kv_heads[i]`` key/value heads (and their query heads) and ``ffn[i]`` SwiGLU units
+    (new weights). The query-per-key ratio and the head size stay the model's; Hugging Face's attention reshapes
+    with ``-1`` heads, so a layer with smaller projections simply runs fewer heads."""
+    cfg: Any = model.config
+    layers = decoder_layers(model)
+    kv, ffn = structure["kv_heads"], structure["ffn"]
+    if len(kv) != len(layers) or len(ffn) != len(layers):
+        raise ModelError(f"structure has {len(kv)} kv_heads / {len(ffn)} ffn entries for {len(layers)} layers.")
+    heads = cfg.num_attention_heads
+    g = heads // (getattr(cfg, "num_key_value_heads", None) or heads)
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    hidden = cfg.hidden_size
+    for layer, n, f in zip(layers, kv, ffn, strict=True):
+        if n <= 0 or f <= 0:
+            raise ModelError(f"a decoder layer keeps at least one key/value head and one FFN unit (got {n}, {f}).")
+        a, m = layer.self_attn, layer.mlp
+        a.q_proj, a.k_proj, a.v_proj = _linear(a.q_proj, hidden, n * g * d), _linear(a.k_proj, hidden, n * d), \
+            _linear(a.v_proj, hidden, n * d)  # fmt: skip
+        a.o_proj = _linear(a.o_proj, n * g * d, hidden)
+        m.gate_proj, m.up_proj = _linear(m.gate_proj, hidden, f), _linear(m.up_proj, hidden, f)
+        m.down_proj = _linear(m.down_proj, f, hidden)
+
+
+def _resize_on_load(module: nn.Module, structure: dict[str, list[int]]) -> None:
+    resize_decoder(module, structure)
+
+
+register_transform(STRUCTURE)(_resize_on_load)

@@ -95,6 +95,45 @@ class EncoderGroups(MaskedGroups):
         return kept, current_structure(self.model.module)
 
 
+class DecoderGroups(MaskedGroups):
+    """Key/value groups (grouped-query aware) and SwiGLU FFN units of a causal LM's decoder layers."""
+
+    def __init__(self, model: TaskModel, goal: PruneGoal) -> None:
+        from compress.pruning.decoder_masks import DecoderMasks, decoder_flop_costs, decoder_param_costs
+
+        self.model = model
+        cfg: Any = model.module.config
+        if goal.params is not None:
+            self.costs, self.target = decoder_param_costs(cfg), goal.params
+        elif goal.flops is not None:
+            self.costs, self.target = decoder_flop_costs(cfg, goal.sequence), goal.flops
+        else:
+            raise StageError("prune.target: latency targets are measured for encoders; give a causal LM a `params` "
+                             "or `flops` target.")  # fmt: skip
+        self.masks = DecoderMasks(model.module).attach(model.module)
+        self.full = self.masks.full_size(self.costs)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.masks.parameters())
+
+    def sample(self) -> None:
+        self.masks.sample()
+
+    def expected(self) -> torch.Tensor:
+        return self.masks.expected_size(self.costs) / self.full
+
+    def finalize(self) -> tuple[float, dict[str, Any]]:
+        from compress.models.decoder import STRUCTURE, decoder_structure
+        from compress.pruning.decoder_masks import prune_decoder
+
+        gates = self.masks.deterministic()
+        self.masks.detach()
+        structure = prune_decoder(self.model.module, gates)
+        self.model.record(STRUCTURE, decoder_structure(self.model.module))
+        kept = (sum(structure["kv_heads"]) * self.costs.per_head + sum(structure["ffn"]) * self.costs.per_unit)
+        return kept / self.full, structure
+
+
 class ChannelGroups(MaskedGroups):
     """The maskable channels of a built-in CNN, removed through torch-pruning's dependency graph."""
 

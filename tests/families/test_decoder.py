@@ -113,7 +113,7 @@ def test_the_family_contract_for_decoders() -> None:
     family = FAMILIES.get("decoder")
     assert family.modality == "lm" and family.supports("hidden_states", "hf")
     assert family.supports("export", "hf") and family.onnx_graph == "kv_cache" and family.supports("moefy", "hf")
-    assert not family.supports("prune:dphubert")
+    assert family.supports("prune:dphubert", "hf") and not family.supports("prune:torch_pruning")
 
 
 # ---- bad input: each a clear error before any training ----------------------------------------------------------
@@ -162,8 +162,9 @@ def test_a_block_longer_than_the_positions_and_unsupported_stages(tmp_path: Path
     prompt = lm_recipe_head("x", pycode_slice) + "  - stage: profile\n    generation: {prompt: 100}\n"
     _fails(tmp_path, prompt, r"stages\[1\].generation.prompt: 100 tokens is longer than the blocks the models learn "
                              r"from \(data.max_length 64\); give at most 64")
-    prune = lm_recipe_head("x", pycode_slice) + "  - stage: prune\n    target: {params: 0.5}\n"
-    _fails(tmp_path, prune, r"stages\[1\].method: dphubert does not apply to this teacher .*decoder family")
+    prune = lm_recipe_head("x", pycode_slice) + "  - stage: prune\n    method: torch_pruning\n"
+    prune += "    target: {flops: 0.5}\n"
+    _fails(tmp_path, prune, r"stages\[1\].method: torch_pruning does not apply to this teacher .*decoder family")
     bert = lm_recipe_head("x", pycode_slice) + "  - stage: distill\n    student: {bert: {layers: 1}}\n"
     _fails(tmp_path, bert, r"stages\[1\].student.bert: `bert` students are built from a Hugging Face BERT-family")
     no_tok = lm_recipe_head("x", pycode_slice).replace("  tokenizer: {vocab_size: 512}\n", "")
@@ -217,5 +218,37 @@ def test_moefy_turns_a_decoder_s_swiglu_ffns_into_experts(tmp_path: Path, pycode
 
     assert is_moe(model.module) and model.family == "decoder"
     onnx = result.artifacts["teacher.moe.onnx"]
+    assert onnx.metrics["parity_top1_agreement"] == 1.0
+    assert onnx.metrics["perplexity"] == pytest.approx(art.metrics["perplexity"], rel=1e-3)
+
+
+def test_dphubert_prunes_key_value_groups_and_ffn_units_of_a_decoder(tmp_path: Path, pycode_slice: Path) -> None:
+    text = lm_recipe_head("lm-prune", pycode_slice) + """  - stage: prune
+    source: teacher
+    output: teacher.pruned
+    target: {params: 0.6}
+    max_steps: 40
+    batch_size: 16
+    mask_lr: 0.1
+    lambda_lr: 0.1
+    finetune: {max_steps: 4, batch_size: 16}
+  - stage: export
+    models: [teacher.pruned]
+    int8: []
+    int4: false
+    generation: {prompts: ["def "], new_tokens: 4}
+"""
+    result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    art = result.artifacts["teacher.pruned"]
+    pruning = art.info["pruning"]
+    structure = pruning["structure"]
+    assert art.params < result.artifacts["teacher"].params
+    assert all(1 <= n <= 2 for n in structure["kv_heads"]) and all(1 <= f <= 128 for f in structure["ffn"])
+    assert sum(structure["ffn"]) < 256 or sum(structure["kv_heads"]) < 4  # something really went
+    model = load(art.path)  # rebuilt from the recorded per-layer structure
+    from compress.models.decoder import decoder_structure
+
+    assert decoder_structure(model.module) == structure
+    onnx = result.artifacts["teacher.pruned.onnx"]  # per-layer cache shapes in the graph
     assert onnx.metrics["parity_top1_agreement"] == 1.0
     assert onnx.metrics["perplexity"] == pytest.approx(art.metrics["perplexity"], rel=1e-3)
