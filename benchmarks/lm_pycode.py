@@ -7,8 +7,10 @@ and int4 (MatMulNBits) ONNX graphs with a KV cache, measured in one run.
 One `pipeline.run` of `recipes/pycode-lm.yaml`'s teacher and data with one `distill` stage per loss (students
 `decoder: {layers: 2}` from teacher layers 2 and 5; same steps, batch and block length, so the same tokens): forward
 KL, reverse KL (MiniLLM, token level), skew KL and skew reverse KL (DistiLLM), TAID, and GKD (generalized JSD,
-beta 0.5, on the student's own continuations half of the time). Then `export` (every model, fp32 / int8 / int4)
-and `profile` on x86-cpu as generation (prompt 128, 64 new tokens), all artifacts in the same profile stage.
+beta 0.5, on the student's own continuations half of the time). The student with the best dev perplexity is then
+pruned (DPHuBERT: key/value groups and SwiGLU units, to 60% of its prunable parameters) in a second run that
+reuses every trained stage, followed by `export` (every model, fp32 / int8 / int4) and `profile` on x86-cpu as
+generation (prompt 128, 64 new tokens), all artifacts in the same profile stage.
 Columns: test perplexity on the deployed graph (onnxruntime), top-1 agreement with the teacher, time to first
 token and decode tokens/s (p50), size, memory (the weights plus the KV cache at the end of a generation, as the
 graph's outputs hold it). Prints the table and saves benchmarks/results/lm_pycode.json.
@@ -42,7 +44,8 @@ LOSSES = {
 }  # fmt: skip
 
 
-def recipe(teacher_steps: int, student_steps: int, losses: list[str]) -> dict:
+def recipe(teacher_steps: int, student_steps: int, losses: list[str], best: str | None = None,
+           prune_steps: int = 300) -> dict:  # fmt: skip
     base = yaml.safe_load((ROOT / "recipes" / "pycode-lm.yaml").read_text())
     data = dict(base["data"])
     for key in ("train", "dev", "test"):
@@ -51,6 +54,11 @@ def recipe(teacher_steps: int, student_steps: int, losses: list[str]) -> dict:
     stages = [{**finetune, "max_steps": teacher_steps}]
     for loss in losses:
         stages.append({**distill, "max_steps": student_steps, **LOSSES[loss], "output": f"student-{loss}"})
+    if best is None:  # the first run trains; the best student (on dev) is known after it
+        return {**base, "name": "lm-pycode", "data": data, "stages": stages}
+    stages.append({"stage": "prune", "source": f"student-{best}", "output": f"student-{best}-pruned",
+                   "target": {"params": 0.6}, "max_steps": prune_steps, "batch_size": 16, "lr": 1.0e-3,
+                   "finetune": {"max_steps": prune_steps // 2, "batch_size": 16, "lr": 1.0e-3}})  # fmt: skip
     stages.append({"stage": "export", "int8": ["dynamic"], "int4": True, "eval_batch_size": 16,
                    "generation": {"prompts": ["def ", "import os\n", "class "], "new_tokens": 48}})  # fmt: skip
     stages.append({"stage": "profile", "devices": ["x86-cpu"], "generation": {"prompt": 128, "new_tokens": 64},
@@ -63,14 +71,20 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=1200)
     parser.add_argument("--student-steps", type=int, default=600)
     parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--prune-steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "export" / "lm-pycode")
     args = parser.parse_args()
     losses = args.losses.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "lm-pycode.yaml"
-    path.write_text(yaml.safe_dump(recipe(args.teacher_steps, args.student_steps, losses), sort_keys=False))
     started = time.perf_counter()
-    result = pipeline.run(path, args.out)
+    path.write_text(yaml.safe_dump(recipe(args.teacher_steps, args.student_steps, losses), sort_keys=False))
+    trained = pipeline.run(path, args.out)
+    dev = {loss: trained.artifacts[f"student-{loss}"].metrics["dev_perplexity"] for loss in losses}
+    best = min(losses, key=dev.__getitem__)  # picked on dev, reported on test
+    path.write_text(yaml.safe_dump(recipe(args.teacher_steps, args.student_steps, losses, best, args.prune_steps),
+                                   sort_keys=False))  # fmt: skip
+    result = pipeline.run(path, args.out)  # the same stages (cached), then pruning, export and profile
     wall = time.perf_counter() - started
     arts = result.artifacts
 
@@ -88,15 +102,12 @@ def main() -> None:
             "completions": art.info.get("completions", []),
         }  # fmt: skip
 
-    rows = [row(f"teacher{s}", "teacher", None) for s in (".onnx", ".int8-dynamic.onnx", ".int4.onnx")]
-    dev = {}
+    variants = (".onnx", ".int8-dynamic.onnx", ".int4.onnx")
+    rows = [row(f"teacher{s}", "teacher", None) for s in variants]
     for loss in losses:
-        student = arts[f"student-{loss}"]
-        dev[loss] = student.metrics["dev_perplexity"]
-        rows += [row(f"student-{loss}{s}", f"student-{loss}", loss) for s in (".onnx", ".int8-dynamic.onnx",
-                                                                              ".int4.onnx")]  # fmt: skip
+        rows += [row(f"student-{loss}{s}", f"student-{loss}", loss) for s in variants]
+    rows += [row(f"student-{best}-pruned{s}", f"student-{best}-pruned", best) for s in variants]
     by = {r["artifact"]: r for r in rows}
-    best = min(losses, key=dev.__getitem__)  # picked on dev, reported on test
     teacher = by["teacher.onnx"]
     summary: dict = {"best_loss_by_dev": best, "wall_seconds": wall}
     if "fkl" in losses:
@@ -114,7 +125,8 @@ def main() -> None:
                         "int4_perplexity_increase_pct": increase, "int4_perplexity_target_pct": 15.0,
                         "int4_met": speed >= 3.0 and increase <= 15.0})  # fmt: skip
     training = {}
-    for name in ["teacher", *[f"student-{x}" for x in losses]]:
+    summary["pruned"] = arts[f"student-{best}-pruned"].info.get("pruning", {}).get("structure")
+    for name in ["teacher", *[f"student-{x}" for x in losses], f"student-{best}-pruned"]:
         info = arts[name].info.get("training", {})
         training[name] = {"steps": info.get("steps"), "seconds": info.get("seconds"),
                           "teacher_cache": arts[name].info.get("teacher_cache"),
