@@ -11,7 +11,6 @@ layer's attention would leave its KV cache slot empty.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from compress.models.decoder import decoder_layers, decoder_structure
 from compress.pruning.encoder_masks import GroupCosts
-from compress.pruning.hardconcrete import HardConcrete
+from compress.pruning.hardconcrete import HardConcrete, ProjectionGates
 
 
 def _shape(config: Any) -> tuple[int, int, int]:
@@ -55,7 +54,7 @@ def _keep_one(gate: HardConcrete, z: torch.Tensor) -> torch.Tensor:
     return z
 
 
-class DecoderMasks(nn.Module):
+class DecoderMasks(ProjectionGates):
     """Hard-concrete gates on every layer's key/value groups and FFN units."""
 
     def __init__(self, model: nn.Module, *, init_keep: float = 0.9) -> None:
@@ -64,8 +63,6 @@ class DecoderMasks(nn.Module):
         _, self.d, self.g = _shape(model.config)  # type: ignore[attr-defined]
         self.groups = nn.ModuleList(HardConcrete(n, init_keep=init_keep) for n in structure["kv_heads"])
         self.units = nn.ModuleList(HardConcrete(f, init_keep=init_keep) for f in structure["ffn"])
-        self._z: dict[str, list[torch.Tensor]] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def pairs(self) -> list[tuple[HardConcrete, HardConcrete]]:
         return [(g, u) for g, u in zip(self.groups, self.units, strict=True)]  # type: ignore[misc]
@@ -88,28 +85,13 @@ class DecoderMasks(nn.Module):
 
     def attach(self, model: nn.Module) -> DecoderMasks:
         for i, layer in enumerate(decoder_layers(model)):
-            self._handles.append(layer.self_attn.o_proj.register_forward_pre_hook(self._hook("groups", i)))
-            self._handles.append(layer.mlp.down_proj.register_forward_pre_hook(self._hook("units", i)))
+            self.hook_on(layer.self_attn.o_proj, "groups", i)
+            self.hook_on(layer.mlp.down_proj, "units", i)
         return self
 
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _hook(self, kind: str, layer: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor]]:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
-            if module.training:
-                if not self._z:
-                    raise RuntimeError("DecoderMasks.sample() must run before a training forward pass")
-                z = self._z[kind][layer]
-            else:
-                z = self.deterministic()[kind][layer]
-            if kind == "groups":  # one gate per key/value head: its query heads, each head's d channels
-                z = z.repeat_interleave(self.g * self.d)
-            return (inputs[0] * z.to(inputs[0].dtype),)
-
-        return hook
+    def widen(self, kind: str, z: torch.Tensor) -> torch.Tensor:
+        # one gate per key/value head: its query heads, each head's d channels
+        return z.repeat_interleave(self.g * self.d) if kind == "groups" else z
 
 
 @torch.no_grad()

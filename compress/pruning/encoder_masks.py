@@ -9,7 +9,6 @@ contributes nothing but the projection's bias, which is exactly what the physica
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from compress.errors import ModelError
 from compress.models.structure import current_structure, encoder_layers, head_size
-from compress.pruning.hardconcrete import HardConcrete
+from compress.pruning.hardconcrete import HardConcrete, ProjectionGates
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def flop_costs(config: Any, sequence: int) -> GroupCosts:
     return GroupCosts(per_head=per_head, per_unit=2 * sequence * 2 * hidden)
 
 
-class EncoderMasks(nn.Module):
+class EncoderMasks(ProjectionGates):
     """Hard-concrete gates for every prunable group of ``model``'s encoder layers."""
 
     def __init__(self, model: nn.Module, *, init_keep: float = 0.9) -> None:
@@ -57,8 +56,6 @@ class EncoderMasks(nn.Module):
         n_layers = len(structure["heads"])
         self.attention_blocks = HardConcrete(n_layers, init_keep=init_keep)
         self.ffn_blocks = HardConcrete(n_layers, init_keep=init_keep)
-        self._z: dict[str, list[torch.Tensor]] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # ---- gates ---------------------------------------------------------------------------------
     def sample(self) -> None:
@@ -99,26 +96,9 @@ class EncoderMasks(nn.Module):
     # ---- hooks ---------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> EncoderMasks:
         for i, layer in enumerate(encoder_layers(model)):
-            self._handles.append(layer.attention.output.dense.register_forward_pre_hook(self._hook("heads", i)))
-            self._handles.append(layer.output.dense.register_forward_pre_hook(self._hook("units", i)))
+            self.hook_on(layer.attention.output.dense, "heads", i)
+            self.hook_on(layer.output.dense, "units", i)
         return self
 
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _hook(self, kind: str, layer: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor]]:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
-            # a module in eval mode (evaluation, export checks) always sees the deterministic gates
-            if module.training:
-                if not self._z:
-                    raise RuntimeError("EncoderMasks.sample() must run before a training forward pass")
-                z = self._z[kind][layer]
-            else:
-                z = self.deterministic()[kind][layer]
-            if kind == "heads":
-                z = z.repeat_interleave(self.d)
-            return (inputs[0] * z,)
-
-        return hook
+    def widen(self, kind: str, z: torch.Tensor) -> torch.Tensor:
+        return z.repeat_interleave(self.d) if kind == "heads" else z

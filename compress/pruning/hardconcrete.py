@@ -14,6 +14,8 @@ instead would keep every group whose probability is merely lowered, and miss the
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -52,3 +54,42 @@ class HardConcrete(nn.Module):
             if zeros > 0:
                 soft[torch.topk(soft, zeros, largest=False).indices] = 0.0
             return soft
+
+
+class ProjectionGates(nn.Module, metaclass=ABCMeta):
+    """Gates applied by forward pre-hooks on a layer's output projections (DPHuBERT's masks on Transformers): the
+    projection's input is scaled by the gates of the groups it reads, sampled in training (`sample`), the
+    deterministic ones in eval mode (evaluation and export checks see what pruning will keep)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._z: dict[str, list[torch.Tensor]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @abstractmethod
+    def deterministic(self) -> dict[str, list[torch.Tensor]]:
+        """The final gates, per kind of group, per layer."""
+
+    def widen(self, kind: str, z: torch.Tensor) -> torch.Tensor:
+        """One gate per group -> one scale per input channel of the projection (default: already one each)."""
+        return z
+
+    def hook_on(self, projection: nn.Module, kind: str, layer: int) -> None:
+        self._handles.append(projection.register_forward_pre_hook(self._hook(kind, layer)))
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, kind: str, layer: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor]]:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+            if module.training:
+                if not self._z:
+                    raise RuntimeError(f"{type(self).__name__}.sample() must run before a training forward pass")
+                z = self._z[kind][layer]
+            else:
+                z = self.deterministic()[kind][layer]
+            return (inputs[0] * self.widen(kind, z).to(inputs[0].dtype),)
+
+        return hook

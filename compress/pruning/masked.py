@@ -61,7 +61,23 @@ class MaskedGroups(ABC):
         change on the model (a registered transform); returns the kept fraction and the structure left."""
 
 
-class EncoderGroups(MaskedGroups):
+class _TransformerGroups(MaskedGroups):
+    """Masks on a Transformer's projections (`ProjectionGates`), sized by per-group costs."""
+
+    masks: Any  # EncoderMasks or DecoderMasks: sample, expected_size(costs), parameters
+    costs: GroupCosts
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.masks.parameters())
+
+    def sample(self) -> None:
+        self.masks.sample()
+
+    def expected(self) -> torch.Tensor:
+        return self.masks.expected_size(self.costs) / self.full
+
+
+class EncoderGroups(_TransformerGroups):
     """Heads, attention blocks, FFN units and FFN blocks of a BERT-family encoder."""
 
     def __init__(self, model: TaskModel, goal: PruneGoal) -> None:
@@ -77,15 +93,6 @@ class EncoderGroups(MaskedGroups):
         self.masks = EncoderMasks(model.module).attach(model.module)
         self.full = self.masks.full_size(self.costs)
 
-    def parameters(self) -> list[nn.Parameter]:
-        return list(self.masks.parameters())
-
-    def sample(self) -> None:
-        self.masks.sample()
-
-    def expected(self) -> torch.Tensor:
-        return self.masks.expected_size(self.costs) / self.full
-
     def finalize(self) -> tuple[float, dict[str, Any]]:
         gates = self.masks.deterministic()
         self.masks.detach()
@@ -95,7 +102,7 @@ class EncoderGroups(MaskedGroups):
         return kept, current_structure(self.model.module)
 
 
-class DecoderGroups(MaskedGroups):
+class DecoderGroups(_TransformerGroups):
     """Key/value groups (grouped-query aware) and SwiGLU FFN units of a causal LM's decoder layers."""
 
     def __init__(self, model: TaskModel, goal: PruneGoal) -> None:
@@ -112,15 +119,6 @@ class DecoderGroups(MaskedGroups):
                              "or `flops` target.")  # fmt: skip
         self.masks = DecoderMasks(model.module).attach(model.module)
         self.full = self.masks.full_size(self.costs)
-
-    def parameters(self) -> list[nn.Parameter]:
-        return list(self.masks.parameters())
-
-    def sample(self) -> None:
-        self.masks.sample()
-
-    def expected(self) -> torch.Tensor:
-        return self.masks.expected_size(self.costs) / self.full
 
     def finalize(self) -> tuple[float, dict[str, Any]]:
         from compress.models.decoder import STRUCTURE, decoder_structure
