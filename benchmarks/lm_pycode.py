@@ -2,7 +2,7 @@
 distilled for the same number of tokens with each sequence loss, every model deployed as fp32, int8 dynamic
 and int4 (MatMulNBits) ONNX graphs with a KV cache, measured in one run.
 
-    python benchmarks/lm_pycode.py [--teacher-steps 1200] [--student-steps 600] [--out export/lm-pycode]
+    python benchmarks/lm_pycode.py [--teacher-steps 1200] [--student-steps 600] [--top-k 64] [--out export/lm-pycode]
 
 One `pipeline.run` of `recipes/pycode-lm.yaml`'s teacher and data with one `distill` stage per loss (students
 `decoder: {layers: 2}` from teacher layers 2 and 5; same steps, batch and block length, so the same tokens): forward
@@ -45,7 +45,7 @@ LOSSES = {
 
 
 def recipe(teacher_steps: int, student_steps: int, losses: list[str], best: str | None = None,
-           prune_steps: int = 300) -> dict:  # fmt: skip
+           prune_steps: int = 300, top_k: int = 64) -> dict:  # fmt: skip
     base = yaml.safe_load((ROOT / "recipes" / "pycode-lm.yaml").read_text())
     data = dict(base["data"])
     for key in ("train", "dev", "test"):
@@ -53,7 +53,8 @@ def recipe(teacher_steps: int, student_steps: int, losses: list[str], best: str 
     finetune, distill = base["stages"]
     stages = [{**finetune, "max_steps": teacher_steps}]
     for loss in losses:
-        stages.append({**distill, "max_steps": student_steps, **LOSSES[loss], "output": f"student-{loss}"})
+        stages.append({**distill, "max_steps": student_steps, "teacher_top_k": top_k, **LOSSES[loss],
+                       "output": f"student-{loss}"})  # fmt: skip
     if best is None:  # the first run trains; the best student (on dev) is known after it
         return {**base, "name": "lm-pycode", "data": data, "stages": stages}
     stages.append({"stage": "prune", "source": f"student-{best}", "output": f"student-{best}-pruned",
@@ -72,18 +73,20 @@ def main() -> None:
     parser.add_argument("--student-steps", type=int, default=600)
     parser.add_argument("--losses", default=",".join(LOSSES))
     parser.add_argument("--prune-steps", type=int, default=300)
+    parser.add_argument("--top-k", type=int, default=64, help="teacher_top_k of every distill stage")
     parser.add_argument("--out", type=Path, default=ROOT / "export" / "lm-pycode")
     args = parser.parse_args()
     losses = args.losses.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "lm-pycode.yaml"
     started = time.perf_counter()
-    path.write_text(yaml.safe_dump(recipe(args.teacher_steps, args.student_steps, losses), sort_keys=False))
+    first = recipe(args.teacher_steps, args.student_steps, losses, top_k=args.top_k)
+    path.write_text(yaml.safe_dump(first, sort_keys=False))
     trained = pipeline.run(path, args.out)
     dev = {loss: trained.artifacts[f"student-{loss}"].metrics["dev_perplexity"] for loss in losses}
     best = min(losses, key=dev.__getitem__)  # picked on dev, reported on test
-    path.write_text(yaml.safe_dump(recipe(args.teacher_steps, args.student_steps, losses, best, args.prune_steps),
-                                   sort_keys=False))  # fmt: skip
+    second = recipe(args.teacher_steps, args.student_steps, losses, best, args.prune_steps, args.top_k)
+    path.write_text(yaml.safe_dump(second, sort_keys=False))
     result = pipeline.run(path, args.out)  # the same stages (cached), then pruning, export and profile
     wall = time.perf_counter() - started
     arts = result.artifacts
@@ -144,6 +147,7 @@ def main() -> None:
         print(f"{key}: {value}")
     out = {"rows": rows, "summary": summary, "training": training, "dev_perplexity": dev,
            "teacher_steps": args.teacher_steps, "student_steps": args.student_steps, "losses": losses,
+           "teacher_top_k": args.top_k,
            "stages": [{"stage": s.stage, "seconds": s.seconds, "cached": s.cached} for s in result.stages],
            "environment": environment()}  # fmt: skip
     target = ROOT / "benchmarks" / "results" / "lm_pycode.json"
