@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from compress.pruning.masked import MaskedGroups, PruneGoal
     from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
+    from compress.search.supernet import SlicedSuperNet
 
 # What a stage may ask for; `supports(capability, kind)` answers per source kind.
 CAPABILITIES = {
@@ -39,6 +40,7 @@ CAPABILITIES = {
     "moefy": "Mixture-of-Experts conversion of the FFNs (moefy)",
     "search:diswot": "training-free architecture search (search, method diswot)",
     "search:autodistil": "weight-sharing super-network search (search, method autodistil)",
+    "search:latency": "latency-budgeted search (search.budget.max_latency_ms: latency tables of the device)",
     "quantize:bitsandbytes": "bitsandbytes deployment (quantize, method bitsandbytes)",
     "losses:attention": "attention distillation losses (attention_map, attention_output, minilm)",
     "hidden_states": "layer-to-layer hidden-state distillation",
@@ -167,6 +169,18 @@ class Family(ABC):
     def search_space(self, space: Space | None, teacher: TaskModel, where: str) -> Space:
         """The search space (the recipe's, checked against the teacher, or the family's default)."""
         self.require("search:diswot", where, teacher)
+        raise AssertionError("unreachable")
+
+    def search_candidate(self, space: Space, arch: Arch, teacher: TaskModel, *, in_channels: int | None,
+                         seed: int) -> TaskModel:  # fmt: skip
+        """A randomly initialised candidate of the arch (costs and DisWOT scores), seeded by ``seed`` and the arch."""
+        from compress.search.candidates import build_candidate
+
+        return build_candidate(space, arch, teacher, in_channels=in_channels, seed=seed)
+
+    def supernet(self, teacher: TaskModel) -> SlicedSuperNet:
+        """AutoDistil's weight-sharing super-network over the teacher."""
+        self.require("search:autodistil", "search", teacher)
         raise AssertionError("unreachable")
 
     def search_student(self, space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, seed: int,

@@ -33,6 +33,7 @@ class CnnFamily(Family):
         "prune:dphubert": ("cnn",),
         "prune:torch_pruning": ("cnn", "python"),
         "search:diswot": ("cnn", "python"),
+        "search:latency": ("cnn", "python"),
         "export": ("cnn", "python"),
         "quantize:qat": ("cnn", "python"),
         "quantize:ptq": ("cnn", "python"),

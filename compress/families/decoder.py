@@ -4,20 +4,20 @@ Mistral, SmolLM: anything `AutoModelForCausalLM` loads), the built-in LLaMA-styl
 
 Members map ``input_ids`` and ``attention_mask`` to next-token logits ``(batch, positions, vocabulary)``; the task
 metric is perplexity. Their decoder layers (`model.layers.N`) are the feature taps of layer-to-layer distillation.
-Stages this family does not have yet (pruning, MoEfication, search, export with a KV cache, quantization) answer
-"not supported for the decoder family" before any work.
+Stages and methods this family does not have (DisWOT, latency-budgeted search, torch-pruning, QAT) answer "not
+supported for the decoder family" before any work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from compress.errors import ModelError
 from compress.families.base import Family, register_family
-from compress.models.decoder import decoder_layers, evenly_spaced, layer_prefix
+from compress.models.decoder import STRUCTURE, decoder_layers, evenly_spaced, layer_prefix
 from compress.models.task_model import TaskModel
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from compress.losses import LossConfig
     from compress.moe.experts import FfnBlock
     from compress.pruning.masked import MaskedGroups, PruneGoal
+    from compress.search.space import Arch, Space
+    from compress.search.supernet import SlicedSuperNet
 
 HF = ("hf",)
 
@@ -35,7 +37,7 @@ class DecoderFamily(Family):
     modality = "lm"
     summary = "causal (decoder) language models"
     kinds = ("hf",)
-    space_kind = None
+    space_kind = "transformer"
     onnx_graph = "kv_cache"
     capabilities = {
         "export": HF,
@@ -44,6 +46,7 @@ class DecoderFamily(Family):
         "gradient_checkpointing": HF,
         "moefy": HF,
         "prune:dphubert": HF,
+        "search:autodistil": HF,
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
@@ -119,6 +122,40 @@ class DecoderFamily(Family):
             raise ModelError(f"{where}: moefy splits gated (SwiGLU) FFNs of causal LMs; {type(model.module).__name__} "
                              "has ungated ones.")  # fmt: skip
         return blocks
+
+    def search_space(self, space: Space | None, teacher: TaskModel, where: str) -> Space:
+        """AutoDistil's Transformer space (layers, hidden, query heads, FFN) over a LLaMA-style teacher."""
+        self.require("search:autodistil", where, teacher)
+        from compress.search.candidates import resolve_decoder_space
+        from compress.search.space import TransformerSpace
+
+        space = TransformerSpace() if space is None else space
+        if space.kind != "transformer":
+            raise ModelError(f"{where}.space: a {space.kind} space does not fit a causal LM; give a Transformer "
+                             "space (layers, hidden, heads, ffn).")  # fmt: skip
+        if teacher.has_transform(STRUCTURE):
+            raise ModelError(f"{where}.space: the teacher has a per-layer pruned structure; search needs a uniform "
+                             "teacher.")  # fmt: skip
+        return resolve_decoder_space(space, teacher, f"{where}.space")  # type: ignore[arg-type]
+
+    def search_candidate(self, space: Space, arch: Arch, teacher: TaskModel, *, in_channels: int | None,
+                         seed: int) -> TaskModel:  # fmt: skip
+        from compress.search.candidates import build_decoder_candidate
+
+        return build_decoder_candidate(arch, teacher, seed=seed)
+
+    def supernet(self, teacher: TaskModel) -> SlicedSuperNet:
+        self.require("search:autodistil", "search", teacher)
+        from compress.search.supernet import DecoderSuperNet
+
+        return DecoderSuperNet(teacher.module)
+
+    def search_student(self, space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, seed: int,
+                       supernet: Any = None) -> TaskModel:  # fmt: skip
+        """The sub-network's weights from AutoDistil's trained super-network."""
+        net = supernet if supernet is not None else self.supernet(teacher)
+        student = TaskModel(net.extract(arch), "hf", "lm", teacher.num_labels, teacher.tokenizer, {"search": arch})
+        return self.adopt(student)
 
     def qat_losses(self, model: TaskModel) -> list[LossConfig]:
         from compress.losses.sequence import ForwardKLConfig

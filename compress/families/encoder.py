@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from compress.pruning.masked import MaskedGroups, PruneGoal
     from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
+    from compress.search.supernet import SlicedSuperNet
 
 HF = ("hf",)
 
@@ -42,6 +43,7 @@ class EncoderFamily(Family):
         "moefy": HF,
         "search:diswot": HF,
         "search:autodistil": HF,
+        "search:latency": HF,
         "quantize:bitsandbytes": HF,
         "losses:attention": HF,
         "hidden_states": HF,
@@ -110,6 +112,12 @@ class EncoderFamily(Family):
             raise ModelError(f"{where}.space: the teacher has a per-layer pruned structure; search needs a uniform "
                              "teacher.")  # fmt: skip
         return resolve_transformer_space(space, teacher, f"{where}.space")  # type: ignore[arg-type]
+
+    def supernet(self, teacher: TaskModel) -> SlicedSuperNet:
+        self.require("search:autodistil", "search", teacher)
+        from compress.search.supernet import SuperNet
+
+        return SuperNet(teacher.module)
 
     def search_student(self, space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, seed: int,
                        supernet: Any = None) -> TaskModel:  # fmt: skip

@@ -44,10 +44,13 @@ def hint_loss(
     return (diff * m).sum() / (m.sum() * diff.shape[-1]).clamp_min(1.0)
 
 
-def attention_relation(x: torch.Tensor, heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+def attention_relation(
+    x: torch.Tensor, heads: int, mask: torch.Tensor | None, *, causal: bool = False
+) -> torch.Tensor:
     """Log of the scaled dot-product relation ``softmax(X_h X_h^T / sqrt(d_h))`` per relation head.
 
-    ``x``: ``(B, S, D)`` -> ``(B, heads, S, S)`` log-probabilities over keys; padded keys get no mass.
+    ``x``: ``(B, S, D)`` -> ``(B, heads, S, S)`` log-probabilities over keys; padded keys get no mass, nor do later
+    positions when ``causal`` (the relations a causal decoder's attention can form).
     """
     b, s, d = x.shape
     if d % heads:
@@ -56,6 +59,9 @@ def attention_relation(x: torch.Tensor, heads: int, mask: torch.Tensor | None) -
     scores = xh @ xh.transpose(-1, -2) / math.sqrt(d // heads)
     if mask is not None:
         scores = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+    if causal:
+        future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
+        scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
     return F.log_softmax(scores, dim=-1)
 
 
@@ -65,18 +71,20 @@ def minilm_relation_loss(
     *,
     relation_heads: int,
     mask: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """Self-attention relation distillation (Wang et al., 2021, "MiniLMv2: Multi-Head Self-Attention
     Relation Distillation for Compressing Pretrained Transformers").
 
     For each of Q, K and V: ``KL(R_t || R_s)`` with ``R = softmax(X X^T / sqrt(d_r))`` computed over
     ``relation_heads`` heads (so teacher and student widths may differ), averaged over heads and over
-    non-padding query positions, then averaged over Q, K, V.
+    non-padding query positions, then averaged over Q, K, V. ``causal``: each position relates only to itself and
+    earlier ones (causal decoders).
     """
     total = student_qkv[0].new_zeros(())
     for xs, xt in zip(student_qkv, teacher_qkv, strict=True):
-        log_rs = attention_relation(xs, relation_heads, mask)
-        log_rt = attention_relation(xt, relation_heads, mask)
+        log_rs = attention_relation(xs, relation_heads, mask, causal=causal)
+        log_rt = attention_relation(xt, relation_heads, mask, causal=causal)
         kl = (log_rt.exp() * (log_rt - log_rs)).sum(-1)  # (B, heads, S)
         if mask is None:
             total = total + kl.mean()

@@ -97,6 +97,11 @@ def layer_prefix(model: nn.Module) -> str:
     return names[id(layers[0])].rsplit(".", 1)[0]
 
 
+def decoder_head_size(cfg: Any) -> int:
+    """Channels per attention head (``head_dim`` where the config sets it, else hidden / heads)."""
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
 def evenly_spaced(student_layers: int, teacher_layers: int) -> list[int]:
     step = teacher_layers / student_layers
     return [round(step * (i + 1)) - 1 for i in range(student_layers)]
@@ -163,8 +168,7 @@ STRUCTURE = "decoder_structure"  # the model transform that resizes each layer o
 
 def decoder_structure(model: nn.Module) -> dict[str, list[int]]:
     """Key/value heads and FFN units of every decoder layer, read from the modules themselves."""
-    cfg: Any = model.config
-    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    d = decoder_head_size(model.config)
     layers = decoder_layers(model)
     return {"kv_heads": [int(layer.self_attn.k_proj.out_features // d) for layer in layers],
             "ffn": [int(layer.mlp.down_proj.in_features) for layer in layers]}  # fmt: skip
@@ -185,7 +189,7 @@ def resize_decoder(model: nn.Module, structure: dict[str, list[int]]) -> None:
         raise ModelError(f"structure has {len(kv)} kv_heads / {len(ffn)} ffn entries for {len(layers)} layers.")
     heads = cfg.num_attention_heads
     g = heads // (getattr(cfg, "num_key_value_heads", None) or heads)
-    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    d = decoder_head_size(cfg)
     hidden = cfg.hidden_size
     for layer, n, f in zip(layers, kv, ffn, strict=True):
         if n <= 0 or f <= 0:

@@ -74,6 +74,9 @@ def check_chain(recipe: Recipe) -> None:
                       and not unsupported(c)]  # fmt: skip
             hint = f"use `method: {others[0]}`" if others else f"{stage.stage} does not apply to it"
             problems.append(f"{key}.method: {stage.method} does not apply to {member}; {hint}.")
+        if stage.stage == "search" and stage.budget.max_latency_ms is not None and unsupported("search:latency"):
+            problems.append(f"{key}.budget.max_latency_ms: latency tables time encoders and CNNs, not the generation "
+                            f"of {member}; give max_params or max_mflops.")  # fmt: skip
         space = getattr(stage, "space", None) if stage.stage == "search" else None
         if space is not None and family.space_kind is not None and space.kind != family.space_kind:
             problems.append(f"{key}.space: a {space.kind} space does not fit {member}; give a {family.space_kind} "

@@ -60,8 +60,8 @@ class Cost:
 
 
 def dummy_inputs(model: TaskModel, sequence: int, image_shape: tuple[int, ...] | None) -> dict[str, torch.Tensor]:
-    if model.modality == "text":
-        ids = torch.full((1, sequence), 1000, dtype=torch.long)
+    if model.modality in ("text", "lm"):  # a causal LM's vocabulary may be small (a tokenizer trained on the data)
+        ids = torch.full((1, sequence), 1000 if model.modality == "text" else model.num_labels - 1, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     assert image_shape is not None
     return {"pixel_values": torch.zeros((1, *image_shape))}

@@ -1,4 +1,5 @@
-"""Turn a searched arch into a model: a built-in CNN, or a Hugging Face encoder of the teacher's family."""
+"""Turn a searched arch into a model: a built-in CNN, a Hugging Face encoder of the teacher's family, or a causal LM
+of the teacher's architecture."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from compress.errors import StageError
+from compress.models.decoder import decoder_head_size, decoder_layers
 from compress.models.structure import TRANSFORM as STRUCTURE
 from compress.models.structure import current_structure, encoder_layers, head_size, resize_encoder
 from compress.models.task_model import TaskModel
@@ -98,4 +100,74 @@ def resolve_transformer_space(space: TransformerSpace, teacher: TaskModel, key: 
     bad = [h for h in resolved.choices()["hidden"] if h % d]
     if bad:
         raise StageError(f"{key}.hidden: {bad} are not multiples of the teacher's head size {d}.")
+    return resolved
+
+
+# ---- causal LMs (LLaMA-style: grouped-query attention, SwiGLU) ------------------------------------------------------
+def queries_per_kv(cfg: Any) -> int:
+    """Query heads per key/value head (1 without grouped-query attention)."""
+    return int(cfg.num_attention_heads // (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads))
+
+
+def decoder_config(teacher_config: Any, arch: Arch) -> Any:
+    """The teacher's config at the arch's shape: ``heads`` query heads of the teacher's head size (so ``hidden`` is
+    free), ``heads / g`` key/value heads for the teacher's ``g`` queries per key/value head."""
+    cfg = copy.deepcopy(teacher_config)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.head_dim = decoder_head_size(teacher_config)
+    cfg.num_hidden_layers = arch["layers"]
+    cfg.hidden_size = arch["hidden"]
+    cfg.num_attention_heads = arch["heads"]
+    cfg.num_key_value_heads = arch["heads"] // queries_per_kv(teacher_config)
+    cfg.intermediate_size = arch["ffn"]
+    return cfg
+
+
+def build_decoder(teacher_config: Any, arch: Arch, *, meta: bool = False) -> nn.Module:
+    """A randomly initialised causal LM shaped like ``arch`` (on the meta device when only the shape matters)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta") if meta else torch.device("cpu"):
+        return AutoModelForCausalLM.from_config(decoder_config(teacher_config, arch))
+
+
+def build_decoder_candidate(arch: Arch, teacher: TaskModel, *, seed: int) -> TaskModel:
+    torch.manual_seed(arch_seed(seed, arch))
+    module = build_decoder(teacher.module.config, arch)
+    return TaskModel(module.eval(), "hf", "lm", teacher.num_labels, teacher.tokenizer, {"search": arch})
+
+
+def resolve_decoder_space(space: TransformerSpace, teacher: TaskModel, key: str) -> TransformerSpace:
+    """Fill unset choices from a LLaMA-style teacher and check every choice fits it (errors name ``key``): layers
+    1/3 to 2/3 of its depth, hidden 1/2 to all of its width (multiples of its head size), query heads 1/2 to all
+    (multiples of its queries per key/value head), FFN 1/2 to all (multiples of 64)."""
+    cfg: Any = teacher.module.config
+    layer = decoder_layers(teacher.module)[0]
+    if not all(hasattr(layer, n) for n in ("self_attn", "mlp")) or not hasattr(layer.mlp, "gate_proj"):
+        raise StageError(f"{key}: the decoder super-network slices LLaMA-style layers (self_attn with q/k/v/o "
+                         f"projections, a SwiGLU mlp); {type(teacher.module).__name__} has other ones.")  # fmt: skip
+    n_layers, hidden, heads = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads
+    ffn = cfg.intermediate_size
+    d, g = decoder_head_size(cfg), queries_per_kv(cfg)
+
+    def frac(total: int, lo: float, unit: int = 1) -> list[int]:
+        return sorted({min(total, max(unit, round(total * f / unit) * unit)) for f in (lo, (lo + 1) / 2, 1.0)})
+
+    layers_default = sorted({max(1, round(n_layers / 3)), max(1, round(n_layers / 2)), max(1, round(2 * n_layers / 3))})
+    resolved = space.model_copy(update={
+        "layers": space.layers or layers_default,
+        "hidden": space.hidden or frac(hidden, 0.5, d),
+        "heads": space.heads or frac(heads, 0.5, g),
+        "ffn": space.ffn or frac(ffn, 0.5, 64),
+    })  # fmt: skip
+    limits = {"layers": n_layers, "hidden": hidden, "heads": heads, "ffn": ffn}
+    for name, top in limits.items():
+        bad = [v for v in getattr(resolved, name) if v > top]
+        if bad:
+            raise StageError(f"{key}.{name}: {bad} exceed the teacher's {name} ({top}); weights are sliced from it.")
+    bad = [h for h in resolved.choices()["heads"] if h % g]
+    if bad:
+        raise StageError(f"{key}.heads: {bad} are not multiples of the teacher's {g} query heads per key/value head "
+                         "(grouped-query attention keeps its groups whole).")  # fmt: skip
     return resolved

@@ -19,7 +19,6 @@ from compress.errors import StageError
 from compress.families import family_of
 from compress.models.task_model import TaskModel
 from compress.search.budget import Cost, SearchBudget, static_cost
-from compress.search.candidates import build_candidate
 from compress.search.evolution import Evaluated, ScoreFn, SearchResult, evolve
 from compress.search.latency import CnnLatency, TransformerLatency, latency_model
 from compress.search.space import Arch, CnnSpace, Space, TransformerSpace, arch_key
@@ -113,6 +112,7 @@ class Costs:
 
     def __init__(self, space: Space, teacher: TaskModel, data: DataBundle, config: SearchConfig, ctx: Context):
         self.space, self.teacher, self.budget = space, teacher, config.budget
+        self.family = family_of(teacher)
         self.in_channels, self.seed = data.in_channels, ctx.seed
         self.image_shape = family_of(teacher).input_shape(data)
         self.cache: dict[str, Cost] = {}
@@ -127,7 +127,8 @@ class Costs:
     def static(self, arch: Arch) -> Cost:
         key = arch_key(arch)
         if key not in self.cache:
-            model = build_candidate(self.space, arch, self.teacher, in_channels=self.in_channels, seed=self.seed)
+            model = self.family.search_candidate(self.space, arch, self.teacher, in_channels=self.in_channels,
+                                                 seed=self.seed)  # fmt: skip
             self.cache[key] = static_cost(model, self.budget.sequence, self.image_shape)
         return self.cache[key]
 
@@ -171,7 +172,8 @@ def _diswot(
     def score(archs: list[Arch]) -> list[dict[str, float]]:
         out = []
         for arch in archs:
-            cand = family.adopt(build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=ctx.seed))
+            cand = family.adopt(family.search_candidate(space, arch, teacher, in_channels=data.in_channels,
+                                                        seed=ctx.seed))  # fmt: skip
             s_sig = signature(cand, batch, last_feature_path(cand), candidate=True)
             out.append(diswot_score(t_sig, s_sig, semantic=config.semantic))
         return out
@@ -184,10 +186,11 @@ def _autodistil(
     config: AutodistilConfig, space: TransformerSpace, teacher: TaskModel, data: DataBundle, costs: Costs, ctx: Context
 ) -> tuple[SearchResult, Extra]:
     from compress.search.autodistil import HeldOut, relation_heads, train_supernet
-    from compress.search.supernet import SuperNet
+    from compress.search.supernet import SlicedSuperNet
 
+    family = family_of(teacher)
     heads = relation_heads(space, teacher)
-    held = HeldOut(teacher, data.dev, config.supernet.eval_batches, config.supernet.batch_size, heads)
+    held: HeldOut | None = None
     ranked: list[Evaluated] = []
     nets: dict[str, Any] = {}
     trainings: list[dict[str, Any]] = []
@@ -198,8 +201,10 @@ def _autodistil(
         if not feasible:
             log.info("autodistil: sub-space %d (hidden %s) has no candidate within the budget; skipped", k, sub.hidden)
             continue
-        net = SuperNet(teacher.module)
+        net = family.supernet(teacher)
         s = config.supernet
+        if held is None:  # the teacher's relations on held-out batches, computed once
+            held = HeldOut(teacher, data.dev, s.eval_batches, s.batch_size, heads, net.teacher_qkv_paths())
         label = f"sub-space {k + 1}/{len(subspaces)}"
         trained = train_supernet(
             net, teacher, sub, data.train, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
@@ -207,7 +212,7 @@ def _autodistil(
         )  # fmt: skip
         trainings.append(trained.__dict__ | {"hidden": sub.hidden})
 
-        def score(archs: list[Arch], net: SuperNet = net) -> list[dict[str, float]]:
+        def score(archs: list[Arch], net: SlicedSuperNet = net, held: HeldOut = held) -> list[dict[str, float]]:
             return [{"score": -(loss := held.loss(net, a)), "loss": loss} for a in archs]
 
         res = _evolve(config, sub, score, costs, sub.all())

@@ -1,4 +1,5 @@
-"""`search -> distill -> export` end to end, on digits (DisWOT) and on a tiny BERT over real SST-2 (AutoDistil)."""
+"""`search -> distill -> export` end to end, on digits (DisWOT), on a tiny BERT over real SST-2 (AutoDistil) and on
+a tiny LLaMA pre-trained on pycode (AutoDistil over a causal LM)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from compress import pipeline
 from compress.errors import CompressError
 from compress.families import load as load_model
-from tests.conftest import digits_recipe_head, text_recipe_head, write_recipe
+from tests.conftest import digits_recipe_head, lm_recipe_head, text_recipe_head, write_recipe
 
 DIGITS = (
     digits_recipe_head("search-digits")
@@ -94,3 +95,48 @@ def test_space_bigger_than_the_teacher_is_rejected(tmp_path: Path, tiny_bert_dir
     recipe = write_recipe(tmp_path, text)
     with pytest.raises(CompressError, match=r"search.space.hidden: \[64\] exceed the teacher's hidden \(32\)"):
         pipeline.run(recipe, out=tmp_path / "out")
+
+
+LM_SEARCH = """  - stage: search
+    method: autodistil
+    space: {layers: [1, 2], hidden: [32, 64], heads: [2, 4], ffn: [64, 128]}
+    budget: {max_params: 90000, sequence: 64}
+    supernet: {subspaces: 2, steps: 50, batch_size: 8, eval_batches: 2, lr: 2.0e-3}
+    top_k: 2
+  - stage: distill
+    max_steps: 8
+    batch_size: 8
+    losses: [{name: fkl}]
+"""
+
+
+def test_autodistil_searches_a_causal_lm_then_distils_it(tmp_path: Path, pycode_slice: Path) -> None:
+    recipe = write_recipe(tmp_path, lm_recipe_head("search-lm", pycode_slice) + LM_SEARCH)
+    result = pipeline.run(recipe, out=tmp_path / "out")
+    info = _search_info(tmp_path / "out")
+    assert len(info["supernets"]) == 2 and info["evaluated"] + info["rejected"] == 16 and info["rejected"] > 0
+    for trained in info["supernets"]:
+        assert trained["history"][-1]["loss"] < trained["history"][0]["loss"]  # causal relations are learnt
+    chosen = info["chosen"]["arch"]
+    assert info["chosen"]["params"] <= 90000 and all(row["params"] <= 90000 for row in info["top"])
+    searched = load_model(result.artifacts["student"].path)
+    cfg = searched.module.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (
+        chosen["layers"], chosen["hidden"], chosen["heads"], chosen["heads"] // 2)  # fmt: skip
+    teacher = result.artifacts["teacher"].metrics["perplexity"]
+    # the sub-network keeps the teacher's sliced weights: far better than a random one (~512) before distillation
+    assert result.artifacts["student"].metrics["perplexity"] < 4 * teacher
+
+
+def test_decoder_search_refusals_name_the_key(tmp_path: Path, pycode_slice: Path) -> None:
+    head = lm_recipe_head("search-lm", pycode_slice)
+    diswot = head + "  - stage: search\n    method: diswot\n    budget: {max_params: 90000}\n"
+    with pytest.raises(CompressError, match=r"stages\[1\].method: diswot does not apply to .*decoder family.*"
+                                            r"use `method: autodistil`"):  # fmt: skip
+        pipeline.run(write_recipe(tmp_path, diswot), out=tmp_path / "out")
+    latency = head + LM_SEARCH.replace("sequence: 64", "sequence: 64, max_latency_ms: 5")
+    with pytest.raises(CompressError, match=r"stages\[1\].budget.max_latency_ms: latency tables time encoders"):
+        pipeline.run(write_recipe(tmp_path, latency), out=tmp_path / "out")
+    groups = head + LM_SEARCH.replace("heads: [2, 4]", "heads: [3, 4]")
+    with pytest.raises(CompressError, match=r"search.space.heads: \[3\] are not multiples of the teacher's 2 query"):
+        pipeline.run(write_recipe(tmp_path, groups), out=tmp_path / "out")

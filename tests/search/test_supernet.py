@@ -89,9 +89,73 @@ def test_sandwich_training_lowers_heldout_loss(tiny_bert_dir: Path, sst2_slice: 
     heads = relation_heads(space, teacher)
     assert heads == 4  # divides 16, 24 (2 and 3 heads of 8) and the teacher's 32
     net = SuperNet(teacher.module)
-    held = HeldOut(teacher, data.dev, 2, 16, heads)
+    held = HeldOut(teacher, data.dev, 2, 16, heads, net.teacher_qkv_paths())
     before = {str(a): held.loss(net, a) for a in space.all()}
     train_supernet(net, teacher, space, data.train, steps=30, batch_size=16, lr=2e-3, random_subnets=1,
                    heads=heads, seed=0, label="test")  # fmt: skip
     after = {str(a): held.loss(net, a) for a in space.all()}
     assert sum(after.values()) < sum(before.values())
+
+
+# ---- the decoder super-network (LLaMA-style: grouped-query attention, SwiGLU) -----------------------------------
+@pytest.fixture(scope="module")
+def llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _lm_inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 300, (2, 10), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_decoder_rewiring_keeps_the_teacher_and_its_groups(llama: torch.nn.Module) -> None:
+    from compress.search.supernet import DecoderSuperNet
+
+    net = DecoderSuperNet(llama).eval()
+    full = {"layers": 4, "hidden": 64, "heads": 4, "ffn": 128}
+    with torch.no_grad():
+        assert torch.allclose(net.forward_sub(full, _lm_inputs()).logits, llama(**_lm_inputs()).logits, atol=1e-5)
+    moved = [not torch.equal(a.mlp.up_proj.weight, b.mlp.up_proj.weight)
+             for a, b in zip(net.model.model.layers, llama.model.layers, strict=True)]  # fmt: skip
+    assert any(moved)  # units really were reordered (and the function kept)
+
+
+@pytest.mark.parametrize(
+    "arch", [{"layers": 2, "hidden": 48, "heads": 2, "ffn": 64}, {"layers": 1, "hidden": 64, "heads": 4, "ffn": 32}]
+)
+def test_extracted_decoder_equals_the_sliced_forward_and_reloads(
+    llama: torch.nn.Module, arch: dict, tmp_path: Path
+) -> None:
+    from compress.search.supernet import DecoderSuperNet
+
+    net = DecoderSuperNet(llama).eval()
+    with torch.no_grad():
+        sliced = net.forward_sub(arch, _lm_inputs()).logits
+        model = net.extract(arch)
+        assert torch.equal(model(**_lm_inputs()).logits, sliced)
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (arch["layers"], arch["hidden"],
+                                                                                arch["heads"])  # fmt: skip
+    assert cfg.num_key_value_heads == arch["heads"] // 2 and cfg.head_dim == 16  # the teacher's head size and ratio
+    TaskModel(model, "hf", "lm", 300).save(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert torch.allclose(again.logits(_lm_inputs()), sliced, atol=1e-5)
+
+
+def test_decoder_gradients_reach_only_the_slices(llama: torch.nn.Module) -> None:
+    from compress.search.supernet import DecoderSuperNet
+
+    net = DecoderSuperNet(llama).train()
+    arch = {"layers": 2, "hidden": 48, "heads": 2, "ffn": 64}
+    net.forward_sub(arch, _lm_inputs()).logits.sum().backward()
+    layers = net.model.model.layers  # 2 of 4 layers -> super-network layers 1 and 3
+    k = layers[1].self_attn.k_proj.weight.grad  # one key/value head of 16 channels, 48 input channels
+    assert k[:16, :48].abs().sum() > 0 and k[16:].abs().sum() == 0 and k[:, 48:].abs().sum() == 0
+    assert layers[0].self_attn.q_proj.weight.grad is None
+    assert all(p.grad is None for p in llama.parameters())
