@@ -2,7 +2,7 @@
 distilled for the same number of tokens with each sequence loss, every model deployed as fp32, int8 dynamic
 and int4 (MatMulNBits) ONNX graphs with a KV cache, measured in one run.
 
-    python benchmarks/lm_pycode.py [--teacher-steps 1200] [--student-steps 600] [--top-k 64] [--out export/lm-pycode]
+    python benchmarks/lm_pycode.py [--teacher-steps 1200] [--student-steps 600] [--top-k 32] [--out export/lm-pycode]
 
 One `pipeline.run` of `recipes/pycode-lm.yaml`'s teacher and data with one `distill` stage per loss (students
 `decoder: {layers: 2}` from teacher layers 2 and 5; same steps, batch and block length, so the same tokens): forward
@@ -45,7 +45,7 @@ LOSSES = {
 
 
 def recipe(teacher_steps: int, student_steps: int, losses: list[str], best: str | None = None,
-           prune_steps: int = 300, top_k: int = 64) -> dict:  # fmt: skip
+           prune_steps: int = 300, top_k: int = 32) -> dict:  # fmt: skip
     base = yaml.safe_load((ROOT / "recipes" / "pycode-lm.yaml").read_text())
     data = dict(base["data"])
     for key in ("train", "dev", "test"):
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--student-steps", type=int, default=600)
     parser.add_argument("--losses", default=",".join(LOSSES))
     parser.add_argument("--prune-steps", type=int, default=300)
-    parser.add_argument("--top-k", type=int, default=64, help="teacher_top_k of every distill stage")
+    parser.add_argument("--top-k", type=int, default=32, help="teacher_top_k of every distill stage")
     parser.add_argument("--out", type=Path, default=ROOT / "export" / "lm-pycode")
     args = parser.parse_args()
     losses = args.losses.split(",")

@@ -30,7 +30,7 @@ DISTILL = """  - stage: distill
 DEPLOY = """  - stage: export
     generation: {prompts: ["def ", "import "], new_tokens: 8}
   - stage: profile
-    devices: [x86-cpu]
+    devices: [x86-cpu, openvino-cpu]
     generation: {prompt: 32, new_tokens: 8}
     runs: 30
     warmup: 1
@@ -184,6 +184,10 @@ def test_the_deployed_graphs_decode_with_a_kv_cache_and_are_measured_as_generati
             lat = art.latency["x86-cpu"]
             assert lat["tokens_per_s"] > 0 and lat["ttft_p50_ms"] > 0 and lat["generation"]["new_tokens"] == 8
             assert [c["prompt"] for c in art.info["completions"]] == ["def ", "import "]
+        for art in (fp32, int8):  # OpenVINO decodes the same graphs through their cache
+            lat = art.latency["openvino-cpu"]
+            assert lat["runtime"] == "openvino" and lat["tokens_per_s"] > 0 and lat["ttft_p50_ms"] > 0
+            assert lat["kv_cache_mb"] == pytest.approx(art.latency["x86-cpu"]["kv_cache_mb"])
     assert 0 < arts["student.onnx"].metrics["top1_agreement_with_teacher"] <= 1
     report = json.loads((lm_run.out_dir / "report.json").read_text())
     assert {c["limit"] for c in report["budgets"]} == {"tokens_per_s", "ttft_ms", "perplexity_increase"}

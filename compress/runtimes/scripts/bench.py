@@ -8,9 +8,9 @@ several) to --out, or prints it on stdout.
         --runs 100 --warmup 10 [--seconds 0] [--cpus 0,1] [--top-ops 10] [--out result.json] \\
         [--prompt 128 --new-tokens 64]
 
-A causal LM's KV-cache graph (inputs ``past.<i>.key``) is measured as generation instead: time to first token
-(prefill of a ``--prompt``-token prompt) and milliseconds per decoded token, over ``runs // 10`` (at least 3)
-generations of ``--new-tokens`` tokens.
+A causal LM's KV-cache graph (inputs ``past.<i>.key``) is measured as generation instead, on onnxruntime or
+OpenVINO (compiled with dynamic shapes): time to first token (prefill of a ``--prompt``-token prompt) and
+milliseconds per decoded token, over ``runs // 10`` (at least 3) generations of ``--new-tokens`` tokens.
 
 Measurement: session creation (cold start) and first run timed apart; ``warmup`` untimed runs; then ``runs``
 timed runs, or as many as fit in ``seconds`` (at least 10) when that is set. Per-operator times come from the
@@ -239,12 +239,60 @@ RUNTIMES = {
 
 
 def is_kv_graph(model: str, args: argparse.Namespace) -> bool:
-    if args.runtime != "onnxruntime" or not model.endswith(".onnx"):
+    if args.runtime not in GENERATION or not model.endswith(".onnx"):
         return False
     import onnx
 
     graph = onnx.load(model, load_external_data=False).graph
     return any(i.name == "past.0.key" for i in graph.input)
+
+
+Step = Callable[[Feeds], list[Any]]
+
+
+def ort_step(model: str, args: argparse.Namespace) -> tuple[Step, list[tuple[str, list[Any]]], dict[str, Any]]:
+    """One forward of the KV-cache graph on onnxruntime: feeds -> outputs in graph order."""
+    import onnxruntime as ort
+
+    session = _ort_session(model, args)
+    pasts = [(i.name, list(i.shape)) for i in session.get_inputs() if i.name.startswith("past.")]
+    info = {"runtime": "onnxruntime", "runtime_version": ort.__version__, "provider": session.get_providers()[0]}
+    return (lambda f: session.run(None, f)), pasts, info
+
+
+def ov_name(port: Any) -> str:
+    """The port's ONNX input name: OpenVINO may give a tensor several names (``past.0.key`` and the internal
+    ``/Concat_output_0`` it feeds), and `get_any_name` may pick the internal one."""
+    names = sorted(port.get_names())
+    return next((n for n in names if not n.startswith("/")), port.get_any_name())
+
+
+def ov_step(model: str, args: argparse.Namespace) -> tuple[Step, list[tuple[str, list[Any]]], dict[str, Any]]:
+    """The same on OpenVINO, compiled with dynamic shapes (the prompt, then a growing cache)."""
+    import openvino as ov
+
+    core = ov.Core()
+    net = core.read_model(model)
+    device = args.provider or "CPU"
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if args.threads:
+        config["INFERENCE_NUM_THREADS"] = args.threads
+    compiled = core.compile_model(net, device, config)
+    request = compiled.create_infer_request()
+    pasts = [(name, [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()])
+             for p in compiled.inputs for name in [ov_name(p)] if name.startswith("past.")]  # fmt: skip
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    info = {"runtime": "openvino", "runtime_version": ov.get_version(), "provider": device, "precision": precision}
+
+    def step(feeds: Feeds) -> list[Any]:
+        result = request.infer(feeds)
+        return [np.asarray(result[o]) for o in compiled.outputs]
+
+    return step, pasts, info
+
+
+GENERATION = {"onnxruntime": ort_step, "openvino": ov_step}
 
 
 def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -253,11 +301,8 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
     ``--prompt``-token prompt. ``p50_ms`` / ``p90_ms`` are per generated token."""
     base_rss = rss_mb()
     t0 = time.perf_counter()
-    session = _ort_session(model, args)
+    run, pasts, info = GENERATION[args.runtime](model, args)
     cold_ms = (time.perf_counter() - t0) * 1000.0
-    import onnxruntime as ort
-
-    pasts = [(i.name, list(i.shape)) for i in session.get_inputs() if i.name.startswith("past.")]
     rng = np.random.default_rng(0)
     batch, prompt, new = args.batch, args.prompt, args.new_tokens
     cache_bytes = [0]
@@ -267,7 +312,7 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
         feeds = {"input_ids": ids, "attention_mask": np.ones((batch, prompt), np.int64)}
         feeds.update({n: np.zeros((batch, d[1], 0, d[3]), np.float32) for n, d in pasts})
         t = time.perf_counter_ns()
-        out = session.run(None, feeds)
+        out = run(feeds)
         ttft = (time.perf_counter_ns() - t) / 1e6
         steps, total = [], prompt
         for _ in range(new):
@@ -276,7 +321,7 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
             feeds = {"input_ids": token, "attention_mask": np.ones((batch, total), np.int64)}
             feeds.update({n: out[1 + k] for k, (n, _) in enumerate(pasts)})
             t = time.perf_counter_ns()
-            out = session.run(None, feeds)
+            out = run(feeds)
             steps.append((time.perf_counter_ns() - t) / 1e6)
         cache_bytes[0] = sum(int(o.nbytes) for o in out[1:])
         return ttft, steps
@@ -304,7 +349,7 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s_p90": float(batch * 1000.0 / np.percentile(dec, 90)),
         "generation": {"prompt": prompt, "new_tokens": new, "generations": len(ttfts)},
         "kv_cache_mb": cache_bytes[0] / 1e6,  # the cache at the end of a generation: what memory adds to weights
-        "runtime": "onnxruntime", "runtime_version": ort.__version__, "provider": session.get_providers()[0],
+        **info,
         "cold_start_ms": cold_ms, "first_run_ms": first_ms,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "model_rss_mb": rss_mb() - base_rss,
