@@ -3,6 +3,7 @@ distilled for the same number of tokens with each sequence loss, every model dep
 and int4 (MatMulNBits) ONNX graphs with a KV cache, measured in one run.
 
     python benchmarks/lm_pycode.py [--teacher-steps 1200] [--student-steps 600] [--top-k 32] [--out export/lm-pycode]
+        [--losses fkl,rkl,skl,srkl,taid,gkd] [--results lm_pycode.json]
 
 One `pipeline.run` of `recipes/pycode-lm.yaml`'s teacher and data with one `distill` stage per loss (students
 `decoder: {layers: 2}` from teacher layers 2 and 5; same steps, batch and block length, so the same tokens): forward
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--prune-steps", type=int, default=300)
     parser.add_argument("--top-k", type=int, default=32, help="teacher_top_k of every distill stage")
     parser.add_argument("--out", type=Path, default=ROOT / "export" / "lm-pycode")
+    parser.add_argument("--results", default="lm_pycode.json", help="file name under benchmarks/results")
     args = parser.parse_args()
     losses = args.losses.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,7 @@ def main() -> None:
            "teacher_top_k": args.top_k,
            "stages": [{"stage": s.stage, "seconds": s.seconds, "cached": s.cached} for s in result.stages],
            "environment": environment()}  # fmt: skip
-    target = ROOT / "benchmarks" / "results" / "lm_pycode.json"
+    target = ROOT / "benchmarks" / "results" / args.results
     target.write_text(json.dumps(out, indent=2))
     print(f"saved {target}")
 
