@@ -143,13 +143,12 @@ def decoder_artifacts(
     4-bit weight-only (MatMulNBits) of it; each with perplexity, next-token accuracy and top-1 agreement with the
     teacher (``teacher``: its `teacher_picks`) measured on onnxruntime over the test split, and greedy completions
     of the fixed prompts."""
-    from compress.evaluation import completions, decoder_metrics, decoder_parity, decoder_runner
+    from compress.evaluation import decoder_parity
     from compress.quant import nbits
     from compress.quant import ort as ortq
 
     fp32_path = out_dir / f"{name}.onnx"
     export_decoder_onnx(model, fp32_path, opset=opset)
-    layers, kv, dim = cache_shape(model.module)
     checked = decoder_parity(model, fp32_path, data.test, parity, check.parity_steps, name)
     hidden = int(model.module.config.hidden_size)  # type: ignore[union-attr,arg-type]
     variants: list[tuple[str, str, Path]] = [("fp32", name, fp32_path)]
@@ -163,20 +162,38 @@ def decoder_artifacts(
         variants.append(("int4", f"{name}.onnx", path))
     out, fp32_picks = [], None
     for precision, parent, path in variants:
-        metrics, picks = decoder_metrics("onnxruntime", path, model.module, data.test, eval_batch_size,
-                                         f"perplexity {path.name}", teacher)  # fmt: skip
+        art, picks = measure_decoder_graph(model, path, parent, precision, params, data, check, eval_batch_size,
+                                           teacher, stage, fp32_picks)  # fmt: skip
         if fp32_picks is None:
-            fp32_picks, metrics = picks, {**metrics, **checked}
-        else:
-            metrics["top1_agreement_with_fp32"] = float((picks == fp32_picks).mean()) if len(picks) else 1.0
-        runner = decoder_runner("onnxruntime", path, model.module)
-        said = completions(runner, model.tokenizer, check) if model.tokenizer else []
-        info: dict = {"kv_cache": {"layers": layers, "kv_heads": kv, "head_dim": dim}, "completions": said}
-        if precision != "fp32":
-            info["integer_ops"] = ortq.integer_ops(path)
-        art = Artifact(path.name, "onnx", path, stage, parent=parent, precision=precision, params=params,
-                       metrics=metrics, info=info)  # fmt: skip
-        log.info("%s: perplexity %.3f, next-token accuracy %.4f (onnxruntime, test split)", path.name,
-                 metrics["perplexity"], metrics["next_token_accuracy"])  # fmt: skip
+            fp32_picks = picks
+            art.metrics |= checked
         out.append(art.finalize())
     return out
+
+
+def measure_decoder_graph(
+    model: TaskModel, path: Path, parent: str, precision: str, params: int | None, data: DataBundle,
+    check: GenerationCheck, eval_batch_size: int, teacher: np.ndarray | None, stage: str,
+    fp32_picks: np.ndarray | None = None,
+) -> tuple[Artifact, np.ndarray]:  # fmt: skip
+    """The artifact of one KV-cache graph: perplexity, next-token accuracy, top-1 agreement with the teacher (and
+    with the fp32 graph's picks, when given) on onnxruntime over the test split, the greedy completions of the
+    fixed prompts, and the low-bit operators it holds. Also its argmax token of every counted position."""
+    from compress.evaluation import completions, decoder_metrics, decoder_runner
+    from compress.quant import ort as ortq
+
+    metrics, picks = decoder_metrics("onnxruntime", path, model.module, data.test, eval_batch_size,
+                                     f"perplexity {path.name}", teacher)  # fmt: skip
+    if fp32_picks is not None:
+        metrics["top1_agreement_with_fp32"] = float((picks == fp32_picks).mean()) if len(picks) else 1.0
+    runner = decoder_runner("onnxruntime", path, model.module)
+    said = completions(runner, model.tokenizer, check) if model.tokenizer else []
+    layers, kv, dim = cache_shape(model.module)
+    info: dict = {"kv_cache": {"layers": layers, "kv_heads": kv, "head_dim": dim}, "completions": said}
+    if precision != "fp32":
+        info["integer_ops"] = ortq.integer_ops(path)
+    art = Artifact(path.name, "onnx", path, stage, parent=parent, precision=precision, params=params,
+                   metrics=metrics, info=info)  # fmt: skip
+    log.info("%s: perplexity %.3f, next-token accuracy %.4f (onnxruntime, test split)", path.name,
+             metrics["perplexity"], metrics["next_token_accuracy"])  # fmt: skip
+    return art, picks

@@ -64,6 +64,7 @@ class Family(ABC):
     capabilities: ClassVar[dict[str, tuple[str, ...]]] = {}  # capability -> the kinds that have it
     space_kind: ClassVar[str | None] = None  # the kind of search space its teachers take (`search.space.kind`)
     onnx_graph: ClassVar[str] = "logits"  # what `export` writes: inputs -> logits, or `kv_cache` (causal LMs)
+    qat_weight_bits: ClassVar[tuple[int, ...]] = (8, 4)  # the weight widths `quantize: qat` trains; first: default
 
     # ---- membership and building --------------------------------------------------------------------------
     @classmethod

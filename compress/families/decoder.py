@@ -4,8 +4,8 @@ Mistral, SmolLM: anything `AutoModelForCausalLM` loads), the built-in LLaMA-styl
 
 Members map ``input_ids`` and ``attention_mask`` to next-token logits ``(batch, positions, vocabulary)``; the task
 metric is perplexity. Their decoder layers (`model.layers.N`) are the feature taps of layer-to-layer distillation.
-Stages and methods this family does not have (DisWOT, latency-budgeted search, torch-pruning, QAT) answer "not
-supported for the decoder family" before any work.
+Stages and methods this family does not have (DisWOT, latency-budgeted search, torch-pruning, 8-bit QAT, static
+int8) answer "not supported for the decoder family" before any work.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class DecoderFamily(Family):
     kinds = ("hf",)
     space_kind = "transformer"
     onnx_graph = "kv_cache"
+    qat_weight_bits = (4,)  # weight-only MatMulNBits: memory-bound decoding is where low-bit weights pay
     capabilities = {
         "export": HF,
         "hidden_states": HF,
@@ -47,6 +48,8 @@ class DecoderFamily(Family):
         "moefy": HF,
         "prune:dphubert": HF,
         "search:autodistil": HF,
+        "quantize:qat": HF,
+        "quantize:ptq": HF,
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:

@@ -66,6 +66,16 @@ def check_chain(recipe: Recipe) -> None:
                             "out and use the PyTorch model.")  # fmt: skip
         if stage.stage == "quantize" and stage.method != "bitsandbytes" and unsupported(f"quantize:{stage.method}"):
             problems.append(f"{key}.method: {stage.method} does not apply to {member} yet.")
+        weights: Any = getattr(stage, "weights", None)
+        if (stage.stage == "quantize" and stage.method == "qat" and "weights" in stage.model_fields_set
+                and weights.bits not in family.qat_weight_bits):  # fmt: skip
+            bits = " or ".join(map(str, family.qat_weight_bits))
+            problems.append(f"{key}.weights.bits: {weights.bits}-bit QAT does not apply to {member}; it trains "
+                            f"{bits}-bit weights (leave `weights` out for that default).")  # fmt: skip
+        explicit = "int8" in stage.model_fields_set and "static" in (getattr(stage, "int8", None) or [])
+        if explicit and stage.stage in ("export", "quantize") and family.onnx_graph == "kv_cache":
+            problems.append(f"{key}.int8: static int8 does not apply to {member}, a causal LM (its activations are "
+                            "not calibrated here); use `int8: [dynamic]`.")  # fmt: skip
         if stage.stage == "moefy" and unsupported("moefy"):
             problems.append(f"{key}: moefy turns the FFNs of a Hugging Face BERT-family encoder into experts; "
                             f"{member} has none to convert.")  # fmt: skip

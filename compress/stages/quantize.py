@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -20,6 +21,7 @@ from compress.errors import QuantizationError
 from compress.evaluation import ParityConfig, check_parity, onnx_artifact, onnx_logits, predictor
 from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.families import family_of
+from compress.families.base import Family
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.models.task_model import TaskModel
 from compress.moe.convert import is_moe
@@ -32,6 +34,7 @@ from compress.training.evaluate import predict_logits
 from compress.training.loop import train
 
 log = logging.getLogger("compress")
+Exporter = Callable[..., None]  # (model, sample, path, opset): writes the fp32 ONNX file
 if TYPE_CHECKING:
     LossUnion = LossConfig
 else:
@@ -148,6 +151,7 @@ class QatConfig(_QuantizeBase, TrainSchedule):
                 )
         elif self.activations is None:
             self.activations = ActivationQuant()  # type: ignore[call-arg]
+            self.__pydantic_fields_set__.discard("activations")  # a default, not the recipe's choice
         return self
 
     @property
@@ -194,8 +198,10 @@ def _calibration(data: DataBundle, model: TaskModel, n: int) -> list[dict[str, t
     return [model.inputs(b) for b in data.train.subset(n).loader(16)]
 
 
-def _run_ptq(source: Artifact, model: TaskModel, config: PtqConfig, ctx: Context) -> Artifacts:
+def _run_ptq(source: Artifact, model: TaskModel, config: PtqConfig, ctx: Context, artifacts: Artifacts) -> Artifacts:
     data = ctx.data()
+    if family_of(model).onnx_graph == "kv_cache":
+        return _run_ptq_decoder(source, model, config, ctx, artifacts)
     work = ctx.stage_dir / ".work"
     work.mkdir(exist_ok=True)
     fp32_path = work / f"{source.name}.onnx"
@@ -217,6 +223,36 @@ def _run_ptq(source: Artifact, model: TaskModel, config: PtqConfig, ctx: Context
     for art in arts:
         art.parent = source.name
     return {a.name: a for a in arts}
+
+
+def _run_ptq_decoder(
+    source: Artifact, model: TaskModel, config: PtqConfig, ctx: Context, artifacts: Artifacts
+) -> Artifacts:
+    """A causal LM: its KV-cache graph quantized by onnxruntime, int8 dynamic or 4-bit weight-only (MatMulNBits,
+    round-to-nearest); perplexity on onnxruntime. Static int8 is refused (activations are not calibrated here)."""
+    from compress.evaluation import GenerationCheck, ParityConfig, teacher_picks
+    from compress.exporters.decoder import decoder_artifacts
+
+    if "static" in config.int8 and "int8" in config.model_fields_set:
+        raise QuantizationError(f"quantize.int8: static int8 does not apply to {config.source!r}, a causal LM (its "
+                                "activations are not calibrated here); use `int8: [dynamic]` or `weights: {bits: 4}`.")
+    data = ctx.data()
+    teacher = (teacher_picks(ctx.load_model(artifacts["teacher"]), data.test, config.eval_batch_size)
+               if "teacher" in artifacts and config.source != "teacher" else None)  # fmt: skip
+    arts = decoder_artifacts(
+        model, source.name, source.params, data, ctx.stage_dir, opset=config.opset,
+        int8=not config.weight_only and "dynamic" in config.int8, int4=config.weight_only,
+        parity=ParityConfig(), check=GenerationCheck(), eval_batch_size=config.eval_batch_size,  # type: ignore[call-arg]
+        teacher=teacher, stage="quantize",
+    )  # fmt: skip
+    out = {}
+    for art in arts:
+        if art.precision == "fp32":  # the reference the variants were made from and checked against
+            art.path.unlink(missing_ok=True)
+            continue
+        art.parent = source.name
+        out[art.name] = art
+    return out
 
 
 def _run_bnb(source: Artifact, config: BitsandbytesConfig, ctx: Context) -> Artifacts:
@@ -281,7 +317,7 @@ def run(artifacts: Artifacts, config: QuantizeConfig, ctx: Context) -> Artifacts
         return _run_bnb(source, config, ctx)
     model = ctx.load_model(source)
     if isinstance(config, PtqConfig):
-        return _run_ptq(source, model, config, ctx)
+        return _run_ptq(source, model, config, ctx, artifacts)
     return _run_qat(artifacts, source, model, config, ctx)
 
 
@@ -296,6 +332,7 @@ def _run_qat(
     teacher.module.eval().requires_grad_(False)
     student = ctx.load_model(source)
     family = family_of(student)
+    config = _family_scheme(config, family, student)
     calibration = _calibration(data, student, config.calibration_samples)
     scheme = qat.QatScheme(
         weight_bits=config.weights.bits,
@@ -323,7 +360,23 @@ def _run_qat(
         student, step, data.train, data.dev, config, session=ctx.session(), extra=torch.nn.ModuleList(terms),
         label="qat",
     )
-    return {a.name: a for a in [_export_qat(student, fp32, source, config, ctx, result, losses, teacher_name)]}
+    art = _export_qat(student, fp32, source, config, ctx, result, losses, teacher_name, artifacts)
+    return {art.name: art}
+
+
+def _family_scheme(config: QatConfig, family: Family, model: TaskModel) -> QatConfig:
+    """The weight width the family trains: its default where the recipe names none (4-bit weight-only for causal
+    LMs), a clear error where the recipe names one it does not."""
+    default = family.qat_weight_bits[0]
+    if "weights" not in config.model_fields_set and "activations" not in config.model_fields_set:
+        if default != config.weights.bits:
+            return config.model_copy(update={"weights": WeightQuant(bits=default), "activations": None})
+    elif config.weights.bits not in family.qat_weight_bits:
+        raise QuantizationError(
+            f"quantize.weights.bits: {config.weights.bits}-bit QAT does not apply to {config.source!r} ({family.name} "
+            f"family); it trains {' or '.join(map(str, family.qat_weight_bits))}-bit weights."
+        )
+    return config
 
 
 def _describe(config: QatConfig) -> str:
@@ -339,9 +392,11 @@ def _write_qdq(student: TaskModel, sample: dict[str, torch.Tensor], path: Path, 
     return fake_quant
 
 
-def _write_4bit(student: TaskModel, sample: dict[str, torch.Tensor], path: Path, opset: int) -> TaskModel:
-    """4 bits: fake-quantized weights baked into the model, exported as fp32, then every 4-bit Linear rewritten
-    as MatMulNBits holding the trained integers and steps."""
+def _write_4bit(
+    student: TaskModel, sample: dict[str, torch.Tensor], path: Path, opset: int, export: Exporter = export_onnx
+) -> TaskModel:
+    """4 bits: fake-quantized weights baked into the model, exported as fp32 (by ``export``: a causal LM's KV-cache
+    graph, say), then every 4-bit Linear rewritten as MatMulNBits holding the trained integers and steps."""
     steps = qat.weight_steps(student.module)
     baked = student.with_module(qat.strip(student.module, student.inputs(sample), in_place=True))
     try:
@@ -349,7 +404,7 @@ def _write_4bit(student: TaskModel, sample: dict[str, torch.Tensor], path: Path,
     except AttributeError as exc:
         msg = f"{path.name}: a 4-bit quantizer names no weight of the stripped model ({exc})"
         raise QuantizationError(msg) from None
-    export_onnx(baked, sample, path, opset=opset)
+    export(baked, sample, path, opset=opset)
     result = nbits.store_4bit_weights(path, weights)
     if len(result.converted) < len(weights):
         log.warning("%s: %d of %d 4-bit weights were not found in the ONNX graph", path.name,
@@ -366,13 +421,68 @@ def _export_qat(
     result: object,
     losses: list[LossConfig],
     teacher_name: str,
+    artifacts: Artifacts,
 ) -> Artifact:
     """Strip, export to ONNX (int8 QDQ or 4-bit MatMulNBits), check parity and that onnxruntime really runs
     integer / low-bit kernels."""
-    data = ctx.data()
-    sample = next(iter(data.test.loader(2)))
     precision = f"int{config.weights.bits}-qat"
     name = config.output or f"{config.source}.{precision}.onnx"
+    if family_of(fp32).onnx_graph == "kv_cache":
+        art = _export_qat_decoder(student, source, config, ctx, name, precision, artifacts)
+    else:
+        art = _export_qat_logits(student, fp32, source, config, ctx, name, precision)
+    art.info.update({
+        "method": "qat",
+        "scheme": {
+            "weights": config.weights.model_dump(),
+            "activations": config.activations.model_dump() if config.activations else None,
+        },
+        "teacher": teacher_name,
+        "losses": [c.model_dump() for c in losses],
+        "training": {k: getattr(result, k) for k in ("steps", "best_step", "seconds", "first_loss", "last_loss",
+                                                      "history", "best_dev", "dev_metric")},
+    })  # fmt: skip
+    return art
+
+
+def _export_qat_decoder(
+    student: TaskModel, source: Artifact, config: QatConfig, ctx: Context, name: str, precision: str,
+    artifacts: Artifacts,
+) -> Artifact:  # fmt: skip
+    """A causal LM: the trained 4-bit weights baked in, exported with its KV cache, every 4-bit Linear rewritten
+    as MatMulNBits; parity over a prompt and cached decode steps; perplexity on onnxruntime."""
+    from compress.evaluation import GenerationCheck, decoder_parity, teacher_picks
+    from compress.exporters.decoder import export_decoder_onnx, measure_decoder_graph
+
+    data = ctx.data()
+    sample = next(iter(data.test.loader(2)))
+    path = ctx.stage_dir / name
+
+    def export(model: TaskModel, _: dict[str, torch.Tensor], target: Path, *, opset: int) -> None:
+        export_decoder_onnx(model, target, opset=opset)
+
+    baked = _write_4bit(student, sample, path, config.opset, export)
+    check = GenerationCheck()  # type: ignore[call-arg]
+    parity = decoder_parity(baked, path, data.test, config.parity, check.parity_steps, name)
+    teacher = (teacher_picks(ctx.load_model(artifacts["teacher"]), data.test, config.eval_batch_size)
+               if "teacher" in artifacts and config.source != "teacher" else None)  # fmt: skip
+    art, _ = measure_decoder_graph(baked, path, config.source, precision, source.params, data, check,
+                                   config.eval_batch_size, teacher, "quantize")  # fmt: skip
+    art.metrics |= parity
+    art.info["integer_kernels"] = {k: v for k, v in ortq.executed_kernels(path).items() if k in ortq.INTEGER_KERNELS}
+    if not art.info["integer_kernels"]:
+        path.unlink()
+        raise QuantizationError(f"{name}: onnxruntime runs the exported graph with float kernels only; the artifact "
+                                "would not be quantized.")  # fmt: skip
+    return art.finalize()
+
+
+def _export_qat_logits(
+    student: TaskModel, fp32: TaskModel, source: Artifact, config: QatConfig, ctx: Context, name: str,
+    precision: str,
+) -> Artifact:  # fmt: skip
+    data = ctx.data()
+    sample = next(iter(data.test.loader(2)))
     path = ctx.stage_dir / name
     write = _write_4bit if config.weight_only else _write_qdq
     exported = write(student, sample, path, config.opset)
@@ -393,18 +503,5 @@ def _export_qat(
         name, path, config.source, precision, source.params, data, config.eval_batch_size, fp32_logits, parity,
         "quantize",
     )  # fmt: skip
-    art.info.update({
-        "method": "qat",
-        "scheme": {
-            "weights": config.weights.model_dump(),
-            "activations": config.activations.model_dump() if config.activations else None,
-        },
-        "teacher": teacher_name,
-        "losses": [c.model_dump() for c in losses],
-        "integer_kernels": integer,
-        "integer_ops": ortq.integer_ops(path),
-        "float_layers": float_layers,
-        "training": {k: getattr(result, k) for k in ("steps", "best_step", "seconds", "first_loss", "last_loss",
-                                                      "history", "best_dev", "dev_metric")},
-    })  # fmt: skip
+    art.info.update({"integer_kernels": integer, "integer_ops": ortq.integer_ops(path), "float_layers": float_layers})
     return art

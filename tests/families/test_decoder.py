@@ -256,3 +256,40 @@ def test_dphubert_prunes_key_value_groups_and_ffn_units_of_a_decoder(tmp_path: P
     onnx = result.artifacts["teacher.pruned.onnx"]  # per-layer cache shapes in the graph
     assert onnx.metrics["parity_top1_agreement"] == 1.0
     assert onnx.metrics["perplexity"] == pytest.approx(art.metrics["perplexity"], rel=1e-3)
+
+
+def test_qat_trains_4bit_weights_of_a_decoder_and_ptq_quantizes_its_kv_cache_graph(
+    tmp_path: Path, pycode_slice: Path
+) -> None:
+    text = lm_recipe_head("lm-qat", pycode_slice) + """  - stage: quantize
+    source: teacher
+    max_steps: 12
+    batch_size: 8
+    lr: 1.0e-4
+    calibration_samples: 16
+    eval_every: 12
+  - stage: quantize
+    method: ptq
+    source: teacher
+    int8: [dynamic]
+"""
+    result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    arts = result.artifacts
+    fp32 = arts["teacher"].metrics["perplexity"]
+    qat = arts["teacher.int4-qat.onnx"]  # 4-bit weight-only: the family's default, no `weights` given
+    assert qat.info["scheme"] == {"weights": {"bits": 4, "per_channel": True}, "activations": None}
+    assert qat.info["integer_ops"].get("MatMulNBits", 0) >= 14 and "MatMulNBits" in qat.info["integer_kernels"]
+    assert qat.metrics["parity_top1_agreement"] >= 0.98 and qat.info["kv_cache"]["layers"] == 2
+    assert qat.metrics["perplexity"] < 1.3 * fp32 and len(qat.info["completions"]) == 3
+    assert qat.info["losses"][0]["name"] == "fkl" and qat.info["training"]["steps"] == 12
+    int8 = arts["teacher.int8-dynamic.onnx"]
+    assert int8.stage == "quantize" and int8.parent == "teacher" and "teacher.onnx" not in arts
+    assert int8.metrics["perplexity"] == pytest.approx(fp32, rel=0.05)
+    assert not (result.out_dir / "teacher.onnx").exists()
+
+
+def test_qat_and_static_int8_refusals_on_a_decoder(tmp_path: Path, pycode_slice: Path) -> None:
+    eight = lm_recipe_head("x", pycode_slice) + "  - stage: quantize\n    source: teacher\n    weights: {bits: 8}\n"
+    _fails(tmp_path, eight, r"stages\[1\].weights.bits: 8-bit QAT does not apply to .*decoder family.*4-bit")
+    static = lm_recipe_head("x", pycode_slice) + "  - stage: export\n    int8: [dynamic, static]\n"
+    _fails(tmp_path, static, r"stages\[1\].int8: static int8 does not apply to .*a causal LM")
