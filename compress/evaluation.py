@@ -106,18 +106,24 @@ class GenerationCheck(Strict):
 
 
 def decoder_runner(runtime: str, path: Path, module: torch.nn.Module) -> Any:
-    """A `CachedDecoder` over ``path`` on ``runtime`` (the cache shape read from ``module``'s config)."""
+    """A `CachedDecoder` over a KV-cache graph on ``runtime`` (the cache shape read from ``module``'s config), or
+    a `StaticCacheDecoder` over an ExecuTorch program."""
+    if runtime == "executorch":
+        from compress.runtimes.executorch import StaticCacheDecoder
+
+        return StaticCacheDecoder(path)
     from compress.exporters.decoder import CachedDecoder, cache_shape
 
     return CachedDecoder(predictor(runtime, path).outputs, *cache_shape(module))
 
 
 def decoder_parity(
-    model: TaskModel, path: Path, split: Split, cfg: ParityConfig, steps: int, name: str
-) -> dict[str, float]:
-    """The graph against PyTorch over a prompt (the start of the first test blocks) and ``steps`` greedy decode
-    steps through the KV cache: max abs logit difference and top-1 agreement of every step."""
-    runner = decoder_runner("onnxruntime", path, model.module)
+    model: TaskModel, path: Path, split: Split, cfg: ParityConfig, steps: int, name: str,
+    runtime: str = "onnxruntime",
+) -> dict[str, float]:  # fmt: skip
+    """The graph (or program) against PyTorch over a prompt (the start of the first test blocks) and ``steps``
+    greedy decode steps through the KV cache: max abs logit difference and top-1 agreement of every step."""
+    runner = decoder_runner(runtime, path, model.module)
     diffs, agree = [], []
     model.module.eval()
     for block in split.features[: max(1, min(4, cfg.samples))]:
@@ -133,7 +139,8 @@ def decoder_parity(
     diff, top1 = max(diffs), float(np.mean(agree))
     if diff > cfg.max_abs_diff or top1 < cfg.min_top1_agreement:
         raise ExportError(
-            f"ONNX export of {name!r} does not match PyTorch over a prompt and {steps} cached decode steps: max abs "
+            f"{'ExecuTorch' if runtime == 'executorch' else 'ONNX'} export of {name!r} does not match PyTorch over a "
+            f"prompt and {steps} cached decode steps: max abs "
             f"diff {diff:.2e} (allowed {cfg.max_abs_diff:.0e}), top-1 agreement {top1:.3f} (needed "
             f"{cfg.min_top1_agreement}). Raise export.parity thresholds only if you accept the difference."
         )

@@ -16,7 +16,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -174,26 +174,28 @@ def decoder_artifacts(
 def measure_decoder_graph(
     model: TaskModel, path: Path, parent: str, precision: str, params: int | None, data: DataBundle,
     check: GenerationCheck, eval_batch_size: int, teacher: np.ndarray | None, stage: str,
-    fp32_picks: np.ndarray | None = None,
+    fp32_picks: np.ndarray | None = None, runtime: str = "onnxruntime",
 ) -> tuple[Artifact, np.ndarray]:  # fmt: skip
     """The artifact of one KV-cache graph: perplexity, next-token accuracy, top-1 agreement with the teacher (and
     with the fp32 graph's picks, when given) on onnxruntime over the test split, the greedy completions of the
-    fixed prompts, and the low-bit operators it holds. Also its argmax token of every counted position."""
+    fixed prompts, and the low-bit operators it holds (an ExecuTorch program on ExecuTorch: ``runtime``). Also its
+    argmax token of every counted position."""
     from compress.evaluation import completions, decoder_metrics, decoder_runner
     from compress.quant import ort as ortq
 
-    metrics, picks = decoder_metrics("onnxruntime", path, model.module, data.test, eval_batch_size,
+    metrics, picks = decoder_metrics(runtime, path, model.module, data.test, eval_batch_size,
                                      f"perplexity {path.name}", teacher)  # fmt: skip
     if fp32_picks is not None:
         metrics["top1_agreement_with_fp32"] = float((picks == fp32_picks).mean()) if len(picks) else 1.0
-    runner = decoder_runner("onnxruntime", path, model.module)
+    runner = decoder_runner(runtime, path, model.module)
     said = completions(runner, model.tokenizer, check) if model.tokenizer else []
     layers, kv, dim = cache_shape(model.module)
     info: dict = {"kv_cache": {"layers": layers, "kv_heads": kv, "head_dim": dim}, "completions": said}
-    if precision != "fp32":
+    if precision != "fp32" and runtime != "executorch":
         info["integer_ops"] = ortq.integer_ops(path)
-    art = Artifact(path.name, "onnx", path, stage, parent=parent, precision=precision, params=params,
+    kind: Literal["onnx", "pte"] = "pte" if runtime == "executorch" else "onnx"
+    art = Artifact(path.name, kind, path, stage, parent=parent, precision=precision, params=params,
                    metrics=metrics, info=info)  # fmt: skip
-    log.info("%s: perplexity %.3f, next-token accuracy %.4f (onnxruntime, test split)", path.name,
-             metrics["perplexity"], metrics["next_token_accuracy"])  # fmt: skip
+    log.info("%s: perplexity %.3f, next-token accuracy %.4f (%s, test split)", path.name,
+             metrics["perplexity"], metrics["next_token_accuracy"], runtime)  # fmt: skip
     return art, picks

@@ -4,7 +4,12 @@ per-channel int8 weights). Shapes are static (batch and sequence fixed at export
 
 Hugging Face encoders are exported with the attention mask turned into the additive 4-D mask in the wrapper:
 transformers' own mask construction indexes with tensors that PT2E quantization breaks, and the 4-D form is
-what the model computes anyway (checked: identical logits)."""
+what the model computes anyway (checked: identical logits).
+
+Causal LMs are exported through transformers' own `TorchExportableModuleForDecoderOnlyLM` with a static cache
+(batch 1, ``max_cache_len`` positions held inside the program as mutable buffers): ``(input_ids (1, n),
+cache_position (n,)) -> logits``, the prompt length dynamic, the layout ExecuTorch's own LLM runners use. fp32
+only: XNNPACK's PT2E int8 flow is not applied to a program that mutates its cache."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -28,6 +33,9 @@ from compress.evaluation import onnx_logits, predictor
 from compress.models.bert import use_eager_attention
 from compress.models.task_model import TaskModel
 from compress.training.evaluate import predict_logits
+
+if TYPE_CHECKING:
+    from compress.evaluation import GenerationCheck
 
 log = logging.getLogger("compress")
 EXTRA = "executorch"
@@ -193,3 +201,68 @@ def pte_artifacts(
                  f" ({', '.join(sorted(portable))})" if portable else "")  # fmt: skip
         out.append(art.finalize())
     return out
+
+
+# ---- causal LMs: a static KV cache inside the program ---------------------------------------------------------------
+def export_decoder_pte(model: TaskModel, path: Path, *, max_cache_len: int) -> dict[str, int]:
+    """Write a causal LM's program with a static cache of ``max_cache_len`` positions (fp32, XNNPACK); returns
+    operator counts as `export_pte` does."""
+    partitioner, lower = _libs()
+    from transformers import GenerationConfig
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    module: Any = model.module.eval()
+    module.generation_config = GenerationConfig(
+        use_cache=True, cache_implementation="static", max_length=max_cache_len,
+        cache_config={"batch_size": 1, "max_cache_len": max_cache_len},
+    )  # fmt: skip
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
+            warnings.simplefilter("ignore")
+            wrapper = TorchExportableModuleForDecoderOnlyLM(module, batch_size=1, max_cache_len=max_cache_len)
+            sequence = torch.export.Dim("sequence", min=1, max=max_cache_len)
+            ids = torch.zeros(1, 3, dtype=torch.long)
+            # strict (TorchDynamo) tracing: the non-strict trace of the cache's in-place updates does not lower
+            exported = wrapper.export(input_ids=ids, cache_position=torch.arange(3), strict=True,
+                                      dynamic_shapes={"input_ids": {1: sequence}, "cache_position": {0: sequence}})
+            edge = lower(exported, partitioner=[partitioner()])
+            counts = _delegation(edge.exported_program().graph)
+            buffer = edge.to_executorch().buffer
+    except Exception as exc:  # noqa: BLE001 - export/lowering failures become one clear error
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"the causal LM {type(module).__name__} does not export to ExecuTorch/XNNPACK with a static "
+                          f"cache: {type(exc).__name__}: {first}") from None  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(buffer)
+    tmp.replace(path)
+    return counts
+
+
+def decoder_pte_artifacts(
+    model: TaskModel, name: str, params: int | None, opts: ExecuTorchOptions, data: DataBundle, out_dir: Path, *,
+    max_cache_len: int, check: GenerationCheck, eval_batch_size: int, teacher: np.ndarray | None,
+) -> list[Artifact]:  # fmt: skip
+    """A causal LM's program `<name>.xnnpack.pte`: parity with PyTorch over a prompt and cached decode steps,
+    perplexity and top-1 agreement with the teacher measured on ExecuTorch over the test split, greedy
+    completions. int8 programs of causal LMs are not made (said, or refused when the recipe lists them)."""
+    from compress.evaluation import ParityConfig, decoder_parity
+    from compress.exporters.decoder import measure_decoder_graph
+
+    if "int8" in opts.precisions:
+        if "precisions" in opts.model_fields_set:
+            raise ExportError(f"export.executorch.precisions: int8 ExecuTorch programs of causal LMs are not built "
+                              f"(XNNPACK's int8 flow does not take a program that updates its cache); give "
+                              f"`precisions: [fp32]` for {name!r}, or deploy its int4 / int8 ONNX graphs.")  # fmt: skip
+        log.info("export: %s is a causal LM: its ExecuTorch program is fp32 (no int8 program with a cache)", name)
+    path = out_dir / f"{name}.xnnpack.pte"
+    ops = export_decoder_pte(model, path, max_cache_len=max_cache_len)
+    parity_cfg = ParityConfig(max_abs_diff=opts.max_abs_diff)  # type: ignore[call-arg]
+    parity = decoder_parity(model, path, data.test, parity_cfg, check.parity_steps, name, runtime="executorch")
+    art, _ = measure_decoder_graph(model, path, name, "fp32", params, data, check, eval_batch_size, teacher,
+                                   "export", runtime="executorch")  # fmt: skip
+    art.metrics |= parity
+    art.info |= {"backend": "xnnpack", "operators": ops, "max_cache_len": max_cache_len}
+    log.info("%s: %d XNNPACK subgraphs, static cache of %d positions", path.name, ops.get("xnnpack_delegate", 0),
+             max_cache_len)  # fmt: skip
+    return [art.finalize()]

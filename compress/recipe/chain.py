@@ -39,6 +39,7 @@ def check_chain(recipe: Recipe) -> None:
         return not family.supports(capability, kind)
 
     moe: set[str] = set()
+    static_cache = False  # an ExecuTorch program of a causal LM: its cache holds data.max_length positions
     stage: Any
     for i, stage in enumerate(recipe.stages):
         key = f"stages[{i}]"
@@ -61,6 +62,19 @@ def check_chain(recipe: Recipe) -> None:
         if stage.stage == "profile" and recipe.data.modality == "lm" and stage.generation.prompt > block:
             problems.append(f"{key}.generation.prompt: {stage.generation.prompt} tokens is longer than the blocks the "
                             f"models learn from (data.max_length {block}); give at most {block}.")  # fmt: skip
+        if stage.stage == "export" and recipe.data.modality == "lm" and stage.executorch is not None:
+            static_cache = True
+            et = stage.executorch
+            if "precisions" in et.model_fields_set and "int8" in et.precisions:
+                problems.append(f"{key}.executorch.precisions: int8 ExecuTorch programs of causal LMs are not built "
+                                "(XNNPACK's int8 flow does not take a program that updates its cache); give "
+                                "`precisions: [fp32]`, or deploy the int4 / int8 ONNX graphs.")  # fmt: skip
+        generated = stage.generation.prompt + stage.generation.new_tokens if stage.stage == "profile" else 0
+        if stage.stage == "profile" and recipe.data.modality == "lm" and static_cache and generated > block:
+            shape = stage.generation
+            problems.append(f"{key}.generation: a prompt of {shape.prompt} and {shape.new_tokens} new tokens overflow "
+                            f"the ExecuTorch programs' static cache of data.max_length {block} positions; give at "
+                            f"most {block} in all.")  # fmt: skip
         if stage.stage == "export" and unsupported("export"):
             problems.append(f"{key}: export does not apply to {member} yet (no exporter for it); leave the stage "
                             "out and use the PyTorch model.")  # fmt: skip

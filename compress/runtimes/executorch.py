@@ -63,3 +63,49 @@ class ExecuTorchRuntime:
 
     def unsupported(self, path: Path) -> str | None:
         return None  # every artifact of its format that `export` and `quantize` write
+
+
+class StaticCacheDecoder:
+    """A causal LM's ExecuTorch program (batch 1, its KV cache a fixed-size buffer inside the program):
+    ``(input_ids (1, n), cache_position (n,)) -> logits (1, n, vocabulary)``. A prompt is prefilled from position
+    0, which starts a new sequence; the same interface as the ONNX graphs' `CachedDecoder`."""
+
+    def __init__(self, path: Path) -> None:
+        from executorch.runtime import Runtime
+
+        self.method = Runtime.get().load_program(str(path)).load_method("forward")
+
+    def prefill(self, ids: list[int] | np.ndarray) -> np.ndarray:
+        ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64)).reshape(1, -1)
+        return self.method.execute([ids_t, torch.arange(ids_t.shape[1])])[0][0].numpy()  # type: ignore[no-any-return]
+
+    def step(self, token: int, position: int) -> np.ndarray:
+        out = self.method.execute([torch.tensor([[token]]), torch.tensor([position])])[0]
+        return out[0, -1].numpy()  # type: ignore[no-any-return]
+
+    def empty(self, batch: int) -> None:
+        return None
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray, cache: None) -> tuple[np.ndarray, None]:
+        """Logits of every row of a padded batch, each prefilled alone over its real tokens (zeros after)."""
+        rows = []
+        for row, keep in zip(ids, mask, strict=True):
+            n = int(keep.sum())
+            logits = self.prefill(row[:n]) if n else None
+            full = np.zeros((ids.shape[1], self.vocabulary(logits)), np.float32)
+            if logits is not None:
+                full[:n] = logits
+            rows.append(full)
+        return np.stack(rows), None
+
+    def vocabulary(self, logits: np.ndarray | None) -> int:
+        if logits is not None:
+            self._vocab = int(logits.shape[-1])
+        return getattr(self, "_vocab", 0)
+
+    def greedy(self, prompt: list[int], new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
+        steps, tokens = [self.prefill(prompt)[-1]], []
+        for i in range(new_tokens):
+            tokens.append(int(steps[-1].argmax()))
+            steps.append(self.step(tokens[-1], len(prompt) + i))
+        return tokens, steps

@@ -13,7 +13,7 @@ from compress.context import Context
 from compress.errors import ExportError
 from compress.evaluation import GenerationCheck, ParityConfig, check_parity, onnx_artifact, teacher_picks
 from compress.exporters.decoder import decoder_artifacts
-from compress.exporters.executorch import ExecuTorchOptions, pte_artifacts
+from compress.exporters.executorch import ExecuTorchOptions, decoder_pte_artifacts, pte_artifacts
 from compress.exporters.onnx import MIN_OPSET, export_onnx
 from compress.families import family_of
 from compress.models.bnb import is_bnb
@@ -85,6 +85,13 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
                 eval_batch_size=config.eval_batch_size, teacher=teacher,
             ):  # fmt: skip
                 out[art.name] = art
+            if config.executorch is not None:
+                for art in decoder_pte_artifacts(
+                    model, name, source.params, config.executorch, data, ctx.stage_dir,
+                    max_cache_len=ctx.recipe.data.max_length, check=config.generation,
+                    eval_batch_size=config.eval_batch_size, teacher=teacher,
+                ):  # fmt: skip
+                    out[art.name] = art
             continue
         fp32_path = ctx.stage_dir / f"{name}.onnx"
         export_onnx(model, next(iter(data.test.loader(2))), fp32_path, opset=config.opset)

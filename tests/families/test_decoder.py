@@ -293,3 +293,33 @@ def test_qat_and_static_int8_refusals_on_a_decoder(tmp_path: Path, pycode_slice:
     _fails(tmp_path, eight, r"stages\[1\].weights.bits: 8-bit QAT does not apply to .*decoder family.*4-bit")
     static = lm_recipe_head("x", pycode_slice) + "  - stage: export\n    int8: [dynamic, static]\n"
     _fails(tmp_path, static, r"stages\[1\].int8: static int8 does not apply to .*a causal LM")
+
+
+def test_an_executorch_program_with_a_static_cache_decodes_like_pytorch(tmp_path: Path, pycode_slice: Path) -> None:
+    text = lm_recipe_head("lm-et", pycode_slice) + """  - stage: export
+    int8: [dynamic]
+    int4: false
+    executorch: {}
+    generation: {prompts: ["def ", "import "], new_tokens: 8}
+  - stage: profile
+    devices: [x86-cpu, executorch-xnnpack]
+    generation: {prompt: 32, new_tokens: 8}
+    runs: 30
+    warmup: 1
+"""
+    result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    arts = result.artifacts
+    pte, onnx = arts["teacher.xnnpack.pte"], arts["teacher.onnx"]
+    assert "teacher.xnnpack-int8.pte" not in arts  # no int8 program of a model that updates its cache
+    assert pte.precision == "fp32" and pte.info["max_cache_len"] == 64 and pte.info["operators"]["xnnpack_delegate"]
+    assert pte.metrics["parity_max_abs_diff"] < 1e-3 and pte.metrics["parity_top1_agreement"] == 1.0
+    assert pte.metrics["perplexity"] == pytest.approx(onnx.metrics["perplexity"], rel=1e-3)  # measured on ExecuTorch
+    assert pte.info["completions"] == onnx.info["completions"]
+    lat = pte.latency["executorch-xnnpack"]
+    assert lat["runtime"] == "executorch" and lat["tokens_per_s"] > 0 and lat["ttft_p50_ms"] > 0
+    int8 = lm_recipe_head("x", pycode_slice) + "  - stage: export\n    executorch: {precisions: [fp32, int8]}\n"
+    (tmp_path / "int8").mkdir()
+    _fails(tmp_path / "int8", int8, r"stages\[1\].executorch.precisions: int8 ExecuTorch programs of causal LMs")
+    overflow = text.replace("generation: {prompt: 32, new_tokens: 8}", "generation: {prompt: 60, new_tokens: 8}")
+    (tmp_path / "overflow").mkdir()
+    _fails(tmp_path / "overflow", overflow, r"stages\[2\].generation: a prompt of 60 and 8 new tokens overflow")

@@ -8,9 +8,10 @@ several) to --out, or prints it on stdout.
         --runs 100 --warmup 10 [--seconds 0] [--cpus 0,1] [--top-ops 10] [--out result.json] \\
         [--prompt 128 --new-tokens 64]
 
-A causal LM's KV-cache graph (inputs ``past.<i>.key``) is measured as generation instead, on onnxruntime or
-OpenVINO (compiled with dynamic shapes): time to first token (prefill of a ``--prompt``-token prompt) and
-milliseconds per decoded token, over ``runs // 10`` (at least 3) generations of ``--new-tokens`` tokens.
+A causal LM is measured as generation instead: a KV-cache graph (inputs ``past.<i>.key``) on onnxruntime or
+OpenVINO (compiled with dynamic shapes), an ExecuTorch program with a static cache on ExecuTorch: time to first
+token (prefill of a ``--prompt``-token prompt) and milliseconds per decoded token, over ``runs // 10`` (at least
+3) generations of ``--new-tokens`` tokens.
 
 Measurement: session creation (cold start) and first run timed apart; ``warmup`` untimed runs; then ``runs``
 timed runs, or as many as fit in ``seconds`` (at least 10) when that is set. Per-operator times come from the
@@ -214,13 +215,7 @@ def et_load(model: str, args: argparse.Namespace) -> tuple[Callable[[Feeds], Any
         inputs.append((name, list(tensor.sizes()), kind))
     feeds = make_feeds(inputs, args.batch, args.sequence)
     tensors = [torch.from_numpy(feeds[name]) for name, _, _ in inputs]
-    try:
-        from importlib.metadata import version
-
-        ver = version("executorch")
-    except Exception:  # noqa: BLE001
-        ver = "unknown"
-    info = {"runtime": "executorch", "runtime_version": ver, "provider": "XNNPACK"}
+    info = {"runtime": "executorch", "runtime_version": _et_version(), "provider": "XNNPACK"}
     return (lambda f: method.execute(tensors)), feeds, info
 
 
@@ -239,7 +234,14 @@ RUNTIMES = {
 
 
 def is_kv_graph(model: str, args: argparse.Namespace) -> bool:
-    if args.runtime not in GENERATION or not model.endswith(".onnx"):
+    """A causal LM: an ONNX graph with ``past.<i>.key`` inputs, or an ExecuTorch program with a static cache
+    (inputs ``input_ids (1, sequence)`` and a 1-D ``cache_position``)."""
+    if args.runtime == "executorch" and model.endswith(".pte"):
+        from executorch.runtime import Runtime
+
+        meta = Runtime.get().load_program(model).metadata("forward")
+        return meta.num_inputs() == 2 and len(meta.input_tensor_meta(1).sizes()) == 1
+    if args.runtime not in ("onnxruntime", "openvino") or not model.endswith(".onnx"):
         return False
     import onnx
 
@@ -247,17 +249,63 @@ def is_kv_graph(model: str, args: argparse.Namespace) -> bool:
     return any(i.name == "past.0.key" for i in graph.input)
 
 
-Step = Callable[[Feeds], list[Any]]
+class ExplicitCache:
+    """A KV-cache graph (cache in, cache out) behind ``run`` (feeds -> outputs in graph order): onnxruntime or
+    OpenVINO."""
+
+    def __init__(self, run: Callable[[Feeds], list[Any]], pasts: list[tuple[str, list[Any]]], batch: int) -> None:
+        self.run, self.pasts, self.batch = run, pasts, batch
+        self.out: list[Any] = []
+        self.total = 0
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        self.total = ids.shape[1]
+        feeds = {"input_ids": ids, "attention_mask": np.ones((self.batch, self.total), np.int64)}
+        feeds.update({n: np.zeros((self.batch, d[1], 0, d[3]), np.float32) for n, d in self.pasts})
+        self.out = self.run(feeds)
+        return np.asarray(self.out[0][:, -1])
+
+    def decode(self, token: np.ndarray) -> np.ndarray:
+        self.total += 1
+        feeds = {"input_ids": token, "attention_mask": np.ones((self.batch, self.total), np.int64)}
+        feeds.update({n: self.out[1 + k] for k, (n, _) in enumerate(self.pasts)})
+        self.out = self.run(feeds)
+        return np.asarray(self.out[0][:, -1])
+
+    def cache_bytes(self) -> int:
+        return sum(int(o.nbytes) for o in self.out[1:])
 
 
-def ort_step(model: str, args: argparse.Namespace) -> tuple[Step, list[tuple[str, list[Any]]], dict[str, Any]]:
-    """One forward of the KV-cache graph on onnxruntime: feeds -> outputs in graph order."""
+class StaticCache:
+    """An ExecuTorch program holding its own fixed-size cache: ``(input_ids, cache_position) -> logits``."""
+
+    def __init__(self, method: Any) -> None:
+        import torch
+
+        self.method, self.torch, self.position = method, torch, 0
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        n = ids.shape[1]
+        out = self.method.execute([self.torch.from_numpy(ids), self.torch.arange(n)])[0]
+        self.position = n
+        return out[:, -1].numpy()
+
+    def decode(self, token: np.ndarray) -> np.ndarray:
+        out = self.method.execute([self.torch.from_numpy(token), self.torch.tensor([self.position])])[0]
+        self.position += 1
+        return out[:, -1].numpy()
+
+    def cache_bytes(self) -> int:
+        return 0  # inside the program's memory plan (in `model_rss_mb`), not returned
+
+
+def ort_session(model: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     import onnxruntime as ort
 
     session = _ort_session(model, args)
     pasts = [(i.name, list(i.shape)) for i in session.get_inputs() if i.name.startswith("past.")]
     info = {"runtime": "onnxruntime", "runtime_version": ort.__version__, "provider": session.get_providers()[0]}
-    return (lambda f: session.run(None, f)), pasts, info
+    return ExplicitCache(lambda f: session.run(None, f), pasts, args.batch), info
 
 
 def ov_name(port: Any) -> str:
@@ -267,7 +315,7 @@ def ov_name(port: Any) -> str:
     return next((n for n in names if not n.startswith("/")), port.get_any_name())
 
 
-def ov_step(model: str, args: argparse.Namespace) -> tuple[Step, list[tuple[str, list[Any]]], dict[str, Any]]:
+def ov_session(model: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The same on OpenVINO, compiled with dynamic shapes (the prompt, then a growing cache)."""
     import openvino as ov
 
@@ -289,10 +337,33 @@ def ov_step(model: str, args: argparse.Namespace) -> tuple[Step, list[tuple[str,
         result = request.infer(feeds)
         return [np.asarray(result[o]) for o in compiled.outputs]
 
-    return step, pasts, info
+    return ExplicitCache(step, pasts, args.batch), info
 
 
-GENERATION = {"onnxruntime": ort_step, "openvino": ov_step}
+def et_session(model: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """An ExecuTorch program with a static cache (batch 1)."""
+    from executorch.runtime import Runtime
+
+    if args.threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(args.threads)
+    if args.batch != 1:
+        raise SystemExit(f"{model}: ExecuTorch decoder programs are exported for batch 1 (got --batch {args.batch})")
+    method = Runtime.get().load_program(model).load_method("forward")
+    return StaticCache(method), {"runtime": "executorch", "runtime_version": _et_version(), "provider": "XNNPACK"}
+
+
+def _et_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("executorch")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+GENERATION = {"onnxruntime": ort_session, "openvino": ov_session, "executorch": et_session}
 
 
 def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -301,7 +372,7 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
     ``--prompt``-token prompt. ``p50_ms`` / ``p90_ms`` are per generated token."""
     base_rss = rss_mb()
     t0 = time.perf_counter()
-    run, pasts, info = GENERATION[args.runtime](model, args)
+    session, info = GENERATION[args.runtime](model, args)
     cold_ms = (time.perf_counter() - t0) * 1000.0
     rng = np.random.default_rng(0)
     batch, prompt, new = args.batch, args.prompt, args.new_tokens
@@ -309,21 +380,16 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
 
     def generate() -> tuple[float, list[float]]:
         ids = rng.integers(5, 100, size=(batch, prompt), dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones((batch, prompt), np.int64)}
-        feeds.update({n: np.zeros((batch, d[1], 0, d[3]), np.float32) for n, d in pasts})
         t = time.perf_counter_ns()
-        out = run(feeds)
+        last = session.prefill(ids)
         ttft = (time.perf_counter_ns() - t) / 1e6
-        steps, total = [], prompt
+        steps = []
         for _ in range(new):
-            token = out[0][:, -1].argmax(-1).reshape(batch, 1).astype(np.int64)
-            total += 1
-            feeds = {"input_ids": token, "attention_mask": np.ones((batch, total), np.int64)}
-            feeds.update({n: out[1 + k] for k, (n, _) in enumerate(pasts)})
+            token = last.argmax(-1).reshape(batch, 1).astype(np.int64)
             t = time.perf_counter_ns()
-            out = run(feeds)
+            last = session.decode(token)
             steps.append((time.perf_counter_ns() - t) / 1e6)
-        cache_bytes[0] = sum(int(o.nbytes) for o in out[1:])
+        cache_bytes[0] = session.cache_bytes()
         return ttft, steps
 
     t0 = time.perf_counter()
@@ -348,7 +414,8 @@ def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s": float(batch * 1000.0 / np.percentile(dec, 50)),
         "tokens_per_s_p90": float(batch * 1000.0 / np.percentile(dec, 90)),
         "generation": {"prompt": prompt, "new_tokens": new, "generations": len(ttfts)},
-        "kv_cache_mb": cache_bytes[0] / 1e6,  # the cache at the end of a generation: what memory adds to weights
+        # the cache at the end of a generation, what memory adds to weights (None: inside the program's plan)
+        "kv_cache_mb": cache_bytes[0] / 1e6 if cache_bytes[0] else None,
         **info,
         "cold_start_ms": cold_ms, "first_run_ms": first_ms,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
