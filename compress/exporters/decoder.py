@@ -11,6 +11,7 @@ benchmarks use. Exported with the TorchScript exporter through Hugging Face's `D
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -58,6 +59,8 @@ class _WithCache(nn.Module):
     def __init__(self, module: nn.Module, layers: int) -> None:
         super().__init__()
         self.module, self.layers = module, layers
+        # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40); older releases lack it
+        self.cache_key = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor) -> tuple:
         from transformers import DynamicCache
@@ -67,9 +70,10 @@ class _WithCache(nn.Module):
         start = past[0].shape[2]
         positions = (torch.arange(input_ids.shape[1]) + start).unsqueeze(0).expand(input_ids.shape[0], -1)
         out = self.module(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                          past_key_values=cache, use_cache=True)  # fmt: skip
+                          use_cache=True, **{self.cache_key: cache})  # fmt: skip
         presents: list[torch.Tensor] = []
-        for layer in out.past_key_values.layers:
+        layer: Any
+        for layer in cache.layers:  # updated in place with this call's keys and values
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
 
