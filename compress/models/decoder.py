@@ -174,6 +174,26 @@ def decoder_structure(model: nn.Module) -> dict[str, list[int]]:
             "ffn": [int(layer.mlp.down_proj.in_features) for layer in layers]}  # fmt: skip
 
 
+def drop_decoder_layers(model: nn.Module, removed: list[int]) -> None:
+    """Delete decoder layers (by index) in place; the others are renumbered (their cache slots, the config's layer
+    count and per-layer types), so the model saves and reloads with its new depth."""
+    layers = decoder_layers(model)
+    if len(removed) >= len(layers):
+        raise ModelError(f"cannot remove all {len(layers)} decoder layers.")
+    holder_path = layer_prefix(model)
+    holder = model.get_submodule(holder_path.rsplit(".", 1)[0]) if "." in holder_path else model
+    kept = [layer for i, layer in enumerate(layers) if i not in set(removed)]
+    setattr(holder, holder_path.rsplit(".", 1)[-1], nn.ModuleList(kept))
+    for i, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = i
+    cfg: Any = model.config
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in set(removed)]
+    cfg.num_hidden_layers = len(kept)
+
+
 def _linear(like: nn.Linear, inputs: int, outputs: int) -> nn.Linear:
     return nn.Linear(inputs, outputs, bias=like.bias is not None, dtype=like.weight.dtype)
 

@@ -5,8 +5,9 @@ it, so every layer keeps the model's query-per-key ratio and its cache shrinks w
 forward pre-hooks on each layer's two output projections, as for encoders: ``o_proj`` sees each query head's
 context scaled by its group's gate, ``down_proj`` each intermediate unit scaled by its gate. The projections have
 no bias, so a zero gate removes the group's whole contribution, which is exactly what the physically pruned
-model computes. Every layer keeps at least one group and one unit (its most probable): removing a decoder
-layer's attention would leave its KV cache slot empty.
+model computes. A layer whose groups and units are all gated off is removed whole (pre-norm layers without
+output biases: the masked layer is then exactly the identity); any other layer keeps at least one group and one
+unit (its most probable), since a layer without attention would leave its KV cache slot empty.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class DecoderMasks(ProjectionGates):
         structure = decoder_structure(model)
         _, self.d, self.g = _shape(model.config)  # type: ignore[attr-defined]
         self.groups = nn.ModuleList(HardConcrete(n, init_keep=init_keep) for n in structure["kv_heads"])
+        # a layer whose output projections add a bias is never the identity: it stays
+        self.biased = [layer.self_attn.o_proj.bias is not None or layer.mlp.down_proj.bias is not None
+                       for layer in decoder_layers(model)]  # fmt: skip
         self.units = nn.ModuleList(HardConcrete(f, init_keep=init_keep) for f in structure["ffn"])
 
     def pairs(self) -> list[tuple[HardConcrete, HardConcrete]]:
@@ -80,8 +84,17 @@ class DecoderMasks(ProjectionGates):
         return float(sum(g.n * costs.per_head + u.n * costs.per_unit for g, u in self.pairs()))
 
     def deterministic(self) -> dict[str, list[torch.Tensor]]:
-        return {"groups": [_keep_one(g, g.deterministic()) for g, _ in self.pairs()],
-                "units": [_keep_one(u, u.deterministic()) for _, u in self.pairs()]}  # fmt: skip
+        z = [(g.deterministic(), u.deterministic()) for g, u in self.pairs()]
+        empty = [not bool((zg > 0).any() or (zu > 0).any()) and not biased
+                 for (zg, zu), biased in zip(z, self.biased, strict=True)]  # fmt: skip
+        if all(empty):  # the model keeps its most probable layer
+            best = max(range(len(z)), key=lambda i: float(self.pairs()[i][0].log_alpha.max()))
+            empty[best] = False
+        groups, units = [], []
+        for (g, u), (zg, zu), gone in zip(self.pairs(), z, empty, strict=True):
+            groups.append(zg if gone else _keep_one(g, zg))
+            units.append(zu if gone else _keep_one(u, zu))
+        return {"groups": groups, "units": units}
 
     def attach(self, model: nn.Module) -> DecoderMasks:
         for i, layer in enumerate(decoder_layers(model)):
@@ -97,14 +110,21 @@ class DecoderMasks(ProjectionGates):
 @torch.no_grad()
 def prune_decoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dict[str, list[int]]:
     """Remove the zero-gated groups and units of ``model`` for real, folding the kept gates into the output
-    projections; returns the structure left (per layer: key/value heads, FFN units)."""
-    from compress.models.decoder import resize_decoder
+    projections, and the layers with none left; returns the structure left (per remaining layer: key/value
+    heads, FFN units; and the indices of the removed layers)."""
+    from compress.models.decoder import drop_decoder_layers, resize_decoder
 
     _, d, g = _shape(model.config)  # type: ignore[attr-defined]
-    old = [{n: (m.weight.detach().clone(), m.bias.detach().clone() if m.bias is not None else None)
-            for n, m in _projections(layer).items()} for layer in decoder_layers(model)]  # fmt: skip
     keep_groups = [torch.nonzero(z > 0).flatten() for z in gates["groups"]]
     keep_units = [torch.nonzero(z > 0).flatten() for z in gates["units"]]
+    removed = [i for i, (kg, ku) in enumerate(zip(keep_groups, keep_units, strict=True)) if not len(kg) and not len(ku)]
+    if removed:
+        drop_decoder_layers(model, removed)
+        kept = [i for i in range(len(keep_groups)) if i not in removed]
+        keep_groups, keep_units = [keep_groups[i] for i in kept], [keep_units[i] for i in kept]
+        gates = {k: [v[i] for i in kept] for k, v in gates.items()}
+    old = [{n: (m.weight.detach().clone(), m.bias.detach().clone() if m.bias is not None else None)
+            for n, m in _projections(layer).items()} for layer in decoder_layers(model)]  # fmt: skip
     structure = {"kv_heads": [len(k) for k in keep_groups], "ffn": [len(k) for k in keep_units]}
     resize_decoder(model, structure)
     for layer, w, groups, units, zg, zu in zip(decoder_layers(model), old, keep_groups, keep_units, gates["groups"],
@@ -123,7 +143,7 @@ def prune_decoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dic
         for name in ("o", "down"):  # an output bias is added once, whatever is kept
             if new[name].bias is not None:
                 new[name].bias.copy_(w[name][1])
-    return structure
+    return structure | {"removed_layers": removed}
 
 
 def _projections(layer: Any) -> dict[str, nn.Linear]:

@@ -271,6 +271,12 @@ def _run_dphubert(
     kept, structure = groups.finalize()
     log.info("prune: kept %.4f of the prunable size (target %.3f); %d -> %d parameters; structure %s",
              kept, target, before, student.num_params(), structure)  # fmt: skip
+    removed = structure.get("removed_layers") or []
+    if removed:  # whole layers went: the taps move to the layers left, the removed ones' pairs go
+        family.adopt(student)
+        pairs, mapping = _after_removal(pairs, mapping, removed, student)
+        distil = _step(_loss_configs(config, pairs, config.hidden_weight), student, teacher, sample, ctx.engine)
+        log.info("prune: removed layers %s; student layers -> teacher layers %s", removed, dict(enumerate(mapping)))
     tuned = train(
         student, distil, data.train, data.dev, config.finetune, session=ctx.session(), label="prune (finetune)"
     )
@@ -289,6 +295,26 @@ def _run_dphubert(
         art.info["pruning"]["layer_map"] = mapping
     _target_check(art.info["pruning"], kept, target, config.output)
     return {config.output: art}
+
+
+def _after_removal(
+    pairs: list[tuple[str, str]], mapping: list[int], removed: list[int], student: TaskModel
+) -> tuple[list[tuple[str, str]], list[int]]:
+    """Hidden-state pairs and layer map once layers ``removed`` (old indices) are gone from the student."""
+    kept = [i for i in range(len(mapping)) if i not in set(removed)]
+    new_mapping = [mapping[i] for i in kept]
+    old_index = {f: i for i, f in enumerate(_old_features(student.features, removed))}
+    new_pairs = [(student.features[kept.index(old_index[s])], t) for s, t in pairs
+                 if s in old_index and old_index[s] in kept]  # fmt: skip
+    return new_pairs, new_mapping
+
+
+def _old_features(features: list[str], removed: list[int]) -> list[str]:
+    """The feature paths before removal (``<prefix>.<i>``), from the ones after it."""
+    if not features:
+        return []
+    prefix = features[0].rsplit(".", 1)[0]
+    return [f"{prefix}.{i}" for i in range(len(features) + len(removed))]
 
 
 def config_unit(config: _PruneBase) -> str:

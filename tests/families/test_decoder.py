@@ -252,7 +252,7 @@ def test_dphubert_prunes_key_value_groups_and_ffn_units_of_a_decoder(tmp_path: P
     model = load(art.path)  # rebuilt from the recorded per-layer structure
     from compress.models.decoder import decoder_structure
 
-    assert decoder_structure(model.module) == structure
+    assert decoder_structure(model.module) == {k: structure[k] for k in ("kv_heads", "ffn")}
     onnx = result.artifacts["teacher.pruned.onnx"]  # per-layer cache shapes in the graph
     assert onnx.metrics["parity_top1_agreement"] == 1.0
     assert onnx.metrics["perplexity"] == pytest.approx(art.metrics["perplexity"], rel=1e-3)
