@@ -5,6 +5,10 @@ benchmark process: as they are, with half the heads in every layer, and with hal
 give milliseconds per head and per unit (latency is close to linear in both at a fixed sequence length); what
 does not depend on them (embeddings, layer norms, the head) is the fixed part. A latency budget in ms becomes
 a fraction of the prunable (variable) part, which the masks' expected size is driven to.
+
+Causal LMs are measured the same way as generation: three KV-cache graphs shaped like the model (as it is, with
+half its key/value groups, with half its SwiGLU units), the decode milliseconds per token after a prompt of
+``sequence`` tokens; the slopes give ms per key/value group and per unit.
 """
 
 from __future__ import annotations
@@ -58,3 +62,34 @@ def latency_fraction(lat: LatencyCosts, budget_ms: float) -> float:
             f"prune.target.latency_ms: the unpruned model already measures {lat.full_ms:.3f} ms <= {budget_ms} ms."
         )
     return frac
+
+
+def measure_decoder_costs(config: Any, device: DeviceProfile, sequence: int, cache_dir: Path) -> LatencyCosts:
+    """Decode ms per token of a causal LM shaped like ``config``: per key/value group, per SwiGLU unit, fixed."""
+    from compress.exporters.decoder import export_decoder_onnx
+    from compress.models.task_model import TaskModel
+    from compress.runners import measure
+    from compress.search.candidates import build_decoder, queries_per_kv
+
+    if device.runtime not in ("onnxruntime", "openvino"):
+        raise StageError(f"prune.target.device: {device.name} runs {device.runtime}; a causal LM's decode latency is "
+                         "measured on an onnxruntime or OpenVINO device (its KV-cache graph).")  # fmt: skip
+    layers, heads, ffn = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
+    g = queries_per_kv(config)
+    groups = heads // g
+    base = {"layers": layers, "hidden": config.hidden_size, "heads": heads, "ffn": ffn}
+    fewer = max(1, groups // 2)
+    archs = [base, {**base, "heads": fewer * g}, {**base, "ffn": max(1, ffn // 2)}]
+    with tempfile.TemporaryDirectory(prefix="compress-prune-lat-") as tmp:
+        paths = []
+        for i, arch in enumerate(archs):
+            paths.append(Path(tmp) / f"m{i}.onnx")
+            model = TaskModel(build_decoder(config, arch).eval(), "hf", "lm", int(config.vocab_size))
+            export_decoder_onnx(model, paths[-1], opset=17)
+        stats = measure(device, paths, batch=1, sequence=sequence, runs=120, warmup=1, prompt=sequence,
+                        new_tokens=32)  # fmt: skip
+    full, fewer_groups, fewer_units = (float(s["decode_p50_ms"]) for s in stats)
+    per_group = max(0.0, (full - fewer_groups) / (layers * (groups - fewer))) if groups > fewer else 0.0
+    per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
+    fixed = full - layers * (groups * per_group + ffn * per_unit)
+    return LatencyCosts(GroupCosts(per_group, per_unit), fixed, full)

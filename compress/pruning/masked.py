@@ -20,7 +20,8 @@ from compress.models.task_model import TaskModel
 from compress.pruning.encoder_masks import EncoderMasks, GroupCosts, flop_costs, param_costs
 from compress.pruning.physical import prune_encoder
 
-LatencyCosts = Callable[[Any], tuple[GroupCosts, float]]  # model config -> (costs per group, fraction to keep)
+# (model config, how the family's groups are timed) -> (costs per group, fraction to keep)
+LatencyCosts = Callable[[Any, Callable[..., Any]], tuple[GroupCosts, float]]
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,10 @@ class EncoderGroups(_TransformerGroups):
         elif goal.flops is not None:
             self.costs, self.target = flop_costs(cfg, goal.sequence), goal.flops
         else:
+            from compress.pruning.latency_costs import measure_costs
+
             assert goal.latency is not None
-            self.costs, self.target = goal.latency(cfg)
+            self.costs, self.target = goal.latency(cfg, measure_costs)
         self.masks = EncoderMasks(model.module).attach(model.module)
         self.full = self.masks.full_size(self.costs)
 
@@ -115,8 +118,10 @@ class DecoderGroups(_TransformerGroups):
         elif goal.flops is not None:
             self.costs, self.target = decoder_flop_costs(cfg, goal.sequence), goal.flops
         else:
-            raise StageError("prune.target: latency targets are measured for encoders; give a causal LM a `params` "
-                             "or `flops` target.")  # fmt: skip
+            from compress.pruning.latency_costs import measure_decoder_costs
+
+            assert goal.latency is not None
+            self.costs, self.target = goal.latency(cfg, measure_decoder_costs)
         self.masks = DecoderMasks(model.module).attach(model.module)
         self.full = self.masks.full_size(self.costs)
 

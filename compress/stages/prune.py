@@ -10,7 +10,7 @@ are removed for real, and distillation continues briefly without masks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -41,7 +41,10 @@ class PruneTarget(Strict):
     params: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable encoder parameters to keep.")
     flops: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable encoder FLOPs to keep.")
     latency_ms: float | None = Field(
-        None, gt=0, description="p50 latency in ms on `device` (batch 1, `sequence` tokens) to land on (DPHuBERT)."
+        None,
+        gt=0,
+        description="p50 latency in ms on `device` (batch 1, `sequence` tokens) to land on (DPHuBERT); for causal LMs "
+        "the decode ms per token after a `sequence`-token prompt (onnxruntime or OpenVINO devices).",
     )
     device: str = Field("x86-cpu", description="Device profile that `latency_ms` is measured on.")
     sequence: int = Field(
@@ -167,15 +170,15 @@ def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
         return PruneGoal(params=target.params, flops=target.flops, sequence=target.sequence)
     latency_ms = target.latency_ms
 
-    def latency(model_config: Any) -> tuple[GroupCosts, float]:
+    def latency(model_config: Any, measure_costs: Callable[..., Any]) -> tuple[GroupCosts, float]:
         from compress.devices import resolve_device
-        from compress.pruning.latency_costs import latency_fraction, measure_costs
+        from compress.pruning.latency_costs import latency_fraction
 
         device = resolve_device(target.device, ctx.base_dir)
         lat = None
         if ctx.engine.is_main:  # measured once: every process must prune to the same target
             lat = measure_costs(model_config, device, target.sequence, ctx.cache_dir / "latency")
-            log.info("prune: on %s, %.4f ms per head, %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
+            log.info("prune: on %s, %.4f ms per head (group), %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
                      device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
         lat = ctx.engine.broadcast_object(lat)
         return lat.costs, latency_fraction(lat, latency_ms)

@@ -323,3 +323,33 @@ def test_an_executorch_program_with_a_static_cache_decodes_like_pytorch(tmp_path
     overflow = text.replace("generation: {prompt: 32, new_tokens: 8}", "generation: {prompt: 60, new_tokens: 8}")
     (tmp_path / "overflow").mkdir()
     _fails(tmp_path / "overflow", overflow, r"stages\[2\].generation: a prompt of 60 and 8 new tokens overflow")
+
+
+def test_a_latency_target_is_measured_as_decode_time_per_token(tmp_path: Path, pycode_slice: Path) -> None:
+    from compress.devices import resolve_device
+    from compress.pruning.latency_costs import measure_decoder_costs
+    from compress.search.candidates import build_decoder
+
+    # the costs of a model shaped like the recipe's teacher, measured as generation on onnxruntime
+    config = build_decoder(_llama_config(), {"layers": 2, "hidden": 64, "heads": 4, "ffn": 128}).config
+    lat = measure_decoder_costs(config, resolve_device("x86-cpu", Path(".")), 32, tmp_path)
+    assert 0 < lat.full_ms < 1000 and lat.fixed_ms <= lat.full_ms
+    assert lat.costs.per_head >= 0 and lat.costs.per_unit >= 0
+    head = lm_recipe_head("lm-lat", pycode_slice) + """  - stage: prune
+    source: teacher
+    target: {latency_ms: 1000, sequence: 32}
+    max_steps: 4
+    batch_size: 8
+"""
+    with pytest.raises(CompressError, match=r"prune.target.latency_ms: the unpruned model already measures [0-9.]+ ms"):
+        pipeline.run(write_recipe(tmp_path, head), tmp_path / "out")
+    et = head.replace("latency_ms: 1000, sequence: 32", "latency_ms: 0.1, sequence: 32, device: executorch-xnnpack")
+    with pytest.raises(CompressError, match=r"prune.target.device: executorch-xnnpack runs executorch; a causal LM"):
+        pipeline.run(write_recipe(tmp_path, et), tmp_path / "out")
+
+
+def _llama_config() -> object:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
