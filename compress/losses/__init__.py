@@ -7,6 +7,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from compress.losses import attention as _attention  # noqa: F401 - registers attention_map, attention_output
+from compress.losses import relations as _relations  # noqa: F401 - registers sinkd, rkd
 from compress.losses import sequence as _sequence  # noqa: F401 - registers fkl, rkl, skl, srkl, jsd, taid
 from compress.losses.terms import LOSSES, Captured, LossConfig, LossTerm, build_terms
 

@@ -157,3 +157,67 @@ def attention_output_loss(
     for cs, ct in zip(student_context, teacher_context, strict=True):
         total = total + hint_loss(cs, ct, mask=mask)
     return total / len(student_context)
+
+
+def sinkhorn_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 2.0,
+    epsilon: float = 0.1,
+    iterations: int = 20,
+) -> torch.Tensor:
+    """SinKD (Cui et al., 2024, "Sinkhorn Distance Minimization for Knowledge Distillation"), batch-wise.
+
+    With ``s_i = softmax(z_s,i / T)`` and ``t_j = softmax(z_t,j / T)`` for the ``B`` examples of the batch, the
+    cost of moving student example ``i`` onto teacher example ``j`` is ``C_ij = ||s_i - t_j||_1``; the entropic
+    transport plan ``P`` is ``K = exp(-C / epsilon)`` made doubly stochastic by ``iterations`` alternating
+    Sinkhorn normalisations (rows, then columns, each summing to 1); the loss is ``sum_ij P_ij C_ij / B``.
+    Gradients flow through both ``P`` and ``C`` (as in the authors' code); the teacher is detached.
+    """
+    s = F.softmax(student_logits / temperature, dim=-1)
+    t = F.softmax(teacher_logits.detach() / temperature, dim=-1)
+    cost = torch.cdist(s, t, p=1)
+    plan = torch.exp(-cost / epsilon)
+    for _ in range(iterations):
+        plan = plan / plan.sum(dim=1, keepdim=True)
+        plan = plan / plan.sum(dim=0, keepdim=True)
+    return (plan * cost).sum() / s.shape[0]
+
+
+def _pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between the rows of ``x`` (exactly 0 on the diagonal), normalised by their mean
+    over distinct pairs."""
+    diff = x.unsqueeze(0) - x.unsqueeze(1)
+    d = diff.pow(2).sum(-1).clamp_min(1e-12).sqrt() * (1 - torch.eye(x.shape[0], dtype=x.dtype, device=x.device))
+    off = d[~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)]
+    return d / off.mean().clamp_min(1e-12)
+
+
+def _angles(x: torch.Tensor) -> torch.Tensor:
+    """``A[j, i, k] = <e_ij, e_kj>`` with ``e_ij = (x_i - x_j) / ||x_i - x_j||``: the cosine of the angle at
+    ``x_j`` of every triplet."""
+    e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=-1)  # e[j, i] = unit(x_i - x_j)
+    return torch.bmm(e, e.transpose(1, 2))
+
+
+def rkd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, *, distance_weight: float = 25.0, angle_weight: float = 50.0
+) -> torch.Tensor:
+    """Relational KD (Park et al., 2019, "Relational Knowledge Distillation"), on one embedding per example.
+
+    Distance-wise: ``psi_D(x_i, x_j) = ||x_i - x_j|| / mu`` with ``mu`` the mean distance over distinct pairs of the
+    batch; angle-wise: ``psi_A(x_i, x_j, x_k) = <e_ij, e_kj>``, ``e_ij = (x_i - x_j) / ||x_i - x_j||``. The loss is
+    ``distance_weight * mean Huber(psi_D(s), psi_D(t)) + angle_weight * mean Huber(psi_A(s), psi_A(t))`` over all
+    pairs / triplets (Huber with delta 1: PyTorch's smooth L1). Relations do not depend on the width, so student
+    and teacher embeddings may differ in size; the teacher is detached. Defaults are the paper's weights.
+    """
+    if student.shape[0] < 3:
+        return student.new_zeros(())  # no triplet, no relation to compare
+    t = teacher.detach()
+    loss = student.new_zeros(())
+    if distance_weight:
+        loss = loss + distance_weight * F.smooth_l1_loss(_pairwise_distances(student), _pairwise_distances(t))
+    if angle_weight:
+        loss = loss + angle_weight * F.smooth_l1_loss(_angles(student), _angles(t))
+    return loss
