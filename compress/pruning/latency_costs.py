@@ -41,7 +41,7 @@ def measure_costs(config: Any, device: DeviceProfile, sequence: int, cache_dir: 
         for i, arch in enumerate(archs):
             paths.append(Path(tmp) / f"m{i}.onnx")
             table.export_full(arch, paths[-1])
-        full, fewer_heads, fewer_units = table.measure(paths)
+        full, fewer_heads, fewer_units = (rounds[0] for rounds in table.measure(paths))
     per_head = max(0.0, (full - fewer_heads) / (layers * (heads - archs[1]["heads"])))
     per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
     fixed = full - layers * (heads * per_head + ffn * per_unit)

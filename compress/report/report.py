@@ -434,13 +434,14 @@ def _search_markdown(s: dict[str, Any]) -> list[str]:
         f"chose **{s['chosen']['describe']}** (rank {s['chosen']['rank']})."
         + (f" Latency table error on the top candidates: {100 * mape:.1f}%." if mape is not None else ""),
         "",
-        "| rank | candidate | score | params | MFLOPs | predicted ms | measured ms |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| rank | candidate | score | params | MFLOPs | predicted ms | measured ms (median) | slowest round ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in s["top"]:
         lines.append(
             f"| {r['rank']} | {r['describe']} | {r['score']:.4f} | {r['params']:,} | {r['mflops']:.1f} | "
-            f"{_fmt(r['predicted_ms'], '.3f')} | {_fmt(r['measured_ms'], '.3f')} |"
+            f"{_fmt(r['predicted_ms'], '.3f')} | {_fmt(r['measured_ms'], '.3f')} | "
+            f"{_fmt(r.get('measured_max_ms'), '.3f')} |"
         )
     return [*lines, ""]
 

@@ -85,10 +85,18 @@ class LatencyTable:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.cache_file, json.dumps(self.table, indent=0, sort_keys=True))
 
-    def measure(self, paths: list[Path]) -> list[float]:
-        """End-to-end p50 of whole exported candidates (more runs than table entries)."""
-        stats = measure(self.device, paths, batch=1, sequence=self.shape["sequence"], runs=100, warmup=10)
-        return [float(s["p50_ms"]) for s in stats]
+    def measure(self, paths: list[Path], rounds: int = 1) -> list[list[float]]:
+        """End-to-end p50 of whole exported candidates (more runs than table entries), in ``rounds`` benchmark
+        processes, each visiting the candidates in a rotated order (so that drift over a process does not favour
+        the ones measured first): per candidate, its p50 of every round."""
+        out: list[list[float]] = [[] for _ in paths]
+        for r in range(rounds):
+            order = [(i + r) % len(paths) for i in range(len(paths))]
+            stats = measure(self.device, [paths[i] for i in order], batch=1, sequence=self.shape["sequence"],
+                            runs=100, warmup=10)  # fmt: skip
+            for i, st in zip(order, stats, strict=True):
+                out[i].append(float(st["p50_ms"]))
+        return out
 
 
 class CnnLatency(LatencyTable):
