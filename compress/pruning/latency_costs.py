@@ -50,16 +50,16 @@ def measure_costs(config: Any, device: DeviceProfile, sequence: int, cache_dir: 
 
 def latency_fraction(lat: LatencyCosts, budget_ms: float) -> float:
     """The fraction of the variable latency that fits in ``budget_ms``; an error when none or all of it does."""
+    if lat.full_ms <= budget_ms:
+        raise StageError(
+            f"prune.target.latency_ms: the unpruned model already measures {lat.full_ms:.3f} ms <= {budget_ms} ms."
+        )
     variable = lat.full_ms - lat.fixed_ms
     frac = (budget_ms - lat.fixed_ms) / variable if variable > 0 else -1.0
     if frac <= 0:
         raise StageError(
             f"prune.target.latency_ms: {budget_ms} ms cannot be reached: the model measures {lat.full_ms:.3f} ms "
             f"and {lat.fixed_ms:.3f} ms of it does not depend on heads or FFN units."
-        )
-    if frac >= 1:
-        raise StageError(
-            f"prune.target.latency_ms: the unpruned model already measures {lat.full_ms:.3f} ms <= {budget_ms} ms."
         )
     return frac
 

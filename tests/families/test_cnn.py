@@ -12,6 +12,7 @@ from tests.conftest import digits_recipe_head, write_recipe
 # capability -> the stage block below that exercises it
 RUNS = {
     "search:diswot": "search",
+    "search:latency": "search (budget.max_latency_ms)",
     "prune:dphubert": "prune (dphubert)",
     "prune:torch_pruning": "prune (torch_pruning)",
     "quantize:qat": "quantize (qat)",
@@ -23,7 +24,7 @@ RECIPE = (
     + """  - stage: search
     method: diswot
     space: {block: [resnet], stages: [2], depth: [1], width: [8, 16], kernel: [3]}
-    budget: {max_params: 2.0e4}
+    budget: {max_params: 2.0e4, max_latency_ms: 50}
     evolution: {population: 4, generations: 1}
     batch_size: 32
     top_k: 2

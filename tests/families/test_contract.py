@@ -23,7 +23,7 @@ HOOKS = {
     "prune:torch_pruning": ["example_input"],
     "moefy": ["ffn_blocks"],
     "search:diswot": ["search_space", "search_student"],
-    "search:autodistil": ["search_space", "search_student"],
+    "search:autodistil": ["search_space", "search_student", "supernet"],
     "hidden_states": ["layers", "hidden_states", "hidden_width", "default_layer_map"],
 }
 
@@ -39,7 +39,8 @@ def test_every_family_declares_a_consistent_contract(name: str) -> None:
             assert getattr(type(family), hook) is not getattr(Family, hook), f"{name} claims {capability}: {hook}"
     for kind in family.kinds:
         assert family_for(kind, family.modality, "test") is family
-    assert (family.space_kind is not None) == family.supports("search:diswot")
+    searches = family.supports("search:diswot") or family.supports("search:autodistil")
+    assert (family.space_kind is not None) == searches
 
 
 def test_no_two_families_claim_the_same_models() -> None:
