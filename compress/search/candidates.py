@@ -66,37 +66,38 @@ def build_candidate(space: Space, arch: Arch, teacher: TaskModel, *, in_channels
     return model
 
 
+def _resolve(space: TransformerSpace, key: str, cfg: Any, *, hidden_unit: int, heads_unit: int) -> TransformerSpace:
+    """Unset choices from the teacher's config (layers 1/3 to 2/3 of its depth; hidden, heads and FFN 1/2 to all
+    of its own, in multiples of ``hidden_unit``, ``heads_unit`` and 64), then every choice checked against it."""
+    n_layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
+    heads, ffn = cfg.num_attention_heads, cfg.intermediate_size
+
+    def frac(total: int, lo: float, unit: int = 1) -> list[int]:
+        return sorted({min(total, max(unit, round(total * f / unit) * unit)) for f in (lo, (lo + 1) / 2, 1.0)})
+
+    layers_default = sorted({max(1, round(n_layers / 3)), max(1, round(n_layers / 2)), max(1, round(2 * n_layers / 3))})
+    resolved = space.model_copy(update={
+        "layers": space.layers or layers_default,
+        "hidden": space.hidden or frac(hidden, 0.5, hidden_unit),
+        "heads": space.heads or frac(heads, 0.5, heads_unit),
+        "ffn": space.ffn or frac(ffn, 0.5, 64),
+    })  # fmt: skip
+    limits = {"layers": n_layers, "hidden": hidden, "heads": heads, "ffn": ffn}
+    for name, top in limits.items():
+        bad = [v for v in getattr(resolved, name) if v > top]
+        if bad:
+            raise StageError(f"{key}.{name}: {bad} exceed the teacher's {name} ({top}); weights are sliced from it.")
+    return resolved
+
+
 def resolve_transformer_space(space: TransformerSpace, teacher: TaskModel, key: str) -> TransformerSpace:
     """Fill unset choices from the teacher and check every choice fits it (errors name ``key``)."""
     if teacher.kind != "hf" or teacher.modality != "text":
         raise StageError(f"{key}: a transformer space needs a Hugging Face text teacher (got a {teacher.kind} model).")
     cfg: Any = teacher.module.config
     encoder_layers(teacher.module)
-    n_layers, hidden, heads, ffn = (
-        cfg.num_hidden_layers,
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.intermediate_size,
-    )
     d = head_size(cfg)
-
-    def frac(total: int, lo: float, unit: int = 1) -> list[int]:
-        return sorted({max(unit, round(total * f / unit) * unit) for f in (lo, (lo + 1) / 2, 1.0)})
-
-    layers_default = sorted({max(1, round(n_layers / 3)), max(1, round(n_layers / 2)), max(1, round(2 * n_layers / 3))})
-    resolved = space.model_copy(
-        update={
-            "layers": space.layers or layers_default,
-            "hidden": space.hidden or frac(hidden, 0.5, d),
-            "heads": space.heads or frac(heads, 0.5),
-            "ffn": space.ffn or frac(ffn, 0.5, 64),
-        }
-    )
-    limits = {"layers": n_layers, "hidden": hidden, "heads": heads, "ffn": ffn}
-    for name, top in limits.items():
-        bad = [v for v in getattr(resolved, name) if v > top]
-        if bad:
-            raise StageError(f"{key}.{name}: {bad} exceed the teacher's {name} ({top}); weights are sliced from it.")
+    resolved = _resolve(space, key, cfg, hidden_unit=d, heads_unit=1)
     bad = [h for h in resolved.choices()["hidden"] if h % d]
     if bad:
         raise StageError(f"{key}.hidden: {bad} are not multiples of the teacher's head size {d}.")
@@ -147,25 +148,8 @@ def resolve_decoder_space(space: TransformerSpace, teacher: TaskModel, key: str)
     if not all(hasattr(layer, n) for n in ("self_attn", "mlp")) or not hasattr(layer.mlp, "gate_proj"):
         raise StageError(f"{key}: the decoder super-network slices LLaMA-style layers (self_attn with q/k/v/o "
                          f"projections, a SwiGLU mlp); {type(teacher.module).__name__} has other ones.")  # fmt: skip
-    n_layers, hidden, heads = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads
-    ffn = cfg.intermediate_size
     d, g = decoder_head_size(cfg), queries_per_kv(cfg)
-
-    def frac(total: int, lo: float, unit: int = 1) -> list[int]:
-        return sorted({min(total, max(unit, round(total * f / unit) * unit)) for f in (lo, (lo + 1) / 2, 1.0)})
-
-    layers_default = sorted({max(1, round(n_layers / 3)), max(1, round(n_layers / 2)), max(1, round(2 * n_layers / 3))})
-    resolved = space.model_copy(update={
-        "layers": space.layers or layers_default,
-        "hidden": space.hidden or frac(hidden, 0.5, d),
-        "heads": space.heads or frac(heads, 0.5, g),
-        "ffn": space.ffn or frac(ffn, 0.5, 64),
-    })  # fmt: skip
-    limits = {"layers": n_layers, "hidden": hidden, "heads": heads, "ffn": ffn}
-    for name, top in limits.items():
-        bad = [v for v in getattr(resolved, name) if v > top]
-        if bad:
-            raise StageError(f"{key}.{name}: {bad} exceed the teacher's {name} ({top}); weights are sliced from it.")
+    resolved = _resolve(space, key, cfg, hidden_unit=d, heads_unit=g)
     bad = [h for h in resolved.choices()["heads"] if h % g]
     if bad:
         raise StageError(f"{key}.heads: {bad} are not multiples of the teacher's {g} query heads per key/value head "

@@ -161,16 +161,23 @@ def ov_load(model: str, args: argparse.Namespace) -> tuple[Callable[[Feeds], Any
     for name, arr in feeds.items():
         shapes[name] = list(arr.shape)
     net.reshape(shapes)  # static shapes: what OpenVINO compiles best
+    compiled, request, info = _ov_compile(core, net, args)
+    return (lambda f: request.infer(f)), feeds, info
+
+
+def _ov_compile(core: Any, net: Any, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """The model compiled for latency on the device (threads as asked), an infer request, and what ran it."""
+    import openvino as ov
+
     device = args.provider or "CPU"
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if args.threads:
         config["INFERENCE_NUM_THREADS"] = args.threads
     compiled = core.compile_model(net, device, config)
-    request = compiled.create_infer_request()
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # bf16 by default on AMX CPUs
     precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     info = {"runtime": "openvino", "runtime_version": ov.get_version(), "provider": device, "precision": precision}
-    return (lambda f: request.infer(f)), feeds, info
+    return compiled, compiled.create_infer_request(), info
 
 
 def ov_op_times(model: str, args: argparse.Namespace, feeds: Feeds, n: int) -> dict[str, float]:
@@ -320,18 +327,9 @@ def ov_session(model: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any
     import openvino as ov
 
     core = ov.Core()
-    net = core.read_model(model)
-    device = args.provider or "CPU"
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    if args.threads:
-        config["INFERENCE_NUM_THREADS"] = args.threads
-    compiled = core.compile_model(net, device, config)
-    request = compiled.create_infer_request()
+    compiled, request, info = _ov_compile(core, core.read_model(model), args)
     pasts = [(name, [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()])
              for p in compiled.inputs for name in [ov_name(p)] if name.startswith("past.")]  # fmt: skip
-    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-    precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-    info = {"runtime": "openvino", "runtime_version": ov.get_version(), "provider": device, "precision": precision}
 
     def step(feeds: Feeds) -> list[Any]:
         result = request.infer(feeds)
