@@ -96,23 +96,7 @@ def test_distillation_loss_falls_and_gradients_reach_only_the_student(tiny_bert_
     cfgs = [KDConfig(name="kd"), HiddenConfig(name="hidden"), MiniLMConfig(name="minilm", relation_heads=2)]
     terms = build_terms(cfgs, student, teacher, batch)  # hidden 16 vs 32: a learned projection is needed
     assert any(isinstance(m, torch.nn.Linear) for m in torch.nn.ModuleList(terms).modules())
-    from compress.losses.taps import FeatureTaps
-
-    s_paths = sorted({p for t in terms for p in t.student_paths})
-    t_paths = sorted({p for t in terms for p in t.teacher_paths})
-    params = list(student.module.parameters()) + list(torch.nn.ModuleList(terms).parameters())
-    opt = torch.optim.AdamW(params, lr=3e-3)
-    losses = []
-    for _ in range(15):
-        with FeatureTaps(student.module, s_paths) as sf:
-            s = Captured(student.logits(batch), sf)
-        with FeatureTaps(teacher.module, t_paths) as tf:
-            t = Captured(teacher.logits(batch), dict(tf))
-        loss = sum(term.weight * term(s, t, batch) for term in terms)
-        opt.zero_grad()
-        loss.backward()
-        losses.append(float(loss))
-        opt.step()
+    losses = train_terms(terms, student, teacher, batch)
     assert losses[-1] < 0.7 * losses[0]
     assert all(p.grad is None for p in teacher.module.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.module.parameters())
@@ -146,3 +130,27 @@ def test_text_data_reads_real_sst2_with_dynamic_padding(sst2_slice: Path, tiny_b
     width = batch["input_ids"].shape[1]
     assert width <= 16 and int(batch["attention_mask"].sum(1).max()) == width  # padded to the longest only
     assert set(np.unique(data.test.labels.numpy())) == {0, 1}
+
+
+def train_terms(
+    terms: list, student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor], steps: int = 15
+) -> list[float]:
+    """``steps`` AdamW steps of the student (and the terms' own projections) on one batch; the losses."""
+    from compress.losses.taps import FeatureTaps
+
+    s_paths = sorted({p for t in terms for p in t.student_paths})
+    t_paths = sorted({p for t in terms for p in t.teacher_paths})
+    params = list(student.module.parameters()) + list(torch.nn.ModuleList(terms).parameters())
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        with FeatureTaps(student.module, s_paths) as sf:
+            s = Captured(student.logits(batch), dict(sf))
+        with FeatureTaps(teacher.module, t_paths) as tf:
+            t = Captured(teacher.logits(batch), dict(tf))
+        loss = sum(term.weight * term(s, t, batch) for term in terms)
+        opt.zero_grad()
+        loss.backward()
+        losses.append(float(loss))
+        opt.step()
+    return losses

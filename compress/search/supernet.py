@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 import torch
@@ -62,7 +63,7 @@ def rewire(model: nn.Module) -> None:
         _reorder_cols(down, units)
 
 
-class SlicedSuperNet(nn.Module):
+class SlicedSuperNet(nn.Module, metaclass=ABCMeta):
     """The shared weights (a rewired copy of the teacher) and the sliced forward of any sub-network. A subclass
     says how the family's layers are named, rewired and built at a given shape."""
 
@@ -78,22 +79,24 @@ class SlicedSuperNet(nn.Module):
         self._skeletons: dict[str, nn.Module] = {}
 
     # ---- what a subclass gives ----------------------------------------------------------------------------------
+    @abstractmethod
     def layers(self, model: nn.Module) -> list[Any]:
-        raise NotImplementedError
+        """The model's Transformer layers, input to output."""
 
+    @abstractmethod
     def rewire(self, model: nn.Module) -> None:
-        raise NotImplementedError
+        """Reorder the model's prunable units by importance, in place, keeping its function."""
 
+    @abstractmethod
     def build(self, arch: Arch, *, meta: bool) -> nn.Module:
         """A model of the arch's shape (random weights, or shapes only on the meta device)."""
-        raise NotImplementedError
 
     def layer_map(self, arch: Arch) -> list[int]:
         return default_layer_map(arch["layers"], self.n_layers)
 
+    @abstractmethod
     def qkv_paths(self, arch: Arch) -> list[str]:
         """Module paths of the sub-network's last-layer query, key and value projections."""
-        raise NotImplementedError
 
     # ---- shared --------------------------------------------------------------------------------------------------
     def teacher_qkv_paths(self) -> list[str]:

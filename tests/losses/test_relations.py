@@ -11,27 +11,8 @@ import torch
 from compress.errors import StageError
 from compress.losses import build_terms, loss_config_union
 from compress.losses.relations import RkdConfig, SinkhornConfig
-from compress.losses.taps import FeatureTaps
 from compress.losses.terms import Captured
-from tests.test_text_pipeline import _tiny_setup
-
-
-def _train(terms: list, student, teacher, batch: dict, steps: int = 15) -> list[float]:  # noqa: ANN001
-    s_paths = sorted({p for t in terms for p in t.student_paths})
-    t_paths = sorted({p for t in terms for p in t.teacher_paths})
-    opt = torch.optim.AdamW(student.module.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(steps):
-        with FeatureTaps(student.module, s_paths) as sf:
-            s = Captured(student.logits(batch), dict(sf))
-        with FeatureTaps(teacher.module, t_paths) as tf:
-            t = Captured(teacher.logits(batch), dict(tf))
-        loss = sum(term.weight * term(s, t, batch) for term in terms)
-        opt.zero_grad()
-        loss.backward()
-        losses.append(float(loss))
-        opt.step()
-    return losses
+from tests.test_text_pipeline import _tiny_setup, train_terms
 
 
 @pytest.mark.parametrize("config", [SinkhornConfig(name="sinkd", temperature=1.0), RkdConfig(name="rkd")])
@@ -41,7 +22,7 @@ def test_the_batch_losses_fall_and_train_only_the_student(config, tiny_bert_dir:
     terms = build_terms([config], student, teacher, batch)
     if config.name == "rkd":
         assert terms[0].pairs == [(student.features[-1], teacher.features[-1])]  # last layers, widths differ
-    losses = _train(terms, student, teacher, batch)
+    losses = train_terms(terms, student, teacher, batch)
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.grad is None for p in teacher.module.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.module.parameters())
