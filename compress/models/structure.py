@@ -107,6 +107,22 @@ def resize_encoder(model: nn.Module, heads: list[int], ffn: list[int]) -> None:
         config.intermediate_size = ffn[0]  # uniform: the config alone describes it
 
 
+def drop_encoder_layers(model: nn.Module, removed: list[int]) -> None:
+    """Delete encoder layers (by index) in place; the config's layer count follows, so the model saves and reloads
+    with its new depth (the per-layer structure is recorded after this)."""
+    layers = encoder_layers(model)
+    if len(set(removed)) >= len(layers):
+        raise ModelError(f"cannot remove all {len(layers)} encoder layers.")
+    base: Any = getattr(model, str(model.base_model_prefix))
+    kept = [layer for i, layer in enumerate(layers) if i not in set(removed)]
+    base.encoder.layer = nn.ModuleList(kept)
+    for i, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = i
+    model.config.num_hidden_layers = len(kept)  # type: ignore[union-attr]
+
+
 @register_transform(TRANSFORM)
 def _reapply(module: nn.Module, args: Any) -> None:
     resize_encoder(module, args["heads"], args["ffn"])

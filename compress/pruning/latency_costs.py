@@ -1,10 +1,12 @@
 """Latency as a pruning target: what one head and one FFN unit cost on a device, measured, not assumed.
 
-Three encoders shaped like the model (random weights) are exported and timed on the device's runtime in one
-benchmark process: as they are, with half the heads in every layer, and with half the FFN units. The slopes
-give milliseconds per head and per unit (latency is close to linear in both at a fixed sequence length); what
-does not depend on them (embeddings, layer norms, the head) is the fixed part. A latency budget in ms becomes
-a fraction of the prunable (variable) part, which the masks' expected size is driven to.
+Four encoders shaped like the model (random weights) are exported and timed on the device's runtime in one
+benchmark process: as they are, with half the heads in every layer, with half the FFN units, and with half the
+layers. The slopes give milliseconds per head, per unit (latency is close to linear in both at a fixed sequence
+length) and per layer beyond its heads and units (LayerNorms, residuals, per-kernel overhead: what only removing
+the whole layer saves); what depends on none of them (embeddings, the head) is the fixed part. With an int8
+deployment the graphs are the fused dynamic-int8 ones, so the costs are those of the quantized model. A latency
+budget in ms becomes a fraction of the prunable (variable) part, which the masks' expected size is driven to.
 
 Causal LMs are measured the same way as generation: three KV-cache graphs shaped like the model (as it is, with
 half its key/value groups, with half its SwiGLU units), the decode milliseconds per token after a prompt of
@@ -31,21 +33,36 @@ class LatencyCosts:
     full_ms: float
 
 
-def measure_costs(config: Any, device: DeviceProfile, sequence: int, cache_dir: Path) -> LatencyCosts:
+def measure_costs(
+    config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str = "fp32",
+    statistic: str = "p50",
+) -> LatencyCosts:  # fmt: skip
+    """ms per head, per FFN unit and per whole layer of an encoder shaped like ``config``, timed as deployed
+    (``precision="int8"``: the fused dynamic-int8 graph, so quantization's gain is in the costs)."""
     layers, heads, ffn = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
-    table = TransformerLatency(device, sequence, config, cache_dir / "prune-latency.json")
+    table = TransformerLatency(device, sequence, config, cache_dir / "prune-latency.json", precision=precision,
+                               statistic=statistic)  # fmt: skip
     base = {"layers": layers, "hidden": config.hidden_size, "heads": heads, "ffn": ffn}
+    fewer_layers = layers // 2
     archs = [base, {**base, "heads": max(1, heads // 2)}, {**base, "ffn": max(1, ffn // 2)}]
+    if fewer_layers:
+        archs.append({**base, "layers": fewer_layers})
     with tempfile.TemporaryDirectory(prefix="compress-prune-lat-") as tmp:
         paths = []
         for i, arch in enumerate(archs):
             paths.append(Path(tmp) / f"m{i}.onnx")
             table.export_full(arch, paths[-1])
-        full, fewer_heads, fewer_units = (rounds[0] for rounds in table.measure(paths))
+        times = [rounds[0] for rounds in table.measure(paths)]
+    full, fewer_heads, fewer_units = times[:3]
     per_head = max(0.0, (full - fewer_heads) / (layers * (heads - archs[1]["heads"])))
     per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
-    fixed = full - layers * (heads * per_head + ffn * per_unit)
-    return LatencyCosts(GroupCosts(per_head, per_unit), fixed, full)
+    # what a layer costs besides its heads and units (LayerNorms, residual adds, the kernels' own overhead): the
+    # cost a pruned model keeps until the whole layer goes
+    per_layer = 0.0
+    if fewer_layers:
+        per_layer = max(0.0, (full - times[3]) / (layers - fewer_layers) - heads * per_head - ffn * per_unit)
+    fixed = full - layers * (per_layer + heads * per_head + ffn * per_unit)
+    return LatencyCosts(GroupCosts(per_head, per_unit, per_layer), fixed, full)
 
 
 def latency_fraction(lat: LatencyCosts, budget_ms: float) -> float:
@@ -64,7 +81,10 @@ def latency_fraction(lat: LatencyCosts, budget_ms: float) -> float:
     return frac
 
 
-def measure_decoder_costs(config: Any, device: DeviceProfile, sequence: int, cache_dir: Path) -> LatencyCosts:
+def measure_decoder_costs(
+    config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str = "fp32",
+    statistic: str = "p50",
+) -> LatencyCosts:  # fmt: skip
     """Decode ms per token of a causal LM shaped like ``config``: per key/value group, per SwiGLU unit, fixed."""
     from compress.exporters.decoder import export_decoder_onnx
     from compress.models.task_model import TaskModel
@@ -74,6 +94,9 @@ def measure_decoder_costs(config: Any, device: DeviceProfile, sequence: int, cac
     if device.runtime not in ("onnxruntime", "openvino"):
         raise StageError(f"prune.target.device: {device.name} runs {device.runtime}; a causal LM's decode latency is "
                          "measured on an onnxruntime or OpenVINO device (its KV-cache graph).")  # fmt: skip
+    if precision != "fp32":
+        raise StageError("prune.target.precision: a causal LM's decode latency is measured on its fp32 KV-cache graph "
+                         "(its quantized forms are 4-bit weight-only); use `precision: fp32`.")  # fmt: skip
     layers, heads, ffn = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     g = queries_per_kv(config)
     groups = heads // g
@@ -88,7 +111,7 @@ def measure_decoder_costs(config: Any, device: DeviceProfile, sequence: int, cac
             export_decoder_onnx(model, paths[-1], opset=17)
         stats = measure(device, paths, batch=1, sequence=sequence, runs=120, warmup=1, prompt=sequence,
                         new_tokens=32)  # fmt: skip
-    full, fewer_groups, fewer_units = (float(s["decode_p50_ms"]) for s in stats)
+    full, fewer_groups, fewer_units = (float(s[f"decode_{statistic}_ms"]) for s in stats)
     per_group = max(0.0, (full - fewer_groups) / (layers * (groups - fewer))) if groups > fewer else 0.0
     per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
     fixed = full - layers * (groups * per_group + ffn * per_unit)

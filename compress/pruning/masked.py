@@ -101,8 +101,10 @@ class EncoderGroups(_TransformerGroups):
         self.masks.detach()
         structure = prune_encoder(self.model.module, gates)
         self.model.record(ENCODER_TRANSFORM, current_structure(self.model.module))
-        kept = (sum(structure["heads"]) * self.costs.per_head + sum(structure["ffn"]) * self.costs.per_unit) / self.full
-        return kept, current_structure(self.model.module)
+        c = self.costs
+        kept = sum(structure["heads"]) * c.per_head + sum(structure["ffn"]) * c.per_unit
+        kept += len(structure["heads"]) * c.per_layer
+        return kept / self.full, current_structure(self.model.module) | {"removed_layers": structure["removed_layers"]}
 
 
 class DecoderGroups(_TransformerGroups):

@@ -11,13 +11,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.models.structure import encoder_layers, head_size, resize_encoder
+from compress.models.structure import drop_encoder_layers, encoder_layers, head_size, resize_encoder
 
 
 @torch.no_grad()
 def prune_encoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dict[str, list[int]]:
-    """Prune ``model`` in place to the non-zero ``gates`` (from `EncoderMasks.deterministic`); returns the
-    structure that remains."""
+    """Prune ``model`` in place to the non-zero ``gates`` (from `EncoderMasks.deterministic`): layers whose layer
+    gate is zero go first (they are the identity), then heads and units; returns the structure that remains and
+    the indices of the removed layers."""
+    removed = [i for i, z in enumerate(gates.get("layers") or []) if float(z) == 0.0]
+    if removed:
+        drop_encoder_layers(model, removed)
+        gates = {k: [v for i, v in enumerate(vs) if i not in set(removed)] for k, vs in gates.items()}
     d = head_size(model.config)  # type: ignore[attr-defined]
     old = [_snapshot(layer) for layer in encoder_layers(model)]
     keep_heads = [torch.nonzero(z > 0).flatten() for z in gates["heads"]]
@@ -43,7 +48,7 @@ def prune_encoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dic
         else:
             layer.output.bias.copy_(snap["out"][1])
             _copy_norm(layer.output.LayerNorm, snap["out_norm"])
-    return structure
+    return structure | {"removed_layers": removed}
 
 
 def _snapshot(layer: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

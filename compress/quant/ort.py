@@ -129,6 +129,17 @@ def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
             raise ExportError(f"onnxruntime dynamic quantization of {src.name} failed: {exc}") from None
 
 
+def fused_dynamic_int8(src: Path, dst: Path, *, num_heads: int, hidden_size: int, head_size: int) -> None:
+    """The deployed int8 form of an exported BERT-family graph, without a data check: onnxruntime's attention
+    fusion, then dynamic int8 of matrix products and fused attention (what `int8: [dynamic]` deploys). Latency
+    models (search tables, pruning costs) time this graph when the recipe deploys int8: quantization's gain
+    differs per shape (the fused int8 attention, the per-layer float LayerNorms), so it is measured, not assumed."""
+    with tempfile.TemporaryDirectory(prefix="compress-int8-") as tmp:
+        fused = Path(tmp) / "fused.onnx"
+        fuse_transformer(src, fused, num_heads=num_heads, hidden_size=hidden_size, head_size=head_size)
+        quantize_dynamic(fused, dst, DYNAMIC_OPS)
+
+
 def quantize_4bit_rtn(src: Path, dst: Path, *, block_size: int = 128) -> None:
     """onnxruntime's post-training 4-bit weights: round-to-nearest, symmetric, one scale per ``block_size``
     input channels, MatMul -> MatMulNBits (accuracy level 4: int8 activations on CPU). The PTQ baseline of

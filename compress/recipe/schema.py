@@ -37,6 +37,67 @@ class Deploy(Strict):
         description="Tokens per input of text models: data.max_length, profile.shape.sequence, "
         "export.executorch.sequence, search.budget.sequence and prune.target.sequence follow it.",
     )
+    device: str | None = Field(
+        None,
+        description="The device whose budget drives the budget-driven stages (`search.budget: recipe`, "
+        "`prune.target: budget`). Default: the first device in `budgets` with a `p50_ms` or `p90_ms` limit.",
+    )
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="What the budget-driven stages time: `int8` when the deployed artifact is the dynamic-int8 "
+        "graph (`export.int8: [dynamic]`), so search and pruning see quantization's measured gain; else `fp32`.",
+    )
+
+
+# Of the recipe's latency limit, the share a `search.budget: recipe` leaves to a later `prune.target: budget`
+# stage: search picks a student up to 25% slower than the budget and DPHuBERT prunes it down to the budget
+# (pruning a larger distilled model loses less than starting from a smaller one, as in DPHuBERT and CoFi).
+PRUNE_SHARE = 0.25
+
+
+def driving_budget(data: dict[str, Any]) -> tuple[str, str, float] | None:
+    """(device, percentile, limit in ms) of the budget that drives `budget: recipe` / `target: budget`."""
+    budgets: dict[str, Any] = data["budgets"] if isinstance(data.get("budgets"), dict) else {}
+    deploy: dict[str, Any] = data["deploy"] if isinstance(data.get("deploy"), dict) else {}
+    names = [deploy["device"]] if isinstance(deploy.get("device"), str) else list(budgets)
+    for name in names:
+        limits = budgets.get(name)
+        if not isinstance(limits, dict):
+            continue
+        for key in ("p90_ms", "p50_ms"):
+            value = limits.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                return name, key[:3], float(value)
+    return None
+
+
+def _fill_budgets(data: dict[str, Any]) -> None:
+    """Turn `search.budget: recipe` and `prune.target: budget` into the recipe budget's numbers (before validation,
+    so the stage configs, their cache keys and `compress schema` stay plain)."""
+    given: list[Any] = data["stages"] if isinstance(data.get("stages"), list) else []
+    stages: list[dict[str, Any]] = [s if isinstance(s, dict) else {} for s in given]
+    search = [i for i, s in enumerate(stages) if s.get("stage") == "search" and s.get("budget") == "recipe"]
+    prune = [i for i, s in enumerate(stages) if s.get("stage") == "prune" and s.get("target") == "budget"]
+    if not search and not prune:
+        return
+    found = driving_budget(data)
+    deploy: dict[str, Any] = data["deploy"] if isinstance(data.get("deploy"), dict) else {}
+    if found is None:
+        where = "deploy.device names no device in `budgets` with" if deploy.get("device") else "`budgets` has no"
+        first = search[0] if search else prune[0]
+        key = "budget: recipe" if search else "target: budget"
+        raise ValueError(f"stages[{first}].{key.split(':')[0]}: `{key}` takes its latency from the recipe's budget, "
+                         f"but {where} p50_ms or p90_ms limit; add one, e.g. `budgets: {{x86-cpu: {{p90_ms: 2.0, "
+                         "accuracy_drop: 1.0}}`")  # fmt: skip
+    device, percentile, limit = found
+    precision = deploy.get("precision", "fp32")
+    for i in search:
+        later_prune = any(j > i for j in prune)
+        share = PRUNE_SHARE if later_prune else 0.0
+        stages[i]["budget"] = {"max_latency_ms": round(limit * (1 + share), 6), "device": device,
+                               "percentile": percentile, "precision": precision}  # fmt: skip
+    for i in prune:
+        stages[i]["target"] = {"latency_ms": limit, "device": device, "percentile": percentile, "precision": precision}
 
 
 # where each deploy value lands, per stage: (stage, path of the sub-mapping, key, deploy field)
@@ -82,7 +143,10 @@ class Recipe(Strict):
     @model_validator(mode="before")
     @classmethod
     def _deploy(cls, data: Any) -> Any:
-        """Fill the shapes the recipe leaves unset from `deploy` (before validation: every field stays an int)."""
+        """Fill the budget-driven stages from `budgets` and the shapes the recipe leaves unset from `deploy`
+        (before validation: every field stays an int)."""
+        if isinstance(data, dict):
+            _fill_budgets(data)
         deploy = data.get("deploy") if isinstance(data, dict) else None
         if not isinstance(deploy, dict):
             return data

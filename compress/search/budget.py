@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -20,9 +21,16 @@ class SearchBudget(Strict):
         None, gt=0, description="Most MFLOPs per example (torch.utils.flop_counter, batch 1, `sequence` tokens)."
     )
     max_latency_ms: float | None = Field(
-        None, gt=0, description="Most p50 latency in ms on `device` (batch 1, `sequence` tokens), fp32 ONNX."
-    )
+        None, gt=0, description="Most latency in ms (the `percentile`) on `device` (batch 1, `sequence` tokens), of "
+        "the ONNX graph in `precision`.",
+    )  # fmt: skip
     device: str = Field("x86-cpu", description="Device profile for `max_latency_ms` (name or YAML path).")
+    percentile: Literal["p50", "p90"] = Field("p50", description="The latency percentile `max_latency_ms` limits.")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="The graph whose latency counts: `fp32` (the export) or `int8` (Transformer spaces: the fused "
+        "dynamic-int8 graph that `int8: [dynamic]` deploys, so quantization's gain is measured per candidate).",
+    )
     sequence: int = Field(
         128,
         gt=0,

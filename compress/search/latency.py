@@ -28,6 +28,7 @@ from torch import nn
 
 from compress.devices import DeviceProfile
 from compress.fileio import atomic_write_text
+from compress.models.structure import head_size
 from compress.runners import measure, preflight
 from compress.search.candidates import build_transformer
 from compress.search.space import Arch, CnnSpace, Space, arch_key
@@ -58,8 +59,9 @@ class _Logits(nn.Module):
 class LatencyTable:
     """Measured block latencies for one device and input shape, cached in ``cache_file``."""
 
-    def __init__(self, device: DeviceProfile, shape: dict[str, int], cache_file: Path) -> None:
+    def __init__(self, device: DeviceProfile, shape: dict[str, int], cache_file: Path, statistic: str = "p50") -> None:
         self.device, self.shape, self.cache_file = device, shape, cache_file
+        self.statistic = f"{statistic}_ms"  # the percentile a budget limits: p50 or p90
         preflight(device)  # runtime installed / host reachable, before any export work
         self.table: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
         self.measured_blocks = 0
@@ -67,7 +69,7 @@ class LatencyTable:
     # ---- measuring -----------------------------------------------------------------------------
     def _time(self, paths: list[Path], sequence: int) -> list[float]:
         stats = measure(self.device, paths, batch=1, sequence=sequence, runs=RUNS, warmup=WARMUP)
-        return [float(s["p50_ms"]) for s in stats]
+        return [float(s[self.statistic]) for s in stats]
 
     def _fill(self, builders: dict[str, Callable[[Path], None]]) -> None:
         """Export and time the missing entries, all in one benchmark process; then save the table."""
@@ -86,22 +88,24 @@ class LatencyTable:
         atomic_write_text(self.cache_file, json.dumps(self.table, indent=0, sort_keys=True))
 
     def measure(self, paths: list[Path], rounds: int = 1) -> list[list[float]]:
-        """End-to-end p50 of whole exported candidates (more runs than table entries), in ``rounds`` benchmark
-        processes, each visiting the candidates in a rotated order (so that drift over a process does not favour
-        the ones measured first): per candidate, its p50 of every round."""
+        """End-to-end latency (the table's percentile) of whole exported candidates (more runs than table
+        entries), in ``rounds`` benchmark processes, each visiting the candidates in a rotated order (so that drift
+        over a process does not favour the ones measured first): per candidate, its latency in every round."""
         out: list[list[float]] = [[] for _ in paths]
         for r in range(rounds):
             order = [(i + r) % len(paths) for i in range(len(paths))]
             stats = measure(self.device, [paths[i] for i in order], batch=1, sequence=self.shape["sequence"],
                             runs=100, warmup=10)  # fmt: skip
             for i, st in zip(order, stats, strict=True):
-                out[i].append(float(st["p50_ms"]))
+                out[i].append(float(st[self.statistic]))
         return out
 
 
 class CnnLatency(LatencyTable):
-    def __init__(self, device: DeviceProfile, image_shape: tuple[int, ...], classes: int, cache: Path) -> None:
-        super().__init__(device, {"batch": 1, "sequence": 1}, cache)
+    def __init__(
+        self, device: DeviceProfile, image_shape: tuple[int, ...], classes: int, cache: Path, statistic: str = "p50"
+    ) -> None:
+        super().__init__(device, {"batch": 1, "sequence": 1}, cache, statistic)
         self.image_shape, self.classes = image_shape, classes
 
     def _blocks(self, arch: Arch) -> dict[str, Callable[[Path], None]]:
@@ -154,15 +158,27 @@ def _exporter(module: nn.Module, x: torch.Tensor) -> Callable[[Path], None]:
 
 
 class TransformerLatency(LatencyTable):
-    def __init__(self, device: DeviceProfile, sequence: int, teacher_config: Any, cache: Path) -> None:
-        super().__init__(device, {"batch": 1, "sequence": sequence}, cache)
-        self.config = teacher_config
+    """Encoders timed as deployed: the fp32 export, or (``precision="int8"``) its fused dynamic-int8 graph."""
+
+    def __init__(
+        self, device: DeviceProfile, sequence: int, teacher_config: Any, cache: Path, *, precision: str = "fp32",
+        statistic: str = "p50",
+    ) -> None:  # fmt: skip
+        super().__init__(device, {"batch": 1, "sequence": sequence}, cache, statistic)
+        self.config, self.precision = teacher_config, precision
 
     def _builder(self, arch: Arch) -> Callable[[Path], None]:
         def build(path: Path) -> None:
             ids = torch.full((1, self.shape["sequence"]), min(1000, self.config.vocab_size - 1), dtype=torch.long)
-            model = _Logits(build_transformer(self.config, arch))
-            _export_module(model, (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], path)
+            module = build_transformer(self.config, arch)
+            fp32 = path.with_suffix(".fp32.onnx") if self.precision == "int8" else path
+            _export_module(_Logits(module), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], fp32)
+            if self.precision == "int8":
+                from compress.quant.ort import fused_dynamic_int8
+
+                d = head_size(module.config)
+                fused_dynamic_int8(fp32, path, num_heads=arch["heads"], hidden_size=arch["heads"] * d, head_size=d)
+                fp32.unlink()
 
         return build
 
@@ -186,13 +202,14 @@ class TransformerLatency(LatencyTable):
 
 def latency_model(
     space: Space, device: DeviceProfile, *, sequence: int, teacher: Any, image_shape: tuple[int, ...] | None,
-    classes: int, cache_dir: Path,
+    classes: int, cache_dir: Path, precision: str = "fp32", statistic: str = "p50",
 ) -> CnnLatency | TransformerLatency:  # fmt: skip
     name = f"{device.name}-t{device.threads or 0}"
     if isinstance(space, CnnSpace):
         assert image_shape is not None
         shape = "x".join(map(str, image_shape))
-        return CnnLatency(device, image_shape, classes, cache_dir / f"cnn-{name}-{shape}.json")
+        return CnnLatency(device, image_shape, classes, cache_dir / f"cnn-{name}-{shape}-{statistic}.json", statistic)
     cfg = teacher.module.config
-    tag = f"{cfg.model_type}-v{cfg.vocab_size}-s{sequence}"
-    return TransformerLatency(device, sequence, cfg, cache_dir / f"transformer-{name}-{tag}.json")
+    tag = f"{cfg.model_type}-v{cfg.vocab_size}-s{sequence}-{precision}-{statistic}"
+    return TransformerLatency(device, sequence, cfg, cache_dir / f"transformer-{name}-{tag}.json",
+                              precision=precision, statistic=statistic)  # fmt: skip

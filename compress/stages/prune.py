@@ -47,6 +47,12 @@ class PruneTarget(Strict):
         "the decode ms per token after a `sequence`-token prompt (onnxruntime or OpenVINO devices).",
     )
     device: str = Field("x86-cpu", description="Device profile that `latency_ms` is measured on.")
+    percentile: Literal["p50", "p90"] = Field("p50", description="The latency percentile `latency_ms` is.")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="The graph `latency_ms` is measured on: `fp32` or `int8` (the fused dynamic-int8 graph that "
+        "`int8: [dynamic]` deploys: the costs of heads, units and whole layers are those of the quantized model).",
+    )
     sequence: int = Field(
         128,
         gt=0,
@@ -75,7 +81,11 @@ class _PruneBase(StageConfig, TrainSchedule):
         description="Artifact the pruned model distils from. `teacher` by default; name the `source` itself (e.g. "
         "`student`) to prune a distilled or searched student against its unpruned self, as DPHuBERT does.",
     )
-    target: PruneTarget = Field(..., description="Size to land on.")
+    target: PruneTarget = Field(
+        ...,
+        description="Size to land on; `budget`: the recipe budget's latency limit on its device (`budgets`, "
+        "`deploy.device`), measured on the graph `deploy.precision` deploys.",
+    )
     kd_weight: float = Field(1.0, ge=0, description="Weight of logit KD.")
     temperature: float = Field(2.0, gt=0, description="KD temperature.")
     ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the labels.")
@@ -177,7 +187,8 @@ def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
         device = resolve_device(target.device, ctx.base_dir)
         lat = None
         if ctx.engine.is_main:  # measured once: every process must prune to the same target
-            lat = measure_costs(model_config, device, target.sequence, ctx.cache_dir / "latency")
+            lat = measure_costs(model_config, device, target.sequence, ctx.cache_dir / "latency",
+                                precision=target.precision, statistic=target.percentile)  # fmt: skip
             log.info("prune: on %s, %.4f ms per head (group), %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
                      device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
         lat = ctx.engine.broadcast_object(lat)

@@ -60,7 +60,12 @@ class Supernet(Strict):
 
 class _SearchBase(StageConfig):
     stage: Literal["search"]
-    budget: SearchBudget = Field(..., description="Limits every candidate must meet.")
+    budget: SearchBudget = Field(
+        ...,
+        description="Limits every candidate must meet; `recipe`: the recipe budget's latency limit on its device "
+        "(`budgets`, `deploy.device`), timed on the graph `deploy.precision` deploys; when a later `prune` stage "
+        "has `target: budget`, 25% above the limit, which pruning then removes.",
+    )
     evolution: Evolution = Field(default_factory=Evolution)  # type: ignore[arg-type]
     top_k: int = Field(5, gt=0, description="Best candidates kept in the report (and measured end to end).")
     latency_rounds: int = Field(
@@ -128,9 +133,13 @@ class Costs:
         self.latency: CnnLatency | TransformerLatency | None = None
         if self.budget.max_latency_ms is not None:
             device = resolve_device(self.budget.device, ctx.base_dir)
+            if self.budget.precision == "int8" and isinstance(space, CnnSpace):
+                raise StageError("search.budget.precision: int8 latency tables time Transformer encoders; a CNN "
+                                 "space is timed in fp32 (remove `precision: int8`).")  # fmt: skip
             self.latency = latency_model(
                 space, device, sequence=self.budget.sequence, teacher=teacher, image_shape=self.image_shape,
                 classes=teacher.num_labels, cache_dir=ctx.out_dir / ".cache" / "latency",
+                precision=self.budget.precision, statistic=self.budget.percentile,
             )  # fmt: skip
 
     def static(self, arch: Arch) -> Cost:

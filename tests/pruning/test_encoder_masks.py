@@ -51,11 +51,9 @@ def test_expected_size_matches_a_hand_count() -> None:
     assert costs.per_head == 4 * 32 * 8 + 3 * 8 and costs.per_unit == 2 * 32 + 1
     layers = model.bert.encoder.layer
     prunable = 0
-    for layer in layers:
-        att = layer.attention.self
-        prunable += sum(p.numel() for m in (att.query, att.key, att.value) for p in m.parameters())
-        prunable += layer.attention.output.dense.weight.numel() + layer.output.dense.weight.numel()
-        prunable += sum(p.numel() for p in layer.intermediate.dense.parameters())
+    for layer in layers:  # everything of a layer: its heads, its units, its own biases and LayerNorms
+        prunable += sum(p.numel() for p in layer.parameters())
+    assert costs.per_layer == sum(p.numel() for p in layers[0].parameters()) - 4 * costs.per_head - 48 * costs.per_unit
     assert masks.full_size(costs) == prunable
     with torch.no_grad():  # make every gate almost surely open: expected size -> full size
         for p in masks.parameters():
@@ -64,6 +62,10 @@ def test_expected_size_matches_a_hand_count() -> None:
     with torch.no_grad():  # close layer 0's attention block: its heads no longer count
         masks.attention_blocks.log_alpha[0] = -20.0
     assert masks.expected_size(costs).item() == pytest.approx(prunable - 4 * costs.per_head, rel=1e-5)
+    with torch.no_grad():  # close layer 2 as a whole: nothing of it counts
+        masks.whole_layers.log_alpha[2] = -20.0
+    layer_2 = costs.per_layer + 4 * costs.per_head + 48 * costs.per_unit
+    assert masks.expected_size(costs).item() == pytest.approx(prunable - 4 * costs.per_head - layer_2, rel=1e-5)
 
 
 def test_physically_pruned_model_matches_the_masked_one(tmp_path: Path) -> None:
@@ -81,7 +83,7 @@ def test_physically_pruned_model_matches_the_masked_one(tmp_path: Path) -> None:
     gates = masks.deterministic()
     masks.detach()
     structure = prune_encoder(model, gates)
-    assert structure == current_structure(model)
+    assert structure == current_structure(model) | {"removed_layers": []}
     assert structure["heads"][1] == 0 and structure["ffn"][2] == 0
     assert sum(structure["heads"]) < 12 and sum(structure["ffn"]) < 3 * 48
     with torch.no_grad():
@@ -93,3 +95,53 @@ def test_physically_pruned_model_matches_the_masked_one(tmp_path: Path) -> None:
     export_onnx(tm, _batch(), tmp_path / "p.onnx")
     ort = OrtPredictor(tmp_path / "p.onnx", 1, None)({k: v.numpy() for k, v in _batch().items()})
     torch.testing.assert_close(torch.from_numpy(ort), want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_closed_layer_gate_removes_the_whole_layer(tmp_path: Path) -> None:
+    """BERT layers are post-LayerNorm: a layer with no heads and no units is not the identity, so whole layers
+    have their own gate; a closed one is the identity while masked and is gone from the pruned model and its
+    ONNX graph, which still match the masked model."""
+    model = _bert()
+    masks = EncoderMasks(model).attach(model)
+    with torch.no_grad():
+        for gate in [*masks.heads, *masks.units]:
+            gate.log_alpha.normal_(0.0, 3.0)
+        masks.whole_layers.log_alpha[1] = -20.0
+    masks.eval()
+    with torch.no_grad():
+        out = model(**_batch(), output_hidden_states=True)
+    # the closed layer passes its input through, and Hugging Face's hidden states see the gated output
+    torch.testing.assert_close(out.hidden_states[2], out.hidden_states[1])
+    assert [float(z) for z in masks.deterministic()["layers"]] == [1.0, 0.0, 1.0]
+    gates = masks.deterministic()
+    masks.detach()
+    structure = prune_encoder(model, gates)
+    assert structure["removed_layers"] == [1]
+    assert len(model.bert.encoder.layer) == 2 and model.config.num_hidden_layers == 2
+    assert {k: structure[k] for k in ("heads", "ffn")} == current_structure(model)
+    with torch.no_grad():
+        got = model(**_batch()).logits
+    torch.testing.assert_close(got, out.logits, atol=1e-5, rtol=1e-5)
+    tm = TaskModel(model, "hf", "text", 2)
+    export_onnx(tm, _batch(), tmp_path / "p.onnx")
+    ort = OrtPredictor(tmp_path / "p.onnx", 1, None)({k: v.numpy() for k, v in _batch().items()})
+    torch.testing.assert_close(torch.from_numpy(ort), out.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_layer_gates_mix_the_layer_with_its_input_while_training() -> None:
+    model = _bert().train()
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    masks = EncoderMasks(model).attach(model)
+    with pytest.raises(RuntimeError, match="sample"):
+        model(**_batch())
+    masks.train()
+    masks.sample()
+    masks._z["layers"] = [torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.25)]
+    raw: list[torch.Tensor] = []  # layer 2's own output, before its gate (this hook runs first)
+    model.bert.encoder.layer[2].register_forward_hook(lambda m, a, o: raw.append(o), prepend=True)
+    h = model(**_batch(), output_hidden_states=True).hidden_states
+    torch.testing.assert_close(h[2], h[1])  # z = 0: the input
+    torch.testing.assert_close(h[3], 0.25 * raw[0] + 0.75 * h[2])

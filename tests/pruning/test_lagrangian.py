@@ -36,6 +36,6 @@ def test_lagrangian_pulls_expected_size_to_the_target(target: float) -> None:
         opt.step()
         lag_opt.step()
     final = float(masks.expected_size(costs) / full)
-    assert start > 0.75  # init_keep 0.9 on gates and on blocks
+    assert start > 0.7  # init_keep 0.9 on gates, on blocks and on layers: 0.9 ** 3
     assert final == pytest.approx(target, abs=0.02)
     assert lag.lambdas.abs().sum() > 0  # the multipliers moved (ascent)

