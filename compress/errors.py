@@ -5,6 +5,8 @@ The CLI prints ``str(error)`` (one paragraph, no traceback) and exits with ``err
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CompressError(Exception):
     """Base class: a problem the user can fix. The message names the key or file and the fix."""
@@ -71,9 +73,11 @@ class ReportError(CompressError):
 
 
 class BudgetError(CompressError):
-    """A latency/size/accuracy budget was missed."""
+    """A latency/size/accuracy budget was missed (after every artifact and the report were written: ``result``
+    holds the run, for callers such as benchmarks that report misses instead of stopping)."""
 
     exit_code = 3
+    result: Any = None
 
 
 class RegressionError(CompressError):

@@ -399,10 +399,12 @@ def _run(
     _write_manifest(result, recipe_dict, history, time.perf_counter() - started, engine)
     missed = [c for c in checks or [] if not c["passed"]]
     if missed:
-        raise BudgetError(
+        error = BudgetError(
             f"{len(missed)} of {len(checks or [])} budget checks missed (report.md, junit.xml in {out_dir}):\n"
             + "\n".join(f"  {budgets.describe(c)}" for c in missed)
         )
+        error.result = result
+        raise error
     return result
 
 

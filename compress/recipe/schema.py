@@ -97,7 +97,8 @@ def _fill_budgets(data: dict[str, Any]) -> None:
         stages[i]["budget"] = {"max_latency_ms": round(limit * (1 + share), 6), "device": device,
                                "percentile": percentile, "precision": precision}  # fmt: skip
     for i in prune:
-        stages[i]["target"] = {"latency_ms": limit, "device": device, "percentile": percentile, "precision": precision}
+        stages[i]["target"] = {"latency_ms": limit, "device": device, "percentile": percentile, "precision": precision,
+                               "if_met": "keep"}  # fmt: skip
 
 
 # where each deploy value lands, per stage: (stage, path of the sub-mapping, key, deploy field)

@@ -53,6 +53,11 @@ class PruneTarget(Strict):
         description="The graph `latency_ms` is measured on: `fp32` or `int8` (the fused dynamic-int8 graph that "
         "`int8: [dynamic]` deploys: the costs of heads, units and whole layers are those of the quantized model).",
     )
+    if_met: Literal["error", "keep"] = Field(
+        "error",
+        description="When the source already measures within `latency_ms`: `error`, or `keep` it unpruned (what "
+        "`target: budget` sets: an earlier stage may have met the budget already).",
+    )
     sequence: int = Field(
         128,
         gt=0,
@@ -192,9 +197,19 @@ def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
             log.info("prune: on %s, %.4f ms per head (group), %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
                      device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
         lat = ctx.engine.broadcast_object(lat)
+        if lat.full_ms <= latency_ms and target.if_met == "keep":
+            raise AlreadyMet(lat.full_ms)
         return lat.costs, latency_fraction(lat, latency_ms)
 
     return PruneGoal(sequence=target.sequence, latency=latency)
+
+
+class AlreadyMet(Exception):
+    """The source already measures within the latency target (``target.if_met: keep``)."""
+
+    def __init__(self, measured_ms: float) -> None:
+        super().__init__(measured_ms)
+        self.measured_ms = measured_ms
 
 
 TARGET_TOLERANCE = 0.02  # kept fraction above the target by more than this: the target was missed
@@ -261,7 +276,15 @@ def _run_dphubert(
     sample = next(iter(data.train.loader(min(8, len(data.train)))))
     # terms probe the models: before the masks are attached; they hold no state the pruning changes
     distil = _step(_loss_configs(config, pairs, config.hidden_weight), student, teacher, sample, ctx.engine)
-    groups = family.masked_groups(student, _goal(config, ctx), "prune", data)
+    try:
+        groups = family.masked_groups(student, _goal(config, ctx), "prune", data)
+    except AlreadyMet as met:
+        log.info("prune: %s already measures %.3f ms <= %s ms on %s; kept unpruned (target.if_met: keep)",
+                 config.source, met.measured_ms, config.target.latency_ms, config.target.device)  # fmt: skip
+        art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size)
+        art.info["pruning"] = {"method": config.method, "target": config.target.model_dump(), "kept_fraction": 1.0,
+                               "already_met_ms": met.measured_ms, "params_before": student.num_params()}  # fmt: skip
+        return {config.output: art}
     target, full = groups.target, groups.full
     lagrangian = Lagrangian()
     ramp_steps = max(1, int(config.ramp * total_steps(config, len(data.train))))

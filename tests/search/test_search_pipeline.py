@@ -142,3 +142,54 @@ def test_decoder_search_refusals_name_the_key(tmp_path: Path, pycode_slice: Path
     groups = head + LM_SEARCH.replace("heads: [2, 4]", "heads: [3, 4]")
     with pytest.raises(CompressError, match=r"search.space.heads: \[3\] are not multiples of the teacher's 2 query"):
         pipeline.run(write_recipe(tmp_path, groups), out=tmp_path / "out")
+
+
+BUDGET_DRIVEN = (
+    text_recipe_head("budget-sst2")
+    + """deploy: {{sequence: 32, precision: int8}}
+budgets:
+  x86-cpu: {{p90_ms: 40, accuracy_drop: 50, artifacts: [student.int8-dynamic.onnx]}}
+stages:
+  - stage: search
+    method: autodistil
+    space: {{layers: [1, 2], hidden: [16, 32], heads: [2, 4], ffn: [32, 64]}}
+    budget: recipe
+    supernet: {{subspaces: 1, steps: 2, batch_size: 16, eval_batches: 1}}
+    evolution: {{population: 4, generations: 0}}
+    top_k: 1
+    latency_rounds: 1
+  - stage: distill
+    max_steps: 2
+    batch_size: 16
+  - stage: prune
+    source: student
+    teacher: student
+    target: budget
+    max_steps: 2
+    batch_size: 16
+    finetune: {{max_steps: 1, batch_size: 16}}
+  - stage: export
+    int8: [dynamic]
+    models: [student]
+  - stage: profile
+    devices: [x86-cpu]
+    runs: 5
+"""
+)
+
+
+def test_budget_driven_search_and_prune(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    """The budget is stated once: search picks on int8 graphs within 1.25x of it (leaving the rest to pruning);
+    prune measures int8 costs, or keeps a student that already meets it."""
+    recipe = write_recipe(tmp_path, BUDGET_DRIVEN.format(data=sst2_slice, teacher=tiny_bert_dir))
+    result = pipeline.run(recipe, out=tmp_path / "out")
+    info = _search_info(tmp_path / "out")
+    assert info["budget"]["max_latency_ms"] == pytest.approx(50) and info["budget"]["precision"] == "int8"
+    assert info["budget"]["percentile"] == "p90" and info["chosen"]["measured_max_ms"] <= 50
+    tables = [p.name for p in (tmp_path / "out" / ".cache" / "latency").glob("transformer-*.json")]
+    assert tables and all("-int8-p90" in t for t in tables)  # the tables timed int8 graphs, at the p90
+    pruning = result.artifacts["student"].info["pruning"]
+    assert pruning["target"]["latency_ms"] == 40 and pruning["target"]["precision"] == "int8"
+    if "already_met_ms" in pruning:  # a tiny student is far within 40 ms: kept as it is
+        assert pruning["already_met_ms"] <= 40 and pruning["kept_fraction"] == 1.0
+    assert "student.int8-dynamic.onnx" in result.artifacts
