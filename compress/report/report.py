@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,81 @@ def _pruned(history: list[Artifact]) -> list[dict[str, Any]]:
             keep = ("method", "kept_fraction", "params_before", "structure")
             out.append({"artifact": art.name, "params": art.params, "target": target} | {k: info.get(k) for k in keep})
     return out
+
+
+def _driving(recipe: dict[str, Any]) -> tuple[str, str, float] | None:
+    """(device, percentile, limit) of the budget that drives `budget: recipe` / `target: budget` stages."""
+    budgets = recipe.get("budgets") or {}
+    deploy = recipe.get("deploy") or {}
+    for name in [deploy["device"]] if deploy.get("device") else list(budgets):
+        for key in ("p90_ms", "p50_ms"):
+            if (budgets.get(name) or {}).get(key):
+                return name, key[:3], float(budgets[name][key])
+    return None
+
+
+def _budget_spending(recipe: dict[str, Any], history: list[Artifact], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the recipe budget went, when search or prune stages were driven by a latency on its device (such as
+    `budget: recipe`, `target: budget`): per
+    stage that made the deployed model, its test accuracy against the teacher's and the latency it measured (or
+    was driven to) on the budget's device, ending with the deployed artifacts' own measurement."""
+    driving = _driving(recipe)
+    if driving is None:
+        return {}
+    limits = [(s.get("budget") or {}) if s.get("stage") == "search" else (s.get("target") or {})
+              for s in recipe.get("stages") or [] if s.get("stage") in ("search", "prune")]  # fmt: skip
+    if not any(lim.get("device") == driving[0] and (lim.get("max_latency_ms") or lim.get("latency_ms"))
+               for lim in limits):  # fmt: skip
+        return {}  # no stage was driven by a latency on the budget's device
+    device, percentile, limit = driving
+    teacher = next((a for a in reversed(history) if a.name == "teacher" and a.kind == "model"), None)
+    t_acc = (teacher.metrics.get("accuracy") if teacher else None) or 0.0
+    steps: list[dict[str, Any]] = []
+    for art in history:
+        if art.kind != "model" or art.name == "teacher" and art.stage != "finetune":
+            continue
+        info = art.info
+        step: dict[str, Any] = {"stage": art.stage, "artifact": art.name, "params": art.params,
+                                "accuracy": art.metrics.get("accuracy")}  # fmt: skip
+        if "search" in info:
+            chosen = info["search"]["chosen"]
+            step["latency_ms"], step["how"] = chosen.get("measured_max_ms"), "search: slowest measured round"
+        if "pruning" in info:
+            p = info["pruning"]
+            if p.get("already_met_ms") is not None:
+                step["latency_ms"], step["how"] = p["already_met_ms"], "prune: measured, already within"
+            elif (p.get("target") or {}).get("latency_ms") is not None:
+                step["latency_ms"], step["how"] = p["target"]["latency_ms"], "prune: the target it was driven to"
+        steps.append(step)
+    patterns = ((recipe.get("budgets") or {}).get(device) or {}).get("artifacts")
+    for row in rows:  # the artifacts the budget holds (default: every measured ONNX file but the teacher's)
+        stats = row["latency"].get(device)
+        held = any(fnmatch.fnmatchcase(row["name"], p) for p in patterns) if patterns else (
+            row["format"] == "onnx" and not row["name"].startswith("teacher"))  # fmt: skip
+        if stats and held:
+            steps.append({"stage": "deployed", "artifact": row["name"], "params": row["params"],
+                          "accuracy": row["metrics"].get("accuracy"), "latency_ms": stats.get(f"{percentile}_ms"),
+                          "how": f"profile: {percentile}"})  # fmt: skip
+    for step in steps:
+        acc = step.get("accuracy")
+        step["points_vs_teacher"] = 100 * (acc - t_acc) if acc is not None and teacher else None
+        lat = step.get("latency_ms")
+        step["of_budget"] = lat / limit if lat else None
+    return {"device": device, "percentile": percentile, "limit_ms": limit, "steps": steps}
+
+
+def _spending_markdown(b: dict[str, Any]) -> list[str]:
+    lines = [f"## Budget: where it went ({b['device']}, {b['percentile']} <= {b['limit_ms']:g} ms)", "",
+             "| stage | artifact | params | test accuracy | points vs teacher | latency ms | of budget | measured by |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for s in b["steps"]:
+        acc = f"{100 * s['accuracy']:.2f}%" if s.get("accuracy") is not None else "-"
+        pts = f"{s['points_vs_teacher']:+.2f}" if s.get("points_vs_teacher") is not None else "-"
+        lat = f"{s['latency_ms']:.3f}" if s.get("latency_ms") else "-"
+        share = f"{100 * s['of_budget']:.0f}%" if s.get("of_budget") else "-"
+        lines.append(f"| {s['stage']} | {s['artifact']} | {_fmt(s['params'] / 1e6 if s['params'] else None, '.2f')}M "
+                     f"| {acc} | {pts} | {lat} | {share} | {s.get('how', '-')} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def _moefied(history: list[Artifact]) -> list[dict[str, Any]]:
@@ -184,6 +260,7 @@ def build_report(
         "searches": _searches(history or []),
         "pruned": _pruned(history or []),
         "moefied": _moefied(history or []),
+        "budget_spending": _budget_spending(recipe, history or [], rows),
         "quantized": _quantized(artifacts),
         "completions": [{"artifact": a.name, **c} for a in artifacts.values() for c in a.info.get("completions", [])],
     }
@@ -361,6 +438,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _moefied_markdown(m)
     if report.get("completions"):
         lines += _completions_markdown(report["completions"])
+    if report.get("budget_spending"):
+        lines += _spending_markdown(report["budget_spending"])
     if report.get("budgets"):
         from compress.report.budgets import describe
 

@@ -193,3 +193,11 @@ def test_budget_driven_search_and_prune(tmp_path: Path, tiny_bert_dir: Path, sst
     if "already_met_ms" in pruning:  # a tiny student is far within 40 ms: kept as it is
         assert pruning["already_met_ms"] <= 40 and pruning["kept_fraction"] == 1.0
     assert "student.int8-dynamic.onnx" in result.artifacts
+    spent = result.report["budget_spending"]  # the report says which stage spent which part of the budget
+    assert (spent["device"], spent["percentile"], spent["limit_ms"]) == ("x86-cpu", "p90", 40.0)
+    assert [s["stage"] for s in spent["steps"]] == ["search", "distill", "prune", "deployed"]
+    deployed = spent["steps"][-1]
+    assert deployed["artifact"] == "student.int8-dynamic.onnx" and deployed["of_budget"] == pytest.approx(
+        result.artifacts["student.int8-dynamic.onnx"].latency["x86-cpu"]["p90_ms"] / 40)
+    assert all(s["points_vs_teacher"] is not None for s in spent["steps"])
+    assert "## Budget: where it went (x86-cpu, p90 <= 40 ms)" in (tmp_path / "out" / "report.md").read_text()
