@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from timing import measure_alternating  # benchmarks/timing.py (scripts run from their folder)
+from timing import log_to_console, measure_alternating  # benchmarks/timing.py (scripts run from their folder)
 
 from compress import pipeline
 from compress.environment import environment
@@ -153,10 +153,7 @@ def _peer_versions(python: str | None) -> dict[str, str]:
 
 # ---- the run ----------------------------------------------------------------------------------------------
 def main() -> None:
-    logger = logging.getLogger("compress")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(logging.StreamHandler())
-    logger.propagate = False
+    logger = log_to_console()
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "export" / "sst2-edge")
     ap.add_argument("--budgets", default="4,6,8", help="Speed-ups over the teacher's p50 to budget for.")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
+
+from timing import log_to_console  # benchmarks/timing.py (scripts run from their folder)
 
 from compress import pipeline
 from compress.environment import environment
@@ -62,10 +63,7 @@ def one_line_baseline(result: pipeline.RunResult, teacher: dict) -> dict:
 
 
 def main() -> None:
-    logger = logging.getLogger("compress")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(logging.StreamHandler())
-    logger.propagate = False
+    log_to_console()
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "export" / "sst2-minilm")
     ap.add_argument("--force", action="store_true")

@@ -3,6 +3,7 @@ the SST-2 stages every text benchmark reuses."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import statistics
 from pathlib import Path
@@ -10,6 +11,15 @@ from pathlib import Path
 from compress import pipeline
 from compress.devices import resolve_device
 from compress.runners import measure
+
+
+def log_to_console() -> logging.Logger:
+    """The pipeline's progress on the console, as `compress run` shows it."""
+    logger = logging.getLogger("compress")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(logging.StreamHandler())
+    logger.propagate = False
+    return logger
 
 
 def measure_alternating(paths: list[Path], rounds: int = 3, device: str = "x86-cpu") -> list[float]:
