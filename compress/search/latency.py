@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from compress.devices import DeviceProfile
+from compress.errors import StageError
 from compress.fileio import atomic_write_text
 from compress.models.structure import head_size
 from compress.runners import measure, preflight
@@ -206,6 +207,9 @@ def latency_model(
 ) -> CnnLatency | TransformerLatency:  # fmt: skip
     name = f"{device.name}-t{device.threads or 0}"
     if isinstance(space, CnnSpace):
+        if precision != "fp32":
+            raise StageError("search.budget.precision: int8 latency tables time Transformer encoders; a CNN space "
+                             "is timed in fp32 (remove `precision: int8`).")  # fmt: skip
         assert image_shape is not None
         shape = "x".join(map(str, image_shape))
         return CnnLatency(device, image_shape, classes, cache_dir / f"cnn-{name}-{shape}-{statistic}.json", statistic)

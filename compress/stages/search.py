@@ -133,9 +133,6 @@ class Costs:
         self.latency: CnnLatency | TransformerLatency | None = None
         if self.budget.max_latency_ms is not None:
             device = resolve_device(self.budget.device, ctx.base_dir)
-            if self.budget.precision == "int8" and isinstance(space, CnnSpace):
-                raise StageError("search.budget.precision: int8 latency tables time Transformer encoders; a CNN "
-                                 "space is timed in fp32 (remove `precision: int8`).")  # fmt: skip
             self.latency = latency_model(
                 space, device, sequence=self.budget.sequence, teacher=teacher, image_shape=self.image_shape,
                 classes=teacher.num_labels, cache_dir=ctx.out_dir / ".cache" / "latency",
