@@ -78,8 +78,14 @@ def check_chain(recipe: Recipe) -> None:
         if stage.stage == "export" and unsupported("export"):
             problems.append(f"{key}: export does not apply to {member} yet (no exporter for it); leave the stage "
                             "out and use the PyTorch model.")  # fmt: skip
-        if stage.stage == "quantize" and stage.method != "bitsandbytes" and unsupported(f"quantize:{stage.method}"):
+        quant_methods = (["ptq"] + (["qat"] if "qat" in stage.order else []) if stage.stage == "quantize"
+                         and stage.method == "budget" else [getattr(stage, "method", "")])  # fmt: skip
+        if stage.stage == "quantize" and stage.method != "bitsandbytes" and any(
+                unsupported(f"quantize:{m}") for m in quant_methods):  # fmt: skip
             problems.append(f"{key}.method: {stage.method} does not apply to {member} yet.")
+        if stage.stage == "quantize" and stage.method == "budget" and family.onnx_graph == "kv_cache":
+            problems.append(f"{key}.method: budget picks int8 methods by accuracy; {member} is a causal LM, quantized "
+                            "by `ptq` or `qat` (4-bit weights)")  # fmt: skip
         weights: Any = getattr(stage, "weights", None)
         if (stage.stage == "quantize" and stage.method == "qat" and "weights" in stage.model_fields_set
                 and weights.bits not in family.qat_weight_bits):  # fmt: skip

@@ -71,11 +71,31 @@ def driving_budget(data: dict[str, Any]) -> tuple[str, str, float] | None:
     return None
 
 
+def budget_accuracy(data: dict[str, Any]) -> float | None:
+    """The recipe budget's accuracy_drop: `deploy.device`'s, else the first device's that has one."""
+    budgets: dict[str, Any] = data["budgets"] if isinstance(data.get("budgets"), dict) else {}
+    deploy: dict[str, Any] = data["deploy"] if isinstance(data.get("deploy"), dict) else {}
+    names = [deploy["device"]] if isinstance(deploy.get("device"), str) else list(budgets)
+    for name in names:
+        value = (budgets.get(name) or {}).get("accuracy_drop") if isinstance(budgets.get(name), dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return None
+
+
 def _fill_budgets(data: dict[str, Any]) -> None:
     """Turn `search.budget: recipe` and `prune.target: budget` into the recipe budget's numbers (before validation,
     so the stage configs, their cache keys and `compress schema` stay plain)."""
     given: list[Any] = data["stages"] if isinstance(data.get("stages"), list) else []
     stages: list[dict[str, Any]] = [s if isinstance(s, dict) else {} for s in given]
+    for i, stage in enumerate(stages):  # the accuracy part: quantize `method: budget`
+        if stage.get("stage") == "quantize" and stage.get("method") == "budget" and "accuracy_drop" not in stage:
+            drop = budget_accuracy(data)
+            if drop is None:
+                raise ValueError(f"stages[{i}].accuracy_drop: `method: budget` takes the accuracy part of the "
+                                 "recipe's budget, but no device in `budgets` has an accuracy_drop; give one, e.g. "
+                                 "`budgets: {x86-cpu: {accuracy_drop: 1.0}}`, or set accuracy_drop here")  # fmt: skip
+            stage["accuracy_drop"] = drop
     search = [i for i, s in enumerate(stages) if s.get("stage") == "search" and s.get("budget") == "recipe"]
     prune = [i for i, s in enumerate(stages) if s.get("stage") == "prune" and s.get("target") == "budget"]
     if not search and not prune:

@@ -7,7 +7,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -191,7 +191,37 @@ class BitsandbytesConfig(_QuantizeBase):
     method: Literal["bitsandbytes"] = Field(..., description="`bitsandbytes`.")
 
 
-QuantizeConfig = QatConfig | PtqConfig | BitsandbytesConfig
+BudgetCandidate = Literal["dynamic", "static", "qat"]
+BUDGET_ORDER: tuple[BudgetCandidate, ...] = ("dynamic", "static", "qat")
+
+
+class BudgetQuantConfig(_QuantizeBase, PtqOptions):
+    """The method the accuracy budget allows: each candidate in `order` is made and measured on the dev split
+    (on onnxruntime), and the first that keeps dev accuracy within `accuracy_drop` points of the teacher's wins;
+    when none does, the most accurate is kept and the miss recorded. Only the chosen artifact is kept."""
+
+    method: Literal["budget"] = Field(..., description="`budget`.")
+    accuracy_drop: float = Field(
+        ...,
+        ge=0,
+        description="Most dev-accuracy points below the teacher (filled from the recipe budget's `accuracy_drop` "
+        "when the stage leaves it out).",
+    )
+    order: list[BudgetCandidate] = Field(
+        default_factory=lambda: list(BUDGET_ORDER),
+        min_length=1,
+        description="Candidates, cheapest and fastest first: onnxruntime dynamic int8 (fused), static int8 QDQ, "
+        "then QAT-KD (trained; only made when the others miss). Put `static` first for OpenVINO, whose ONNX "
+        "front end runs QDQ graphs but not onnxruntime's dynamic-int8 operators.",
+    )
+    qat_epochs: float = Field(0.5, gt=0, description="Passes over the training split of the QAT-KD candidate.")
+    opset: int = Field(MIN_OPSET, ge=MIN_OPSET, le=23, description="ONNX opset.")
+
+    def trains(self) -> bool:
+        return "qat" in self.order
+
+
+QuantizeConfig = QatConfig | PtqConfig | BitsandbytesConfig | BudgetQuantConfig
 
 
 def _calibration(data: DataBundle, model: TaskModel, n: int) -> list[dict[str, torch.Tensor]]:
@@ -305,7 +335,60 @@ def _rtn_4bit(
     return art
 
 
-@register_stage("quantize", QatConfig, PtqConfig, BitsandbytesConfig)
+def _dev_accuracy(path: Path, data: DataBundle, batch: int, label: str) -> float:
+    logits = onnx_logits(predictor("onnxruntime", path), data.dev, batch, label)
+    return float((logits.argmax(-1) == data.dev.labels.numpy()).mean())
+
+
+def _run_budget(
+    artifacts: Artifacts, source: Artifact, model: TaskModel, config: BudgetQuantConfig, ctx: Context
+) -> Artifacts:
+    """Make the candidates in order until one keeps dev accuracy within the budget (see BudgetQuantConfig)."""
+    from compress.training.evaluate import metrics as evaluate_metrics
+
+    require(artifacts, "teacher", "quantize")
+    if family_of(model).onnx_graph == "kv_cache":
+        raise QuantizationError("quantize.method budget: causal LMs are quantized by `ptq` or `qat` (4-bit weights); "
+                                "their accuracy budget is perplexity, which this method does not steer.")  # fmt: skip
+    data = ctx.data()
+    teacher = ctx.load_model(artifacts["teacher"])
+    teacher_dev = float(evaluate_metrics(teacher, data.dev, config.eval_batch_size)["accuracy"])
+    floor = teacher_dev - config.accuracy_drop / 100
+    tried: list[dict[str, Any]] = []
+    made: dict[str, Artifact] = {}
+    for candidate in config.order:
+        if candidate == "qat":
+            qat_config = QatConfig(stage="quantize", source=config.source, epochs=config.qat_epochs,
+                                   eval_batch_size=config.eval_batch_size, opset=config.opset)  # type: ignore[call-arg]
+            arts = _run_qat(artifacts, source, model, qat_config, ctx)
+        else:
+            ptq = PtqConfig(stage="quantize", method="ptq", source=config.source, int8=[candidate],
+                            **config.model_dump(include=set(PtqOptions.model_fields)))  # fmt: skip
+            arts = _run_ptq(source, model, ptq, ctx, artifacts)
+        (art,) = arts.values()
+        dev = _dev_accuracy(art.path, data, config.eval_batch_size, f"{art.name} dev accuracy")
+        tried.append({"method": candidate, "artifact": art.name, "dev_accuracy": dev,
+                      "points_vs_teacher": 100 * (dev - teacher_dev), "meets": dev >= floor})  # fmt: skip
+        made[art.name] = art
+        log.info("quantize (budget): %s: dev accuracy %.4f, %+.2f points vs the teacher (allowed -%g)%s",
+                 candidate, dev, 100 * (dev - teacher_dev), config.accuracy_drop,
+                 ": chosen" if dev >= floor else "")  # fmt: skip
+        if dev >= floor:
+            break
+    best = next((t for t in tried if t["meets"]), None) or max(tried, key=lambda t: t["dev_accuracy"])
+    chosen = made[best["artifact"]]
+    for name, art in made.items():
+        if name != chosen.name:
+            art.path.unlink(missing_ok=True)
+    chosen.info["quantize_budget"] = {"teacher_dev_accuracy": teacher_dev, "accuracy_drop": config.accuracy_drop,
+                                      "tried": tried, "chosen": best["method"], "met": best["meets"]}  # fmt: skip
+    if not best["meets"]:
+        log.warning("quantize (budget): no method keeps dev accuracy within %g points of the teacher; kept %s "
+                    "(%+.2f points)", config.accuracy_drop, best["method"], best["points_vs_teacher"])  # fmt: skip
+    return {chosen.name: chosen}
+
+
+@register_stage("quantize", QatConfig, PtqConfig, BitsandbytesConfig, BudgetQuantConfig)
 def run(artifacts: Artifacts, config: QuantizeConfig, ctx: Context) -> Artifacts:
     require(artifacts, config.source, "quantize")
     source = artifacts[config.source]
@@ -318,6 +401,8 @@ def run(artifacts: Artifacts, config: QuantizeConfig, ctx: Context) -> Artifacts
     model = ctx.load_model(source)
     if isinstance(config, PtqConfig):
         return _run_ptq(source, model, config, ctx, artifacts)
+    if isinstance(config, BudgetQuantConfig):
+        return _run_budget(artifacts, source, model, config, ctx)
     return _run_qat(artifacts, source, model, config, ctx)
 
 

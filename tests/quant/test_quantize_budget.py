@@ -1,0 +1,60 @@
+"""`quantize: {method: budget}`: the accuracy part of the recipe budget picks the quantization method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compress import pipeline
+from compress.errors import CompressError
+from tests.conftest import text_recipe_head, write_recipe
+
+RECIPE = (
+    text_recipe_head("quantize-budget")
+    + """budgets:
+  x86-cpu: {{accuracy_drop: DROP}}
+stages:
+  - stage: quantize
+    method: budget
+    source: teacher
+    order: [dynamic, static]
+  - stage: profile
+    devices: [x86-cpu]
+    runs: 5
+"""
+)
+
+
+def test_the_first_method_within_the_accuracy_budget_is_kept(tmp_path: Path, tiny_bert_dir: Path,
+                                                             sst2_slice: Path) -> None:  # fmt: skip
+    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir).replace("DROP", "100")
+    result = pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
+    art = result.artifacts["teacher.int8-dynamic.onnx"]  # dynamic meets a 100-point budget: static is never made
+    choice = art.info["quantize_budget"]
+    assert choice["accuracy_drop"] == 100 and choice["chosen"] == "dynamic" and choice["met"]
+    assert [t["method"] for t in choice["tried"]] == ["dynamic"]
+    assert "teacher.int8-static.onnx" not in result.artifacts and art.path.is_file()
+    assert not list((tmp_path / "out").glob("*-quantize-*/teacher.int8-static.onnx"))
+
+
+def test_a_method_that_misses_is_not_kept_unless_none_meets(tmp_path: Path, tiny_bert_dir: Path,
+                                                            sst2_slice: Path) -> None:  # fmt: skip
+    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir).replace("DROP", "0")
+    result = pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
+    (name,) = [n for n in result.artifacts if n.startswith("teacher.int8")]
+    choice = result.artifacts[name].info["quantize_budget"]
+    tried = choice["tried"]
+    assert all(t["meets"] == (t["points_vs_teacher"] >= -1e-9) for t in tried)
+    if choice["met"]:  # the first that meets wins, and nothing after it is made
+        assert tried[-1]["meets"] and not any(t["meets"] for t in tried[:-1])
+    else:  # none meets: the most accurate is kept, and the miss is recorded
+        assert [t["method"] for t in tried] == ["dynamic", "static"]
+        assert choice["chosen"] == max(tried, key=lambda t: t["dev_accuracy"])["method"]
+    assert name == f"teacher.int8-{choice['chosen']}.onnx"
+
+
+def test_no_accuracy_budget_is_a_clear_error(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
+    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir).replace("accuracy_drop: DROP", "p50_ms: 5")
+    with pytest.raises(CompressError, match=r"stages\[0\].accuracy_drop: `method: budget` takes the accuracy part"):
+        pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
