@@ -262,6 +262,8 @@ def build_report(
         "moefied": _moefied(history or []),
         "budget_spending": _budget_spending(recipe, history or [], rows),
         "quantized": _quantized(artifacts),
+        "quantize_choices": [{"artifact": a.name, **a.info["quantize_budget"]} for a in artifacts.values()
+                             if a.info.get("quantize_budget")],  # fmt: skip
         "completions": [{"artifact": a.name, **c} for a in artifacts.values() for c in a.info.get("completions", [])],
     }
 
@@ -434,6 +436,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _pruned_markdown(p)
     for q in report.get("quantized", []):
         lines += _quantized_markdown(q)
+    for c in report.get("quantize_choices", []):
+        lines += _choice_markdown(c)
     for m in report.get("moefied", []):
         lines += _moefied_markdown(m)
     if report.get("completions"):
@@ -502,6 +506,19 @@ def _quantized_markdown(q: dict[str, Any]) -> list[str]:
         f"{_fmt(q.get('top1_agreement_with_fp32'), '.3f')}",
         "",
     ]
+
+
+def _choice_markdown(c: dict[str, Any]) -> list[str]:
+    verdict = "kept" if c["met"] else "none was within the budget: kept the most accurate,"
+    lines = [f"## Quantization chosen by the accuracy budget: `{c['artifact']}`", "",
+             f"Teacher dev accuracy {100 * c['teacher_dev_accuracy']:.2f}%, at most {c['accuracy_drop']:g} points "
+             f"below it; {verdict} `{c['chosen']}`.", "",
+             "| method | artifact | dev accuracy | points vs teacher | within |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for t in c["tried"]:
+        lines.append(f"| {t['method']} | {t['artifact']} | {100 * t['dev_accuracy']:.2f}% | "
+                     f"{t['points_vs_teacher']:+.2f} | {'yes' if t['meets'] else 'no'} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def _search_markdown(s: dict[str, Any]) -> list[str]:

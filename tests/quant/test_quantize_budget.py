@@ -36,6 +36,9 @@ def test_the_first_method_within_the_accuracy_budget_is_kept(tmp_path: Path, tin
     assert [t["method"] for t in choice["tried"]] == ["dynamic"]
     assert "teacher.int8-static.onnx" not in result.artifacts and art.path.is_file()
     assert not list((tmp_path / "out").glob("*-quantize-*/teacher.int8-static.onnx"))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Quantization chosen by the accuracy budget: `teacher.int8-dynamic.onnx`" in report
+    assert "| dynamic | teacher.int8-dynamic.onnx |" in report
 
 
 def test_a_method_that_misses_is_not_kept_unless_none_meets(tmp_path: Path, tiny_bert_dir: Path,
