@@ -144,7 +144,8 @@ class EncoderFamily(Family):
     def ptq_scheme(self, model: TaskModel) -> PtqScheme:
         """MatMul and Gemm; onnxruntime's BERT fusion (attention, SkipLayerNorm, BiasGelu) before dynamic int8
         for Hugging Face models of a type it recognises, with the head count of the first layer that has heads
-        (searched students may differ from ``hidden / head size``; pruned layers get their own after fusion)."""
+        (searched students may differ from ``hidden / head size``; pruned layers get their own after fusion).
+        The fused attention quantizes each layer's concatenated Q, K, V weight with one scale."""
         from compress.quant import ort
         from compress.quant.ptq import PtqScheme
 
@@ -153,7 +154,10 @@ class EncoderFamily(Family):
             return PtqScheme()
         size = head_size(cfg)
         heads = next((h for h in current_structure(model.module)["heads"] if h), 0)
-        return PtqScheme(fusion=(heads, heads * size, size))
+        names = ("query", "key", "value")
+        qkv = tuple(tuple(f"{n}.{k}" for k in names) for n, m in model.module.named_modules()
+                    if all(isinstance(getattr(m, k, None), torch.nn.Linear) for k in names))  # fmt: skip
+        return PtqScheme(fusion=(heads, heads * size, size), shared_scale=qkv)
 
     def qat_transformer(self, model: TaskModel) -> bool:
         return model.kind == "hf"

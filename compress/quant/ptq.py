@@ -86,6 +86,8 @@ class PtqScheme:
 
     static_ops: tuple[str, ...] = tuple(ortq.TEXT_OPS)
     fusion: tuple[int, int, int] | None = None  # (heads, hidden width, head size) of the attention to fuse
+    # module paths of the projections the fusion concatenates into one weight (one int8 scale): Q, K, V per layer
+    shared_scale: tuple[tuple[str, ...], ...] = ()
 
 
 def fused_graph(

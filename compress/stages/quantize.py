@@ -3,6 +3,7 @@ exported as QDQ that onnxruntime runs with integer kernels) or onnxruntime post-
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from compress.families.base import Family
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.models.task_model import TaskModel
 from compress.moe.convert import is_moe
-from compress.quant import nbits, qat, qdq
+from compress.quant import dynamic_qat, nbits, qat, qdq
 from compress.quant import ort as ortq
 from compress.quant.ptq import INT8_MODES, Int8Mode, PtqOptions, ptq_artifacts
 from compress.stages.base import StageConfig, register_stage, require
@@ -69,6 +70,14 @@ class ActivationQuant(Strict):
     """How activations (the inputs of every quantized MatMul / Conv) are quantized."""
 
     bits: int = Field(8, description="Activation bit width (8).")
+    ranges: Literal["trained", "dynamic"] = Field(
+        "trained",
+        description="`trained`: NNCF fake quantizers learn static ranges, exported as QDQ. `dynamic`: ranges are "
+        "taken per input at run time, as onnxruntime's dynamic int8 does; training emulates exactly its rounding "
+        "(one int8 scale per weight tensor, Q/K/V sharing theirs as the fused attention does; uint8 inputs), and "
+        "the artifact `<source>.int8-qat-dynamic.onnx` is deployed through the same fused dynamic-int8 path as "
+        "`int8: [dynamic]`, so it runs as fast (encoders and user models; `weights.per_channel` does not apply).",
+    )
 
     @field_validator("bits")
     @classmethod
@@ -157,6 +166,10 @@ class QatConfig(_QuantizeBase, TrainSchedule):
     @property
     def weight_only(self) -> bool:
         return self.weights.bits == 4
+
+    @property
+    def dynamic(self) -> bool:
+        return self.activations is not None and self.activations.ranges == "dynamic"
 
     def trains(self) -> bool:
         return True
@@ -429,8 +442,14 @@ def _run_qat(
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
     # losses are built before quantizers go in: they switch attention to eager, which NNCF must trace
     build_terms(losses, student, teacher, probe)
-    student.module = qat.prepare(student.module, calibration, scheme, ignored_types=IGNORED_TYPES)
-    quantizers = qat.quantizer_count(student.module)
+    if config.dynamic:  # onnxruntime's dynamic int8 emulated: no ranges to calibrate
+        if family.onnx_graph == "kv_cache":
+            raise QuantizationError("quantize.activations.ranges: dynamic emulates onnxruntime's dynamic int8 of "
+                                    "logits graphs; causal LMs train 4-bit weights (leave `activations` out).")
+        quantizers = dynamic_qat.prepare(student.module, family.ptq_scheme(student).shared_scale)
+    else:
+        student.module = qat.prepare(student.module, calibration, scheme, ignored_types=IGNORED_TYPES)
+        quantizers = qat.quantizer_count(student.module)
     if not quantizers:
         raise QuantizationError(f"NNCF found nothing to quantize in {config.source!r} (no MatMul, Linear or Conv).")
     terms = build_terms(losses, student, teacher, probe)
@@ -510,10 +529,12 @@ def _export_qat(
 ) -> Artifact:
     """Strip, export to ONNX (int8 QDQ or 4-bit MatMulNBits), check parity and that onnxruntime really runs
     integer / low-bit kernels."""
-    precision = f"int{config.weights.bits}-qat"
+    precision = f"int{config.weights.bits}-qat" + ("-dynamic" if config.dynamic else "")
     name = config.output or f"{config.source}.{precision}.onnx"
     if family_of(fp32).onnx_graph == "kv_cache":
         art = _export_qat_decoder(student, source, config, ctx, name, precision, artifacts)
+    elif config.dynamic:
+        art = _export_qat_dynamic(student, fp32, source, config, ctx, name, precision)
     else:
         art = _export_qat_logits(student, fp32, source, config, ctx, name, precision)
     art.info.update({
@@ -560,6 +581,38 @@ def _export_qat_decoder(
         raise QuantizationError(f"{name}: onnxruntime runs the exported graph with float kernels only; the artifact "
                                 "would not be quantized.")  # fmt: skip
     return art.finalize()
+
+
+def _export_qat_dynamic(
+    student: TaskModel, fp32: TaskModel, source: Artifact, config: QatConfig, ctx: Context, name: str,
+    precision: str,
+) -> Artifact:  # fmt: skip
+    """The trained float weights through the deployed dynamic-int8 path (export, onnxruntime's fusion, dynamic
+    quantization); parity of the emulating PyTorch model against the integer graph."""
+    from compress.quant.ptq import fused_graph
+
+    data = ctx.data()
+    sample = next(iter(data.test.loader(2)))
+    work = ctx.stage_dir / ".work"
+    work.mkdir(exist_ok=True)
+    path = ctx.stage_dir / name
+    trained_fp32 = student.with_module(dynamic_qat.strip(copy.deepcopy(student.module)))
+    export_path = work / f"{config.source}.qat.onnx"
+    export_onnx(trained_fp32, sample, export_path, opset=config.opset)
+    check_parity(trained_fp32, export_path, data.test, ParityConfig(), f"{name} (float export)")  # type: ignore[call-arg]
+    src, fused = fused_graph(family_of(student).ptq_scheme(student).fusion, export_path, work, data.test)
+    ortq.quantize_dynamic(src, path, ortq.DYNAMIC_OPS)
+    shutil.rmtree(work, ignore_errors=True)
+    parity = check_parity(student, path, data.test, config.parity, name)
+    integer = {k: v for k, v in ortq.executed_kernels(path).items() if k in ortq.INTEGER_KERNELS}
+    fp32_logits = predict_logits(fp32, data.test, config.eval_batch_size, "fp32 logits").numpy()
+    art, _ = onnx_artifact(
+        name, path, config.source, precision, source.params, data, config.eval_batch_size, fp32_logits, parity,
+        "quantize",
+    )  # fmt: skip
+    art.info.update({"integer_kernels": integer, "integer_ops": ortq.integer_ops(path), "fused_ops": fused,
+                     "float_layers": ortq.float_weight_layers(path)})  # fmt: skip
+    return art
 
 
 def _export_qat_logits(
