@@ -78,8 +78,9 @@ def check_chain(recipe: Recipe) -> None:
         if stage.stage == "export" and unsupported("export"):
             problems.append(f"{key}: export does not apply to {member} yet (no exporter for it); leave the stage "
                             "out and use the PyTorch model.")  # fmt: skip
-        quant_methods = (["ptq"] + (["qat"] if "qat" in stage.order else []) if stage.stage == "quantize"
-                         and stage.method == "budget" else [getattr(stage, "method", "")])  # fmt: skip
+        quant_methods = (["ptq"] + (["qat"] if {"qat", "qat_dynamic"} & set(stage.order) else [])
+                         if stage.stage == "quantize" and stage.method == "budget"
+                         else [getattr(stage, "method", "")])  # fmt: skip
         if stage.stage == "quantize" and stage.method != "bitsandbytes" and any(
                 unsupported(f"quantize:{m}") for m in quant_methods):  # fmt: skip
             problems.append(f"{key}.method: {stage.method} does not apply to {member} yet.")

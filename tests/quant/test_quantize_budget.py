@@ -44,6 +44,7 @@ def test_the_first_method_within_the_accuracy_budget_is_kept(tmp_path: Path, tin
 def test_a_method_that_misses_is_not_kept_unless_none_meets(tmp_path: Path, tiny_bert_dir: Path,
                                                             sst2_slice: Path) -> None:  # fmt: skip
     text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir).replace("DROP", "0")
+    text = text.replace("order: [dynamic, static]", "order: [dynamic, qat_dynamic]\n    qat_epochs: 0.1")
     result = pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
     (name,) = [n for n in result.artifacts if n.startswith("teacher.int8")]
     choice = result.artifacts[name].info["quantize_budget"]
@@ -52,9 +53,10 @@ def test_a_method_that_misses_is_not_kept_unless_none_meets(tmp_path: Path, tiny
     if choice["met"]:  # the first that meets wins, and nothing after it is made
         assert tried[-1]["meets"] and not any(t["meets"] for t in tried[:-1])
     else:  # none meets: the most accurate is kept, and the miss is recorded
-        assert [t["method"] for t in tried] == ["dynamic", "static"]
+        assert [t["method"] for t in tried] == ["dynamic", "qat_dynamic"]
         assert choice["chosen"] == max(tried, key=lambda t: t["dev_accuracy"])["method"]
-    assert name == f"teacher.int8-{choice['chosen']}.onnx"
+    suffix = {"qat_dynamic": "qat-dynamic"}.get(choice["chosen"], choice["chosen"])
+    assert name == f"teacher.int8-{suffix}.onnx"
 
 
 def test_no_accuracy_budget_is_a_clear_error(tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path) -> None:
