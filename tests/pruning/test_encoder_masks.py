@@ -145,3 +145,34 @@ def test_layer_gates_mix_the_layer_with_its_input_while_training() -> None:
     h = model(**_batch(), output_hidden_states=True).hidden_states
     torch.testing.assert_close(h[2], h[1])  # z = 0: the input
     torch.testing.assert_close(h[3], 0.25 * raw[0] + 0.75 * h[2])
+
+
+def test_a_model_with_removed_layers_saves_reloads_and_exports(tmp_path: Path) -> None:
+    """The whole path the prune stage takes: masked groups finalized with a closed layer gate, the model recorded,
+    saved, reloaded by its family with the new depth and per-layer structure, equal outputs."""
+    from compress.families import family_of
+    from compress.families import load as load_model
+    from compress.pruning.masked import EncoderGroups, PruneGoal
+
+    model = TaskModel(_bert(), "hf", "text", 2)
+    family_of(model).adopt(model)
+    groups = EncoderGroups(model, PruneGoal(params=0.5))
+    with torch.no_grad():
+        groups.masks.whole_layers.log_alpha[0] = -20.0
+        groups.masks.heads[2].log_alpha[:2] = -20.0  # and two heads of the last layer
+    groups.masks.eval()
+    with torch.no_grad():
+        want = model.module(**_batch()).logits
+    kept, structure = groups.finalize()
+    assert structure["removed_layers"] == [0] and structure["heads"] == [4, 2] and len(structure["ffn"]) == 2
+    full = groups.full
+    c = groups.costs
+    kept_size = sum(structure["heads"]) * c.per_head + sum(structure["ffn"]) * c.per_unit + 2 * c.per_layer
+    assert kept == pytest.approx(kept_size / full)
+    family_of(model).adopt(model)  # as the prune stage does after a removal: the taps follow the layers left
+    model.save(tmp_path / "pruned")
+    loaded = load_model(tmp_path / "pruned")
+    assert loaded.module.config.num_hidden_layers == 2 and loaded.features == model.features
+    assert len(loaded.features) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(**_batch()).logits, want, atol=1e-5, rtol=1e-5)
