@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from compress.config import Strict, TrainConfig, check_name
 from compress.data.config import LM_FORMATS, DataConfig
 from compress.models.source import ModelSource
-from compress.report.budgets import Budget
+from compress.report.budgets import Budget, budget_accuracy, driving_budget
 from compress.stages import STAGES, StageConfig
 
 
@@ -53,34 +53,6 @@ class Deploy(Strict):
 # stage: search picks a student up to 25% slower than the budget and DPHuBERT prunes it down to the budget
 # (pruning a larger distilled model loses less than starting from a smaller one, as in DPHuBERT and CoFi).
 PRUNE_SHARE = 0.25
-
-
-def driving_budget(data: dict[str, Any]) -> tuple[str, str, float] | None:
-    """(device, percentile, limit in ms) of the budget that drives `budget: recipe` / `target: budget`."""
-    budgets: dict[str, Any] = data["budgets"] if isinstance(data.get("budgets"), dict) else {}
-    deploy: dict[str, Any] = data["deploy"] if isinstance(data.get("deploy"), dict) else {}
-    names = [deploy["device"]] if isinstance(deploy.get("device"), str) else list(budgets)
-    for name in names:
-        limits = budgets.get(name)
-        if not isinstance(limits, dict):
-            continue
-        for key in ("p90_ms", "p50_ms"):
-            value = limits.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-                return name, key[:3], float(value)
-    return None
-
-
-def budget_accuracy(data: dict[str, Any]) -> float | None:
-    """The recipe budget's accuracy_drop: `deploy.device`'s, else the first device's that has one."""
-    budgets: dict[str, Any] = data["budgets"] if isinstance(data.get("budgets"), dict) else {}
-    deploy: dict[str, Any] = data["deploy"] if isinstance(data.get("deploy"), dict) else {}
-    names = [deploy["device"]] if isinstance(deploy.get("device"), str) else list(budgets)
-    for name in names:
-        value = (budgets.get(name) or {}).get("accuracy_drop") if isinstance(budgets.get(name), dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-    return None
 
 
 def _fill_budgets(data: dict[str, Any]) -> None:

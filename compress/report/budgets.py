@@ -49,6 +49,34 @@ class Budget(Strict):
     )
 
 
+def _budget_limit(recipe: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, str, float] | None:
+    """(device, key, value) of the first of ``keys`` set in the recipe's budget: `deploy.device`'s, else the
+    first device's that has one. Reads a raw or a dumped recipe mapping (before or after validation)."""
+    budgets: dict[str, Any] = recipe["budgets"] if isinstance(recipe.get("budgets"), dict) else {}
+    deploy: dict[str, Any] = recipe["deploy"] if isinstance(recipe.get("deploy"), dict) else {}
+    for name in [deploy["device"]] if isinstance(deploy.get("device"), str) else list(budgets):
+        limits = budgets.get(name)
+        for key in keys:
+            value = limits.get(key) if isinstance(limits, dict) else None
+            # a latency limit must be positive; an accuracy drop may be zero
+            if isinstance(value, int | float) and not isinstance(value, bool) and (value > 0 or key == "accuracy_drop"
+                                                                                   and value == 0):  # fmt: skip
+                return name, key, float(value)
+    return None
+
+
+def driving_budget(recipe: dict[str, Any]) -> tuple[str, str, float] | None:
+    """(device, percentile, limit in ms) of the budget that drives `budget: recipe` / `target: budget` stages."""
+    found = _budget_limit(recipe, ("p90_ms", "p50_ms"))
+    return (found[0], found[1][:3], found[2]) if found else None
+
+
+def budget_accuracy(recipe: dict[str, Any]) -> float | None:
+    """The recipe budget's accuracy_drop (what `quantize: {method: budget}` spends)."""
+    found = _budget_limit(recipe, ("accuracy_drop",))
+    return found[2] if found else None
+
+
 FORMAT_OF_KIND = {"onnx": "onnx", "pte": "executorch"}
 AT_LEAST = {"tokens_per_s"}  # limits that are minimums; every other is a maximum
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from compress.artifacts import Artifact, Artifacts
 from compress.fileio import atomic_write_json, atomic_write_text
-from compress.report.budgets import reference_perplexity
+from compress.report.budgets import driving_budget, reference_perplexity
 
 # A speed-up smaller than this is within run-to-run noise on shared machines: not "measurably faster".
 MIN_SPEEDUP = 1.05
@@ -85,23 +85,12 @@ def _pruned(history: list[Artifact]) -> list[dict[str, Any]]:
     return out
 
 
-def _driving(recipe: dict[str, Any]) -> tuple[str, str, float] | None:
-    """(device, percentile, limit) of the budget that drives `budget: recipe` / `target: budget` stages."""
-    budgets = recipe.get("budgets") or {}
-    deploy = recipe.get("deploy") or {}
-    for name in [deploy["device"]] if deploy.get("device") else list(budgets):
-        for key in ("p90_ms", "p50_ms"):
-            if (budgets.get(name) or {}).get(key):
-                return name, key[:3], float(budgets[name][key])
-    return None
-
-
 def _budget_spending(recipe: dict[str, Any], history: list[Artifact], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Where the recipe budget went, when search or prune stages were driven by a latency on its device (such as
     `budget: recipe`, `target: budget`): per
     stage that made the deployed model, its test accuracy against the teacher's and the latency it measured (or
     was driven to) on the budget's device, ending with the deployed artifacts' own measurement."""
-    driving = _driving(recipe)
+    driving = driving_budget(recipe)
     if driving is None:
         return {}
     limits = [(s.get("budget") or {}) if s.get("stage") == "search" else (s.get("target") or {})
