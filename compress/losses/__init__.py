@@ -9,9 +9,9 @@ from pydantic import Field
 from compress.losses import attention as _attention  # noqa: F401 - registers attention_map, attention_output
 from compress.losses import relations as _relations  # noqa: F401 - registers sinkd, rkd
 from compress.losses import sequence as _sequence  # noqa: F401 - registers fkl, rkl, skl, srkl, jsd, taid
-from compress.losses.terms import LOSSES, Captured, LossConfig, LossTerm, build_terms
+from compress.losses.terms import LOSSES, Captured, LossConfig, LossTerm, build_terms, default_losses
 
-__all__ = ["LOSSES", "Captured", "LossConfig", "LossTerm", "build_terms", "loss_config_union"]
+__all__ = ["LOSSES", "Captured", "LossConfig", "LossTerm", "build_terms", "default_losses", "loss_config_union"]
 
 
 def loss_config_union() -> object:

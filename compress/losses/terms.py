@@ -259,6 +259,11 @@ LOSSES.add("minilm", LossDef(MiniLMConfig, MiniLMTerm))  # type: ignore[arg-type
 LOSSES.add("l1_cosine", LossDef(L1CosineConfig, L1CosineTerm))  # type: ignore[arg-type]
 
 
+def default_losses() -> list[LossConfig]:
+    """What `distill` trains with when the recipe names no losses: logit KD at temperature 2 plus half CE."""
+    return [KDConfig(name="kd", weight=1.0, temperature=2.0), CEConfig(name="ce", weight=0.5)]
+
+
 def build_terms(
     configs: list[LossConfig], student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]
 ) -> list[LossTerm]:

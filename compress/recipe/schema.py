@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
@@ -93,6 +94,19 @@ def _fill_budgets(data: dict[str, Any]) -> None:
                                "if_met": "keep"}  # fmt: skip
 
 
+def _fill_rerank_losses(data: dict[str, Any]) -> None:
+    """`search.rerank` without `losses` ranks candidates by the losses the next `distill` stage trains with."""
+    given: list[Any] = data["stages"] if isinstance(data.get("stages"), list) else []
+    stages: list[dict[str, Any]] = [s if isinstance(s, dict) else {} for s in given]
+    for i, stage in enumerate(stages):
+        rerank = stage.get("rerank") if stage.get("stage") == "search" else None
+        if not isinstance(rerank, dict) or "losses" in rerank:
+            continue
+        later = next((s for s in stages[i + 1 :] if s.get("stage") == "distill"), None)
+        if later is not None and "losses" in later:
+            rerank["losses"] = copy.deepcopy(later["losses"])
+
+
 # where each deploy value lands, per stage: (stage, path of the sub-mapping, key, deploy field)
 DEPLOY_KEYS = (
     ("profile", ("shape",), "sequence", "sequence"),
@@ -140,6 +154,7 @@ class Recipe(Strict):
         (before validation: every field stays an int)."""
         if isinstance(data, dict):
             _fill_budgets(data)
+            _fill_rerank_losses(data)
         deploy = data.get("deploy") if isinstance(data, dict) else None
         if not isinstance(deploy, dict):
             return data

@@ -68,7 +68,8 @@ def _searches(history: list[Artifact]) -> list[dict[str, Any]]:
     for art in history:
         info = art.info.get("search")
         if info:
-            keep = ("method", "chosen", "top", "evaluated", "rejected", "seconds", "latency_table_mape", "budget")
+            keep = ("method", "chosen", "top", "evaluated", "rejected", "seconds", "latency_table_mape", "budget",
+                    "rerank")  # fmt: skip
             out.append({"artifact": art.name} | {k: info.get(k) for k in keep})
     return out
 
@@ -519,14 +520,19 @@ def _search_markdown(s: dict[str, Any]) -> list[str]:
         f"chose **{s['chosen']['describe']}** (rank {s['chosen']['rank']})."
         + (f" Latency table error on the top candidates: {100 * mape:.1f}%." if mape is not None else ""),
         "",
-        "| rank | candidate | score | params | MFLOPs | predicted ms | measured ms (median) | slowest round ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rerank = s.get("rerank")
+    if rerank:
+        lines[-1:] = [f"Chosen by a distillation of {rerank['steps']} steps ({' + '.join(rerank['losses'])}) of each "
+                      "of the best candidates within the budget, on the dev split (`rerank`).", ""]  # fmt: skip
+    head = "| rank | candidate | score | params | MFLOPs | predicted ms | measured ms (median) | slowest round ms |"
+    lines += [head + (" rerank dev |" if rerank else ""), "| --- " * (9 if rerank else 8) + "|"]
     for r in s["top"]:
+        dev = (" " + _fmt(rerank["dev"].get(r["describe"]), ".4f") + " |") if rerank else ""
         lines.append(
             f"| {r['rank']} | {r['describe']} | {r['score']:.4f} | {r['params']:,} | {r['mflops']:.1f} | "
             f"{_fmt(r['predicted_ms'], '.3f')} | {_fmt(r['measured_ms'], '.3f')} | "
-            f"{_fmt(r.get('measured_max_ms'), '.3f')} |"
+            f"{_fmt(r.get('measured_max_ms'), '.3f')} |{dev}"
         )
     return [*lines, ""]
 

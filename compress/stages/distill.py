@@ -3,40 +3,30 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, field_validator
-from safetensors.torch import load_file, save_file
 
-from compress.artifacts import Artifact, Artifacts
+from compress.artifacts import Artifacts
 from compress.config import ArtifactName, TrainSchedule
 from compress.context import Context
-from compress.data.dataset import DataBundle
 from compress.errors import StageError
 from compress.families import family_of, family_of_source, source_where
-from compress.fileio import default_mode, sha256_json
-from compress.losses import LossConfig, build_terms, loss_config_union
-from compress.losses.terms import CEConfig, KDConfig
+from compress.losses import LossConfig, build_terms, default_losses, loss_config_union
 from compress.models.source import ModelSource
-from compress.models.task_model import TaskModel
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
-from compress.training.evaluate import predict_logits, selection_metric
+from compress.training.evaluate import selection_metric
 from compress.training.loop import total_steps, train
 from compress.training.student_data import StudentData, StudentDataConfig
-from compress.training.teacher_cache import TopKCache, top_k_logprobs
+from compress.training.teacher_cache import TopKCache, cached_teacher_logits, cached_teacher_top_k
 
 log = logging.getLogger("compress")
 if TYPE_CHECKING:
     LossUnion = LossConfig
 else:
     LossUnion = loss_config_union()
-
-
-def _default_losses() -> list[LossConfig]:
-    return [KDConfig(name="kd", weight=1.0, temperature=2.0), CEConfig(name="ce", weight=0.5)]
 
 
 class DistillConfig(StageConfig, TrainSchedule):
@@ -47,7 +37,7 @@ class DistillConfig(StageConfig, TrainSchedule):
         None, description="The student to build. Default: the `student` artifact of an earlier stage (e.g. search)."
     )
     losses: list[LossUnion] = Field(
-        default_factory=_default_losses,
+        default_factory=default_losses,
         description="Weighted loss terms, by `name`: kd, ce, hidden, minilm, l1_cosine, attention_map, "
         "attention_output; for causal LMs also fkl, rkl, skl, srkl, jsd, taid (see the loss table).",
     )
@@ -79,52 +69,6 @@ class DistillConfig(StageConfig, TrainSchedule):
 
     def trains(self) -> bool:
         return True
-
-
-def _cached_teacher_logits(
-    teacher: TaskModel, source: Artifact, data: DataBundle, ctx: Context, bs: int
-) -> torch.Tensor:
-    key = sha256_json([source.sha256, data.fingerprint, len(data.train), "train-logits"])[:24]
-    path = ctx.cache_dir / "teacher-logits" / f"{key}.safetensors"
-    if ctx.engine.broadcast_object(path.is_file()):  # every process takes the same branch
-        log.info("teacher logits: cache hit %s", path.name)
-        return load_file(str(path))["logits"]
-    teacher.module.to(ctx.engine.device)
-    with ctx.engine.autocast(ctx.engine.teacher_precision):  # each process its shard, gathered by all
-        logits = predict_logits(teacher, data.train, bs, "teacher logits (cached once)", ctx.engine)
-    if not ctx.engine.is_main:
-        return logits
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # unique: a second process never shares it
-    save_file({"logits": logits.contiguous()}, str(tmp))
-    default_mode(tmp)
-    tmp.replace(path)
-    return logits
-
-
-def _cached_teacher_top_k(
-    teacher: TaskModel, source: Artifact, data: DataBundle, ctx: Context, config: DistillConfig
-) -> TopKCache:
-    """The causal-LM teacher's top-k log-probabilities on the training split, computed shard-wise once and cached."""
-    k = config.teacher_top_k
-    key = sha256_json([source.sha256, data.fingerprint, len(data.train), k, "train-top-k"])[:24]
-    path = ctx.cache_dir / "teacher-top-k" / f"{key}.safetensors"
-    if ctx.engine.broadcast_object(path.is_file()):
-        log.info("teacher top-%d: cache hit %s", k, path.name)
-        saved = load_file(str(path))
-        return TopKCache(saved["ids"], saved["logprobs"], int(saved["vocab"]))
-    teacher.module.to(ctx.engine.device)
-    with ctx.engine.autocast(ctx.engine.teacher_precision):
-        cache = top_k_logprobs(teacher, data.train, k, config.eval_batch_size, ctx.engine,
-                               f"teacher top-{k} (cached once)")  # fmt: skip
-    if ctx.engine.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-        save_file({"ids": cache.ids.contiguous(), "logprobs": cache.logprobs.contiguous(),
-                   "vocab": torch.tensor(cache.vocab)}, str(tmp))  # fmt: skip
-        default_mode(tmp)
-        tmp.replace(path)
-    return cache
 
 
 @register_stage("distill", DistillConfig)
@@ -159,13 +103,23 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     cache_info: dict = {}
     if config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
         if data.train.task == "causal_lm":
-            cached = _cached_teacher_top_k(teacher, artifacts["teacher"], data, ctx, config)
+            cached = cached_teacher_top_k(
+                teacher,
+                artifacts["teacher"].sha256,
+                data,
+                ctx.cache_dir,
+                ctx.engine,
+                k=config.teacher_top_k,
+                batch_size=config.eval_batch_size,
+            )
             lengths = [len(b) for b in data.train.features]
             cache_info = {"top_k": cached.k, "vocabulary": cached.vocab, "mass_kept": cached.mass_kept(lengths)}
             log.info("teacher cache: top %d of %d tokens per position keep %.2f%% of the probability mass", cached.k,
                      cached.vocab, 100 * cache_info["mass_kept"])  # fmt: skip
         else:
-            cached = _cached_teacher_logits(teacher, artifacts["teacher"], data, ctx, config.eval_batch_size)
+            cached = cached_teacher_logits(
+                teacher, artifacts["teacher"].sha256, data, ctx.cache_dir, ctx.engine, batch_size=config.eval_batch_size
+            )
     log.info(
         "distill: teacher %d params -> student %d params; losses %s; teacher %s",
         teacher.num_params(),

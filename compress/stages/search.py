@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import torch
 from pydantic import Discriminator, Field, Tag
 
 from compress.artifacts import Artifacts
-from compress.config import ArtifactName, Strict
+from compress.config import ArtifactName, Strict, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import DataBundle
 from compress.devices import resolve_device
 from compress.errors import StageError
 from compress.families import family_of
+from compress.losses import LossConfig, build_terms, default_losses, loss_config_union
 from compress.models.task_model import TaskModel
 from compress.search.budget import Cost, SearchBudget, static_cost
 from compress.search.evolution import Evaluated, ScoreFn, SearchResult, evolve
@@ -26,6 +29,10 @@ from compress.search.space import Arch, CnnSpace, Space, TransformerSpace, arch_
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 
 log = logging.getLogger("compress")
+if TYPE_CHECKING:
+    LossUnion = LossConfig
+else:
+    LossUnion = loss_config_union()
 
 
 def _space_kind(v: Any) -> str:
@@ -58,6 +65,23 @@ class Supernet(Strict):
     eval_batches: int = Field(8, gt=0, description="Held-out (dev) batches that score each sub-network.")
 
 
+class Rerank(TrainSchedule):
+    """Distillation-aware choice: the best-scored candidates that measure within the budget each get a short
+    distillation with the losses the `distill` stage will train with (from their super-network weights under
+    AutoDistil, their initialisation under DisWOT), and the best on the dev split is chosen. The chosen student
+    leaves the stage untrained by it (the short runs only rank); their dev metrics are in the report."""
+
+    candidates: int = Field(3, ge=2, description="Best candidates within the budget that are distilled and compared.")
+    max_steps: int | None = Field(200, gt=0, description="Distillation steps per candidate.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps before linear decay to 0.")
+    losses: list[LossUnion] = Field(
+        default_factory=default_losses,
+        description="Weighted loss terms, as in `distill`. Default: the losses of the recipe's next `distill` "
+        "stage (filled in before validation), else kd + ce.",
+    )
+
+
 class _SearchBase(StageConfig):
     stage: Literal["search"]
     budget: SearchBudget = Field(
@@ -76,8 +100,12 @@ class _SearchBase(StageConfig):
         "(each in a rotated order). A candidate is chosen only when its slowest round meets the budget, so one "
         "lucky measurement cannot pick a model that misses it.",
     )
+    rerank: Rerank | None = Field(
+        None,
+        description="Choose among the best candidates by a short distillation with the `distill` stage's losses "
+        "instead of by the search score alone (`{}` for the defaults: 3 candidates, 200 steps each).",
+    )
     output: ArtifactName = Field("student", description="Name of the produced model artifact.")
-
 
     def latency_devices(self) -> dict[str, str]:
         return {"budget.device": self.budget.device} if self.budget.max_latency_ms is not None else {}
@@ -293,12 +321,14 @@ def _rows(
     return rows
 
 
+def _within(row: dict[str, Any], budget: SearchBudget) -> bool:
+    return budget.max_latency_ms is None or row["measured_max_ms"] <= budget.max_latency_ms
+
+
 def _pick(rows: list[dict[str, Any]], budget: SearchBudget) -> dict[str, Any]:
     """The best-scored candidate (with a latency budget: the best whose slowest measured round meets it)."""
-    if budget.max_latency_ms is None:
-        return rows[0]
     for row in rows:
-        if row["measured_max_ms"] <= budget.max_latency_ms:
+        if _within(row, budget):
             return row
     raise StageError(
         f"search.budget.max_latency_ms: none of the top {len(rows)} candidates measures within "
@@ -306,6 +336,53 @@ def _pick(rows: list[dict[str, Any]], budget: SearchBudget) -> dict[str, Any]:
         f"{[round(r['measured_max_ms'], 3) for r in rows]} ms; the latency table predicted them within). Raise "
         "`top_k` or loosen the budget."
     )
+
+
+def _rerank(
+    rows: list[dict[str, Any]],
+    config: Rerank,
+    space: Space,
+    teacher: TaskModel,
+    teacher_sha256: str,
+    data: DataBundle,
+    nets: dict[str, Any],
+    ctx: Context,
+) -> dict[str, Any]:
+    """Distil each candidate of ``rows`` for ``config.max_steps`` steps and return the best on the dev split
+    (ties: the better search score). Each row gets ``rerank_dev``."""
+    from compress.training.distillation import distillation_step
+    from compress.training.engine import Session
+    from compress.training.evaluate import selection_metric
+    from compress.training.loop import train
+    from compress.training.teacher_cache import cached_teacher_logits
+
+    if len(rows) < 2:
+        log.info("search: rerank skipped, %d candidate within the budget among the top %d", len(rows), len(rows))
+        return rows[0]
+    family = family_of(teacher)
+    # search runs in the main process alone (it measures latency): its short runs train there, unsharded
+    engine = dataclasses.replace(ctx.engine, rank=0, world=1)
+    session = Session(engine, ctx.seed, ctx.checkpoints)
+    probe = next(iter(data.train.loader(min(8, len(data.train)))))
+    names = [f"loss_{c.name}" for c in config.losses]
+    metric, higher = selection_metric(data.dev)
+    for row in rows:
+        torch.manual_seed(ctx.seed)
+        student = family.search_student(space, row["arch"], teacher, data, ctx.seed, nets.get(arch_key(row["arch"])))
+        terms = build_terms(config.losses, student, teacher, probe)
+        cached = None
+        if data.train.task == "classification" and not any(t.teacher_paths for t in terms):
+            cached = cached_teacher_logits(teacher, teacher_sha256, data, ctx.cache_dir, engine,
+                                           batch_size=config.eval_batch_size)  # fmt: skip
+        step = distillation_step(student, teacher, terms, names, cached, engine)
+        result = train(student, step, data.train, data.dev, config, session=session, extra=torch.nn.ModuleList(terms),
+                       label=f"search rerank {row['rank']} ({row['describe']})")  # fmt: skip
+        row["rerank_dev"] = result.best_dev
+        log.info("search: rerank %s: dev %s %.4f after %d steps", row["describe"], metric, result.best_dev,
+                 result.steps)  # fmt: skip
+    best = max(rows, key=lambda r: r["rerank_dev"] if higher else -r["rerank_dev"])  # the first of equals
+    best["rerank_metric"] = metric
+    return best
 
 
 @register_stage("search", DiswotConfig, AutodistilConfig)
@@ -330,8 +407,11 @@ def run(artifacts: Artifacts, config: SearchConfig, ctx: Context) -> Artifacts:
     measured = _measure_top(top, costs, config.latency_rounds)
     rows = _rows(top, costs, measured, space)
     chosen = _pick(rows, config.budget)
-    supernet = extra[0][arch_key(chosen["arch"])] if extra else None
-    student = family.search_student(space, chosen["arch"], teacher, data, ctx.seed, supernet)
+    nets = extra[0] if extra else {}
+    if config.rerank is not None:
+        within = [r for r in rows[chosen["rank"] - 1 :] if _within(r, config.budget)][: config.rerank.candidates]
+        chosen = _rerank(within, config.rerank, space, teacher, artifacts["teacher"].sha256, data, nets, ctx)
+    student = family.search_student(space, chosen["arch"], teacher, data, ctx.seed, nets.get(arch_key(chosen["arch"])))
     art = save_model_artifact(student, config.output, ctx, "search", "teacher", data, 128)
     art.info["search"] = _info(config, space, result, rows, chosen, search_s, extra)
     log.info("search: chose %s (rank %d)", chosen["describe"], chosen["rank"])
@@ -363,4 +443,7 @@ def _info(
     }
     if extra:
         info["supernets"] = extra[1]
+    if config.rerank is not None:
+        info["rerank"] = {"steps": config.rerank.max_steps, "losses": [c.name for c in config.rerank.losses],
+                          "dev": {r["describe"]: r["rerank_dev"] for r in rows if "rerank_dev" in r}}  # fmt: skip
     return info

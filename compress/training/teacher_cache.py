@@ -1,4 +1,6 @@
-"""A causal-LM teacher's next-token distributions cached as their top-k log-probabilities per token.
+"""The teacher's outputs on the training split, computed once and cached on disk for every stage that distils
+from the same teacher on the same data (`distill`, `search`'s rerank): a classifier's logits, and a causal-LM
+teacher's next-token distributions as their top-k log-probabilities per token.
 
 Full next-token logits do not fit on disk (3M tokens x a 32K vocabulary x 2 bytes is 190 GB); the top k of each
 position do (k = 32: 6 bytes each, about 0.6 GB for 3M tokens). Following "Pre-training Distillation for Large
@@ -10,16 +12,24 @@ the vocabulary it is the teacher's distribution itself.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
-from compress.data.dataset import Split
+from compress.data.dataset import DataBundle, Split
+from compress.fileio import default_mode, sha256_json
 from compress.models.task_model import TaskModel
 from compress.training.engine import Engine
+from compress.training.evaluate import predict_logits
 from compress.ui import progress
+
+log = logging.getLogger("compress")
 
 
 @dataclass
@@ -85,3 +95,54 @@ def top_k_logprobs(
         ids_all = engine.gather(ids_all.float()).to(torch.int32)  # ids < 2^24: exact in float32
         lp_all = engine.gather(lp_all.float()).to(torch.float16)
     return TopKCache(ids_all, lp_all, model.num_labels)
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")  # unique: a second process never shares it
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    default_mode(tmp)
+    tmp.replace(path)  # atomic: a reader finds the whole file or none
+
+
+def cached_teacher_logits(
+    teacher: TaskModel, teacher_sha256: str, data: DataBundle, cache_dir: Path, engine: Engine, *, batch_size: int
+) -> torch.Tensor:
+    """The classifier teacher's logits on every training example, keyed by the teacher artifact's hash and the
+    data's fingerprint (computed shard-wise under several processes, written by the main one)."""
+    key = sha256_json([teacher_sha256, data.fingerprint, len(data.train), "train-logits"])[:24]
+    path = cache_dir / "teacher-logits" / f"{key}.safetensors"
+    if engine.broadcast_object(path.is_file()):  # every process takes the same branch
+        log.info("teacher logits: cache hit %s", path.name)
+        return load_file(str(path))["logits"]
+    teacher.module.to(engine.device)
+    with engine.autocast(engine.teacher_precision):  # each process its shard, gathered by all
+        logits = predict_logits(teacher, data.train, batch_size, "teacher logits (cached once)", engine)
+    if engine.is_main:
+        _save({"logits": logits}, path)
+    return logits
+
+
+def cached_teacher_top_k(
+    teacher: TaskModel,
+    teacher_sha256: str,
+    data: DataBundle,
+    cache_dir: Path,
+    engine: Engine,
+    *,
+    k: int,
+    batch_size: int,
+) -> TopKCache:
+    """The causal-LM teacher's top-k log-probabilities on the training split, computed shard-wise once and cached."""
+    key = sha256_json([teacher_sha256, data.fingerprint, len(data.train), k, "train-top-k"])[:24]
+    path = cache_dir / "teacher-top-k" / f"{key}.safetensors"
+    if engine.broadcast_object(path.is_file()):
+        log.info("teacher top-%d: cache hit %s", k, path.name)
+        saved = load_file(str(path))
+        return TopKCache(saved["ids"], saved["logprobs"], int(saved["vocab"]))
+    teacher.module.to(engine.device)
+    with engine.autocast(engine.teacher_precision):
+        cache = top_k_logprobs(teacher, data.train, k, batch_size, engine, f"teacher top-{k} (cached once)")
+    if engine.is_main:
+        _save({"ids": cache.ids, "logprobs": cache.logprobs, "vocab": torch.tensor(cache.vocab)}, path)
+    return cache

@@ -68,6 +68,24 @@ def test_diswot_search_then_distill(tmp_path: Path) -> None:
     assert "## Search: diswot -> `student`" in report and info["chosen"]["describe"] in report
 
 
+def test_rerank_chooses_by_a_short_distillation_with_the_distill_losses(tmp_path: Path) -> None:
+    text = DIGITS.replace("BUDGET", "12000").replace(
+        "    top_k: 3\n", "    top_k: 3\n    rerank: {candidates: 3, max_steps: 30, batch_size: 64, lr: 3.0e-3}\n"
+    )
+    end = "    lr: 3.0e-3\n  - stage: export"
+    text = text.replace(end, end.replace("  - stage", "    losses: [{name: kd}]\n  - stage"))
+    result = pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
+    info = _search_info(tmp_path / "out")
+    rerank = info["rerank"]
+    assert rerank["losses"] == ["kd"] and rerank["steps"] == 30  # the distill stage's losses, filled in
+    dev = rerank["dev"]
+    assert set(dev) == {r["describe"] for r in info["top"]} and all(0.0 < v <= 1.0 for v in dev.values())
+    assert info["chosen"]["describe"] == max(dev, key=lambda k: dev[k])  # the best after distillation wins
+    student = load_model(result.artifacts["student"].path)
+    assert student.num_params() == info["chosen"]["params"]
+    assert "rerank dev" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_budget_no_candidate_meets_is_a_clear_error(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, DIGITS.replace("BUDGET", "100"))
     with pytest.raises(CompressError, match=r"search.budget: no candidate can meet it; the smallest"):
