@@ -2,7 +2,8 @@
 
 Measuring every candidate end to end is slow (export + a benchmark process each). Candidates of one space
 share blocks, so each distinct block is exported once and timed on the device's own runtime, all missing blocks
-of a generation in one benchmark process; the table is cached on disk per device and shape. A candidate's
+of a generation together, each the median of `TABLE_ROUNDS` benchmark processes that visit them in rotated
+orders; the table is cached on disk per device and shape. A candidate's
 prediction is the sum of its blocks. `measure` times whole candidates, to report the table's error.
 
 - CNN: stem, each block (type, channels in/out, kernel, stride, expansion, input resolution), head; the
@@ -17,6 +18,7 @@ import contextlib
 import io
 import json
 import logging
+import statistics
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -36,6 +38,9 @@ from compress.search.space import Arch, CnnSpace, Space, arch_key
 
 log = logging.getLogger("compress")
 RUNS, WARMUP = 30, 5
+# Table entries are the median of this many rounds (rotated orders, one benchmark process each): a burst of
+# load from another process on a shared machine slows one round, and must not exclude a candidate (or admit one).
+TABLE_ROUNDS = 3
 
 
 def _export_module(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], path: Path) -> None:
@@ -68,10 +73,6 @@ class LatencyTable:
         self.measured_blocks = 0
 
     # ---- measuring -----------------------------------------------------------------------------
-    def _time(self, paths: list[Path], sequence: int) -> list[float]:
-        stats = measure(self.device, paths, batch=1, sequence=sequence, runs=RUNS, warmup=WARMUP)
-        return [float(s[self.statistic]) for s in stats]
-
     def _fill(self, builders: dict[str, Callable[[Path], None]]) -> None:
         """Export and time the missing entries, all in one benchmark process; then save the table."""
         missing = {k: b for k, b in builders.items() if k not in self.table}
@@ -82,21 +83,22 @@ class LatencyTable:
             for i, build in enumerate(missing.values()):
                 paths.append(Path(tmp) / f"b{i}.onnx")
                 build(paths[-1])
-            times = self._time(paths, self.shape["sequence"])
+            rounds = self.measure(paths, TABLE_ROUNDS, runs=RUNS, warmup=WARMUP)
+            times = [statistics.median(r) for r in rounds]
         self.table.update(zip(missing, times, strict=True))
         self.measured_blocks += len(missing)
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.cache_file, json.dumps(self.table, indent=0, sort_keys=True))
 
-    def measure(self, paths: list[Path], rounds: int = 1) -> list[list[float]]:
-        """End-to-end latency (the table's percentile) of whole exported candidates (more runs than table
-        entries), in ``rounds`` benchmark processes, each visiting the candidates in a rotated order (so that drift
-        over a process does not favour the ones measured first): per candidate, its latency in every round."""
+    def measure(self, paths: list[Path], rounds: int = 1, runs: int = 100, warmup: int = 10) -> list[list[float]]:
+        """Latency (the table's percentile) of exported graphs in ``rounds`` benchmark processes, each visiting
+        them in a rotated order (so that drift over a process does not favour the ones measured first): per graph,
+        its latency in every round."""
         out: list[list[float]] = [[] for _ in paths]
         for r in range(rounds):
             order = [(i + r) % len(paths) for i in range(len(paths))]
             stats = measure(self.device, [paths[i] for i in order], batch=1, sequence=self.shape["sequence"],
-                            runs=100, warmup=10)  # fmt: skip
+                            runs=runs, warmup=warmup)  # fmt: skip
             for i, st in zip(order, stats, strict=True):
                 out[i].append(float(st[self.statistic]))
         return out

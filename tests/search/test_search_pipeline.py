@@ -101,7 +101,7 @@ def test_autodistil_search_then_distill(tmp_path: Path, tiny_bert_dir: Path, sst
     for row in info["top"]:
         assert row["measured_ms"] > 0 and row["predicted_ms"] > 0 and len(row["measured_rounds_ms"]) == 3
         assert row["measured_max_ms"] == max(row["measured_rounds_ms"]) >= row["measured_ms"]
-    assert info["chosen"]["measured_max_ms"] <= 50  # the slowest round meets the budget, not only the median
+    assert info["chosen"]["measured_ms"] <= 50  # the median of the rounds meets the budget
     assert info["latency_table_mape"] is not None
     chosen = info["chosen"]["arch"]
     student = load_model(result.artifacts["student"].path)
@@ -203,7 +203,7 @@ def test_budget_driven_search_and_prune(tmp_path: Path, tiny_bert_dir: Path, sst
     result = pipeline.run(recipe, out=tmp_path / "out")
     info = _search_info(tmp_path / "out")
     assert info["budget"]["max_latency_ms"] == pytest.approx(50) and info["budget"]["precision"] == "int8"
-    assert info["budget"]["percentile"] == "p90" and info["chosen"]["measured_max_ms"] <= 50
+    assert info["budget"]["percentile"] == "p90" and info["chosen"]["measured_ms"] <= 50
     tables = [p.name for p in (tmp_path / "out" / ".cache" / "latency").glob("transformer-*.json")]
     assert tables and all("-int8-p90" in t for t in tables)  # the tables timed int8 graphs, at the p90
     pruning = result.artifacts["student"].info["pruning"]
@@ -219,3 +219,17 @@ def test_budget_driven_search_and_prune(tmp_path: Path, tiny_bert_dir: Path, sst
         result.artifacts["student.int8-dynamic.onnx"].latency["x86-cpu"]["p90_ms"] / 40)
     assert all(s["points_vs_teacher"] is not None for s in spent["steps"])
     assert "## Budget: where it went (x86-cpu, p90 <= 40 ms)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_pick_meets_the_budget_by_the_median_round() -> None:
+    from compress.search.budget import SearchBudget
+    from compress.stages.search import _pick
+
+    budget = SearchBudget(max_latency_ms=2.0)
+    burst = {"rank": 1, "measured_ms": 1.9, "measured_max_ms": 4.2}  # one round slowed by another process
+    lucky = {"rank": 1, "measured_ms": 2.3, "measured_max_ms": 2.4}  # one fast round cannot carry it
+    other = {"rank": 2, "measured_ms": 1.5, "measured_max_ms": 1.6}
+    assert _pick([burst, other], budget) is burst
+    assert _pick([lucky, other], budget) is other
+    with pytest.raises(CompressError, match=r"none of the best 1 candidates measures within 2.0 ms .*medians \[2.3\]"):
+        _pick([lucky], budget)
