@@ -1,7 +1,7 @@
 """Latency as a pruning target: what one head and one FFN unit cost on a device, measured, not assumed.
 
 Four encoders shaped like the model (random weights) are exported and timed on the device's runtime in one
-benchmark process: as they are, with half the heads in every layer, with half the FFN units, and with half the
+benchmark processes (median of 3, rotated orders): as they are, with half the heads in every layer, with half the FFN units, and with half the
 layers. The slopes give milliseconds per head, per unit (latency is close to linear in both at a fixed sequence
 length) and per layer beyond its heads and units (LayerNorms, residuals, per-kernel overhead: what only removing
 the whole layer saves); what depends on none of them (embeddings, the head) is the fixed part. With an int8
@@ -15,6 +15,7 @@ half its key/value groups, with half its SwiGLU units), the decode milliseconds 
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ from compress.errors import StageError
 from compress.pruning.encoder_masks import GroupCosts
 from compress.search.latency import TransformerLatency
 
+# the graphs are timed in this many benchmark processes and each keeps its median: one burst of load from another
+# process must not set the costs (or decide that the model already meets its budget)
+COST_ROUNDS = 3
 
 @dataclass
 class LatencyCosts:
@@ -52,7 +56,7 @@ def measure_costs(
         for i, arch in enumerate(archs):
             paths.append(Path(tmp) / f"m{i}.onnx")
             table.export_full(arch, paths[-1])
-        times = [rounds[0] for rounds in table.measure(paths)]
+        times = [statistics.median(r) for r in table.measure(paths, COST_ROUNDS)]  # rotated orders
     full, fewer_heads, fewer_units = times[:3]
     per_head = max(0.0, (full - fewer_heads) / (layers * (heads - archs[1]["heads"])))
     per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
