@@ -1,7 +1,8 @@
 """Latency as a pruning target: what one head and one FFN unit cost on a device, measured, not assumed.
 
-Four encoders shaped like the model (random weights) are exported and timed on the device's runtime in one
-benchmark processes (median of 3, rotated orders): as they are, with half the heads in every layer, with half the FFN units, and with half the
+Four encoders shaped like the model (random weights) are exported and timed on the device's runtime, each the
+median of 3 benchmark processes that visit them in rotated orders: as they are, with half the heads in every
+layer, with half the FFN units, and with half the
 layers. The slopes give milliseconds per head, per unit (latency is close to linear in both at a fixed sequence
 length) and per layer beyond its heads and units (LayerNorms, residuals, per-kernel overhead: what only removing
 the whole layer saves); what depends on none of them (embeddings, the head) is the fixed part. With an int8
