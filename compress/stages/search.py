@@ -254,10 +254,13 @@ def _autodistil(
         if held is None:  # the teacher's relations on held-out batches, computed once
             held = HeldOut(teacher, data.dev, s.eval_batches, s.batch_size, heads, net.teacher_qkv_paths())
         label = f"sub-space {k + 1}/{len(subspaces)}"
-        trained = train_supernet(
-            net, teacher, sub, data.train, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
-            random_subnets=s.random_subnets, heads=heads, seed=ctx.seed + k, label=label,
-        )  # fmt: skip
+        trained = _resumed_supernet(net, sub, s, ctx, k)
+        if trained is None:
+            trained = train_supernet(
+                net, teacher, sub, data.train, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
+                random_subnets=s.random_subnets, heads=heads, seed=ctx.seed + k, label=label,
+            )  # fmt: skip
+            _save_supernet(net, trained, sub, s, ctx, k)
         trainings.append(trained.__dict__ | {"hidden": sub.hidden})
 
         def score(archs: list[Arch], net: SlicedSuperNet = net, held: HeldOut = held) -> list[dict[str, float]]:
@@ -272,6 +275,43 @@ def _autodistil(
         raise StageError("search.budget: no sub-network of any sub-space meets the budget.")
     ranked.sort(key=lambda e: -e.score)
     return SearchResult(ranked, evaluated, rejected, True), (nets, trainings)
+
+
+def _supernet_file(ctx: Context, k: int) -> Path | None:
+    from compress.training import checkpoint
+
+    if ctx.checkpoints is None or ctx.engine.checkpoint_every is None:
+        return None
+    return checkpoint.folder_for(ctx.checkpoints, f"supernet-{k}") / "supernet.pt"
+
+
+def _save_supernet(net: Any, trained: Any, sub: TransformerSpace, s: Supernet, ctx: Context, k: int) -> None:
+    """Keep a trained super-network in the stage's checkpoints: a re-run after a kill or a failed pick (the
+    end-to-end latency check comes after every super-network is trained) starts from it, not from the teacher."""
+    from compress.training import checkpoint
+
+    path = _supernet_file(ctx, k)
+    if path is not None:
+        state = {"space": sub.model_dump(), "supernet": s.model_dump(), "seed": ctx.seed, "seconds": trained.seconds}
+        checkpoint.save(path, state | {"history": trained.history, "state": net.state_dict()})
+
+
+def _resumed_supernet(net: Any, sub: TransformerSpace, s: Supernet, ctx: Context, k: int) -> Any:
+    """The super-network of sub-space ``k`` a killed or failed run trained with the same settings, loaded into
+    ``net``; None when there is none."""
+    from compress.search.autodistil import SupernetTraining
+    from compress.training import checkpoint
+
+    path = _supernet_file(ctx, k)
+    saved = checkpoint.load(path) if path is not None else None
+    if saved is None or (saved["space"], saved["supernet"], saved["seed"]) != (sub.model_dump(), s.model_dump(),
+                                                                              ctx.seed):  # fmt: skip
+        return None
+    net.load_state_dict(saved["state"])
+    net.eval()
+    log.info("autodistil: sub-space %d super-network resumed from %s (trained in %.0f s)", k + 1, path,
+             saved["seconds"])  # fmt: skip
+    return SupernetTraining(s.steps, saved["seconds"], saved["history"])
 
 
 def _evolve(

@@ -233,3 +233,53 @@ def test_the_pick_meets_the_budget_by_the_median_round() -> None:
     assert _pick([lucky, other], budget) is other
     with pytest.raises(CompressError, match=r"none of the best 1 candidates measures within 2.0 ms .*medians \[2.3\]"):
         _pick([lucky], budget)
+
+
+RESUMABLE = (
+    text_recipe_head("search-resume")
+    + """stages:
+  - stage: search
+    method: autodistil
+    space: {{layers: [1, 2], hidden: [16, 32], heads: [2, 4], ffn: [32, 64]}}
+    budget: {{max_params: 2.0e6}}
+    supernet: {{subspaces: 2, steps: 100, batch_size: 8, eval_batches: 2}}
+    top_k: 2
+"""
+)
+
+
+def test_a_killed_search_resumes_from_its_trained_super_networks(
+    tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = write_recipe(tmp_path, RESUMABLE.format(data=sst2_slice, teacher=tiny_bert_dir))
+
+    def start(out: Path) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "compress", "run", str(recipe), "--out", str(out)],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    killed = tmp_path / "killed"
+    proc = start(killed)
+    deadline = time.monotonic() + 300
+    while not list(killed.glob(".tmp-*-search-*/checkpoints/supernet-0/supernet.pt")):
+        assert proc.poll() is None, f"the run ended first:\n{proc.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, "no super-network checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # while the second super-network trains
+    proc.wait()
+    again = start(killed)
+    log = again.communicate()[0]
+    assert again.returncode == 0, log[-3000:]
+    assert "sub-space 1 super-network resumed" in log and "sub-space 2 super-network resumed" not in log
+    whole = start(tmp_path / "whole")
+    assert whole.communicate()[0] is not None and whole.returncode == 0
+    [a] = killed.glob("*-search-*/student/*.safetensors")
+    [b] = (tmp_path / "whole").glob("*-search-*/student/*.safetensors")
+    assert a.read_bytes() == b.read_bytes()  # the resumed search chose and extracted the same student
+    assert not list(killed.glob(".tmp-*"))  # the checkpoints go with the finished stage
