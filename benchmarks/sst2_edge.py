@@ -16,7 +16,10 @@ runtime in one benchmark process, alternating, median of 3 rounds of 100 runs):
 - our simple path: the 3-layer layer-dropped student of sst2-minilm.yaml (same distillation) + dynamic int8, and
   the same student after QAT-KD for the dynamic-int8 graph (`activations: {ranges: dynamic}`, half an epoch);
 - the budget-driven recipe at each budget (p50 limit = teacher p50 / k on x86-cpu): its dynamic-int8 artifact on
-  onnxruntime and its static QDQ artifact on OpenVINO.
+  onnxruntime and its static QDQ artifact on OpenVINO;
+- with --layerdrop, the same budgets reached without the search: the simple path's distilled 3-layer student
+  (full width, teacher-initialised) pruned to the budget by the recipe's own DPHuBERT stage, then the recipe's
+  export. It says whether the search pays at that budget.
 Every model is evaluated by the same code here: sentences cut at the recipe's 64 training tokens, padded to the
 deployed 128 (Olive's graph has that static shape). Stages are cached in --out: a rerun continues where it stopped.
 Prints the table, checks the issue's targets, saves benchmarks/results/sst2_edge.json and benchmarks/results/
@@ -79,6 +82,17 @@ def _simple(recipe: dict) -> None:
     recipe.pop("budgets")
     recipe["stages"] = [recipe["stages"][0], SIMPLE_DISTILL, {"stage": "export", "models": ["simple"],
                                                               "int8": ["dynamic"]}, SIMPLE_QAT]  # fmt: skip
+
+
+def _layerdrop(limit_ms: float) -> Any:
+    def edit(recipe: dict) -> None:  # the flagship with its search + distillation replaced by the simple path's
+        _budget(limit_ms)(recipe)
+        stages = recipe["stages"]
+        prune = next(s for s in stages if s["stage"] == "prune") | {"source": "simple", "teacher": "simple"}
+        rest = [s for s in stages if s["stage"] in ("export", "profile")]
+        recipe["stages"] = [stages[0], SIMPLE_DISTILL, prune, *rest]  # the simple path's distillation: cached
+
+    return edit
 
 
 def _budget(limit_ms: float) -> Any:
@@ -178,6 +192,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="4,6,8", help="Speed-ups over the teacher's p50 to budget for.")
     ap.add_argument("--peers-python", default=None, help="Python of the peers' environment (Olive, optimum-intel).")
     ap.add_argument("--remeasure", action="store_true", help="Measure the teacher's p50 (the budgets) again.")
+    ap.add_argument("--layerdrop", action="store_true",
+                    help="Also reach each budget without the search (the simple path's student, pruned).")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "sst2_edge.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -200,6 +216,16 @@ def main() -> None:
         ours[f"{k:g}x"] = {"budget_ms": teacher_p50 / k, "dynamic": a["student.int8-dynamic.onnx"],
                            "static": a["student.int8-static.onnx"], "student": a["student"]}  # fmt: skip
     simple = _run(_variant("simple", _simple), args.out)
+    dropped: dict[str, dict[str, Any]] = {}
+    for k in factors if args.layerdrop else []:
+        try:
+            a = _run(_variant(f"{k:g}x-layerdrop", _layerdrop(teacher_p50 / k)), args.out)
+        except CompressError as exc:
+            logger.warning("sst2_edge: budget %gx without the search failed: %s", k, exc)
+            failed[f"{k:g}x-layerdrop"] = str(exc)
+            continue
+        dropped[f"{k:g}x"] = {"budget_ms": teacher_p50 / k, "dynamic": a["student.int8-dynamic.onnx"],
+                              "static": a["student.int8-static.onnx"], "student": a["student"]}  # fmt: skip
     peers = _peers(args.peers_python, teacher_dir, teacher_onnx, args.out / "peers")
 
     rows: list[dict[str, Any]] = [
@@ -221,6 +247,12 @@ def main() -> None:
                      "runtime": "onnxruntime", "path": o["dynamic"].path})  # fmt: skip
         rows.append({"row": f"budget {tag}: int8 static QDQ", "who": "ours", "budget": tag, "runtime": "openvino",
                      "path": o["static"].path})  # fmt: skip
+    for tag, o in dropped.items():
+        rows.append({"row": f"budget {tag}, no search (simple path's student, DPHuBERT to the budget): int8 dynamic",
+                     "who": "ours", "budget": f"{tag} no search", "runtime": "onnxruntime",
+                     "path": o["dynamic"].path})  # fmt: skip
+        rows.append({"row": f"budget {tag}, no search: int8 static QDQ", "who": "ours",
+                     "budget": f"{tag} no search", "runtime": "openvino", "path": o["static"].path})  # fmt: skip
     rows.append({"row": "teacher fp32 on OpenVINO", "who": "reference", "runtime": "openvino", "path": teacher_onnx})
 
     feeds, labels = _test_set(teacher_dir)
@@ -247,6 +279,9 @@ def main() -> None:
         "ours": {t: {"budget_ms": o["budget_ms"], "params": o["student"].params,
                      "pruning": o["student"].info.get("pruning"), "lineage": o["student"].parent}
                  for t, o in ours.items()},  # fmt: skip
+        "no_search": {t: {"budget_ms": o["budget_ms"], "params": o["student"].params,
+                          "pruning": o["student"].info.get("pruning"), "lineage": o["student"].parent}
+                      for t, o in dropped.items()},  # fmt: skip
         "seconds": round(time.perf_counter() - t0, 1),
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
