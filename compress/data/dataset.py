@@ -23,9 +23,18 @@ Batch = dict[str, torch.Tensor]
 class Split(Dataset):
     """One split. Text: token id lists; images: a tensor. Every item knows its index (teacher-output cache)."""
 
-    def __init__(self, name: str, features: Sequence[Any] | torch.Tensor, labels: torch.Tensor, pad_id: int = 0):
+    def __init__(
+        self,
+        name: str,
+        features: Sequence[Any] | torch.Tensor,
+        labels: torch.Tensor,
+        pad_id: int = 0,
+        texts: list[str] | None = None,
+        pairs: list[str] | None = None,
+    ):
         self.name, self.features, self.labels, self.pad_id = name, features, labels, pad_id
         self.is_text = not isinstance(features, torch.Tensor)
+        self.texts, self.pairs = texts, pairs  # text data: the raw texts the ids came from (augmentation reads them)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,7 +68,9 @@ class Split(Dataset):
 
     def slice(self, lo: int, hi: int) -> Split:
         """Examples ``lo`` to ``hi`` (a process's shard)."""
-        return Split(self.name, self.features[lo:hi], self.labels[lo:hi], self.pad_id)
+        texts = self.texts[lo:hi] if self.texts is not None else None
+        pairs = self.pairs[lo:hi] if self.pairs is not None else None
+        return Split(self.name, self.features[lo:hi], self.labels[lo:hi], self.pad_id, texts, pairs)
 
     @property
     def task(self) -> str:
@@ -194,7 +205,7 @@ def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -
     def make(name: str, texts: list[str], pairs: list[str] | None, labels: list[Any]) -> Split:
         ids = text.tokenize(tokenizer, texts, pairs, cfg.max_length)
         y = torch.tensor([mapping[str(v).strip()] for v in labels], dtype=torch.long)
-        return Split(name, ids, y, pad_id)
+        return Split(name, ids, y, pad_id, texts, pairs)
 
     if "dev" in raw and "test" in raw:
         splits = [make(k, *raw[k]) for k in ("train", "dev", "test")]
@@ -209,7 +220,11 @@ def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -
             if given is not None:
                 splits.append(make(name, *given))
             else:
-                splits.append(Split(name, [full.features[i] for i in idx.tolist()], full.labels[idx], pad_id))
+                picked: list[int] = idx.tolist()
+                assert full.texts is not None
+                splits.append(Split(name, [full.features[i] for i in picked], full.labels[idx], pad_id,
+                                    [full.texts[i] for i in picked],
+                                    [full.pairs[i] for i in picked] if full.pairs is not None else None))  # fmt: skip
     names = sorted(mapping, key=mapping.__getitem__)
     return DataBundle(
         splits[0], splits[1], splits[2], num_labels=num_labels, modality="text", label_names=names, fingerprint=fp

@@ -11,6 +11,9 @@ from pydantic import Field, field_validator
 from compress.artifacts import Artifacts
 from compress.config import ArtifactName, TrainSchedule
 from compress.context import Context
+from compress.data.augment import Augment, augment_texts
+from compress.data.dataset import DataBundle, Split
+from compress.data.text import tokenize
 from compress.errors import StageError
 from compress.families import family_of, family_of_source, source_where
 from compress.losses import LossConfig, build_terms, default_losses, loss_config_union
@@ -21,6 +24,9 @@ from compress.training.evaluate import selection_metric
 from compress.training.loop import total_steps, train
 from compress.training.student_data import StudentData, StudentDataConfig
 from compress.training.teacher_cache import TopKCache, cached_teacher_logits, cached_teacher_top_k
+
+if TYPE_CHECKING:
+    from compress.models.task_model import TaskModel
 
 log = logging.getLogger("compress")
 if TYPE_CHECKING:
@@ -44,7 +50,7 @@ class DistillConfig(StageConfig, TrainSchedule):
     cache_teacher_outputs: bool = Field(
         True,
         description="Compute the teacher's logits on the training split once and cache them on disk "
-        "(only when every loss needs just the teacher's logits: inputs are not augmented). Causal LMs cache "
+        "(only when every loss needs just the teacher's logits). Causal LMs cache "
         "the top `teacher_top_k` log-probabilities per token.",
     )
     teacher_top_k: int = Field(
@@ -57,6 +63,12 @@ class DistillConfig(StageConfig, TrainSchedule):
         None,
         description="Causal LMs: train some steps on the student's own continuations, scored by the teacher (GKD's "
         "on-policy batches, or DistiLLM's adaptive replay buffer).",
+    )
+    augment: Augment | None = Field(
+        None,
+        description="Text classification: grow the training split with augmented copies of its examples (Tang et "
+        "al. 2019: masking, word replacement, n-gram sampling), labelled by the teacher (its logits, cached; `ce` "
+        "reads its argmax). `epochs` then counts passes over the grown split.",
     )
     output: ArtifactName = Field("student", description="Name of the produced model artifact.")
 
@@ -101,6 +113,10 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     terms = build_terms(config.losses, student, teacher, probe)
     cached: torch.Tensor | TopKCache | None = None
     cache_info: dict = {}
+    train_split, augmented = data.train, None
+    if config.augment is not None:
+        train_split, augmented, cache_info["augment"] = _augment(data, config.augment, teacher, artifacts, ctx,
+                                                                 config.eval_batch_size)  # fmt: skip
     if config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
         if data.train.task == "causal_lm":
             cached = cached_teacher_top_k(
@@ -117,9 +133,9 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
             log.info("teacher cache: top %d of %d tokens per position keep %.2f%% of the probability mass", cached.k,
                      cached.vocab, 100 * cache_info["mass_kept"])  # fmt: skip
         else:
-            cached = cached_teacher_logits(
+            cached = augmented if augmented is not None else cached_teacher_logits(
                 teacher, artifacts["teacher"].sha256, data, ctx.cache_dir, ctx.engine, batch_size=config.eval_batch_size
-            )
+            )  # fmt: skip
     log.info(
         "distill: teacher %d params -> student %d params; losses %s; teacher %s",
         teacher.num_params(),
@@ -134,7 +150,7 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in config.losses], cached, ctx.engine,
                              generated)  # fmt: skip
     extra = torch.nn.ModuleList(terms)  # regressors of hint losses train with the student
-    steps = total_steps(config, len(data.train))
+    steps = total_steps(config, len(train_split))
     scheduled = [t for t in terms if hasattr(t, "advance")]  # TAID's interpolation schedule
 
     def on_step(n: int) -> None:
@@ -142,7 +158,7 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
             term.advance(n, steps)  # type: ignore[operator]
 
     higher = selection_metric(data.dev)[1]
-    result = train(student, step, data.train, data.dev, config, session=ctx.session(), extra=extra, label="distill",
+    result = train(student, step, train_split, data.dev, config, session=ctx.session(), extra=extra, label="distill",
                    on_step=on_step if scheduled else None,
                    on_eval=(lambda v: generated.observe(v, higher)) if generated is not None else None)  # fmt: skip
     for term in scheduled:
@@ -155,3 +171,36 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         art.info["student_data"] = generated.summary()
         log.info("distill: student data %s", generated.summary())
     return {config.output: art}
+
+
+def _augment(
+    data: DataBundle, config: Augment, teacher: TaskModel, artifacts: Artifacts, ctx: Context, batch_size: int
+) -> tuple[Split, torch.Tensor, dict]:
+    """The training split followed by its augmented examples, labelled by the teacher: the split, the teacher's
+    logits on all of it (cached on disk under the augmentation's settings) and what the report says of it."""
+    train = data.train
+    if data.modality != "text" or train.task != "classification" or train.texts is None:
+        raise StageError(f"distill.augment: augments text classification data; this recipe's data is "
+                         f"{data.modality} ({train.task}). Remove `augment`.")  # fmt: skip
+    if train.pairs is not None:
+        raise StageError("distill.augment: the data has sentence pairs (`data.columns.text_pair`); augmentation applies to "
+                         "single sentences. Remove `augment`.")  # fmt: skip
+    tokenizer = teacher.tokenizer
+    if config.mask > 0 and getattr(tokenizer, "mask_token", None) is None:
+        raise StageError("distill.augment.mask: the teacher's tokenizer has no mask token; set `mask: 0`.")
+    mask_token = tokenizer.mask_token if config.mask > 0 else ""
+    texts, sources = augment_texts(train.texts, config, mask_token=mask_token, seed=ctx.seed)
+    ids = tokenize(tokenizer, texts, None, ctx.recipe.data.max_length)
+    grown = Split(train.name, [*train.features, *ids], torch.cat([train.labels, torch.full((len(ids),), -1)]),
+                  train.pad_id, [*train.texts, *texts])  # fmt: skip
+    logits = cached_teacher_logits(teacher, artifacts["teacher"].sha256, data, ctx.cache_dir, ctx.engine,
+                                   batch_size=batch_size, split=grown,
+                                   variant=["augment", config.model_dump(), ctx.seed])  # fmt: skip
+    n = len(train)
+    grown.labels[n:] = logits[n:].argmax(-1)
+    agree = float((logits[:n].argmax(-1) == train.labels).float().mean()) if n else 0.0
+    info = {"examples": n, "augmented": len(ids), "copies": config.copies, "teacher_train_accuracy": agree,
+            "from": len(set(sources))}  # fmt: skip
+    log.info("distill: augmented the training split from %d to %d examples (Tang et al. 2019; %d sources); the "
+             "teacher labels them", n, len(grown), info["from"])  # fmt: skip
+    return grown, logits, info

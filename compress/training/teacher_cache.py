@@ -106,18 +106,29 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def cached_teacher_logits(
-    teacher: TaskModel, teacher_sha256: str, data: DataBundle, cache_dir: Path, engine: Engine, *, batch_size: int
+    teacher: TaskModel,
+    teacher_sha256: str,
+    data: DataBundle,
+    cache_dir: Path,
+    engine: Engine,
+    *,
+    batch_size: int,
+    split: Split | None = None,
+    variant: object = None,
 ) -> torch.Tensor:
     """The classifier teacher's logits on every training example, keyed by the teacher artifact's hash and the
-    data's fingerprint (computed shard-wise under several processes, written by the main one)."""
-    key = sha256_json([teacher_sha256, data.fingerprint, len(data.train), "train-logits"])[:24]
+    data's fingerprint (computed shard-wise under several processes, written by the main one). ``split``: another
+    training split made from the data (an augmented one), named in the key by ``variant`` (what made it)."""
+    split = data.train if split is None else split
+    key = sha256_json([teacher_sha256, data.fingerprint, len(split), "train-logits",
+                       *([variant] if variant is not None else [])])[:24]  # fmt: skip
     path = cache_dir / "teacher-logits" / f"{key}.safetensors"
     if engine.broadcast_object(path.is_file()):  # every process takes the same branch
         log.info("teacher logits: cache hit %s", path.name)
         return load_file(str(path))["logits"]
     teacher.module.to(engine.device)
     with engine.autocast(engine.teacher_precision):  # each process its shard, gathered by all
-        logits = predict_logits(teacher, data.train, batch_size, "teacher logits (cached once)", engine)
+        logits = predict_logits(teacher, split, batch_size, "teacher logits (cached once)", engine)
     if engine.is_main:
         _save({"logits": logits}, path)
     return logits
