@@ -145,6 +145,9 @@ def test_dynamic_qat_deploys_the_same_graph_as_dynamic_ptq(tmp_path: Path, tiny_
     ops = [collections.Counter(n.op_type for n in onnx.load(str(a.path)).graph.node) for a in (qat, ptq)]
     assert ops[0] == ops[1] and ops[0]["QAttention"] > 0, ops  # one fused integer attention per layer
     assert qat.info["integer_kernels"] and qat.metrics["parity_top1_agreement"] >= 0.98
+    # compared at batch 1, as deployed, the emulation rounds exactly as onnxruntime does (1.9e-8 here); at batch 32
+    # onnxruntime takes one activation range over the batch and the logits differ (3.7e-4 here, 0.56 on SST-2)
+    assert qat.metrics["parity_max_abs_diff"] < 1e-5
     assert qat.info["training"]["steps"] == 6
     weights = [{i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(a.path)).graph.initializer
                 if i.name.endswith("_quantized")} for a in (qat, ptq)]  # fmt: skip
