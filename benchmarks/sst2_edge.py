@@ -337,7 +337,7 @@ def _print(rows: list[dict[str, Any]], targets: dict[str, Any]) -> None:
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     from compress.report.pareto import plot_pareto
 
-    report = {"devices": ["x86-cpu", "openvino-cpu"],
+    report = {"recipe": {"name": "sst2_edge (one run)"}, "devices": ["x86-cpu", "openvino-cpu"],
               "artifacts": [{"name": r["row"], "latency": {r["device"]: {"p50_ms": r["p50_ms"]}},
                              "metrics": {"accuracy": r["accuracy"]}} for r in rows]}  # fmt: skip
     plot_pareto(report, path)

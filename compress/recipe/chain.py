@@ -57,8 +57,8 @@ def check_chain(recipe: Recipe) -> None:
             problems.append(f"{key}.augment: augmentation rewrites sentences of text classification data; this "
                             f"recipe's data ({recipe.data.format}) is not text. Remove `augment`.")  # fmt: skip
         if getattr(stage, "augment", None) is not None and recipe.data.columns.text_pair is not None:
-            problems.append(f"{key}.augment: the data has sentence pairs (data.columns.text_pair); augmentation applies "
-                            "to single sentences. Remove `augment`.")  # fmt: skip
+            problems.append(f"{key}.augment: the data has sentence pairs (data.columns.text_pair); augmentation "
+                            "applies to single sentences. Remove `augment`.")  # fmt: skip
         vocab = recipe.data.tokenizer.vocab_size if recipe.data.tokenizer is not None else None
         top_k = getattr(stage, "teacher_top_k", None) if recipe.data.modality == "lm" else None
         if vocab is not None and top_k is not None and stage.cache_teacher_outputs and top_k > vocab:

@@ -179,12 +179,12 @@ def _augment(
     """The training split followed by its augmented examples, labelled by the teacher: the split, the teacher's
     logits on all of it (cached on disk under the augmentation's settings) and what the report says of it."""
     train = data.train
-    if data.modality != "text" or train.task != "classification" or train.texts is None:
-        raise StageError(f"distill.augment: augments text classification data; this recipe's data is "
-                         f"{data.modality} ({train.task}). Remove `augment`.")  # fmt: skip
+    if train.texts is None or train.task != "classification":  # the recipe check refuses this before any run
+        raise StageError(f"distill.augment: augments text classification data (sentences and labels); the "
+                         f"training split is {train.task} data without sentences. Remove `augment`.")  # fmt: skip
     if train.pairs is not None:
-        raise StageError("distill.augment: the data has sentence pairs (`data.columns.text_pair`); augmentation applies to "
-                         "single sentences. Remove `augment`.")  # fmt: skip
+        raise StageError("distill.augment: the data has sentence pairs (`data.columns.text_pair`); augmentation "
+                         "applies to single sentences. Remove `augment`.")  # fmt: skip
     tokenizer = teacher.tokenizer
     if config.mask > 0 and getattr(tokenizer, "mask_token", None) is None:
         raise StageError("distill.augment.mask: the teacher's tokenizer has no mask token; set `mask: 0`.")
