@@ -204,28 +204,26 @@ def main() -> None:
     teacher_p50 = _budget_reference(teacher_onnx, args.out / "budget_reference.json", args.remeasure)
     logger.info("sst2_edge: teacher fp32 p50 %.3f ms; budgets %s", teacher_p50,
                 {f"{k:g}x": round(teacher_p50 / k, 3) for k in factors})  # fmt: skip
-    ours: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}  # budgets the recipe could not run to the end: tabled as missed, with the reason
-    for k in factors:  # the budgets first: they exercise the most machinery, so a failure shows early
-        try:
-            a = _run(_variant(f"{k:g}x", _budget(teacher_p50 / k)), args.out)
-        except CompressError as exc:
-            logger.warning("sst2_edge: budget %gx failed: %s", k, exc)
-            failed[f"{k:g}x"] = str(exc)
-            continue
-        ours[f"{k:g}x"] = {"budget_ms": teacher_p50 / k, "dynamic": a["student.int8-dynamic.onnx"],
-                           "static": a["student.int8-static.onnx"], "student": a["student"]}  # fmt: skip
-    simple = _run(_variant("simple", _simple), args.out)
-    dropped: dict[str, dict[str, Any]] = {}
-    for k in factors if args.layerdrop else []:
-        try:
-            a = _run(_variant(f"{k:g}x-layerdrop", _layerdrop(teacher_p50 / k)), args.out)
-        except CompressError as exc:
-            logger.warning("sst2_edge: budget %gx without the search failed: %s", k, exc)
-            failed[f"{k:g}x-layerdrop"] = str(exc)
-            continue
-        dropped[f"{k:g}x"] = {"budget_ms": teacher_p50 / k, "dynamic": a["student.int8-dynamic.onnx"],
+
+    def reach(route: str, edit: Any) -> dict[str, dict[str, Any]]:
+        """Each budget through ``edit`` (a recipe variant): its deployed artifacts, or its failure in ``failed``."""
+        out = {}
+        for k in factors:
+            tag = f"{k:g}x{route}"
+            try:
+                a = _run(_variant(tag, edit(teacher_p50 / k)), args.out)
+            except CompressError as exc:
+                logger.warning("sst2_edge: budget %s failed: %s", tag, exc)
+                failed[tag] = str(exc)
+                continue
+            out[f"{k:g}x"] = {"budget_ms": teacher_p50 / k, "dynamic": a["student.int8-dynamic.onnx"],
                               "static": a["student.int8-static.onnx"], "student": a["student"]}  # fmt: skip
+        return out
+
+    ours = reach("", _budget)  # the budgets first: they exercise the most machinery, so a failure shows early
+    simple = _run(_variant("simple", _simple), args.out)
+    dropped = reach("-layerdrop", _layerdrop) if args.layerdrop else {}
     peers = _peers(args.peers_python, teacher_dir, teacher_onnx, args.out / "peers")
 
     rows: list[dict[str, Any]] = [
