@@ -25,11 +25,10 @@ from compress.training.loop import total_steps, train
 from compress.training.student_data import StudentData, StudentDataConfig
 from compress.training.teacher_cache import TopKCache, cached_teacher_logits, cached_teacher_top_k
 
+log = logging.getLogger("compress")
 if TYPE_CHECKING:
     from compress.models.task_model import TaskModel
 
-log = logging.getLogger("compress")
-if TYPE_CHECKING:
     LossUnion = LossConfig
 else:
     LossUnion = loss_config_union()
