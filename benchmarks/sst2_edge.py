@@ -1,7 +1,8 @@
 """The flagship on SST-2: the budget-driven recipe (recipes/sst2-edge.yaml) at three budgets against the simple
 path and the peers, on the same fine-tuned MiniLM-L6 teacher, in one run.
 
-    python benchmarks/sst2_edge.py [--budgets 4,6,8] [--peers-python /path/to/peers/bin/python] [--out DIR]
+    python benchmarks/sst2_edge.py [--budgets 4,6,8] [--search 8] [--peers-python /path/to/peers/bin/python]
+        [--out DIR]
 
 Rows (accuracy on SST-2 test on each artifact's own runtime; latency at batch 1 / sequence 128, all files of a
 runtime in one benchmark process, alternating, median of 3 rounds of 100 runs):
@@ -13,13 +14,13 @@ runtime in one benchmark process, alternating, median of 3 rounds of 100 runs):
   transformers versions than compress, so they run in their own environment, given by --peers-python (made
   with `pip install -c <(echo torch==2.13.0) olive-ai "optimum-intel[openvino,nncf]"`); without it they are
   left out and the table says so;
-- our simple path: the 3-layer layer-dropped student of sst2-minilm.yaml (same distillation) + dynamic int8, and
-  the same student after QAT-KD for the dynamic-int8 graph (`activations: {ranges: dynamic}`, half an epoch);
+- our simple path: the recipe's own 3-layer student (the teacher's layers 1, 3, 5, distilled as sst2-minilm.yaml
+  distils it) + dynamic int8, and the same student after QAT-KD for the dynamic-int8 graph (`activations:
+  {ranges: dynamic}`, half an epoch);
 - the budget-driven recipe at each budget (p50 limit = teacher p50 / k on x86-cpu): its dynamic-int8 artifact on
   onnxruntime and its static QDQ artifact on OpenVINO;
-- with --layerdrop, the same budgets reached without the search: the simple path's distilled 3-layer student
-  (full width, teacher-initialised) pruned to the budget by the recipe's own DPHuBERT stage, then the recipe's
-  export. It says whether the search pays at that budget.
+- with --search K,..., those budgets reached through a searched student instead: AutoDistil picks it for the
+  budget and kd+ce distils it, then the recipe's DPHuBERT, export and profile. It says whether the search pays.
 Every model is evaluated by the same code here: sentences cut at the recipe's 64 training tokens, padded to the
 deployed 128 (Olive's graph has that static shape). Stages are cached in --out: a rerun continues where it stopped.
 Prints the table, checks the issue's targets, saves benchmarks/results/sst2_edge.json and benchmarks/results/
@@ -50,12 +51,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "sst2-edge.yaml"
 SHARED = ROOT.parent / "shared" / "data" / "sst2"
 TRAIN_LENGTH, DEPLOY_LENGTH = 64, 128
-SIMPLE_DISTILL = {  # exactly the distillation of recipes/sst2-minilm.yaml's hand-picked student
-    "stage": "distill", "student": {"bert": {"layers": 3, "init_from_layers": [1, 3, 5]}}, "epochs": 2,
-    "batch_size": 32, "lr": 1.0e-4, "warmup_steps": 100, "eval_every": 500,
-    "losses": [{"name": "kd", "weight": 1.0, "temperature": 2.0}, {"name": "ce", "weight": 0.5}],
-    "output": "simple",
-}  # fmt: skip
+SEARCH = [  # the searched route (--search): what the flagship recipe did before it dropped its search
+    {"stage": "search", "method": "autodistil", "budget": "recipe",
+     "space": {"layers": [1, 2, 3, 4], "hidden": [192, 256, 320, 384], "heads": [6, 8, 10, 12],
+               "ffn": [512, 768, 1152, 1536]},
+     "supernet": {"subspaces": 2, "steps": 300, "batch_size": 32, "lr": 5.0e-5, "random_subnets": 2,
+                  "eval_batches": 8}},
+    {"stage": "distill", "epochs": 2, "batch_size": 32, "lr": 1.0e-4, "warmup_steps": 100, "eval_every": 500,
+     "losses": [{"name": "kd", "weight": 1.0, "temperature": 2.0}, {"name": "ce", "weight": 0.5}]},
+]  # fmt: skip
 
 
 SIMPLE_QAT = {  # QAT-KD trained for the dynamic-int8 graph: as fast as the simple path by construction
@@ -78,19 +82,24 @@ def _teacher_only(recipe: dict) -> None:
     recipe["stages"] = [recipe["stages"][0], {"stage": "export", "models": ["teacher"]}]
 
 
+def _distill(recipe: dict) -> dict:
+    """The recipe's distillation of its student (`output: simple`): the simple path's student."""
+    return next(s for s in recipe["stages"] if s["stage"] == "distill")
+
+
 def _simple(recipe: dict) -> None:
     recipe.pop("budgets")
-    recipe["stages"] = [recipe["stages"][0], SIMPLE_DISTILL, {"stage": "export", "models": ["simple"],
-                                                              "int8": ["dynamic"]}, SIMPLE_QAT]  # fmt: skip
+    recipe["stages"] = [recipe["stages"][0], _distill(recipe), {"stage": "export", "models": ["simple"],
+                                                                "int8": ["dynamic"]}, SIMPLE_QAT]  # fmt: skip
 
 
-def _layerdrop(limit_ms: float) -> Any:
-    def edit(recipe: dict) -> None:  # the flagship with its search + distillation replaced by the simple path's
+def _searched(limit_ms: float) -> Any:
+    def edit(recipe: dict) -> None:  # the flagship with its distillation replaced by a search + distillation
         _budget(limit_ms)(recipe)
         stages = recipe["stages"]
-        prune = next(s for s in stages if s["stage"] == "prune") | {"source": "simple", "teacher": "simple"}
+        prune = next(s for s in stages if s["stage"] == "prune") | {"source": "student", "teacher": "student"}
         rest = [s for s in stages if s["stage"] in ("export", "profile")]
-        recipe["stages"] = [stages[0], SIMPLE_DISTILL, prune, *rest]  # the simple path's distillation: cached
+        recipe["stages"] = [stages[0], *SEARCH, prune, *rest]
 
     return edit
 
@@ -192,8 +201,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="4,6,8", help="Speed-ups over the teacher's p50 to budget for.")
     ap.add_argument("--peers-python", default=None, help="Python of the peers' environment (Olive, optimum-intel).")
     ap.add_argument("--remeasure", action="store_true", help="Measure the teacher's p50 (the budgets) again.")
-    ap.add_argument("--layerdrop", action="store_true",
-                    help="Also reach each budget without the search (the simple path's student, pruned).")
+    ap.add_argument("--search", default="",
+                    help="Speed-ups to also reach through an AutoDistil-searched student (e.g. 8); none by default.")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "sst2_edge.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -206,10 +215,10 @@ def main() -> None:
                 {f"{k:g}x": round(teacher_p50 / k, 3) for k in factors})  # fmt: skip
     failed: dict[str, str] = {}  # budgets the recipe could not run to the end: tabled as missed, with the reason
 
-    def reach(route: str, edit: Any) -> dict[str, dict[str, Any]]:
+    def reach(route: str, edit: Any, budgets: list[float]) -> dict[str, dict[str, Any]]:
         """Each budget through ``edit`` (a recipe variant): its deployed artifacts, or its failure in ``failed``."""
         out = {}
-        for k in factors:
+        for k in budgets:
             tag = f"{k:g}x{route}"
             try:
                 a = _run(_variant(tag, edit(teacher_p50 / k)), args.out)
@@ -221,9 +230,9 @@ def main() -> None:
                               "static": a["student.int8-static.onnx"], "student": a["student"]}  # fmt: skip
         return out
 
-    ours = reach("", _budget)  # the budgets first: they exercise the most machinery, so a failure shows early
+    ours = reach("", _budget, factors)  # the budgets first: the most machinery, so a failure shows early
     simple = _run(_variant("simple", _simple), args.out)
-    dropped = reach("-layerdrop", _layerdrop) if args.layerdrop else {}
+    searched = reach("-search", _searched, [float(k) for k in args.search.split(",") if k])
     peers = _peers(args.peers_python, teacher_dir, teacher_onnx, args.out / "peers")
 
     rows: list[dict[str, Any]] = [
@@ -245,12 +254,12 @@ def main() -> None:
                      "runtime": "onnxruntime", "path": o["dynamic"].path})  # fmt: skip
         rows.append({"row": f"budget {tag}: int8 static QDQ", "who": "ours", "budget": tag, "runtime": "openvino",
                      "path": o["static"].path})  # fmt: skip
-    for tag, o in dropped.items():
-        rows.append({"row": f"budget {tag}, no search (simple path's student, DPHuBERT to the budget): int8 dynamic",
-                     "who": "ours", "budget": f"{tag} no search", "runtime": "onnxruntime",
+    for tag, o in searched.items():
+        rows.append({"row": f"budget {tag}, searched student (AutoDistil + kd/ce), DPHuBERT: int8 dynamic",
+                     "who": "ours", "budget": f"{tag} search", "runtime": "onnxruntime",
                      "path": o["dynamic"].path})  # fmt: skip
-        rows.append({"row": f"budget {tag}, no search: int8 static QDQ", "who": "ours",
-                     "budget": f"{tag} no search", "runtime": "openvino", "path": o["static"].path})  # fmt: skip
+        rows.append({"row": f"budget {tag}, searched student: int8 static QDQ", "who": "ours",
+                     "budget": f"{tag} search", "runtime": "openvino", "path": o["static"].path})  # fmt: skip
     rows.append({"row": "teacher fp32 on OpenVINO", "who": "reference", "runtime": "openvino", "path": teacher_onnx})
 
     feeds, labels = _test_set(teacher_dir)
@@ -277,9 +286,9 @@ def main() -> None:
         "ours": {t: {"budget_ms": o["budget_ms"], "params": o["student"].params,
                      "pruning": o["student"].info.get("pruning"), "lineage": o["student"].parent}
                  for t, o in ours.items()},  # fmt: skip
-        "no_search": {t: {"budget_ms": o["budget_ms"], "params": o["student"].params,
-                          "pruning": o["student"].info.get("pruning"), "lineage": o["student"].parent}
-                      for t, o in dropped.items()},  # fmt: skip
+        "searched": {t: {"budget_ms": o["budget_ms"], "params": o["student"].params,
+                         "pruning": o["student"].info.get("pruning"), "lineage": o["student"].parent}
+                     for t, o in searched.items()},  # fmt: skip
         "seconds": round(time.perf_counter() - t0, 1),
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
