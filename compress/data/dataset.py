@@ -68,9 +68,16 @@ class Split(Dataset):
 
     def slice(self, lo: int, hi: int) -> Split:
         """Examples ``lo`` to ``hi`` (a process's shard)."""
-        texts = self.texts[lo:hi] if self.texts is not None else None
-        pairs = self.pairs[lo:hi] if self.pairs is not None else None
-        return Split(self.name, self.features[lo:hi], self.labels[lo:hi], self.pad_id, texts, pairs)
+        return self.take(range(lo, min(hi, len(self))))
+
+    def take(self, indices: Sequence[int], name: str | None = None) -> Split:
+        """The examples at ``indices``, in that order, with their raw texts (named ``name``, default this name)."""
+        picked = list(indices)
+        idx = torch.tensor(picked, dtype=torch.long)
+        features = self.features[idx] if isinstance(self.features, torch.Tensor) else [self.features[i] for i in picked]
+        texts = [self.texts[i] for i in picked] if self.texts is not None else None
+        pairs = [self.pairs[i] for i in picked] if self.pairs is not None else None
+        return Split(name or self.name, features, self.labels[idx], self.pad_id, texts, pairs)
 
     @property
     def task(self) -> str:
@@ -89,8 +96,8 @@ class LmSplit(Split):
         batch["index"] = torch.tensor(indices, dtype=torch.long)
         return batch
 
-    def slice(self, lo: int, hi: int) -> Split:
-        return LmSplit(self.name, self.blocks[lo:hi], self.pad_id)
+    def take(self, indices: Sequence[int], name: str | None = None) -> Split:
+        return LmSplit(name or self.name, [self.blocks[i] for i in indices], self.pad_id)
 
     def tokens(self) -> int:
         """Tokens predicted in this split (each block's positions but its last)."""
@@ -220,11 +227,7 @@ def _text(cfg: DataConfig, base_dir: Path, tokenizer: Any, seed: int, fp: str) -
             if given is not None:
                 splits.append(make(name, *given))
             else:
-                picked: list[int] = idx.tolist()
-                assert full.texts is not None
-                splits.append(Split(name, [full.features[i] for i in picked], full.labels[idx], pad_id,
-                                    [full.texts[i] for i in picked],
-                                    [full.pairs[i] for i in picked] if full.pairs is not None else None))  # fmt: skip
+                splits.append(full.take(idx.tolist(), name))
     names = sorted(mapping, key=mapping.__getitem__)
     return DataBundle(
         splits[0], splits[1], splits[2], num_labels=num_labels, modality="text", label_names=names, fingerprint=fp

@@ -86,6 +86,12 @@ def latency_fraction(lat: LatencyCosts, budget_ms: float) -> float:
     return frac
 
 
+def predicted_ms(lat: LatencyCosts, kept: float) -> float:
+    """What the cost model predicts for a model that keeps ``kept`` of the variable latency: the inverse of
+    `latency_fraction`, recorded beside the pruned model so that a profile's measurement can check it."""
+    return lat.fixed_ms + kept * (lat.full_ms - lat.fixed_ms)
+
+
 def measure_decoder_costs(
     config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str = "fp32",
     statistic: str = "p50",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +32,8 @@ class PruneGoal:
     flops: float | None = None
     sequence: int = 128
     latency: LatencyCosts | None = None  # measures the device and turns the ms target into a fraction
+    # what ``latency`` measured ("costs": its LatencyCosts): the prune stage predicts the pruned model's ms from it
+    measured: dict[str, Any] = field(default_factory=dict)
 
     @property
     def unit(self) -> str:

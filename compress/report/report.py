@@ -81,7 +81,7 @@ def _pruned(history: list[Artifact]) -> list[dict[str, Any]]:
         info = art.info.get("pruning")
         if info:
             target = {k: v for k, v in (info.get("target") or {}).items() if v is not None and k != "sequence"}
-            keep = ("method", "kept_fraction", "params_before", "structure")
+            keep = ("method", "kept_fraction", "params_before", "structure", "latency_model")
             out.append({"artifact": art.name, "params": art.params, "target": target} | {k: info.get(k) for k in keep})
     return out
 
@@ -465,6 +465,13 @@ def _pruned_markdown(p: dict[str, Any]) -> list[str]:
         f"{p.get('params_before') or 0:,} -> {p.get('params') or 0:,}",
         "",
     ]
+    model = p.get("latency_model")
+    if model:  # what the cost model expected: the profile's measurement of the deployed graph says if it held
+        lines[-1:] = [
+            f"- latency cost model: unpruned {model['full_ms']:.3f} ms measured, {model['fixed_ms']:.3f} ms of it "
+            f"fixed; pruned model predicted at {model['predicted_ms']:.3f} ms",
+            "",
+        ]
     structure = p.get("structure") or {}
     if "heads" in structure:  # encoder: heads and FFN units per layer
         lines += ["| layer | heads | FFN units |", "| --- | --- | --- |"]

@@ -227,8 +227,7 @@ def _choose_policy(model: TaskModel, moes: list[tuple[str, MoeFfn]], calib: conv
 def _long_examples(split: Split, min_tokens: int, n: int) -> Split:
     if not min_tokens or split.task != "classification":
         return split.subset(n)
-    keep = [i for i, f in enumerate(split.features) if len(f) >= min_tokens][:n]
-    return Split(split.name, [split.features[i] for i in keep], split.labels[keep], split.pad_id)
+    return split.take([i for i, f in enumerate(split.features) if len(f) >= min_tokens][:n])
 
 
 def _finetune(model: TaskModel, source: Artifact, config: MoefyConfig, ctx: Context) -> Any:

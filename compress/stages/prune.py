@@ -197,11 +197,13 @@ def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
             log.info("prune: on %s, %.4f ms per head (group), %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
                      device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
         lat = ctx.engine.broadcast_object(lat)
+        goal.measured["costs"] = lat
         if lat.full_ms <= latency_ms and target.if_met == "keep":
             raise AlreadyMet(lat.full_ms)
         return lat.costs, latency_fraction(lat, latency_ms)
 
-    return PruneGoal(sequence=target.sequence, latency=latency)
+    goal = PruneGoal(sequence=target.sequence, latency=latency)
+    return goal
 
 
 class AlreadyMet(Exception):
@@ -276,8 +278,9 @@ def _run_dphubert(
     sample = next(iter(data.train.loader(min(8, len(data.train)))))
     # terms probe the models: before the masks are attached; they hold no state the pruning changes
     distil = _step(_loss_configs(config, pairs, config.hidden_weight), student, teacher, sample, ctx.engine)
+    goal = _goal(config, ctx)
     try:
-        groups = family.masked_groups(student, _goal(config, ctx), "prune", data)
+        groups = family.masked_groups(student, goal, "prune", data)
     except AlreadyMet as met:
         log.info("prune: %s already measures %.3f ms <= %s ms on %s; kept unpruned (target.if_met: keep)",
                  config.source, met.measured_ms, config.target.latency_ms, config.target.device)  # fmt: skip
@@ -330,6 +333,16 @@ def _run_dphubert(
     }
     if mapping:
         art.info["pruning"]["layer_map"] = mapping
+    if "costs" in goal.measured:  # the cost model's own prediction, for the profile stage's measurement to check
+        from compress.pruning.latency_costs import predicted_ms
+
+        lat = goal.measured["costs"]
+        predicted = predicted_ms(lat, kept)
+        art.info["pruning"]["latency_model"] = {"full_ms": lat.full_ms, "fixed_ms": lat.fixed_ms,
+                                                "predicted_ms": predicted, "per_head_ms": lat.costs.per_head,
+                                                "per_unit_ms": lat.costs.per_unit, "per_layer_ms": lat.costs.per_layer}
+        log.info("prune: the cost model predicts %.3f ms for the pruned model (unpruned %.3f ms measured)",
+                 predicted, lat.full_ms)  # fmt: skip
     _target_check(art.info["pruning"], kept, target, config.output)
     return {config.output: art}
 

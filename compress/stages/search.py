@@ -430,12 +430,12 @@ def _rerank(
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
     names = [f"loss_{c.name}" for c in config.losses]
     metric, higher = selection_metric(data.dev)
+    cached = None  # the teacher's logits do not depend on the candidate: read once
     for row in rows:
         torch.manual_seed(ctx.seed)
         student = family.search_student(space, row["arch"], teacher, data, ctx.seed, nets.get(arch_key(row["arch"])))
         terms = build_terms(config.losses, student, teacher, probe)
-        cached = None
-        if data.train.task == "classification" and not any(t.teacher_paths for t in terms):
+        if cached is None and data.train.task == "classification" and not any(t.teacher_paths for t in terms):
             cached = cached_teacher_logits(teacher, teacher_sha256, data, ctx.cache_dir, engine,
                                            batch_size=config.eval_batch_size)  # fmt: skip
         step = distillation_step(student, teacher, terms, names, cached, engine)

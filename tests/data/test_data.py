@@ -90,3 +90,20 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
     (tmp_path / "img" / "cat" / "9.jpg").unlink()
     with pytest.raises(DataError, match=r"image .*dog/9.png cannot be decoded"):
         load_data(DataConfig(format="image_folder", train="img"), tmp_path)
+
+
+def test_take_keeps_texts_pairs_and_order(tmp_path: Path) -> None:
+    rows = [{"a": f"first {i}", "b": f"second {'x' * i}", "label": i % 2} for i in range(20)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = DataConfig(format="jsonl", train="d.jsonl", columns={"text": "a", "text_pair": "b", "label": "label"})  # type: ignore[arg-type]
+    train = load_data(cfg, tmp_path, WhitespaceTokenizer(), seed=0).train
+    assert train.texts is not None and train.pairs is not None
+    part = train.take([3, 0, 5], "picked")
+    assert part.name == "picked" and len(part) == 3
+    assert part.texts == [train.texts[i] for i in (3, 0, 5)] and part.pairs == [train.pairs[i] for i in (3, 0, 5)]
+    assert part.features == [train.features[i] for i in (3, 0, 5)]
+    assert part.labels.tolist() == [int(train.labels[i]) for i in (3, 0, 5)]
+    # the held-out dev split is picked from the one train file: its texts are its own examples'
+    dev = load_data(cfg, tmp_path, WhitespaceTokenizer(), seed=0).dev
+    assert dev.texts is not None and all(t.startswith("first ") for t in dev.texts)
+    assert dev.features == [[len(w) + 1 for w in t.split()] for t in dev.texts]  # each text beside its own ids

@@ -10,7 +10,7 @@ from transformers import BertConfig
 from compress.devices import resolve_device
 from compress.errors import StageError
 from compress.pruning.encoder_masks import GroupCosts
-from compress.pruning.latency_costs import LatencyCosts, latency_fraction, measure_costs
+from compress.pruning.latency_costs import LatencyCosts, latency_fraction, measure_costs, predicted_ms
 
 
 def test_costs_are_measured_on_the_device(tmp_path: Path) -> None:
@@ -42,6 +42,8 @@ def test_int8_costs_time_the_fused_dynamic_int8_graph(tmp_path: Path) -> None:
 def test_latency_budget_becomes_a_fraction_of_the_variable_part() -> None:
     lat = LatencyCosts(GroupCosts(per_head=0.1, per_unit=0.001), fixed_ms=1.0, full_ms=3.0)
     assert latency_fraction(lat, 2.0) == pytest.approx(0.5)
+    assert predicted_ms(lat, 0.25) == pytest.approx(1.5)  # 1 ms fixed + a quarter of the 2 variable ms
+    assert predicted_ms(lat, latency_fraction(lat, 2.4)) == pytest.approx(2.4)  # the prediction inverts the target
     with pytest.raises(StageError, match=r"0.8 ms cannot be reached: .* 1.000 ms of it does not depend"):
         latency_fraction(lat, 0.8)
     with pytest.raises(StageError, match="already measures 3.000 ms"):

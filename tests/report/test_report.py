@@ -84,3 +84,10 @@ def test_report_shows_the_structure_pruning_left() -> None:
     assert "## Pruning: dphubert -> `pruned`" in md
     assert "target params 0.5; kept 49.4%; parameters 1,000 -> 600" in md
     assert "| 1 | removed | 12 |" in md
+    assert "cost model" not in md  # a parameter target: no latency prediction to state
+    pruned.info["pruning"] |= {"target": {"latency_ms": 2.0}, "latency_model": {
+        "full_ms": 4.0, "fixed_ms": 0.5, "predicted_ms": 1.98, "per_head_ms": 0.02, "per_unit_ms": 0.0002,
+        "per_layer_ms": 0.5}}  # fmt: skip
+    md = render_markdown(build_report(arts, {"name": "r"}, Path("/x"), [pruned]))
+    assert "latency cost model: unpruned 4.000 ms measured, 0.500 ms of it fixed; pruned model predicted at " \
+           "1.980 ms" in md  # fmt: skip
