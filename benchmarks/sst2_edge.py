@@ -300,18 +300,21 @@ def main() -> None:
 def _targets(rows: list[dict[str, Any]], ours: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, each met or missed by how much."""
     simple = next(r for r in rows if r["who"] == "simple")
-    mine = [r for r in rows if r["who"] == "ours" and r["runtime"] == "onnxruntime"]
+    # every artifact we deploy counts, on either runtime: the speed-up is always against the teacher fp32 on
+    # onnxruntime, measured in the same run
+    mine = [r for r in rows if r["who"] == "ours"]
     fastest_ok = [r for r in mine if r["delta_points"] >= -1.0]
     best = max(fastest_ok, key=lambda r: r["speedup"]) if fastest_ok else None
     out: dict[str, Any] = {
         "8x_at_1pt": {"met": bool(best and best["speedup"] >= 8.0),
-                      "best_speedup_within_1pt": best["speedup"] if best else None},  # fmt: skip
+                      "best_speedup_within_1pt": best["speedup"] if best else None,
+                      "best_row": best["row"] if best else None},  # fmt: skip
         "over_simple_path": {},
         "peers_dominated": {},
     }
     for r in mine:
         gain = r["delta_points"] - simple["delta_points"]
-        out["over_simple_path"][r["budget"]] = {
+        out["over_simple_path"][f"{r['budget']} ({r['runtime']})"] = {
             "points": gain, "latency_ratio": r["p50_ms"] / simple["p50_ms"],
             "met": gain >= 0.5 and r["p50_ms"] <= simple["p50_ms"],
         }  # fmt: skip
@@ -330,8 +333,9 @@ def _print(rows: list[dict[str, Any]], targets: dict[str, Any]) -> None:
               f"{r['p50_ms']:.3f} | {r['speedup']:.2f}x | {r['size_mb']:.1f} |")  # fmt: skip
     t = targets["8x_at_1pt"]
     best = t["best_speedup_within_1pt"]
-    print(f"\n8x at <= 1.0 point: {'met' if t['met'] else 'MISSED'} (best within 1 point: "
-          f"{best:.2f}x)" if best else "\n8x at <= 1.0 point: MISSED (no budget row within 1 point)")  # fmt: skip
+    verdict = "met" if t["met"] else "MISSED"
+    print(f"\n8x at <= 1.0 point: {verdict} (best within 1 point: {best:.2f}x, {t['best_row']})" if best
+          else "\n8x at <= 1.0 point: MISSED (no row within 1 point)")  # fmt: skip
     for tag, v in targets["over_simple_path"].items():
         print(f"budget {tag} vs simple path: {v['points']:+.2f} points at {v['latency_ratio']:.2f}x its latency: "
               f"{'met' if v['met'] else 'MISSED'}")  # fmt: skip
