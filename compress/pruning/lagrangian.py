@@ -23,6 +23,7 @@ class Lagrangian(nn.Module):
         return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.0, maximize=True)
 
 
-def ramped_target(step: int, ramp_steps: int, target: float) -> float:
-    """The size target at ``step``: linear from 1 (nothing pruned) to ``target`` over ``ramp_steps``."""
-    return 1.0 - (1.0 - target) * min(1.0, step / max(1, ramp_steps))
+def ramped_target(step: int, ramp_steps: int, target: float, start: float = 1.0) -> float:
+    """The size target at ``step``: linear from ``start`` (1: nothing pruned; a correction starts from the last
+    target) to ``target`` over ``ramp_steps``."""
+    return start + (target - start) * min(1.0, step / max(1, ramp_steps))

@@ -92,6 +92,37 @@ def predicted_ms(lat: LatencyCosts, kept: float) -> float:
     return lat.fixed_ms + kept * (lat.full_ms - lat.fixed_ms)
 
 
+def measure_pruned(
+    module: Any, config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, lat: LatencyCosts, *,
+    precision: str = "fp32", statistic: str = "p50",
+) -> tuple[float, list[float]]:  # fmt: skip
+    """The ms of a pruned encoder ``module`` as deployed, measured in turns with an unpruned encoder shaped like
+    ``config`` (the shape the costs ``lat`` were measured on) and scaled by the ``full_ms`` measured then: the
+    ratio of two graphs timed in the same benchmark processes is what a machine that has slowed down or sped up
+    since does not move. Returns the ms and the ratio of every round."""
+    table = TransformerLatency(device, sequence, config, cache_dir / "prune-latency.json", precision=precision,
+                               statistic=statistic)  # fmt: skip
+    base = {"layers": config.num_hidden_layers, "hidden": config.hidden_size, "heads": config.num_attention_heads,
+            "ffn": config.intermediate_size}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="compress-prune-lat-") as tmp:
+        full, pruned = Path(tmp) / "full.onnx", Path(tmp) / "pruned.onnx"
+        table.export_full(base, full)
+        table.export_model(module, pruned)
+        rounds = table.measure([full, pruned], COST_ROUNDS)  # rotated orders
+    ratios = [p / f for f, p in zip(*rounds, strict=True)]
+    return lat.full_ms * statistics.median(ratios), ratios
+
+
+def corrected_fraction(lat: LatencyCosts, kept: float, measured_ms: float, aim_ms: float) -> float:
+    """The kept fraction to aim for next, after a model that keeps ``kept`` measured ``measured_ms`` where the cost
+    model predicted ``predicted_ms(lat, kept)``: the prediction's error on this structure (a ratio) is assumed to
+    hold for the next one, so ``predicted_ms(lat, k') * measured / predicted = aim_ms``. Clamped to (0, 1]."""
+    predicted = predicted_ms(lat, kept)
+    variable = lat.full_ms - lat.fixed_ms
+    fraction = (aim_ms * predicted / measured_ms - lat.fixed_ms) / variable if variable > 0 else kept
+    return min(1.0, max(0.01, fraction))
+
+
 def measure_decoder_costs(
     config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str = "fp32",
     statistic: str = "p50",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,12 @@ class MaskedGroups(ABC):
         """Make the gates deterministic, remove the masks and the zero-gated groups for real, record the
         change on the model (a registered transform); returns the kept fraction and the structure left."""
 
+    def candidate(self) -> tuple[nn.Module, float] | None:
+        """What `finalize` would make now, as a separate copy (the model keeps its masks and goes on training),
+        and its kept fraction: what a latency target's closed loop exports and measures. None where the family's
+        pruned graphs are not measured (the cost model alone sets the size)."""
+        return None
+
 
 class _TransformerGroups(MaskedGroups):
     """Masks on a Transformer's projections (`ProjectionGates`), sized by per-group costs."""
@@ -103,10 +110,24 @@ class EncoderGroups(_TransformerGroups):
         self.masks.detach()
         structure = prune_encoder(self.model.module, gates)
         self.model.record(ENCODER_TRANSFORM, current_structure(self.model.module))
+        return self._kept(structure), current_structure(self.model.module) | {
+            "removed_layers": structure["removed_layers"]
+        }
+
+    def candidate(self) -> tuple[nn.Module, float]:
+        module = self.model.module
+        gates = self.masks.deterministic()
+        # a fresh instance with the same weights: a deep copy would carry the masks' and the losses' hooks along
+        copy = type(module)(deepcopy(module.config))  # type: ignore[operator]  # pruning rewrites its config
+        copy.load_state_dict(module.state_dict())
+        structure = prune_encoder(copy.eval(), gates)
+        return copy, self._kept(structure)
+
+    def _kept(self, structure: dict[str, Any]) -> float:
         c = self.costs
         kept = sum(structure["heads"]) * c.per_head + sum(structure["ffn"]) * c.per_unit
         kept += len(structure["heads"]) * c.per_layer
-        return kept / self.full, current_structure(self.model.module) | {"removed_layers": structure["removed_layers"]}
+        return kept / self.full
 
 
 class DecoderGroups(_TransformerGroups):

@@ -31,7 +31,7 @@ from torch import nn
 from compress.devices import DeviceProfile
 from compress.errors import StageError
 from compress.fileio import atomic_write_text
-from compress.models.structure import head_size
+from compress.models.structure import current_structure, head_size
 from compress.runners import measure, preflight
 from compress.search.candidates import build_transformer
 from compress.search.space import Arch, CnnSpace, Space, arch_key
@@ -171,19 +171,21 @@ class TransformerLatency(LatencyTable):
         self.config, self.precision = teacher_config, precision
 
     def _builder(self, arch: Arch) -> Callable[[Path], None]:
-        def build(path: Path) -> None:
-            ids = torch.full((1, self.shape["sequence"]), min(1000, self.config.vocab_size - 1), dtype=torch.long)
-            module = build_transformer(self.config, arch)
-            fp32 = path.with_suffix(".fp32.onnx") if self.precision == "int8" else path
-            _export_module(_Logits(module), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], fp32)
-            if self.precision == "int8":
-                from compress.quant.ort import fused_dynamic_int8
+        return lambda path: self.export_model(build_transformer(self.config, arch), path)
 
-                d = head_size(module.config)
-                fused_dynamic_int8(fp32, path, num_heads=arch["heads"], hidden_size=arch["heads"] * d, head_size=d)
-                fp32.unlink()
+    def export_model(self, module: nn.Module, path: Path) -> None:
+        """An encoder with a classification head (a candidate, or a pruned model with its own per-layer head
+        and unit counts) exported as deployed: fp32, or fused and dynamic int8."""
+        ids = torch.full((1, self.shape["sequence"]), min(1000, self.config.vocab_size - 1), dtype=torch.long)
+        fp32 = path.with_suffix(".fp32.onnx") if self.precision == "int8" else path
+        _export_module(_Logits(module), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], fp32)
+        if self.precision == "int8":
+            from compress.quant.ort import fused_dynamic_int8
 
-        return build
+            d = head_size(module.config)
+            heads = next((h for h in current_structure(module)["heads"] if h), 1)  # fused per layer after
+            fused_dynamic_int8(fp32, path, num_heads=heads, hidden_size=heads * d, head_size=d)
+            fp32.unlink()
 
     def predict(self, archs: list[Arch]) -> list[float]:
         need: dict[str, Callable[[Path], None]] = {}

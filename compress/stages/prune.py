@@ -26,7 +26,7 @@ from compress.losses import build_terms
 from compress.models.task_model import TaskModel
 from compress.pruning.encoder_masks import GroupCosts
 from compress.pruning.lagrangian import Lagrangian, ramped_target
-from compress.pruning.masked import PruneGoal
+from compress.pruning.masked import MaskedGroups, PruneGoal
 from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
 from compress.training.engine import Engine
@@ -63,6 +63,21 @@ class PruneTarget(Strict):
         gt=0,
         description="Sequence length at which `flops` and `latency_ms` are counted (default: `deploy.sequence`, "
         "else 128).",
+    )
+    corrections: int = Field(
+        2,
+        ge=0,
+        description="`latency_ms` on encoders: after the masked phase the pruned graph is exported as deployed and "
+        "timed in turns with the unpruned one; while it is over `latency_ms`, or under it by more than "
+        "`tolerance`, the masked phase goes on (a quarter of its steps) towards a target corrected by the cost "
+        "model's measured error, at most this many times. 0: the cost model alone sets the size.",
+    )
+    tolerance: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="How far under `latency_ms` (a fraction of it) a pruned model may measure before it is corrected "
+        "upwards: latency left unused is accuracy given away. Corrections aim at the middle of the band.",
     )
 
     @model_validator(mode="after")
@@ -291,13 +306,15 @@ def _run_dphubert(
     target, full = groups.target, groups.full
     lagrangian = Lagrangian()
     ramp_steps = max(1, int(config.ramp * total_steps(config, len(data.train))))
-    state = {"step": 0}
+    # the size target at a step: ramped in from 1; a correction ramps from the last target to its own
+    state: dict[str, Any] = {"step": 0, "ramp": (1.0, target, ramp_steps)}
 
     def masked_step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         groups.sample()
         loss, parts = distil(batch)
         expected = groups.expected()
-        t = ramped_target(state["step"], ramp_steps, target)
+        start, end, steps = state["ramp"]
+        t = ramped_target(state["step"], steps, end, start)
         return loss + lagrangian(expected, t), parts | {"expected_size": float(expected.detach()), "target": t}
 
     mask_opt = torch.optim.AdamW(groups.parameters(), lr=config.mask_lr, weight_decay=0.0)
@@ -307,6 +324,25 @@ def _run_dphubert(
         extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)), select_best=False,
         on_step=lambda n: state.update(step=n),
     )  # fmt: skip
+    corrections: list[dict[str, Any]] = []
+
+    def correct(new_target: float, attempt: int) -> None:
+        """Continue the masked phase towards ``new_target`` (a quarter of its steps, the target ramped over half)."""
+        steps = max(1, round(CORRECTION_STEPS * masked.steps))
+        state.update(step=0, ramp=(state["ramp"][1], new_target, steps // 2))
+        schedule = config.model_copy(update={"max_steps": steps, "warmup_steps": min(config.warmup_steps, steps // 10)})
+        # the multipliers start again from zero: grown while pushing the size down, they would go on pushing it down
+        # for hundreds of steps after a correction upwards
+        with torch.no_grad():
+            lagrangian.lambdas.zero_()
+        more = train(student, masked_step, data.train, data.dev, schedule, session=ctx.session(),
+                     label=f"prune (masks, correction {attempt})", select_best=False,
+                     extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)),
+                     on_step=lambda n: state.update(step=n))  # fmt: skip
+        corrections.append({"target": new_target, "steps": more.steps, "history": more.history,
+                            "seconds": round(more.seconds, 2)})  # fmt: skip
+
+    checks = _latency_checks(config, ctx, groups, goal, student, correct) if "costs" in goal.measured else []
     before = student.num_params()
     kept, structure = groups.finalize()
     log.info("prune: kept %.4f of the prunable size (target %.3f); %d -> %d parameters; structure %s",
@@ -331,6 +367,8 @@ def _run_dphubert(
         "teacher": config.teacher,
         "masked_training": {"steps": masked.steps, "history": masked.history, "seconds": round(masked.seconds, 2)},
     }
+    if checks:
+        art.info["pruning"] |= {"latency_checks": checks, "corrections": corrections}
     if mapping:
         art.info["pruning"]["layer_map"] = mapping
     if "costs" in goal.measured:  # the cost model's own prediction, for the profile stage's measurement to check
@@ -343,8 +381,81 @@ def _run_dphubert(
                                                 "per_unit_ms": lat.costs.per_unit, "per_layer_ms": lat.costs.per_layer}
         log.info("prune: the cost model predicts %.3f ms for the pruned model (unpruned %.3f ms measured)",
                  predicted, lat.full_ms)  # fmt: skip
-    _target_check(art.info["pruning"], kept, target, config.output)
+    kept_check = next((c for c in checks if c["kept_model"]), None)
+    if kept_check is not None:  # the measured graph, not the cost model's size, says whether the target was met
+        art.info["pruning"]["latency_model"]["measured_ms"] = kept_check["measured_ms"]
+        limit = float(config.target.latency_ms)  # type: ignore[arg-type]
+        if kept_check["measured_ms"] > limit:
+            msg = (f"{config.output}: the pruned graph measures {kept_check['measured_ms']:.3f} ms against the "
+                   f"{limit} ms target after {len(corrections)} correction(s); more `target.corrections` or a "
+                   "longer masked phase land closer.")  # fmt: skip
+            log.warning("prune: %s", msg)
+            art.info["pruning"]["target_missed"] = msg
+        return {config.output: art}
+    _target_check(art.info["pruning"], kept, groups.target, config.output)
     return {config.output: art}
+
+
+CORRECTION_STEPS = 0.25  # each correction continues the masked phase for this fraction of its steps
+
+
+def _latency_checks(
+    config: DphubertConfig, ctx: Context, groups: MaskedGroups, goal: PruneGoal, student: TaskModel,
+    correct: Callable[[float, int], None],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """DPHuBERT's latency target, closed: the cost model is linear in heads, units and layers and is off by 10-20%
+    on real pruned shapes (a removed layer saves more than its share; odd widths run slower kernels). So the
+    model the masks would make is exported as deployed and timed in turns with the unpruned shape; while it is
+    over the limit, or under it by more than ``tolerance``, the masked phase continues towards a target corrected
+    by the measured error (`corrected_fraction`). Returns every check."""
+    from compress.devices import resolve_device
+    from compress.pruning.latency_costs import corrected_fraction, measure_pruned, predicted_ms
+
+    target = config.target
+    limit, lat = float(target.latency_ms), goal.measured["costs"]  # type: ignore[arg-type]
+    device = resolve_device(target.device, ctx.base_dir)
+    checks: list[dict[str, Any]] = []
+    states: list[tuple[dict[str, torch.Tensor], list[torch.Tensor]]] = []  # model and masks at each check
+    for attempt in range(target.corrections + 1):
+        made = groups.candidate()
+        if made is None:  # the family's pruned graphs are not measured
+            return checks
+        module, kept = made
+        measured: tuple[float, list[float]] | None = None
+        if ctx.engine.is_main:
+            measured = measure_pruned(module, student.module.config, device, target.sequence,
+                                      ctx.cache_dir / "latency", lat, precision=target.precision,
+                                      statistic=target.percentile)  # fmt: skip
+        ms, ratios = ctx.engine.broadcast_object(measured)
+        check = {"kept": kept, "predicted_ms": predicted_ms(lat, kept), "measured_ms": ms,
+                 "ratios": [round(r, 4) for r in ratios]}  # fmt: skip
+        checks.append(check)
+        log.info("prune: the pruned graph measures %.3f ms (the cost model said %.3f ms; limit %s ms)",
+                 ms, check["predicted_ms"], limit)  # fmt: skip
+        if limit * (1 - target.tolerance) <= ms <= limit or attempt == target.corrections:
+            break
+        check["next_target"] = corrected_fraction(lat, kept, ms, limit * (1 - target.tolerance / 2))
+        log.info("prune: correction %d: the masked phase goes on towards %.3f of the variable latency (was %.3f)",
+                 attempt + 1, check["next_target"], kept)  # fmt: skip
+        states.append(({k: v.detach().clone() for k, v in student.module.state_dict().items()},
+                       [p.detach().clone() for p in groups.parameters()]))  # fmt: skip
+        correct(check["next_target"], attempt + 1)
+    # a correction can overshoot: the model kept is the checked one that measures within the limit and closest to
+    # it (else the fastest), restored with its masks when it is an earlier one
+    within = [i for i, c in enumerate(checks) if c["measured_ms"] <= limit]
+    best = max(within, key=lambda i: checks[i]["measured_ms"]) if within else min(
+        range(len(checks)), key=lambda i: checks[i]["measured_ms"])  # fmt: skip
+    for i, c in enumerate(checks):
+        c["kept_model"] = i == best
+    if best < len(checks) - 1:
+        weights, masks = states[best]
+        student.module.load_state_dict(weights)
+        with torch.no_grad():
+            for p, value in zip(groups.parameters(), masks, strict=True):
+                p.copy_(value)
+        log.info("prune: keeping the model of check %d (%.3f ms), not the last one (%.3f ms)", best + 1,
+                 checks[best]["measured_ms"], checks[-1]["measured_ms"])  # fmt: skip
+    return checks
 
 
 def _after_removal(

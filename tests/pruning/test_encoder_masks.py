@@ -176,3 +176,29 @@ def test_a_model_with_removed_layers_saves_reloads_and_exports(tmp_path: Path) -
     assert len(loaded.features) == 2
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(**_batch()).logits, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_candidate_is_the_pruned_model_and_the_masked_one_trains_on() -> None:
+    """The closed latency loop measures what `finalize` would make, as a copy: it computes what the masked model
+    computes, and the masked model keeps its layers, its config and its masks."""
+    from compress.pruning.masked import EncoderGroups, PruneGoal
+
+    model = TaskModel(_bert(), "hf", "text", 2)
+    groups = EncoderGroups(model, PruneGoal(params=0.5))
+    with torch.no_grad():
+        for gate in [*groups.masks.heads, *groups.masks.units]:
+            gate.log_alpha.normal_(0.0, 3.0, generator=torch.Generator().manual_seed(1))
+        groups.masks.whole_layers.log_alpha[1] = -20.0
+    model.module.eval()
+    with torch.no_grad():
+        want = model.module(**_batch()).logits
+    candidate, kept = groups.candidate()
+    with torch.no_grad():
+        torch.testing.assert_close(candidate(**_batch()).logits, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.module(**_batch()).logits, want)  # the masks still act on the model
+    assert len(candidate.bert.encoder.layer) == 2 and candidate.config.num_hidden_layers == 2
+    assert len(model.module.bert.encoder.layer) == 3 and model.module.config.num_hidden_layers == 3
+    assert 0 < kept < 1
+    final, structure = groups.finalize()
+    assert final == pytest.approx(kept)
+    assert {k: structure[k] for k in ("heads", "ffn")} == current_structure(candidate)

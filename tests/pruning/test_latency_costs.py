@@ -10,7 +10,13 @@ from transformers import BertConfig
 from compress.devices import resolve_device
 from compress.errors import StageError
 from compress.pruning.encoder_masks import GroupCosts
-from compress.pruning.latency_costs import LatencyCosts, latency_fraction, measure_costs, predicted_ms
+from compress.pruning.latency_costs import (
+    LatencyCosts,
+    corrected_fraction,
+    latency_fraction,
+    measure_costs,
+    predicted_ms,
+)
 
 
 def test_costs_are_measured_on_the_device(tmp_path: Path) -> None:
@@ -48,3 +54,41 @@ def test_latency_budget_becomes_a_fraction_of_the_variable_part() -> None:
         latency_fraction(lat, 0.8)
     with pytest.raises(StageError, match="already measures 3.000 ms"):
         latency_fraction(lat, 4.0)
+
+
+def test_a_correction_carries_the_measured_error_over() -> None:
+    lat = LatencyCosts(GroupCosts(per_head=0.1, per_unit=0.001), fixed_ms=1.0, full_ms=3.0)
+    # kept 0.5 -> predicted 2.0 ms; it measured 1.6 (20% under): 1.9 ms needs a prediction of 1.9 * 2.0 / 1.6
+    assert corrected_fraction(lat, 0.5, 1.6, 1.9) == pytest.approx((1.9 * 2.0 / 1.6 - 1.0) / 2.0)  # 0.6875
+    assert corrected_fraction(lat, 0.5, 2.5, 1.9) == pytest.approx((1.9 * 2.0 / 2.5 - 1.0) / 2.0)  # over: 0.26
+    assert corrected_fraction(lat, 0.5, 1.0, 9.0) == 1.0 and corrected_fraction(lat, 0.5, 9.0, 1.0) == 0.01
+
+
+def test_a_pruned_model_is_timed_in_turns_with_the_unpruned_shape(tmp_path: Path) -> None:
+    """The closed loop's measurement: the pruned encoder (per-layer head and unit counts, a removed layer) exported
+    as deployed (fused dynamic int8) and timed against the unpruned shape, scaled by the costs' full ms."""
+    import statistics
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from compress.pruning.encoder_masks import EncoderMasks
+    from compress.pruning.latency_costs import COST_ROUNDS, measure_pruned
+    from compress.pruning.physical import prune_encoder
+
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg).eval()
+    masks = EncoderMasks(model)
+    with torch.no_grad():
+        masks.heads[0].log_alpha[:2] = -20.0
+        masks.units[2].log_alpha[:128] = -20.0
+        masks.whole_layers.log_alpha[1] = -20.0
+    pruned = BertForSequenceClassification(BertConfig(**cfg.to_dict()))
+    pruned.load_state_dict(model.state_dict())
+    assert prune_encoder(pruned, masks.deterministic())["removed_layers"] == [1]
+    lat = LatencyCosts(GroupCosts(per_head=0.1, per_unit=0.001), fixed_ms=1.0, full_ms=4.0)
+    ms, ratios = measure_pruned(pruned, cfg, resolve_device("x86-cpu"), 32, tmp_path, lat, precision="int8")
+    assert len(ratios) == COST_ROUNDS and all(r > 0 for r in ratios)
+    assert ms == pytest.approx(4.0 * statistics.median(ratios))

@@ -70,3 +70,39 @@ def test_missed_target_is_a_warning_and_a_report_flag(
     assert flags and flags[0]["artifact"] == "student"
     assert any("prune: student: pruning kept" in r.message and r.levelname == "WARNING" for r in caplog.records)
     assert "where the target was 0.500" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_latency_target_is_closed_on_the_measured_graph(
+    tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path
+) -> None:
+    """After the masked phase the pruned graph is measured; out of the band under the limit, the masked phase goes
+    on towards a corrected target. A 1% band makes the first check miss it (almost surely): one correction runs."""
+    from transformers import AutoConfig
+
+    from compress.devices import resolve_device
+    from compress.pruning.latency_costs import measure_costs
+
+    full = measure_costs(AutoConfig.from_pretrained(tiny_bert_dir), resolve_device("x86-cpu"), 32, tmp_path).full_ms
+    limit = round(0.75 * full, 4)
+    target = f"{{latency_ms: {limit}, sequence: 32, corrections: 1, tolerance: 0.01}}"
+    text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, target=target)
+    text = text.replace("max_steps: 240", "max_steps: 40")
+    result = pipeline.run(write_recipe(tmp_path, text), out=tmp_path / "out")
+    info = result.artifacts["student"].info["pruning"]
+    checks, corrections = info["latency_checks"], info["corrections"]
+    assert all(c["measured_ms"] > 0 and len(c["ratios"]) == 3 and 0 < c["kept"] <= 1 for c in checks)
+    kept = [c for c in checks if c["kept_model"]]  # the model kept: within the limit and closest to it
+    assert len(kept) == 1 and info["latency_model"]["measured_ms"] == kept[0]["measured_ms"]
+    within = [c["measured_ms"] for c in checks if c["measured_ms"] <= limit]
+    assert kept[0]["measured_ms"] == (max(within) if within else min(c["measured_ms"] for c in checks))
+    assert info["kept_fraction"] == pytest.approx(kept[0]["kept"])  # restored with its masks when not the last
+    first = checks[0]["measured_ms"]
+    if 0.99 * limit <= first <= limit:  # landed in the band: nothing to correct
+        assert len(checks) == 1 and not corrections
+    else:
+        assert len(checks) == 2 and len(corrections) == 1
+        assert corrections[0]["target"] == checks[0]["next_target"] and corrections[0]["steps"] == 10
+        # the correction moved the size target the way the measurement said
+        assert (checks[0]["next_target"] > checks[0]["kept"]) == (first < limit)
+        assert corrections[0]["history"][-1]["target"] == pytest.approx(checks[0]["next_target"])
+    assert ("target_missed" in info) == (kept[0]["measured_ms"] > limit)
