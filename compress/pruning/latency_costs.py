@@ -1,13 +1,14 @@
 """Latency as a pruning target: what one head and one FFN unit cost on a device, measured, not assumed.
 
-Four encoders shaped like the model (random weights) are exported and timed on the device's runtime, each the
-median of 3 benchmark processes that visit them in rotated orders: as they are, with half the heads in every
-layer, with half the FFN units, and with half the
-layers. The slopes give milliseconds per head, per unit (latency is close to linear in both at a fixed sequence
-length) and per layer beyond its heads and units (LayerNorms, residuals, per-kernel overhead: what only removing
-the whole layer saves); what depends on none of them (embeddings, the head) is the fixed part. With an int8
-deployment the graphs are the fused dynamic-int8 ones, so the costs are those of the quantized model. A latency
-budget in ms becomes a fraction of the prunable (variable) part, which the masks' expected size is driven to.
+Four encoders shaped like the model (random weights) are exported and timed on the device's runtime, in
+`COST_ROUNDS` benchmark processes that visit them in rotated orders: as they are, with half the heads in every
+layer, with half the FFN units, and with half the layers. The slopes give milliseconds per head, per unit
+(latency is close to linear in both at a fixed sequence length) and per layer beyond its heads and units
+(LayerNorms, residuals, per-kernel overhead: what only removing the whole layer saves); what depends on none of
+them (embeddings, the head) is the fixed part. With an int8 deployment the graphs are the fused dynamic-int8 ones,
+so the costs are those of the quantized model. A latency budget in ms becomes a fraction of the prunable
+(variable) part, which the masks' expected size is driven to; the pruned graph itself is then measured
+(`measure_pruned`) and the target corrected (`corrected_fraction`).
 
 Causal LMs are measured the same way as generation: three KV-cache graphs shaped like the model (as it is, with
 half its key/value groups, with half its SwiGLU units), the decode milliseconds per token after a prompt of
@@ -27,9 +28,10 @@ from compress.errors import StageError
 from compress.pruning.encoder_masks import GroupCosts
 from compress.search.latency import TransformerLatency
 
-# the graphs are timed in this many benchmark processes and each keeps its median: one burst of load from another
-# process must not set the costs (or decide that the model already meets its budget)
-COST_ROUNDS = 3
+# the graphs are timed in this many benchmark processes, each relative to the full graph in the same one, and the
+# medians are kept: one burst of load from another process must not set the costs (or decide that the model already
+# meets its budget); a shared 2-core machine here swung between 18 and 30 ms on the teacher within a minute
+COST_ROUNDS = 5
 
 @dataclass
 class LatencyCosts:
@@ -57,8 +59,12 @@ def measure_costs(
         for i, arch in enumerate(archs):
             paths.append(Path(tmp) / f"m{i}.onnx")
             table.export_full(arch, paths[-1])
-        times = [statistics.median(r) for r in table.measure(paths, COST_ROUNDS)]  # rotated orders
-    full, fewer_heads, fewer_units = times[:3]
+        rounds = table.measure(paths, COST_ROUNDS)  # rotated orders
+    # each graph relative to the full one in the same round (the machine's speed drifts between rounds, and a
+    # slope is a small difference of two large times), scaled by the full graph's median
+    full = statistics.median(rounds[0])
+    times = [full * statistics.median(t / f for t, f in zip(r, rounds[0], strict=True)) for r in rounds]
+    fewer_heads, fewer_units = times[1:3]
     per_head = max(0.0, (full - fewer_heads) / (layers * (heads - archs[1]["heads"])))
     per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
     # what a layer costs besides its heads and units (LayerNorms, residual adds, the kernels' own overhead): the
