@@ -81,7 +81,7 @@ def _pruned(history: list[Artifact]) -> list[dict[str, Any]]:
         info = art.info.get("pruning")
         if info:
             target = {k: v for k, v in (info.get("target") or {}).items() if v is not None and k != "sequence"}
-            keep = ("method", "kept_fraction", "params_before", "structure", "latency_model")
+            keep = ("method", "kept_fraction", "params_before", "structure", "latency_model", "latency_checks")
             out.append({"artifact": art.name, "params": art.params, "target": target} | {k: info.get(k) for k in keep})
     return out
 
@@ -469,9 +469,15 @@ def _pruned_markdown(p: dict[str, Any]) -> list[str]:
     if model:  # what the cost model expected: the profile's measurement of the deployed graph says if it held
         lines[-1:] = [
             f"- latency cost model: unpruned {model['full_ms']:.3f} ms measured, {model['fixed_ms']:.3f} ms of it "
-            f"fixed; pruned model predicted at {model['predicted_ms']:.3f} ms",
+            f"fixed; pruned model predicted at {model['predicted_ms']:.3f} ms"
+            + (f", measured at {model['measured_ms']:.3f} ms" if model.get("measured_ms") is not None else ""),
             "",
         ]
+        checks = p.get("latency_checks") or []
+        if len(checks) > 1:  # the closed loop corrected the target: every check, the kept one marked
+            lines[-1:] = ["- latency checks (kept fraction: measured ms): " + ", ".join(
+                f"{c['kept']:.3f}: {c['measured_ms']:.3f}" + (" (kept)" if c.get("kept_model") else "")
+                for c in checks), ""]  # fmt: skip
     structure = p.get("structure") or {}
     if "heads" in structure:  # encoder: heads and FFN units per layer
         lines += ["| layer | heads | FFN units |", "| --- | --- | --- |"]

@@ -91,3 +91,9 @@ def test_report_shows_the_structure_pruning_left() -> None:
     md = render_markdown(build_report(arts, {"name": "r"}, Path("/x"), [pruned]))
     assert "latency cost model: unpruned 4.000 ms measured, 0.500 ms of it fixed; pruned model predicted at " \
            "1.980 ms" in md  # fmt: skip
+    pruned.info["pruning"]["latency_model"]["measured_ms"] = 1.91  # the closed loop: checks, the kept one marked
+    pruned.info["pruning"]["latency_checks"] = [{"kept": 0.4, "measured_ms": 1.62, "kept_model": False},
+                                                {"kept": 0.48, "measured_ms": 1.91, "kept_model": True}]  # fmt: skip
+    md = render_markdown(build_report(arts, {"name": "r"}, Path("/x"), [pruned]))
+    assert "predicted at 1.980 ms, measured at 1.910 ms" in md
+    assert "latency checks (kept fraction: measured ms): 0.400: 1.620, 0.480: 1.910 (kept)" in md
