@@ -326,15 +326,17 @@ def _run_dphubert(
     )  # fmt: skip
     corrections: list[dict[str, Any]] = []
 
-    def correct(new_target: float, attempt: int) -> None:
+    def correct(new_target: float, attempt: int, expected: float) -> None:
         """Continue the masked phase towards ``new_target`` (a quarter of its steps, the target ramped over half)."""
         steps = max(1, round(CORRECTION_STEPS * masked.steps))
         state.update(step=0, ramp=(state["ramp"][1], new_target, steps // 2))
         schedule = config.model_copy(update={"max_steps": steps, "warmup_steps": min(config.warmup_steps, steps // 10)})
-        # the multipliers start again from zero: grown while pushing the size down, they would go on pushing it down
-        # for hundreds of steps after a correction upwards
-        with torch.no_grad():
-            lagrangian.lambdas.zero_()
+        # upwards, the multipliers start again from zero: grown while pushing the size down, they would go on pushing
+        # it down for hundreds of steps. Downwards they are kept: from zero they take longer than a correction lasts
+        # to build up the pressure again (measured: 474 steps moved the kept fraction from 0.615 to 0.608)
+        if new_target > expected:
+            with torch.no_grad():
+                lagrangian.lambdas.zero_()
         more = train(student, masked_step, data.train, data.dev, schedule, session=ctx.session(),
                      label=f"prune (masks, correction {attempt})", select_best=False,
                      extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)),
@@ -401,7 +403,7 @@ CORRECTION_STEPS = 0.25  # each correction continues the masked phase for this f
 
 def _latency_checks(
     config: DphubertConfig, ctx: Context, groups: MaskedGroups, goal: PruneGoal, student: TaskModel,
-    correct: Callable[[float, int], None],
+    correct: Callable[[float, int, float], None],
 ) -> list[dict[str, Any]]:  # fmt: skip
     """DPHuBERT's latency target, closed: the cost model is linear in heads, units and layers and is off by 10-20%
     on real pruned shapes (a removed layer saves more than its share; odd widths run slower kernels). So the
@@ -435,11 +437,17 @@ def _latency_checks(
         if limit * (1 - target.tolerance) <= ms <= limit or attempt == target.corrections:
             break
         check["next_target"] = corrected_fraction(lat, kept, ms, limit * (1 - target.tolerance / 2))
-        log.info("prune: correction %d: the masked phase goes on towards %.3f of the variable latency (was %.3f)",
-                 attempt + 1, check["next_target"], kept)  # fmt: skip
+        # the Lagrangian drives the masks' expected size, and the deterministic gates keep more or less than it (a
+        # layer gate at P = 0.64 counts 64% of the layer and keeps all of it): its target carries the gap over
+        expected = float(groups.expected().detach())
+        check["expected"] = expected
+        check["lagrangian_target"] = min(1.0, max(0.01, check["next_target"] - (kept - expected)))
+        log.info("prune: correction %d: the masked phase goes on towards %.3f of the variable latency (kept %.3f, "
+                 "expected %.3f; Lagrangian target %.3f)", attempt + 1, check["next_target"], kept, expected,
+                 check["lagrangian_target"])  # fmt: skip
         states.append(({k: v.detach().clone() for k, v in student.module.state_dict().items()},
                        [p.detach().clone() for p in groups.parameters()]))  # fmt: skip
-        correct(check["next_target"], attempt + 1)
+        correct(check["lagrangian_target"], attempt + 1, expected)
     # a correction can overshoot: the model kept is the checked one that measures within the limit and closest to
     # it (else the fastest), restored with its masks when it is an earlier one
     within = [i for i, c in enumerate(checks) if c["measured_ms"] <= limit]
