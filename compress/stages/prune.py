@@ -327,7 +327,9 @@ def _run_dphubert(
     corrections: list[dict[str, Any]] = []
 
     def correct(new_target: float, attempt: int, expected: float) -> None:
-        """Continue the masked phase towards ``new_target`` (a quarter of its steps, the target ramped over half)."""
+        """Continue the masked phase towards ``new_target`` (a quarter of its steps, the target ramped over half).
+        The target is in the checkpoint's label: a re-run resumes a correction only towards the same target (the
+        costs and the check are measured again, and may call for another)."""
         steps = max(1, round(CORRECTION_STEPS * masked.steps))
         state.update(step=0, ramp=(state["ramp"][1], new_target, steps // 2))
         schedule = config.model_copy(update={"max_steps": steps, "warmup_steps": min(config.warmup_steps, steps // 10)})
@@ -338,7 +340,7 @@ def _run_dphubert(
             with torch.no_grad():
                 lagrangian.lambdas.zero_()
         more = train(student, masked_step, data.train, data.dev, schedule, session=ctx.session(),
-                     label=f"prune (masks, correction {attempt})", select_best=False,
+                     label=f"prune (masks, correction {attempt} to {new_target:.3f})", select_best=False,
                      extra_optimizers=(mask_opt, lagrangian.optimizer(config.lambda_lr)),
                      on_step=lambda n: state.update(step=n))  # fmt: skip
         corrections.append({"target": new_target, "steps": more.steps, "history": more.history,
