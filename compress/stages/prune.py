@@ -65,12 +65,12 @@ class PruneTarget(Strict):
         "else 128).",
     )
     corrections: int = Field(
-        2,
+        0,
         ge=0,
-        description="`latency_ms` on encoders: after the masked phase the pruned graph is exported as deployed and "
-        "timed in turns with the unpruned one; while it is over `latency_ms`, or under it by more than "
-        "`tolerance`, the masked phase goes on (a quarter of its steps) towards a target corrected by the cost "
-        "model's measured error, at most this many times. 0: the cost model alone sets the size.",
+        description="`latency_ms` on encoders (opt-in, experimental): after the masked phase the pruned graph is "
+        "exported as deployed and timed in turns with the unpruned one; while it is over `latency_ms`, or under it "
+        "by more than `tolerance`, the masked phase goes on (a quarter of its steps) towards a target corrected by "
+        "the measured error, at most this many times. 0 (default): the cost model alone sets the size.",
     )
     tolerance: float = Field(
         0.1,
