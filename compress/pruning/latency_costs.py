@@ -5,7 +5,7 @@ Four encoders shaped like the model (random weights) are exported and timed on t
 layer, with half the FFN units, and with half the layers. The slopes give milliseconds per head, per unit
 (latency is close to linear in both at a fixed sequence length) and per layer beyond its heads and units
 (LayerNorms, residuals, per-kernel overhead: what only removing the whole layer saves); what depends on none of
-them (embeddings, the head) is the fixed part. With an int8 deployment the graphs are the fused dynamic-int8 ones,
+them (embeddings, the head) is the fixed part. With an int8 deployment the graphs are the int8 ones the runtime deploys,
 so the costs are those of the quantized model. A latency budget in ms becomes a fraction of the prunable
 (variable) part, which the masks' expected size is driven to; the pruned graph itself is then measured
 (`measure_pruned`) and the target corrected (`corrected_fraction`).
@@ -45,7 +45,7 @@ def measure_costs(
     statistic: str = "p50",
 ) -> LatencyCosts:  # fmt: skip
     """ms per head, per FFN unit and per whole layer of an encoder shaped like ``config``, timed as deployed
-    (``precision="int8"``: the fused dynamic-int8 graph, so quantization's gain is in the costs)."""
+    (``precision="int8"``: the int8 graph the device's runtime deploys, so quantization's gain is in the costs)."""
     layers, heads, ffn = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     table = TransformerLatency(device, sequence, config, cache_dir / "prune-latency.json", precision=precision,
                                statistic=statistic)  # fmt: skip

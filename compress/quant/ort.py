@@ -223,7 +223,9 @@ def quantize_static(
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=methods[method],
-                    extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.99},
+                    # minmax: the range over all calibration batches, not a moving average of per-batch ranges
+                    # (on a pruned SST-2 student, OpenVINO: 88.65% both times vs 87.84% / 88.30%)
+                    extra_options={"CalibMovingAverage": False, "CalibPercentile": 99.99},
                 )
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"onnxruntime static quantization of {src.name} failed: {exc}") from None

@@ -45,8 +45,10 @@ class Deploy(Strict):
     )
     precision: Literal["fp32", "int8"] = Field(
         "fp32",
-        description="What the budget-driven stages time: `int8` when the deployed artifact is the dynamic-int8 "
-        "graph (`export.int8: [dynamic]`), so search and pruning see quantization's measured gain; else `fp32`.",
+        description="What the budget-driven stages time: `int8` when the deployed artifact is int8 (on an "
+        "onnxruntime device the dynamic-int8 graph of `export.int8: [dynamic]`, on an OpenVINO device the static "
+        "QDQ graph of `export.int8: [static]`), so search and pruning see quantization's measured gain; else "
+        "`fp32`.",
     )
 
 

@@ -28,8 +28,9 @@ class SearchBudget(Strict):
     percentile: Literal["p50", "p90"] = Field("p50", description="The latency percentile `max_latency_ms` limits.")
     precision: Literal["fp32", "int8"] = Field(
         "fp32",
-        description="The graph whose latency counts: `fp32` (the export) or `int8` (Transformer spaces: the fused "
-        "dynamic-int8 graph that `int8: [dynamic]` deploys, so quantization's gain is measured per candidate).",
+        description="The graph whose latency counts: `fp32` (the export) or `int8` (Transformer spaces: the int8 "
+        "graph the device's runtime deploys, onnxruntime's fused dynamic int8 or OpenVINO's static QDQ, so "
+        "quantization's gain is measured per candidate).",
     )
     sequence: int = Field(
         128,

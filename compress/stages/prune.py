@@ -50,8 +50,9 @@ class PruneTarget(Strict):
     percentile: Literal["p50", "p90"] = Field("p50", description="The latency percentile `latency_ms` is.")
     precision: Literal["fp32", "int8"] = Field(
         "fp32",
-        description="The graph `latency_ms` is measured on: `fp32` or `int8` (the fused dynamic-int8 graph that "
-        "`int8: [dynamic]` deploys: the costs of heads, units and whole layers are those of the quantized model).",
+        description="The graph `latency_ms` is measured on: `fp32` or `int8`, the int8 graph `device`'s runtime "
+        "deploys (onnxruntime: the fused dynamic-int8 graph of `int8: [dynamic]`; OpenVINO: the static QDQ graph "
+        "of `int8: [static]`): the costs of heads, units and whole layers are those of the quantized model.",
     )
     if_met: Literal["error", "keep"] = Field(
         "error",

@@ -45,6 +45,26 @@ def test_int8_costs_time_the_fused_dynamic_int8_graph(tmp_path: Path) -> None:
     assert lat.full_ms > 0 and lat.costs.per_layer >= 0
 
 
+def test_int8_costs_on_openvino_time_the_static_qdq_graph(tmp_path: Path) -> None:
+    """On an OpenVINO device int8 is the static QDQ graph `int8: [static]` deploys (OpenVINO reads no onnxruntime
+    contrib operators): every matrix product between Quantize/DequantizeLinear, read and timed by OpenVINO."""
+    from compress.quant.ort import integer_ops
+    from compress.runtimes.openvino import OpenVinoRuntime
+    from compress.search.latency import TransformerLatency
+
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=64)  # fmt: skip
+    table = TransformerLatency(resolve_device("openvino-cpu"), 32, cfg, tmp_path / "t.json", precision="int8")
+    path = tmp_path / "m.onnx"
+    table.export_full({"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}, path)
+    ops = integer_ops(path)
+    assert "QAttention" not in ops and ops.get("QuantizeLinear", 0) >= 8 and ops.get("DequantizeLinear", 0) >= 8, ops
+    assert not path.with_suffix(".fp32.onnx").exists()
+    assert OpenVinoRuntime().unsupported(path) is None
+    [[ms]] = table.measure([path], 1, runs=5, warmup=1)
+    assert ms > 0
+
+
 def test_latency_budget_becomes_a_fraction_of_the_variable_part() -> None:
     lat = LatencyCosts(GroupCosts(per_head=0.1, per_unit=0.001), fixed_ms=1.0, full_ms=3.0)
     assert latency_fraction(lat, 2.0) == pytest.approx(0.5)
