@@ -40,6 +40,12 @@ class LatencyCosts:
     full_ms: float
 
 
+def _unpruned(config: Any) -> dict[str, int]:
+    """The search-space shape (an `Arch`) of an encoder with ``config``'s full heads, units and layers."""
+    return {"layers": config.num_hidden_layers, "hidden": config.hidden_size, "heads": config.num_attention_heads,
+            "ffn": config.intermediate_size}  # fmt: skip
+
+
 def measure_costs(
     config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str = "fp32",
     statistic: str = "p50",
@@ -49,7 +55,7 @@ def measure_costs(
     layers, heads, ffn = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     table = TransformerLatency(device, sequence, config, cache_dir / "prune-latency.json", precision=precision,
                                statistic=statistic)  # fmt: skip
-    base = {"layers": layers, "hidden": config.hidden_size, "heads": heads, "ffn": ffn}
+    base = _unpruned(config)
     fewer_layers = layers // 2
     archs = [base, {**base, "heads": max(1, heads // 2)}, {**base, "ffn": max(1, ffn // 2)}]
     if fewer_layers:
@@ -108,11 +114,9 @@ def measure_pruned(
     since does not move. Returns the ms and the ratio of every round."""
     table = TransformerLatency(device, sequence, config, cache_dir / "prune-latency.json", precision=precision,
                                statistic=statistic)  # fmt: skip
-    base = {"layers": config.num_hidden_layers, "hidden": config.hidden_size, "heads": config.num_attention_heads,
-            "ffn": config.intermediate_size}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="compress-prune-lat-") as tmp:
         full, pruned = Path(tmp) / "full.onnx", Path(tmp) / "pruned.onnx"
-        table.export_full(base, full)
+        table.export_full(_unpruned(config), full)
         table.export_model(module, pruned)
         rounds = table.measure([full, pruned], COST_ROUNDS)  # rotated orders
     ratios = [p / f for f, p in zip(*rounds, strict=True)]

@@ -33,3 +33,23 @@ def test_pruned_encoder_fuses_each_layer_with_its_own_heads(tmp_path: Path) -> N
     ortq.quantize_dynamic(fused, int8, ortq.DYNAMIC_OPS)
     assert ortq.integer_ops(int8)["QAttention"] == 2
     assert np.abs(OrtPredictor(int8, 1, None)(feeds) - want).max() < 0.1
+
+
+def test_minmax_calibration_takes_the_range_over_every_batch(tmp_path: Path) -> None:
+    """`calibration_method: minmax` is the range over all calibration inputs: an input's quantization scale is
+    (max - min) / 255 of the union of the batches, not a moving average of each batch's range."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])  # fmt: skip
+    src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    batches = [{"x": np.array([[0.0, 1.0, 2.0, 3.0]], np.float32)},
+               {"x": np.array([[-1.0, 0.0, 0.0, 9.0]], np.float32)}]  # a moving average: [-0.5, 6]
+    ortq.quantize_static(src, dst, iter(batches), op_types=["MatMul"], method="minmax")
+    model = onnx.load(str(dst))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    assert float(inits[q.input[1]]) == np.float32(10.0 / 255)  # [-1, 9] over both batches
