@@ -38,6 +38,7 @@ class LatencyCosts:
     costs: GroupCosts  # ms per head, ms per FFN unit
     fixed_ms: float
     full_ms: float
+    reference_ms: float | None = None  # the reference graph (a speed-up's teacher), timed in the same rounds
 
 
 def _unpruned(config: Any) -> dict[str, int]:
@@ -48,10 +49,13 @@ def _unpruned(config: Any) -> dict[str, int]:
 
 def measure_costs(
     config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str = "fp32",
-    statistic: str = "p50",
+    statistic: str = "p50", reference: tuple[DeviceProfile, Path] | None = None,
 ) -> LatencyCosts:  # fmt: skip
     """ms per head, per FFN unit and per whole layer of an encoder shaped like ``config``, timed as deployed
-    (``precision="int8"``: the int8 graph the device's runtime deploys, so quantization's gain is in the costs)."""
+    (``precision="int8"``: the int8 graph the device's runtime deploys, so quantization's gain is in the costs).
+    With a ``reference`` graph (the teacher, for a target that is a speed-up over it) every round times it too, and
+    the unpruned graph's ms is its median ratio to the reference, scaled by the reference's median: a target the
+    reference's ms sets moves with the machine exactly as the costs do."""
     layers, heads, ffn = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     table = TransformerLatency(device, sequence, config, cache_dir / "prune-latency.json", precision=precision,
                                statistic=statistic)  # fmt: skip
@@ -65,10 +69,15 @@ def measure_costs(
         for i, arch in enumerate(archs):
             paths.append(Path(tmp) / f"m{i}.onnx")
             table.export_full(arch, paths[-1])
-        rounds = table.measure(paths, COST_ROUNDS)  # rotated orders
+        rounds = table.measure(paths, COST_ROUNDS, reference=reference)  # rotated orders
     # each graph relative to the full one in the same round (the machine's speed drifts between rounds, and a
     # slope is a small difference of two large times), scaled by the full graph's median
     full = statistics.median(rounds[0])
+    reference_ms = None
+    if reference is not None:
+        ref = rounds.pop()
+        reference_ms = statistics.median(ref)
+        full = reference_ms * statistics.median(f / t for f, t in zip(rounds[0], ref, strict=True))
     times = [full * statistics.median(t / f for t, f in zip(r, rounds[0], strict=True)) for r in rounds]
     fewer_heads, fewer_units = times[1:3]
     per_head = max(0.0, (full - fewer_heads) / (layers * (heads - archs[1]["heads"])))
@@ -79,7 +88,7 @@ def measure_costs(
     if fewer_layers:
         per_layer = max(0.0, (full - times[3]) / (layers - fewer_layers) - heads * per_head - ffn * per_unit)
     fixed = full - layers * (per_layer + heads * per_head + ffn * per_unit)
-    return LatencyCosts(GroupCosts(per_head, per_unit, per_layer), fixed, full)
+    return LatencyCosts(GroupCosts(per_head, per_unit, per_layer), fixed, full, reference_ms)
 
 
 def latency_fraction(lat: LatencyCosts, budget_ms: float) -> float:
@@ -135,7 +144,7 @@ def corrected_fraction(lat: LatencyCosts, kept: float, measured_ms: float, aim_m
 
 def measure_decoder_costs(
     config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str = "fp32",
-    statistic: str = "p50",
+    statistic: str = "p50", reference: tuple[DeviceProfile, Path] | None = None,
 ) -> LatencyCosts:  # fmt: skip
     """Decode ms per token of a causal LM shaped like ``config``: per key/value group, per SwiGLU unit, fixed."""
     from compress.exporters.decoder import export_decoder_onnx
@@ -143,6 +152,9 @@ def measure_decoder_costs(
     from compress.runners import measure
     from compress.search.candidates import build_decoder, queries_per_kv
 
+    if reference is not None:
+        raise StageError("prune.target.speedup: a causal LM's decode latency is a per-token time, not the teacher's "
+                         "forward pass a speed-up is quoted against; give `target.latency_ms` (decode ms per token).")
     if device.runtime not in ("onnxruntime", "openvino"):
         raise StageError(f"prune.target.device: {device.name} runs {device.runtime}; a causal LM's decode latency is "
                          "measured on an onnxruntime or OpenVINO device (its KV-cache graph).")  # fmt: skip

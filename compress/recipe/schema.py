@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from compress.config import Strict, TrainConfig, check_name
 from compress.data.config import LM_FORMATS, DataConfig
 from compress.models.source import ModelSource
-from compress.report.budgets import Budget, budget_accuracy, driving_budget
+from compress.report.budgets import Budget, budget_accuracy, driving_budget, speedup_reference
 from compress.stages import STAGES, StageConfig
 
 
@@ -86,6 +86,15 @@ def _fill_budgets(data: dict[str, Any]) -> None:
                          "accuracy_drop: 1.0}}`")  # fmt: skip
     device, percentile, limit = found
     precision = deploy.get("precision", "fp32")
+    if percentile == "speedup":  # a ratio to the teacher, measured with it; search tables hold absolute ms
+        if search:
+            raise ValueError(f"stages[{search[0]}].budget: `budget: recipe` needs a latency limit in ms, and "
+                             f"budgets.{device} gives a `speedup`; give it a p50_ms or p90_ms too, or state the "
+                             "search's own `budget: {max_latency_ms: ...}`")  # fmt: skip
+        for i in prune:
+            stages[i]["target"] = {"speedup": limit, "reference": speedup_reference(data, device), "device": device,
+                                   "precision": precision, "if_met": "keep"}  # fmt: skip
+        return
     for i in search:
         later_prune = any(j > i for j in prune)
         share = PRUNE_SHARE if later_prune else 0.0

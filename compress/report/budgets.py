@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress.config import Strict
 from compress.fileio import atomic_write_text
@@ -20,6 +20,18 @@ class Budget(Strict):
 
     p50_ms: float | None = Field(None, gt=0, description="Largest allowed median latency (ms).")
     p90_ms: float | None = Field(None, gt=0, description="Largest allowed 90th-percentile latency (ms).")
+    speedup: float | None = Field(
+        None,
+        gt=0,
+        description="Smallest allowed speed-up over the teacher: the p50 of the teacher's fp32 ONNX (`teacher.onnx`, "
+        "so an export stage must export the teacher) on `reference`, divided by the artifact's p50 here, both from "
+        "the same profile stage. On a shared machine whose speed drifts, a ratio of two graphs timed together moves "
+        "far less than either time; `prune.target: budget` prunes to it the same way (the teacher timed in every "
+        "round of its cost measurement).",
+    )
+    reference: str | None = Field(
+        None, description="Device profile the teacher's p50 for `speedup` is measured on (default: this device)."
+    )
     size_mb: float | None = Field(None, gt=0, description="Largest allowed artifact size (MB, 10^6 bytes).")
     accuracy_drop: float | None = Field(
         None,
@@ -48,6 +60,12 @@ class Budget(Strict):
         "not turn the gate off.",
     )
 
+    @model_validator(mode="after")
+    def _reference_needs_speedup(self) -> Budget:
+        if self.reference is not None and self.speedup is None:
+            raise ValueError("`reference` is the device a `speedup` is measured against; give `speedup` with it")
+        return self
+
 
 def _budget_limit(recipe: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, str, float] | None:
     """(device, key, value) of the first of ``keys`` set in the recipe's budget: `deploy.device`'s, else the
@@ -66,9 +84,24 @@ def _budget_limit(recipe: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, s
 
 
 def driving_budget(recipe: dict[str, Any]) -> tuple[str, str, float] | None:
-    """(device, percentile, limit in ms) of the budget that drives `budget: recipe` / `target: budget` stages."""
-    found = _budget_limit(recipe, ("p90_ms", "p50_ms"))
-    return (found[0], found[1][:3], found[2]) if found else None
+    """(device, percentile, limit) of the budget that drives `budget: recipe` / `target: budget` stages: a limit
+    in ms (percentile `p50` or `p90`), or a speed-up over the teacher (percentile `speedup`, limit the factor)."""
+    found = _budget_limit(recipe, ("p90_ms", "p50_ms", "speedup"))
+    return (found[0], found[1].removesuffix("_ms"), found[2]) if found else None
+
+
+def speedup_reference(recipe: dict[str, Any], device: str) -> str:
+    """The device whose teacher p50 a `speedup` budget on ``device`` divides (its `reference`, else itself)."""
+    limits = ((recipe.get("budgets") or {}).get(device)) or {}
+    ref = limits.get("reference") if isinstance(limits, dict) else None
+    return ref if isinstance(ref, str) else device
+
+
+def teacher_p50(rows: list[dict[str, Any]], device: str) -> float | None:
+    """The teacher's fp32 ONNX p50 on ``device`` in this run (what a `speedup` divides), if it was profiled there."""
+    row = next((r for r in rows if r["name"] == "teacher.onnx"), None)
+    value = ((row or {}).get("latency") or {}).get(device, {}).get("p50_ms")
+    return float(value) if value else None
 
 
 def budget_accuracy(recipe: dict[str, Any]) -> float | None:
@@ -78,7 +111,7 @@ def budget_accuracy(recipe: dict[str, Any]) -> float | None:
 
 
 FORMAT_OF_KIND = {"onnx": "onnx", "pte": "executorch"}
-AT_LEAST = {"tokens_per_s"}  # limits that are minimums; every other is a maximum
+AT_LEAST = {"tokens_per_s", "speedup"}  # limits that are minimums; every other is a maximum
 
 
 def _selected(budget: Budget, rows: list[dict[str, Any]], fmt: str | None) -> list[dict[str, Any]]:
@@ -125,6 +158,14 @@ def evaluate(
     for device, budget in budgets.items():
         fmt = (formats or {}).get(device)
         names = [r["name"] for r in rows if r["format"] in ("onnx", "executorch") and fmt in (None, r["format"])]
+        reference = budget.reference or device
+        teacher_ms = teacher_p50(rows, reference)
+        if budget.speedup is not None and teacher_ms is None:
+            checks.append({"artifact": "teacher.onnx", "device": device, "limit": "speedup", "allowed": budget.speedup,
+                           "measured": None, "status": "missed", "passed": False,
+                           "message": f"budgets.{device}.speedup: the teacher's fp32 ONNX has no p50 on {reference} "
+                                      "in this run; export it (`export.models: [..., teacher]`) and profile it on "
+                                      f"{reference} (`profile.devices`)"})  # fmt: skip
         for pattern in budget.artifacts or []:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 checks.append({"artifact": pattern, "device": device, "limit": "artifacts", "allowed": pattern,
@@ -140,6 +181,7 @@ def evaluate(
             measured: dict[str, float | None] = {
                 "p50_ms": lat.get("p50_ms"),
                 "p90_ms": lat.get("p90_ms"),
+                "speedup": teacher_ms / lat["p50_ms"] if teacher_ms and lat.get("p50_ms") else None,
                 "size_mb": row["size_bytes"] / 1e6,
                 "accuracy_drop": None if acc is None or teacher_acc is None else 100 * (teacher_acc - acc),
                 "tokens_per_s": lat.get("tokens_per_s"),

@@ -10,7 +10,7 @@ from typing import Any
 
 from compress.artifacts import Artifact, Artifacts
 from compress.fileio import atomic_write_json, atomic_write_text
-from compress.report.budgets import driving_budget, reference_perplexity
+from compress.report.budgets import driving_budget, reference_perplexity, speedup_reference, teacher_p50
 
 # A speed-up smaller than this is within run-to-run noise on shared machines: not "measurably faster".
 MIN_SPEEDUP = 1.05
@@ -96,10 +96,17 @@ def _budget_spending(recipe: dict[str, Any], history: list[Artifact], rows: list
         return {}
     limits = [(s.get("budget") or {}) if s.get("stage") == "search" else (s.get("target") or {})
               for s in recipe.get("stages") or [] if s.get("stage") in ("search", "prune")]  # fmt: skip
-    if not any(lim.get("device") == driving[0] and (lim.get("max_latency_ms") or lim.get("latency_ms"))
-               for lim in limits):  # fmt: skip
+    if not any(lim.get("device") == driving[0] and (lim.get("max_latency_ms") or lim.get("latency_ms")
+                                                     or lim.get("speedup")) for lim in limits):  # fmt: skip
         return {}  # no stage was driven by a latency on the budget's device
     device, percentile, limit = driving
+    speedup = None
+    if percentile == "speedup":  # the limit in ms is the teacher's p50 of this run over the factor
+        reference = speedup_reference(recipe, device)
+        teacher_ms = teacher_p50(rows, reference)
+        if teacher_ms is None:
+            return {}
+        speedup, percentile, limit = limit, "p50", teacher_ms / limit
     teacher = next((a for a in reversed(history) if a.name == "teacher" and a.kind == "model"), None)
     t_acc = (teacher.metrics.get("accuracy") if teacher else None) or 0.0
     steps: list[dict[str, Any]] = []
@@ -116,6 +123,8 @@ def _budget_spending(recipe: dict[str, Any], history: list[Artifact], rows: list
             p = info["pruning"]
             if p.get("already_met_ms") is not None:
                 step["latency_ms"], step["how"] = p["already_met_ms"], "prune: measured, already within"
+            elif (p.get("latency_model") or {}).get("limit_ms") is not None:
+                step["latency_ms"], step["how"] = p["latency_model"]["limit_ms"], "prune: the target it was driven to"
             elif (p.get("target") or {}).get("latency_ms") is not None:
                 step["latency_ms"], step["how"] = p["target"]["latency_ms"], "prune: the target it was driven to"
         steps.append(step)
@@ -133,11 +142,12 @@ def _budget_spending(recipe: dict[str, Any], history: list[Artifact], rows: list
         step["points_vs_teacher"] = 100 * (acc - t_acc) if acc is not None and teacher else None
         lat = step.get("latency_ms")
         step["of_budget"] = lat / limit if lat else None
-    return {"device": device, "percentile": percentile, "limit_ms": limit, "steps": steps}
+    return {"device": device, "percentile": percentile, "limit_ms": limit, "speedup": speedup, "steps": steps}
 
 
 def _spending_markdown(b: dict[str, Any]) -> list[str]:
-    lines = [f"## Budget: where it went ({b['device']}, {b['percentile']} <= {b['limit_ms']:g} ms)", "",
+    over = f": {b['speedup']:g}x the teacher in this run" if b.get("speedup") else ""
+    lines = [f"## Budget: where it went ({b['device']}, {b['percentile']} <= {b['limit_ms']:.4g} ms{over})", "",
              "| stage | artifact | params | test accuracy | points vs teacher | latency ms | of budget | measured by |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for s in b["steps"]:

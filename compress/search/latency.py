@@ -91,12 +91,20 @@ class LatencyTable:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.cache_file, json.dumps(self.table, indent=0, sort_keys=True))
 
-    def measure(self, paths: list[Path], rounds: int = 1, runs: int = 100, warmup: int = 10) -> list[list[float]]:
+    def measure(
+        self, paths: list[Path], rounds: int = 1, runs: int = 100, warmup: int = 10,
+        reference: tuple[DeviceProfile, Path] | None = None,
+    ) -> list[list[float]]:  # fmt: skip
         """Latency (the table's percentile) of exported graphs in ``rounds`` benchmark processes, each visiting
         them in a rotated order (so that drift over a process does not favour the ones measured first): per graph,
-        its latency in every round."""
-        out: list[list[float]] = [[] for _ in paths]
+        its latency in every round. ``reference`` (a device and a graph, e.g. the teacher on the device a speed-up
+        is quoted against) is timed in its own process right before every round, and comes last in the result."""
+        out: list[list[float]] = [[] for _ in [*paths, *([reference] if reference else [])]]
         for r in range(rounds):
+            if reference is not None:
+                (st,) = measure(reference[0], [reference[1]], batch=1, sequence=self.shape["sequence"], runs=runs,
+                                warmup=warmup)  # fmt: skip
+                out[-1].append(float(st[self.statistic]))
             order = [(i + r) % len(paths) for i in range(len(paths))]
             stats = measure(self.device, [paths[i] for i in order], batch=1, sequence=self.shape["sequence"],
                             runs=runs, warmup=warmup)  # fmt: skip

@@ -10,13 +10,15 @@ are removed for real, and distillation continues briefly without masks.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from compress.artifacts import Artifacts
+from compress.artifacts import Artifact, Artifacts
 from compress.config import ArtifactName, Strict, TrainSchedule
 from compress.context import Context
 from compress.data.dataset import Batch
@@ -46,7 +48,17 @@ class PruneTarget(Strict):
         description="p50 latency in ms on `device` (batch 1, `sequence` tokens) to land on (DPHuBERT); for causal LMs "
         "the decode ms per token after a `sequence`-token prompt (onnxruntime or OpenVINO devices).",
     )
-    device: str = Field("x86-cpu", description="Device profile that `latency_ms` is measured on.")
+    speedup: float | None = Field(
+        None,
+        gt=1,
+        description="Encoders: land on the teacher's latency divided by this, the teacher being the `teacher` "
+        "artifact's fp32 ONNX timed on `reference` in every round of the cost measurement (so the target moves with "
+        "the machine's speed exactly as the costs do: what `budgets.<device>.speedup` sets).",
+    )
+    reference: str | None = Field(
+        None, description="Device profile the teacher is timed on for `speedup` (default: `device`)."
+    )
+    device: str = Field("x86-cpu", description="Device profile that `latency_ms` / `speedup` is measured on.")
     percentile: Literal["p50", "p90"] = Field("p50", description="The latency percentile `latency_ms` is.")
     precision: Literal["fp32", "int8"] = Field(
         "fp32",
@@ -83,9 +95,16 @@ class PruneTarget(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> PruneTarget:
-        if sum(v is not None for v in (self.params, self.flops, self.latency_ms)) != 1:
-            raise ValueError("give exactly one of params, flops, latency_ms")
+        if sum(v is not None for v in (self.params, self.flops, self.latency_ms, self.speedup)) != 1:
+            raise ValueError("give exactly one of params, flops, latency_ms, speedup")
+        if self.reference is not None and self.speedup is None:
+            raise ValueError("`reference` is the device a `speedup` is measured against; give `speedup` with it")
         return self
+
+    @property
+    def timed(self) -> bool:
+        """A latency target (in ms, or a speed-up over the teacher): measured on `device`."""
+        return self.latency_ms is not None or self.speedup is not None
 
 
 class Finetune(TrainSchedule):
@@ -117,7 +136,10 @@ class _PruneBase(StageConfig, TrainSchedule):
 
 
     def latency_devices(self) -> dict[str, str]:
-        return {"target.device": self.target.device} if self.target.latency_ms is not None else {}
+        if not self.target.timed:
+            return {}
+        return {"target.device": self.target.device} | (
+            {"target.reference": self.target.reference} if self.target.reference else {})
 
 
 class DphubertConfig(_PruneBase):
@@ -195,11 +217,12 @@ def _step(
     return distillation_step(student, teacher, terms, [c.name for c in configs], engine=engine)
 
 
-def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
+def _goal(config: _PruneBase, ctx: Context, reference: Callable[[Path], None] | None = None) -> PruneGoal:
+    """What the masks are driven to; a latency target measures its costs when the family asks (``reference``
+    exports the teacher a `speedup` is measured against)."""
     target = config.target
-    if target.latency_ms is None:
+    if not target.timed:
         return PruneGoal(params=target.params, flops=target.flops, sequence=target.sequence)
-    latency_ms = target.latency_ms
 
     def latency(model_config: Any, measure_costs: Callable[..., Any]) -> tuple[GroupCosts, float]:
         from compress.devices import resolve_device
@@ -208,18 +231,45 @@ def _goal(config: _PruneBase, ctx: Context) -> PruneGoal:
         device = resolve_device(target.device, ctx.base_dir)
         lat = None
         if ctx.engine.is_main:  # measured once: every process must prune to the same target
-            lat = measure_costs(model_config, device, target.sequence, ctx.cache_dir / "latency",
-                                precision=target.precision, statistic=target.percentile)  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="compress-prune-ref-") as tmp:
+                ref = None
+                if target.speedup is not None:
+                    assert reference is not None
+                    ref = (resolve_device(target.reference or target.device, ctx.base_dir), Path(tmp) / "teacher.onnx")
+                    reference(ref[1])
+                lat = measure_costs(model_config, device, target.sequence, ctx.cache_dir / "latency",
+                                    precision=target.precision, statistic=target.percentile,
+                                    **({"reference": ref} if ref else {}))  # fmt: skip
             log.info("prune: on %s, %.4f ms per head (group), %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
                      device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
         lat = ctx.engine.broadcast_object(lat)
         goal.measured["costs"] = lat
-        if lat.full_ms <= latency_ms and target.if_met == "keep":
+        if target.speedup is not None and lat.reference_ms is not None:
+            limit = lat.reference_ms / target.speedup
+            log.info("prune: the teacher measures %.3f ms on %s in the same rounds: %gx is %.3f ms",
+                     lat.reference_ms, target.reference or target.device, target.speedup, limit)  # fmt: skip
+        else:
+            limit = float(target.latency_ms)  # type: ignore[arg-type]
+        goal.measured["limit_ms"] = limit
+        if lat.full_ms <= limit and target.if_met == "keep":
             raise AlreadyMet(lat.full_ms)
-        return lat.costs, latency_fraction(lat, latency_ms)
+        return lat.costs, latency_fraction(lat, limit)
 
     goal = PruneGoal(sequence=target.sequence, latency=latency)
     return goal
+
+
+def _reference_export(reference: Artifact | None, ctx: Context, sample: Batch) -> Callable[[Path], None] | None:
+    """How the teacher a `target.speedup` is measured against becomes its fp32 ONNX (None without one)."""
+    if reference is None:
+        return None
+
+    def export(path: Path) -> None:
+        from compress.exporters.onnx import export_onnx
+
+        export_onnx(ctx.load_model(reference), sample, path)
+
+    return export
 
 
 class AlreadyMet(Exception):
@@ -254,7 +304,13 @@ def run(artifacts: Artifacts, config: PruneConfig, ctx: Context) -> Artifacts:
     parent = (artifacts[config.source].parent or config.teacher) if config.output == config.source else config.source
     if isinstance(config, TorchPruningConfig):
         return _run_torch_pruning(config, teacher, student, ctx, parent)
-    return _run_dphubert(config, teacher, student, ctx, parent)
+    reference = None
+    if config.target.speedup is not None:  # over the recipe's teacher, whatever the stage distils from
+        if "teacher" not in artifacts or artifacts["teacher"].kind != "model":
+            raise StageError("prune.target.speedup: the speed-up is over the `teacher` model, and this run has none; "
+                             "give `target.latency_ms` instead.")  # fmt: skip
+        reference = artifacts["teacher"]
+    return _run_dphubert(config, teacher, student, ctx, parent, reference)
 
 
 register_stage("prune", DphubertConfig, TorchPruningConfig)(run)
@@ -283,7 +339,8 @@ def _hidden_pairs(
 
 
 def _run_dphubert(
-    config: DphubertConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str
+    config: DphubertConfig, teacher: TaskModel, student: TaskModel, ctx: Context, parent: str,
+    reference: Artifact | None = None,
 ) -> Artifacts:
     """One masked-distillation loop for every family with masked groups (DPHuBERT)."""
     family = family_of(student)
@@ -294,15 +351,17 @@ def _run_dphubert(
     sample = next(iter(data.train.loader(min(8, len(data.train)))))
     # terms probe the models: before the masks are attached; they hold no state the pruning changes
     distil = _step(_loss_configs(config, pairs, config.hidden_weight), student, teacher, sample, ctx.engine)
-    goal = _goal(config, ctx)
+    goal = _goal(config, ctx, _reference_export(reference, ctx, sample))
     try:
         groups = family.masked_groups(student, goal, "prune", data)
     except AlreadyMet as met:
-        log.info("prune: %s already measures %.3f ms <= %s ms on %s; kept unpruned (target.if_met: keep)",
-                 config.source, met.measured_ms, config.target.latency_ms, config.target.device)  # fmt: skip
+        log.info("prune: %s already measures %.3f ms <= %.3f ms on %s; kept unpruned (target.if_met: keep)",
+                 config.source, met.measured_ms, goal.measured["limit_ms"], config.target.device)  # fmt: skip
         art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size)
         art.info["pruning"] = {"method": config.method, "target": config.target.model_dump(), "kept_fraction": 1.0,
-                               "already_met_ms": met.measured_ms, "params_before": student.num_params()}  # fmt: skip
+                               "already_met_ms": met.measured_ms, "limit_ms": goal.measured["limit_ms"],
+                               "reference_ms": goal.measured["costs"].reference_ms,
+                               "params_before": student.num_params()}  # fmt: skip
         return {config.output: art}
     target, full = groups.target, groups.full
     lagrangian = Lagrangian()
@@ -384,6 +443,7 @@ def _run_dphubert(
         lat = goal.measured["costs"]
         predicted = predicted_ms(lat, kept)
         art.info["pruning"]["latency_model"] = {"full_ms": lat.full_ms, "fixed_ms": lat.fixed_ms,
+                                                "limit_ms": goal.measured["limit_ms"], "reference_ms": lat.reference_ms,
                                                 "predicted_ms": predicted, "per_head_ms": lat.costs.per_head,
                                                 "per_unit_ms": lat.costs.per_unit, "per_layer_ms": lat.costs.per_layer}
         log.info("prune: the cost model predicts %.3f ms for the pruned model (unpruned %.3f ms measured)",
@@ -391,7 +451,7 @@ def _run_dphubert(
     kept_check = next((c for c in checks if c["kept_model"]), None)
     if kept_check is not None:  # the measured graph, not the cost model's size, says whether the target was met
         art.info["pruning"]["latency_model"]["measured_ms"] = kept_check["measured_ms"]
-        limit = float(config.target.latency_ms)  # type: ignore[arg-type]
+        limit = float(goal.measured["limit_ms"])
         if kept_check["measured_ms"] > limit:
             msg = (f"{config.output}: the pruned graph measures {kept_check['measured_ms']:.3f} ms against the "
                    f"{limit} ms target after {len(corrections)} correction(s); more `target.corrections` or a "
@@ -419,7 +479,7 @@ def _latency_checks(
     from compress.pruning.latency_costs import corrected_fraction, measure_pruned, predicted_ms
 
     target = config.target
-    limit, lat = float(target.latency_ms), goal.measured["costs"]  # type: ignore[arg-type]
+    limit, lat = float(goal.measured["limit_ms"]), goal.measured["costs"]
     device = resolve_device(target.device, ctx.base_dir)
     checks: list[dict[str, Any]] = []
     states: list[tuple[dict[str, torch.Tensor], list[torch.Tensor]]] = []  # model and masks at each check

@@ -109,3 +109,52 @@ def test_a_latency_target_is_closed_on_the_measured_graph(
         assert (checks[0]["next_target"] > checks[0]["kept"]) == (first < limit)
         assert corrections[0]["history"][-1]["target"] == pytest.approx(checks[0]["lagrangian_target"])
     assert ("target_missed" in info) == (kept[0]["measured_ms"] > limit)
+
+
+SPEEDUP = (
+    text_recipe_head("prune-speedup")
+    + """deploy: {{sequence: 32}}
+budgets:
+  x86-cpu: {{speedup: 1.05, accuracy_drop: 100, artifacts: [student.onnx]}}
+stages:
+"""
+    + TINY_FINETUNE
+    + """  - stage: prune
+    target: budget
+    max_steps: 4
+    batch_size: 16
+    finetune: {{max_steps: 1, batch_size: 16}}
+  - stage: export
+    models: [student, teacher]
+    int8: []
+  - stage: profile
+    devices: [x86-cpu]
+    runs: 5
+"""
+)
+
+
+def test_a_speedup_budget_prunes_and_gates_against_the_teacher_timed_with_it(
+    tmp_path: Path, tiny_bert_dir: Path, sst2_slice: Path
+) -> None:
+    """`speedup` is a ratio to the teacher: prune times the teacher's fp32 graph in every round of its costs and
+    lands on its ms over the factor; the gate divides the teacher's p50 by the artifact's, both from one profile."""
+    from compress.errors import BudgetError
+
+    recipe = write_recipe(tmp_path, SPEEDUP.format(data=sst2_slice, teacher=tiny_bert_dir))
+    try:
+        result = pipeline.run(recipe, out=tmp_path / "out")
+    except BudgetError as missed:  # a tiny model may not get 5% faster than its own unpruned self: reported
+        result = missed.result
+    info = result.artifacts["student"].info["pruning"]
+    assert (info["target"]["speedup"], info["target"]["reference"], info["target"]["latency_ms"]) == (
+        1.05, "x86-cpu", None)  # fmt: skip
+    model = info if "already_met_ms" in info else info["latency_model"]
+    assert model["reference_ms"] > 0 and model["limit_ms"] == pytest.approx(model["reference_ms"] / 1.05)
+    teacher_ms = result.artifacts["teacher.onnx"].latency["x86-cpu"]["p50_ms"]
+    student_ms = result.artifacts["student.onnx"].latency["x86-cpu"]["p50_ms"]
+    [check] = [c for c in result.report["budgets"] if c["limit"] == "speedup"]
+    assert check["artifact"] == "student.onnx" and check["measured"] == pytest.approx(teacher_ms / student_ms)
+    assert check["passed"] == (teacher_ms / student_ms >= 1.05)
+    spent = result.report["budget_spending"]
+    assert spent["speedup"] == 1.05 and spent["limit_ms"] == pytest.approx(teacher_ms / 1.05)

@@ -126,3 +126,21 @@ def test_a_budget_driven_stage_without_a_latency_budget_is_a_clear_error(tmp_pat
     path.write_text(BUDGET_DRIVEN.replace("precision: int8}", "device: arm-board}"))
     with pytest.raises(CompressError, match=r"deploy.device names no device in `budgets`"):
         load_recipe(path)
+
+
+def test_a_speedup_budget_drives_prune_and_is_refused_by_search(tmp_path: Path) -> None:
+    from compress.recipe.load import load_recipe
+
+    path = tmp_path / "r.yaml"
+    speedup = BUDGET_DRIVEN.replace("p90_ms: 2.0, accuracy_drop: 1.0", "speedup: 8, reference: openvino-cpu")
+    path.write_text(speedup)
+    with pytest.raises(CompressError, match=r"stages\[0\].budget: `budget: recipe` needs a latency limit in ms, and "
+                       r"budgets.x86-cpu gives a `speedup`"):  # fmt: skip
+        load_recipe(path)
+    path.write_text(speedup.replace("budget: recipe", "budget: {max_params: 1.0e6}"))
+    _, prune = load_recipe(path).stages
+    assert (prune.target.speedup, prune.target.reference, prune.target.device) == (8, "openvino-cpu", "x86-cpu")
+    assert prune.target.latency_ms is None and prune.target.if_met == "keep" and prune.target.precision == "int8"
+    path.write_text(speedup.replace("speedup: 8, ", ""))
+    with pytest.raises(CompressError, match=r"budgets.x86-cpu: .*`reference` is the device a `speedup` is measured"):
+        load_recipe(path)

@@ -140,3 +140,22 @@ def test_generation_limits_tokens_per_second_is_a_minimum_and_perplexity_is_rela
     assert checks["perplexity_increase"]["status"] == "missed"
     relaxed = evaluate({"artifacts": rows}, {"x86-cpu": Budget(tokens_per_s=300, perplexity_increase=20)})
     assert all(c["passed"] for c in relaxed)
+
+
+def test_speedup_divides_the_teachers_p50_on_the_reference_and_needs_it() -> None:
+    from compress.report.budgets import Budget, describe, evaluate
+
+    def row(name: str, latency: dict) -> dict:
+        return {"name": name, "format": "onnx", "size_bytes": 10**6, "metrics": {"accuracy": 0.9}, "latency": latency}
+
+    rows = [row("teacher.onnx", {"x86-cpu": {"p50_ms": 16.0}, "openvino-cpu": {"p50_ms": 8.0}}),
+            row("student.int8-static.onnx", {"openvino-cpu": {"p50_ms": 2.5}})]  # fmt: skip
+    budget = {"openvino-cpu": Budget(speedup=6, reference="x86-cpu", artifacts=["student.*"])}
+    [check] = evaluate({"artifacts": rows}, budget)
+    assert check["measured"] == pytest.approx(6.4) and check["passed"]  # 16 ms on x86-cpu over 2.5 ms here
+    assert "speedup 6.400 (at least 6) ok" in describe(check)
+    [check] = evaluate({"artifacts": rows}, {"openvino-cpu": Budget(speedup=6, artifacts=["student.*"])})
+    assert check["measured"] == pytest.approx(3.2) and not check["passed"]  # against the teacher on OpenVINO
+    checks = evaluate({"artifacts": rows[1:]}, budget)  # the teacher was not profiled: a miss that says why
+    assert [c["status"] for c in checks] == ["missed", "not measured"]
+    assert "budgets.openvino-cpu.speedup: the teacher's fp32 ONNX has no p50 on x86-cpu" in describe(checks[0])
