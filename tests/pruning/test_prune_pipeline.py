@@ -117,9 +117,7 @@ SPEEDUP = (
 budgets:
   x86-cpu: {{speedup: 1.05, accuracy_drop: 100, artifacts: [student.onnx]}}
 stages:
-"""
-    + TINY_FINETUNE
-    + """  - stage: prune
+  - stage: prune
     target: budget
     max_steps: 4
     batch_size: 16
