@@ -244,16 +244,20 @@ def _goal(config: _PruneBase, ctx: Context, reference: Callable[[Path], None] | 
                      device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
         lat = ctx.engine.broadcast_object(lat)
         goal.measured["costs"] = lat
+        key = "prune.target.latency_ms"
         if target.speedup is not None and lat.reference_ms is not None:
             limit = lat.reference_ms / target.speedup
-            log.info("prune: the teacher measures %.3f ms on %s in the same rounds: %gx is %.3f ms",
-                     lat.reference_ms, target.reference or target.device, target.speedup, limit)  # fmt: skip
+            ref_device = target.reference or target.device
+            log.info("prune: the teacher measures %.3f ms on %s (fastest of the same rounds): %gx is %.3f ms",
+                     lat.reference_ms, ref_device, target.speedup, limit)  # fmt: skip
+            key = (f"prune.target.speedup ({target.speedup:g}x over the teacher's {lat.reference_ms:.3f} ms on "
+                   f"{ref_device})")  # fmt: skip
         else:
             limit = float(target.latency_ms)  # type: ignore[arg-type]
         goal.measured["limit_ms"] = limit
         if lat.full_ms <= limit and target.if_met == "keep":
             raise AlreadyMet(lat.full_ms)
-        return lat.costs, latency_fraction(lat, limit)
+        return lat.costs, latency_fraction(lat, limit, key=key)
 
     goal = PruneGoal(sequence=target.sequence, latency=latency)
     return goal

@@ -13,6 +13,7 @@ from compress.pruning.encoder_masks import GroupCosts
 from compress.pruning.latency_costs import (
     LatencyCosts,
     corrected_fraction,
+    costs_from_rounds,
     latency_fraction,
     measure_costs,
     predicted_ms,
@@ -70,10 +71,30 @@ def test_latency_budget_becomes_a_fraction_of_the_variable_part() -> None:
     assert latency_fraction(lat, 2.0) == pytest.approx(0.5)
     assert predicted_ms(lat, 0.25) == pytest.approx(1.5)  # 1 ms fixed + a quarter of the 2 variable ms
     assert predicted_ms(lat, latency_fraction(lat, 2.4)) == pytest.approx(2.4)  # the prediction inverts the target
-    with pytest.raises(StageError, match=r"0.8 ms cannot be reached: .* 1.000 ms of it does not depend"):
+    with pytest.raises(StageError, match=r"^prune.target.latency_ms: 0.800 ms cannot be reached: .* 1.000 ms of it"):
         latency_fraction(lat, 0.8)
     with pytest.raises(StageError, match="already measures 3.000 ms"):
         latency_fraction(lat, 4.0)
+    with pytest.raises(StageError, match=r"^prune.target.speedup \(8x\): 0.800 ms cannot be reached"):
+        latency_fraction(lat, 0.8, key="prune.target.speedup (8x)")  # a speed-up's error names its own key
+
+
+def test_costs_from_rounds_slopes_and_a_speedups_quiet_reference() -> None:
+    base = {"layers": 2, "hidden": 64, "heads": 4, "ffn": 100}
+    archs = [base, {**base, "heads": 2}, {**base, "ffn": 50}, {**base, "layers": 1}]
+    # round 2 is a slow phase: everything 1.5x slower, the reference (a larger graph) 2x
+    full, heads, units, layer = [10.0, 15.0, 10.0], [9.0, 13.5, 9.0], [8.0, 12.0, 8.0], [6.0, 9.0, 6.0]
+    lat = costs_from_rounds([full, heads, units, layer], archs, reference=False)
+    assert lat.full_ms == pytest.approx(10.0) and lat.reference_ms is None
+    assert lat.costs.per_head == pytest.approx(1.0 / (2 * 2))  # 1 ms for 2 heads in each of 2 layers
+    assert lat.costs.per_unit == pytest.approx(2.0 / (2 * 50))
+    # 4 ms for one layer, of which 4 heads (1 ms) and 100 units (2 ms) are already counted
+    assert lat.costs.per_layer == pytest.approx(1.0)
+    assert lat.fixed_ms == pytest.approx(10.0 - 2 * (1.0 + 4 * 0.25 + 100 * 0.02))
+    # with a reference both are their fastest round: the slow round's 2x/1.5x would overstate the speed-up
+    quiet = costs_from_rounds([full, heads, units, layer, [80.0, 160.0, 81.0]], archs, reference=True)
+    assert quiet.reference_ms == pytest.approx(80.0) and quiet.full_ms == pytest.approx(10.0)
+    assert quiet.costs.per_head == pytest.approx(lat.costs.per_head)
 
 
 def test_a_correction_carries_the_measured_error_over() -> None:
