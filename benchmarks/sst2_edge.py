@@ -5,8 +5,8 @@ path and the peers, on the same fine-tuned MiniLM-L6 teacher, in one run.
         [--out DIR]
 
 Rows (accuracy on SST-2 test on each artifact's own runtime; latency at batch 1 / sequence 128, the p50 of 100
-runs, median of 5 rounds; in each round every onnxruntime file in turn in one benchmark process, then every
-OpenVINO file, so that drift hits both runtimes alike):
+runs in each of 7 rounds, reported as the median round and the fastest round; in each round every onnxruntime
+file in turn in one benchmark process, then every OpenVINO file, so that drift hits both runtimes alike):
 - the teacher fp32 on onnxruntime (the reference: each budget is a speed-up over it, `budgets.<device>.speedup`,
   which the recipe's prune stage and profile gate measure with the teacher timed beside them; the --search route's
   absolute limits come from its p50 measured right before and kept in --out/budget_reference.json so that a rerun
@@ -57,7 +57,12 @@ SHARED = ROOT.parent / "shared" / "data" / "sst2"
 TRAIN_LENGTH, DEPLOY_LENGTH = 64, 128
 RUNTIMES = (("onnxruntime", "x86-cpu"), ("openvino", "openvino-cpu"))
 BUDGET_DEVICE = yaml.safe_load(RECIPE.read_text())["deploy"]["device"]  # whose p50 each budget limits
-ROUNDS = 5  # rounds of the table's timing; in each, every onnxruntime file in turn, then every OpenVINO file
+ROUNDS = 7  # rounds of the table's timing; in each, every onnxruntime file in turn, then every OpenVINO file
+# each row's latency is reported two ways: the median round (what a busy machine gives) and the fastest round (its
+# quiet speed: on this shared machine slow phases came and went within a round, slowing the 91 MB teacher by 40-70%
+# and a small student anywhere from 0 to 80%, so a median of 5 rounds moved a speed-up between 5.0x and 7.6x for
+# the same two graphs); the targets are checked on both and the README quotes both
+STATISTICS = {"median": statistics.median, "fastest": min}
 SEARCH = [  # the searched route (--search): what the flagship recipe did before it dropped its search
     {"stage": "search", "method": "autodistil", "budget": "recipe",
      "space": {"layers": [1, 2, 3, 4], "hidden": [192, 256, 320, 384], "heads": [6, 8, 10, 12],
@@ -309,11 +314,14 @@ def main() -> None:
     for r in rows:
         r["p50_ms_rounds"] = per_round[str(r["path"]) + r["runtime"]]
         r["p50_ms"] = statistics.median(r["p50_ms_rounds"])
+        r["p50_ms_fastest"] = min(r["p50_ms_rounds"])
     ref = rows[0]
     for r in rows:
         r["delta_points"] = 100 * (r["accuracy"] - ref["accuracy"])
         r["speedup"] = ref["p50_ms"] / r["p50_ms"]
-    targets = _targets(rows, ours)
+        r["speedup_fastest"] = ref["p50_ms_fastest"] / r["p50_ms_fastest"]
+    targets = {stat: _targets(rows, ours, "p50_ms" if stat == "median" else "p50_ms_fastest")
+               for stat in STATISTICS}  # fmt: skip
     targets["failed_budgets"] = failed
     _print(rows, targets)
     payload = {
@@ -336,17 +344,19 @@ def main() -> None:
     print(f"saved {args.results} and pareto.png ({payload['seconds']:.0f} s)")
 
 
-def _targets(rows: list[dict[str, Any]], ours: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, each met or missed by how much."""
+def _targets(rows: list[dict[str, Any]], ours: dict[str, Any], ms: str) -> dict[str, Any]:
+    """The issue's targets, each met or missed by how much, on the latency statistic ``ms``."""
     simple = next(r for r in rows if r["who"] == "simple")
     # every artifact we deploy counts, on either runtime: the speed-up is always against the teacher fp32 on
     # onnxruntime, measured in the same run
     mine = [r for r in rows if r["who"] == "ours"]
     fastest_ok = [r for r in mine if r["delta_points"] >= -1.0]
-    best = max(fastest_ok, key=lambda r: r["speedup"]) if fastest_ok else None
+    ref = rows[0]
+    best = min(fastest_ok, key=lambda r: r[ms]) if fastest_ok else None
+    speedup = ref[ms] / best[ms] if best else None
     out: dict[str, Any] = {
-        "8x_at_1pt": {"met": bool(best and best["speedup"] >= 8.0),
-                      "best_speedup_within_1pt": best["speedup"] if best else None,
+        "8x_at_1pt": {"met": bool(speedup and speedup >= 8.0),
+                      "best_speedup_within_1pt": speedup,
                       "best_row": best["row"] if best else None},  # fmt: skip
         "over_simple_path": {},
         "peers_dominated": {},
@@ -354,32 +364,36 @@ def _targets(rows: list[dict[str, Any]], ours: dict[str, Any]) -> dict[str, Any]
     for r in mine:
         gain = r["delta_points"] - simple["delta_points"]
         out["over_simple_path"][f"{r['budget']} ({r['runtime']})"] = {
-            "points": gain, "latency_ratio": r["p50_ms"] / simple["p50_ms"],
-            "met": gain >= 0.5 and r["p50_ms"] <= simple["p50_ms"],
+            "points": gain, "latency_ratio": r[ms] / simple[ms],
+            "met": gain >= 0.5 and r[ms] <= simple[ms],
         }  # fmt: skip
     ours_all = [r for r in rows if r["who"] == "ours"]
     for p in (r for r in rows if r["who"] == "peer"):
-        dominated_by = [r["row"] for r in ours_all if r["p50_ms"] <= p["p50_ms"] and r["accuracy"] >= p["accuracy"]]
+        dominated_by = [r["row"] for r in ours_all if r[ms] <= p[ms] and r["accuracy"] >= p["accuracy"]]
         out["peers_dominated"][p["row"]] = {"met": bool(dominated_by), "by": dominated_by}
     return out
 
 
 def _print(rows: list[dict[str, Any]], targets: dict[str, Any]) -> None:
-    print("| artifact | runtime | SST-2 test acc | Δ vs teacher | p50 ms | speed vs teacher fp32 (ort) | size MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| artifact | runtime | SST-2 test acc | Δ vs teacher | p50 ms, median round | speed vs teacher fp32 (ort) "
+          "| p50 ms, fastest round | speed, fastest rounds | size MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['row']} | {r['runtime']} | {100 * r['accuracy']:.2f}% | {r['delta_points']:+.2f} | "
-              f"{r['p50_ms']:.3f} | {r['speedup']:.2f}x | {r['size_mb']:.1f} |")  # fmt: skip
-    t = targets["8x_at_1pt"]
-    best = t["best_speedup_within_1pt"]
-    verdict = "met" if t["met"] else "MISSED"
-    print(f"\n8x at <= 1.0 point: {verdict} (best within 1 point: {best:.2f}x, {t['best_row']})" if best
-          else "\n8x at <= 1.0 point: MISSED (no row within 1 point)")  # fmt: skip
-    for tag, v in targets["over_simple_path"].items():
-        print(f"budget {tag} vs simple path: {v['points']:+.2f} points at {v['latency_ratio']:.2f}x its latency: "
-              f"{'met' if v['met'] else 'MISSED'}")  # fmt: skip
-    for peer, v in targets["peers_dominated"].items():
-        print(f"{peer}: {'dominated by ' + v['by'][0] if v['met'] else 'NOT dominated'}")
+              f"{r['p50_ms']:.3f} | {r['speedup']:.2f}x | {r['p50_ms_fastest']:.3f} | {r['speedup_fastest']:.2f}x | "
+              f"{r['size_mb']:.1f} |")  # fmt: skip
+    for stat in STATISTICS:
+        print(f"\ntargets on the {stat} round:")
+        t = targets[stat]["8x_at_1pt"]
+        best = t["best_speedup_within_1pt"]
+        verdict = "met" if t["met"] else "MISSED"
+        print(f"8x at <= 1.0 point: {verdict} (best within 1 point: {best:.2f}x, {t['best_row']})" if best
+              else "8x at <= 1.0 point: MISSED (no row within 1 point)")  # fmt: skip
+        for tag, v in targets[stat]["over_simple_path"].items():
+            print(f"budget {tag} vs simple path: {v['points']:+.2f} points at {v['latency_ratio']:.2f}x its latency: "
+                  f"{'met' if v['met'] else 'MISSED'}")  # fmt: skip
+        for peer, v in targets[stat]["peers_dominated"].items():
+            print(f"{peer}: {'dominated by ' + v['by'][0] if v['met'] else 'NOT dominated'}")
     for tag, why in targets.get("failed_budgets", {}).items():
         print(f"budget {tag}: MISSED, the recipe did not finish: {why}")
 
