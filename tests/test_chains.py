@@ -51,7 +51,7 @@ SEARCH_TO_PROFILE = (
     top_ops: 0
 budgets:
   x86-cpu: {{p50_ms: 1000, accuracy_drop: 100}}
-  openvino-cpu: {{p50_ms: 1000}}
+  openvino-cpu: {{p50_ms: 1000, accuracy_drop: 100}}
   executorch-xnnpack: {{p50_ms: 1000}}
 """
 )
@@ -75,6 +75,16 @@ def test_search_distill_prune_qat_export_profile_on_three_runtimes(
     assert "openvino-cpu" in arts["student.onnx"].latency and "openvino-cpu" in arts["student.int8-qat.onnx"].latency
     checks = result.report["budgets"]
     assert checks and all(c["status"] == "ok" for c in checks)
+    # accuracy on OpenVINO's own kernels, measured by the profile stage, is what the openvino-cpu budget checks
+    on_ov = {n: a.info["accuracy_on"]["openvino-cpu"] for n, a in arts.items() if "accuracy_on" in a.info}
+    assert set(on_ov) == {n for n, a in arts.items() if "openvino-cpu" in a.latency and "accuracy" in a.metrics}
+    assert abs(on_ov["student.onnx"] - arts["student.onnx"].metrics["accuracy"]) <= 0.05  # fp32: the same model
+    rows = {r["name"]: r for r in result.report["artifacts"]}
+    teacher_acc = rows.get("teacher.onnx", rows["teacher"])["metrics"]["accuracy"]
+    drops = {c["artifact"]: c["measured"] for c in checks if c["device"] == "openvino-cpu"
+             and c["limit"] == "accuracy_drop"}  # fmt: skip
+    assert drops and set(drops) <= set(on_ov)
+    assert all(d == pytest.approx(100 * (teacher_acc - on_ov[n])) for n, d in drops.items())
     assert not [c for c in checks if c["artifact"].endswith(".pte") and c["device"] != "executorch-xnnpack"]
     assert not [c for c in checks if c["artifact"].endswith(".onnx") and c["device"] == "executorch-xnnpack"]
 

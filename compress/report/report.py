@@ -222,6 +222,7 @@ def build_report(
             "metrics": art.metrics,
             "latency": {},
             "not_runnable": art.info.get("not_runnable", {}),  # device -> why its runtime cannot run this file
+            "accuracy_on": art.info.get("accuracy_on", {}),  # device -> test accuracy on its runtime (profile)
         }
         for device in devices:
             if device not in art.latency:
