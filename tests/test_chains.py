@@ -85,6 +85,8 @@ def test_search_distill_prune_qat_export_profile_on_three_runtimes(
              and c["limit"] == "accuracy_drop"}  # fmt: skip
     assert drops and set(drops) <= set(on_ov)
     assert all(d == pytest.approx(100 * (teacher_acc - on_ov[n])) for n, d in drops.items())
+    shipped = next(h for h in result.report["headline"] if h["device"] == "openvino-cpu")  # the summary agrees
+    assert shipped["accuracy"] == on_ov[shipped["artifact"]]
     assert not [c for c in checks if c["artifact"].endswith(".pte") and c["device"] != "executorch-xnnpack"]
     assert not [c for c in checks if c["artifact"].endswith(".onnx") and c["device"] == "executorch-xnnpack"]
 

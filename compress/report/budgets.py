@@ -124,6 +124,12 @@ def _selected(budget: Budget, rows: list[dict[str, Any]], fmt: str | None) -> li
     return [r for r in runnable if any(fnmatch.fnmatchcase(r["name"], p) for p in budget.artifacts)]
 
 
+def accuracy_on(row: dict[str, Any], device: str) -> float | None:
+    """A report row's test accuracy on ``device``'s runtime where the profile stage scored it (OpenVINO's int8
+    kernels round differently from onnxruntime's), else the export stage's (onnxruntime)."""
+    return (row.get("accuracy_on") or {}).get(device, row.get("metrics", {}).get("accuracy"))
+
+
 def _teacher_accuracy(rows: list[dict[str, Any]]) -> float | None:
     by_name = {r["name"]: r for r in rows}
     for name in ("teacher.onnx", "teacher"):
@@ -178,9 +184,7 @@ def evaluate(
             if device in (row.get("not_runnable") or {}):
                 continue  # the device's runtime cannot read this file (e.g. onnxruntime-only operators)
             lat = row["latency"].get(device, {})
-            # the accuracy on the device's own runtime where the profile stage measured it (OpenVINO's int8
-            # kernels round differently from onnxruntime's), else the export stage's onnxruntime accuracy
-            acc = (row.get("accuracy_on") or {}).get(device, row["metrics"].get("accuracy"))
+            acc = accuracy_on(row, device)
             ppl = row["metrics"].get("perplexity")
             measured: dict[str, float | None] = {
                 "p50_ms": lat.get("p50_ms"),

@@ -10,7 +10,13 @@ from typing import Any
 
 from compress.artifacts import Artifact, Artifacts
 from compress.fileio import atomic_write_json, atomic_write_text
-from compress.report.budgets import driving_budget, reference_perplexity, speedup_reference, teacher_p50
+from compress.report.budgets import (
+    accuracy_on,
+    driving_budget,
+    reference_perplexity,
+    speedup_reference,
+    teacher_p50,
+)
 
 # A speed-up smaller than this is within run-to-run noise on shared machines: not "measurably faster".
 MIN_SPEEDUP = 1.05
@@ -313,7 +319,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Per device, the artifact to ship: the fastest that meets every budget of that device; when it has no
     budget, or no artifact meets them all, the best trade-off (the fastest within 1 accuracy point of the
     teacher, else the most accurate). With its speed-up over the teacher's fp32 artifact on that device, its
-    accuracy change in points, and the budget verdict."""
+    accuracy change in points (on the device's runtime where the profile stage scored it), and the budget
+    verdict."""
     rows = report["artifacts"]
     checks = report.get("budgets") or []
     out = []
@@ -323,7 +330,7 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         teacher = next((r for r in rows if r["name"].startswith("teacher") and r["latency"].get(device)
                         and r["precision"] == "fp32"), None)  # fmt: skip
-        ref_acc = (teacher or {}).get("metrics", {}).get("accuracy")
+        ref_acc = accuracy_on(teacher, device) if teacher else None
         if ref_acc is None:
             ref_acc = next((r["metrics"].get("accuracy") for r in rows if r["name"] == "teacher"), None)
         ref_ppl = reference_perplexity(rows)
@@ -345,8 +352,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
                 pick = min(measured, key=ppl)
                 why = f"lowest perplexity (none within {TRADE_OFF_PPL_PCT:g}% of the teacher's)"
         else:
-            def acc(r: dict[str, Any]) -> float:
-                return float(r["metrics"].get("accuracy") or 0.0)
+            def acc(r: dict[str, Any], device: str = device) -> float:
+                return float(accuracy_on(r, device) or 0.0)
 
             close = [r for r in measured if ref_acc is None or 100 * (ref_acc - acc(r)) <= TRADE_OFF_POINTS]
             if close:
@@ -356,7 +363,7 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
                 pick, why = max(measured, key=acc), "most accurate (none within 1 point of the teacher)"
         p50 = pick["latency"][device]["p50_ms"]
         speedup = teacher["latency"][device]["p50_ms"] / p50 if teacher else None
-        a = pick["metrics"].get("accuracy")
+        a = accuracy_on(pick, device)
         verdict = ("no budget" if not mine else "meets every budget" if meets
                    else f"misses {len([c for c in mine if not c['passed']])} budget check(s)")  # fmt: skip
         ppl_now = pick["metrics"].get("perplexity")
