@@ -51,6 +51,12 @@ def onnx_logits(predictor: Predictor, split: Split, batch_size: int, label: str)
     return np.concatenate(out)
 
 
+def split_accuracy(predictor: Predictor, split: Split, batch_size: int, label: str) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy of any runtime's predictor over a labelled split, and its logits."""
+    logits = onnx_logits(predictor, split, batch_size, label)
+    return float((logits.argmax(-1) == split.labels.numpy()).mean()), logits
+
+
 def check_parity(
     model: TaskModel, path: Path, split: Split, cfg: ParityConfig, name: str, *, batch_size: int = 32
 ) -> dict[str, float]:
@@ -86,9 +92,8 @@ def onnx_artifact(
     stage: str = "export",
 ) -> tuple[Artifact, np.ndarray]:
     """The artifact of an ONNX file with its test accuracy measured on onnxruntime (and its logits)."""
-    pred = predictor("onnxruntime", path)
-    logits = onnx_logits(pred, data.test, eval_batch_size, f"accuracy {name}")
-    metrics = {"accuracy": float((logits.argmax(-1) == data.test.labels.numpy()).mean()), **extra}
+    acc, logits = split_accuracy(predictor("onnxruntime", path), data.test, eval_batch_size, f"accuracy {name}")
+    metrics = {"accuracy": acc, **extra}
     if fp32_logits is not None:
         metrics["top1_agreement_with_fp32"] = float((logits.argmax(-1) == fp32_logits.argmax(-1)).mean())
     art = Artifact(name, "onnx", path, stage, parent=parent, precision=precision, params=params, metrics=metrics)

@@ -12,7 +12,7 @@ from compress.config import Strict
 from compress.context import Context
 from compress.devices import DeviceProfile, resolve_device
 from compress.errors import CompressError, StageError
-from compress.evaluation import onnx_logits
+from compress.evaluation import split_accuracy
 from compress.runners import measure, preflight
 from compress.runtimes.base import get_runtime, runtime_format
 from compress.stages.base import StageConfig, register_stage
@@ -151,7 +151,7 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
                      st.get("runtime_version"))  # fmt: skip
     if len(failed) == len(devices):
         raise StageError("profile: every device failed:\n" + "\n".join(f"  {d}: {m}" for d, m in failed.items()))
-    for device in devices:
+    for device in devices:  # after every timing run, so that no evaluation sits between two of them
         if device.name not in failed and device.runtime in ACCURACY_RUNTIMES and device.runner == "local":
             for name in plan[device.name]:
                 art = out.get(name) or artifacts[name]
@@ -169,10 +169,8 @@ ACCURACY_RUNTIMES = ("openvino",)
 def _accuracy_on(art: Artifact, device: DeviceProfile, ctx: Context) -> Artifact:
     """``art`` with its test accuracy on ``device``'s runtime in ``info["accuracy_on"][device]`` (the export stage
     measured it on onnxruntime): the accuracy a budget on that device checks."""
-    split = ctx.data().test
     pred = get_runtime(device.runtime).predictor(art.path, threads=device.threads, provider=device.provider)
-    logits = onnx_logits(pred, split, 32, f"accuracy {art.name} on {device.name}")
-    acc = float((logits.argmax(-1) == split.labels.numpy()).mean())
+    acc, _ = split_accuracy(pred, ctx.data().test, 32, f"accuracy {art.name} on {device.name}")
     log.info("%s: accuracy %.4f (%s, test split; %.4f on onnxruntime)", art.name, acc, device.name,
              art.metrics["accuracy"])  # fmt: skip
     art.info = {**art.info, "accuracy_on": {**art.info.get("accuracy_on", {}), device.name: acc}}
