@@ -83,7 +83,9 @@ def test_a_latency_target_is_closed_on_the_measured_graph(
     from compress.pruning.latency_costs import COST_ROUNDS, measure_costs
 
     full = measure_costs(AutoConfig.from_pretrained(tiny_bert_dir), resolve_device("x86-cpu"), 32, tmp_path).full_ms
-    limit = round(0.75 * full, 4)
+    # half the unpruned graph: CI's shared machine has timed this 0.3 ms graph 1.7x slower here (median of 5
+    # rounds) than in the stage a minute later, so a limit near the full time could already be met when re-measured
+    limit = round(0.5 * full, 4)
     target = f"{{latency_ms: {limit}, sequence: 32, corrections: 1, tolerance: 0.01}}"
     text = RECIPE.format(data=sst2_slice, teacher=tiny_bert_dir, target=target)
     text = text.replace("max_steps: 240", "max_steps: 40")
