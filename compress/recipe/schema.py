@@ -105,6 +105,21 @@ def _fill_budgets(data: dict[str, Any]) -> None:
                                "if_met": "keep"}  # fmt: skip
 
 
+# profile rounds for a recipe whose budget is a speed-up (`profile.rounds`): the teacher and the artifact each at
+# their fastest of these
+SPEEDUP_ROUNDS = 5
+
+
+def _fill_profile_rounds(data: dict[str, Any]) -> None:
+    """A recipe with a `speedup` budget times its profile stages in `SPEEDUP_ROUNDS` rounds unless they say."""
+    budgets = data["budgets"] if isinstance(data.get("budgets"), dict) else {}
+    if not any(isinstance(b, dict) and b.get("speedup") is not None for b in budgets.values()):
+        return
+    for stage in data["stages"] if isinstance(data.get("stages"), list) else []:
+        if isinstance(stage, dict) and stage.get("stage") == "profile":
+            stage.setdefault("rounds", SPEEDUP_ROUNDS)
+
+
 def _fill_rerank_losses(data: dict[str, Any]) -> None:
     """`search.rerank` without `losses` ranks candidates by the losses the next `distill` stage trains with."""
     given: list[Any] = data["stages"] if isinstance(data.get("stages"), list) else []
@@ -165,6 +180,7 @@ class Recipe(Strict):
         (before validation: every field stays an int)."""
         if isinstance(data, dict):
             _fill_budgets(data)
+            _fill_profile_rounds(data)
             _fill_rerank_losses(data)
         deploy = data.get("deploy") if isinstance(data, dict) else None
         if not isinstance(deploy, dict):

@@ -25,9 +25,10 @@ class Budget(Strict):
         gt=0,
         description="Smallest allowed speed-up over the teacher: the p50 of the teacher's fp32 ONNX (`teacher.onnx`, "
         "so an export stage must export the teacher) on `reference`, divided by the artifact's p50 here, both from "
-        "the same profile stage. On a shared machine whose speed drifts, a ratio of two graphs timed together moves "
-        "far less than either time; `prune.target: budget` prunes to it the same way (the teacher timed in every "
-        "round of its cost measurement).",
+        "the same profile stage, timed in turns over its `rounds` (5 unless the stage sets them) and each taken at its "
+        "fastest round. On a shared machine whose speed drifts, two graphs timed together move far less than "
+        "either time, and slow phases slow a large teacher more than a small student; `prune.target: budget` prunes "
+        "to it the same way (the teacher timed in every round of its cost measurement).",
     )
     reference: str | None = Field(
         None, description="Device profile the teacher's p50 for `speedup` is measured on (default: this device)."

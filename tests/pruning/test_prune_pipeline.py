@@ -156,5 +156,9 @@ def test_a_speedup_budget_prunes_and_gates_against_the_teacher_timed_with_it(
     [check] = [c for c in result.report["budgets"] if c["limit"] == "speedup"]
     assert check["artifact"] == "student.onnx" and check["measured"] == pytest.approx(teacher_ms / student_ms)
     assert check["passed"] == (teacher_ms / student_ms >= 1.05)
+    # the profile times both in turns (a speed-up budget: 5 rounds) and keeps each one's fastest round
+    for name in ("teacher.onnx", "student.onnx"):
+        lat = result.artifacts[name].latency["x86-cpu"]
+        assert len(lat["rounds_p50_ms"]) == 5 and lat["p50_ms"] == min(lat["rounds_p50_ms"])
     spent = result.report["budget_spending"]
     assert spent["speedup"] == 1.05 and spent["limit_ms"] == pytest.approx(teacher_ms / 1.05)

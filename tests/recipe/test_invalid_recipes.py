@@ -144,3 +144,21 @@ def test_a_speedup_budget_drives_prune_and_is_refused_by_search(tmp_path: Path) 
     path.write_text(speedup.replace("speedup: 8, ", ""))
     with pytest.raises(CompressError, match=r"budgets.x86-cpu: .*`reference` is the device a `speedup` is measured"):
         load_recipe(path)
+
+
+def test_a_speedup_budget_times_the_profile_in_rounds_unless_the_stage_says(tmp_path: Path) -> None:
+    from compress.recipe.load import load_recipe
+    from compress.recipe.schema import SPEEDUP_ROUNDS
+
+    path = tmp_path / "r.yaml"
+    base = BUDGET_DRIVEN.replace("budget: recipe", "budget: {max_params: 1.0e6}")
+    profile = "  - stage: profile\n    devices: [x86-cpu]\n"
+    for budget, stage, rounds in [
+        ("p90_ms: 2.0, accuracy_drop: 1.0", profile, 1),  # a latency in ms: one round, as before
+        ("speedup: 8, reference: openvino-cpu", profile, SPEEDUP_ROUNDS),  # a ratio: the two graphs in turns
+        ("speedup: 8, reference: openvino-cpu", profile + "    rounds: 2\n", 2),  # the stage's own number wins
+    ]:
+        text = base.replace("p90_ms: 2.0, accuracy_drop: 1.0", budget).replace("budgets:", f"{stage}budgets:")
+        path.write_text(text)
+        *_, prof = load_recipe(path).stages
+        assert (prof.stage, prof.rounds) == ("profile", rounds)
