@@ -188,12 +188,13 @@ def run(artifacts: Artifacts, config: ProfileConfig, ctx: Context) -> Artifacts:
 def fastest_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One artifact's statistics from its rounds: the round with the lowest p50 (the machine's quiet speed), with
     every round's p50 in ``rounds_p50_ms`` and the operator profile of the round that took one."""
+    if len(rounds) == 1:
+        return dict(rounds[0])
     best = dict(min(rounds, key=lambda st: float(st["p50_ms"])))
-    if len(rounds) > 1:
-        best["rounds_p50_ms"] = [float(st["p50_ms"]) for st in rounds]
-        top = next((st["top_ops"] for st in rounds if "top_ops" in st), None)
-        if top is not None:
-            best["top_ops"] = top
+    best["rounds_p50_ms"] = [float(st["p50_ms"]) for st in rounds]
+    top = next((st["top_ops"] for st in rounds if "top_ops" in st), None)
+    if top is not None:
+        best["top_ops"] = top
     return best
 
 
