@@ -14,6 +14,7 @@ import torch
 from onnx import TensorProto, helper
 from transformers import BertConfig, BertForSequenceClassification
 
+from compress.environment import cpu_info
 from compress.exporters.onnx import export_onnx
 from compress.models.task_model import TaskModel
 from compress.quant import dynamic_qat
@@ -63,6 +64,15 @@ def test_inputs_round_as_onnxruntime_dynamic_quantize_linear() -> None:
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+# onnxruntime's u8 x s8 kernels on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) add pairs of products in
+# saturating int16 (vpmaddubsw), so their int8 results differ from exact integer arithmetic, which the emulation
+# computes and which VNNI (and ARM) kernels give; onnxruntime's quantization docs advise 7-bit weights
+# (reduce_range) on such CPUs for this reason (on an AVX2-only EPYC, MatMulInteger of 64 products 255 x 127 gave
+# 32 x 32767, not 2,072,640). There the emulation is checked to a tolerance, elsewhere exactly.
+SATURATES = any(f == "avx2" for f in cpu_info()["flags"]) and not any("vnni" in f or f.startswith("amx")
+                                                                      for f in cpu_info()["flags"])  # fmt: skip
+
+
 def _bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -95,7 +105,9 @@ def test_the_emulating_model_matches_the_deployed_int8_graph(tmp_path: Path) -> 
     assert dynamic_qat.prepare(model.module, scheme.shared_scale) == 2 * 6 + 2  # Q K V O, FFN in/out; pooler, head
     with torch.no_grad():
         emulated = model.module(**batch).logits
-    assert (emulated - deployed).abs().max() < 0.25 * (fp32 - deployed).abs().max()
+    # without VNNI the int16 saturation of onnxruntime's kernel is not emulated (0.099 against the float model's
+    # 0.119 on this model, whose large initial weights saturate often); still closer than the float model
+    assert (emulated - deployed).abs().max() < (1.0 if SATURATES else 0.25) * (fp32 - deployed).abs().max()
     dynamic_qat.strip(model.module)
     assert not any(isinstance(m, dynamic_qat.DynamicInt8Linear) for m in model.module.modules())
     with torch.no_grad():
@@ -147,7 +159,8 @@ def test_dynamic_qat_deploys_the_same_graph_as_dynamic_ptq(tmp_path: Path, tiny_
     assert qat.info["integer_kernels"] and qat.metrics["parity_top1_agreement"] >= 0.98
     # compared at batch 1, as deployed, the emulation rounds exactly as onnxruntime does (1.9e-8 here); at batch 32
     # onnxruntime takes one activation range over the batch and the logits differ (3.7e-4 here, 0.56 on SST-2)
-    assert qat.metrics["parity_max_abs_diff"] < 1e-5
+    # (without VNNI, onnxruntime's saturating int16 sums: 1.5e-4 here)
+    assert qat.metrics["parity_max_abs_diff"] < (1e-3 if SATURATES else 1e-5)
     assert qat.info["training"]["steps"] == 6
     weights = [{i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(a.path)).graph.initializer
                 if i.name.endswith("_quantized")} for a in (qat, ptq)]  # fmt: skip
