@@ -73,7 +73,7 @@ def _runtime_accuracy(rows: list[dict], arts: dict) -> None:
     from compress.runtimes.base import get_runtime
 
     recipe_path = ROOT / "recipes" / "sst2-runtimes.yaml"
-    ctx = Context(load_recipe(recipe_path), recipe_path, OUT)
+    ctx = Context.of(load_recipe(recipe_path), recipe_path, OUT)
     ctx.tokenizer_folder = arts["student"].path
     test = ctx.data().test
     for r in rows:

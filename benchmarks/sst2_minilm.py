@@ -48,7 +48,7 @@ def one_line_baseline(result: pipeline.RunResult, teacher: dict) -> dict:
     dst.parent.mkdir(exist_ok=True)
     quantize_dynamic(str(src), str(dst))
     recipe_path = ROOT / "recipes" / "sst2-minilm.yaml"
-    ctx = Context(load_recipe(recipe_path), recipe_path, result.out_dir)
+    ctx = Context.of(load_recipe(recipe_path), recipe_path, result.out_dir)
     ctx.tokenizer_folder = result.artifacts["teacher"].path
     test = ctx.data().test
     logits = onnx_logits(predictor("onnxruntime", dst), test, 64, "baseline accuracy")

@@ -16,8 +16,10 @@ from compress.artifacts import Artifact
 from compress.config import Strict
 from compress.data.dataset import DataBundle, Split
 from compress.errors import ExportError
+from compress.models.decoder import cache_shape
 from compress.models.task_model import TaskModel
 from compress.runtimes.base import Predictor, get_runtime
+from compress.runtimes.decoding import decoder_runner
 from compress.ui import progress
 
 log = logging.getLogger("compress")
@@ -114,25 +116,13 @@ class GenerationCheck(Strict):
     new_tokens: int = Field(32, gt=0, le=1024, description="Tokens generated per prompt.")
 
 
-def decoder_runner(runtime: str, path: Path, module: torch.nn.Module) -> Any:
-    """A `CachedDecoder` over a KV-cache graph on ``runtime`` (the cache shape read from ``module``'s config), or
-    a `StaticCacheDecoder` over an ExecuTorch program."""
-    if runtime == "executorch":
-        from compress.runtimes.executorch import StaticCacheDecoder
-
-        return StaticCacheDecoder(path)
-    from compress.exporters.decoder import CachedDecoder, cache_shape
-
-    return CachedDecoder(predictor(runtime, path).outputs, *cache_shape(module))
-
-
 def decoder_parity(
     model: TaskModel, path: Path, split: Split, cfg: ParityConfig, steps: int, name: str,
     runtime: str = "onnxruntime",
 ) -> dict[str, float]:  # fmt: skip
     """The graph (or program) against PyTorch over a prompt (the start of the first test blocks) and ``steps``
     greedy decode steps through the KV cache: max abs logit difference and top-1 agreement of every step."""
-    runner = decoder_runner(runtime, path, model.module)
+    runner = decoder_runner(runtime, path, cache_shape(model.module))
     diffs, agree = [], []
     model.module.eval()
     for block in split.features[: max(1, min(4, cfg.samples))]:
@@ -178,7 +168,7 @@ def decoder_metrics(
     """Perplexity, next-token accuracy and (with the teacher's `teacher_picks`) top-1 agreement with the teacher,
     of the graph on ``runtime`` over every predicted token of ``split`` (prefill with an empty cache). Also the
     argmax token of every counted position, to compare artifacts with each other."""
-    runner = decoder_runner(runtime, path, module)
+    runner = decoder_runner(runtime, path, cache_shape(module))
     nll, correct, count = 0.0, 0, 0
     picks = []
     loader = split.loader(batch_size)

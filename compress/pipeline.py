@@ -323,7 +323,7 @@ def _run(
     recipe: Recipe, recipe_path: Path, out_dir: Path, force: bool, only_i: int | None, from_i: int | None,
     engine: Engine,
 ) -> RunResult:  # fmt: skip
-    ctx = Context(recipe, recipe_path, out_dir, engine=engine)
+    ctx = Context.of(recipe, recipe_path, out_dir, engine=engine)
     if engine.is_main:
         log.info("%s", engine.summary())
     result = RunResult(out_dir, {})
@@ -551,7 +551,7 @@ def _validate(recipe_path: Path) -> list[str]:
     from compress.models.task_model import locate_factory
 
     recipe = load_recipe(recipe_path)
-    ctx = Context(recipe, recipe_path, Path("."))
+    ctx = Context.of(recipe, recipe_path, Path("."))
     check_budget_devices(recipe, recipe_path.parent)
     check_chain(recipe)
     found = [f"schema: ok ({len(recipe.stages)} stages: {', '.join(s.stage for s in recipe.stages)})"]

@@ -4,6 +4,7 @@ libraries never import a stage, stages never import the pipeline, and runtimes n
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "compress"
@@ -13,7 +14,8 @@ LAYERS: list[set[str]] = [
     {"compress", "errors", "registry", "fileio", "ui", "config", "environment", "safe_yaml"},
     {"devices", "artifacts", "data", "runtimes"},
     {"models"},
-    {"losses", "training", "quant", "exporters", "evaluation", "search", "pruning", "moe", "runners", "report"},
+    {"losses", "training", "quant", "exporters", "evaluation", "graphs", "search", "pruning", "moe", "runners",
+     "report"},
     {"families"},
     {"context"},
     {"stages"},
@@ -93,3 +95,127 @@ def test_the_page_names_every_layer() -> None:
     for layer in LAYERS:
         for unit in layer - {"compress", "__main__"}:
             assert f"`{unit}" in page, unit
+
+
+# ---- no import circle anywhere, whatever the layers allow ------------------------------------------------------
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the compress modules it imports: module level, inside functions and under `TYPE_CHECKING` alike
+    (an import made only for type hints still ties the two modules together). ``from pkg import name`` counts as
+    an import of ``pkg.name`` when that is a module, else of ``pkg``. The implicit import of a package's
+    ``__init__`` by its submodules is not counted."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "scripts" in path.parts:
+            continue
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        modules[".".join(p for p in rel.parts if p != "__init__")] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    target = full if full in modules else known(node.module)
+                    if target:
+                        out.add(target)
+            elif isinstance(node, ast.Import):
+                out |= {t for a in node.names if (t := known(a.name))}
+        graph[name] = out - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle() -> None:
+    cycles = _cycles(_module_graph())
+    assert not cycles, "import circles (break each one; see docs/architecture.md):\n" + "\n".join(map(str, cycles))
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+# ---- what a model is, asked of its family: no branches on it below the families --------------------------------
+MODEL_WORDS = {"hf", "cnn", "python", "text", "image", "lm", "classification", "causal_lm"}
+
+
+def _model_branches(path: Path) -> list[str]:
+    """Comparisons of a `.modality`, `.kind` or `.task` with a model kind, modality or task name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Compare):
+            continue
+        parts = [node.left, *node.comparators]
+        attrs = [p.attr for p in parts if isinstance(p, ast.Attribute) and p.attr in ("modality", "kind", "task")]
+        words = {c.value for p in parts for c in ast.walk(p) if isinstance(c, ast.Constant)}
+        if attrs and words & MODEL_WORDS:
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_exporters_search_and_context_ask_the_family() -> None:
+    paths = [*(PACKAGE / "exporters").rglob("*.py"), *(PACKAGE / "search").rglob("*.py"),
+             *(PACKAGE / "graphs").rglob("*.py"), PACKAGE / "context.py"]  # fmt: skip
+    found = [hit for path in paths for hit in _model_branches(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_branch_finder_finds_branches() -> None:
+    sample = PACKAGE / "_branch_sample.py"
+    try:
+        sample.write_text("def f(model):\n    return model.modality == 'text' or m.kind in ('hf',)\n")
+        assert len(_model_branches(sample)) == 2
+        sample.write_text("def f(a):\n    return a.kind != 'model'\n")
+        assert _model_branches(sample) == []
+    finally:
+        sample.unlink()
+
+
+def test_stages_hold_no_family_branch_and_no_long_function() -> None:
+    stages = PACKAGE / "stages"
+    pattern = re.compile(r"kv_cache|is_moe|is_bnb|\.task ==|has_transform|modality")
+    hits = [f"{p.name}:{i}: {line.strip()}" for p in sorted(stages.glob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
+    assert not hits, "\n".join(hits)
+    long = [f"{p.name}: {n.name} ({n.end_lineno - n.lineno + 1} lines)" for p in sorted(stages.glob("*.py"))
+            for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.end_lineno is not None and n.end_lineno - n.lineno + 1 > 80]  # fmt: skip
+    assert not long, "functions over 80 lines in stages/: " + ", ".join(long)

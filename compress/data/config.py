@@ -91,6 +91,11 @@ class DataConfig(Strict):
             return "lm"
         return "text" if self.format in TEXT_FORMATS else "image"
 
+    @property
+    def tokenized(self) -> bool:
+        """Whether the data are token sequences (tokenised with the teacher's tokenizer)."""
+        return self.modality != "image"
+
     def text_key(self) -> str:
         """The JSON key of a language-model document (`columns.text` when given, else `text`)."""
         return self.columns.text if "text" in self.columns.model_fields_set else "text"

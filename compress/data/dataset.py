@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +70,13 @@ class Split(Dataset):
         """Examples ``lo`` to ``hi`` (a process's shard)."""
         return self.take(range(lo, min(hi, len(self))))
 
+    def long_examples(self, min_tokens: int, n: int) -> Split:
+        """The first ``n`` examples of at least ``min_tokens`` tokens (token sequences of a labelled split; any
+        example otherwise)."""
+        if not min_tokens or not self.is_text or self.task != "classification":
+            return self.subset(n)
+        return self.take([i for i, f in enumerate(self.features) if len(f) >= min_tokens][:n])
+
     def take(self, indices: Sequence[int], name: str | None = None) -> Split:
         """The examples at ``indices``, in that order, with their raw texts (named ``name``, default this name)."""
         picked = list(indices)
@@ -118,6 +125,14 @@ class DataBundle:
     in_channels: int | None = None
     label_names: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    max_length: int = 0  # the longest token sequence (`data.max_length`; 0 for images): the deploy shape of text
+
+    def describe(self) -> str:
+        sizes = f"{len(self.train)} / {len(self.dev)} / {len(self.test)}"
+        if self.modality == "lm":
+            return (f"{sizes} blocks of up to {self.max_length} tokens (train / dev / test), vocabulary "
+                    f"{self.num_labels}")
+        return f"{sizes} examples (train / dev / test), {self.num_labels} labels"
 
 
 def fingerprint(cfg: DataConfig, base_dir: Path) -> str:
@@ -167,7 +182,28 @@ def load_data(cfg: DataConfig, base_dir: Path, tokenizer: Any = None, seed: int 
         bundle = _lm(cfg, base_dir, tokenizer, seed, fp)
     else:
         bundle = _text(cfg, base_dir, tokenizer, seed, fp)
+    if bundle.modality != "image":
+        bundle.max_length = cfg.max_length
     return _limit(bundle, cfg)
+
+
+def label_info(cfg: DataConfig, base_dir: Path, load: Callable[[], DataBundle]) -> tuple[int, int | None]:
+    """Labels and image channels, before the teacher is built: images are loaded (``load``); text needs a
+    tokenizer, so only its label columns are read (the teacher brings the tokenizer). Causal-LM data has no labels
+    (0): the vocabulary comes with the tokenizer."""
+    if cfg.modality == "lm":
+        return 0, None
+    if cfg.modality == "image":
+        d = load()
+        return d.num_labels, d.in_channels
+    labels = {}
+    for key in ("train", "dev", "test"):
+        value = getattr(cfg, key)
+        if value:
+            path = base_dir / value
+            labels[key] = (path, text.extract(text.read_rows(path, cfg.format), cfg, path)[2])
+    mapping = text.label_mapping(labels, cfg.columns.label)
+    return max(mapping.values()) + 1, None
 
 
 def _image_folder(cfg: DataConfig, base_dir: Path, seed: int, fp: str) -> DataBundle:

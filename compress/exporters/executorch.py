@@ -18,7 +18,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ from compress.models.bert import use_eager_attention
 from compress.models.task_model import TaskModel
 from compress.training.evaluate import predict_logits
 
-if TYPE_CHECKING:
-    from compress.evaluation import GenerationCheck
-
 log = logging.getLogger("compress")
 EXTRA = "executorch"
 
@@ -47,30 +44,16 @@ class _Program(nn.Module):
     def __init__(self, model: TaskModel) -> None:
         super().__init__()
         self.module = model.module
-        self.text_hf = model.kind == "hf" and model.modality == "text"
+        self.additive_mask = model.spec_of_inputs().additive_mask
         self.names = model.input_names()
         self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        if self.text_hf:
+        if self.additive_mask:
             ids, mask = inputs
             additive = (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
             return self.module(input_ids=ids, attention_mask=additive).logits  # type: ignore[no-any-return]
         return self.model.logits(dict(zip(self.names, inputs, strict=True)))
-
-
-def example_inputs(model: TaskModel, batch: int, sequence: int, sample: dict[str, torch.Tensor]) -> tuple:
-    """Static-shape inputs: text padded / cut to ``sequence``, images at their own size."""
-    if model.modality == "text":
-        ids = torch.zeros(batch, sequence, dtype=torch.long)
-        mask = torch.zeros(batch, sequence, dtype=torch.long)
-        n = min(sequence, sample["input_ids"].shape[1])
-        rows = min(batch, sample["input_ids"].shape[0])
-        ids[:rows, :n] = sample["input_ids"][:rows, :n]
-        mask[:rows, :n] = sample["attention_mask"][:rows, :n]
-        return ids, mask
-    pixels = sample["pixel_values"][:1]
-    return (pixels.expand(batch, *pixels.shape[1:]).contiguous(),)
 
 
 def _libs() -> Any:
@@ -172,7 +155,7 @@ def pte_artifacts(
     eval_batch_size: int,
 ) -> list[Artifact]:  # fmt: skip
     sample = next(iter(data.test.loader(max(2, opts.batch))))
-    args = example_inputs(model, opts.batch, opts.sequence, sample)
+    args = model.spec_of_inputs().static_example(opts.batch, opts.sequence, sample)
     ref = predict_logits(model, data.test, eval_batch_size, f"{name} reference logits").numpy()
     out = []
     for precision in opts.precisions:
@@ -237,32 +220,3 @@ def export_decoder_pte(model: TaskModel, path: Path, *, max_cache_len: int) -> d
     tmp.write_bytes(buffer)
     tmp.replace(path)
     return counts
-
-
-def decoder_pte_artifacts(
-    model: TaskModel, name: str, params: int | None, opts: ExecuTorchOptions, data: DataBundle, out_dir: Path, *,
-    max_cache_len: int, check: GenerationCheck, eval_batch_size: int, teacher: np.ndarray | None,
-) -> list[Artifact]:  # fmt: skip
-    """A causal LM's program `<name>.xnnpack.pte`: parity with PyTorch over a prompt and cached decode steps,
-    perplexity and top-1 agreement with the teacher measured on ExecuTorch over the test split, greedy
-    completions. int8 programs of causal LMs are not made (said, or refused when the recipe lists them)."""
-    from compress.evaluation import ParityConfig, decoder_parity
-    from compress.exporters.decoder import measure_decoder_graph
-
-    if "int8" in opts.precisions:
-        if "precisions" in opts.model_fields_set:
-            raise ExportError(f"export.executorch.precisions: int8 ExecuTorch programs of causal LMs are not built "
-                              f"(XNNPACK's int8 flow does not take a program that updates its cache); give "
-                              f"`precisions: [fp32]` for {name!r}, or deploy its int4 / int8 ONNX graphs.")  # fmt: skip
-        log.info("export: %s is a causal LM: its ExecuTorch program is fp32 (no int8 program with a cache)", name)
-    path = out_dir / f"{name}.xnnpack.pte"
-    ops = export_decoder_pte(model, path, max_cache_len=max_cache_len)
-    parity_cfg = ParityConfig(max_abs_diff=opts.max_abs_diff)  # type: ignore[call-arg]
-    parity = decoder_parity(model, path, data.test, parity_cfg, check.parity_steps, name, runtime="executorch")
-    art, _ = measure_decoder_graph(model, path, name, "fp32", params, data, check, eval_batch_size, teacher,
-                                   "export", runtime="executorch")  # fmt: skip
-    art.metrics |= parity
-    art.info |= {"backend": "xnnpack", "operators": ops, "max_cache_len": max_cache_len}
-    log.info("%s: %d XNNPACK subgraphs, static cache of %d positions", path.name, ops.get("xnnpack_delegate", 0),
-             max_cache_len)  # fmt: skip
-    return [art.finalize()]

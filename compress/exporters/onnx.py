@@ -30,15 +30,6 @@ class _LogitsOnly(nn.Module):
         return self.model.logits(dict(zip(self.model.input_names(), inputs, strict=True)))
 
 
-def dynamic_axes(model: TaskModel) -> dict[str, dict[int, str]]:
-    axes = {"logits": {0: "batch"}}
-    if model.modality == "text":
-        axes |= {name: {0: "batch", 1: "sequence"} for name in model.input_names()}
-    else:
-        axes["pixel_values"] = {0: "batch"}
-    return axes
-
-
 def export_onnx(model: TaskModel, sample: Batch, path: Path, *, opset: int = MIN_OPSET) -> None:
     """Export ``model`` to ``path`` and check it. Uses the TorchScript-based exporter (``dynamo=False``):
     it handles `dynamic_axes` on Hugging Face encoders in one pass and needs no extra packages."""
@@ -58,7 +49,7 @@ def export_onnx(model: TaskModel, sample: Batch, path: Path, *, opset: int = MIN
                 str(path),
                 input_names=names,
                 output_names=["logits"],
-                dynamic_axes=dynamic_axes(model),
+                dynamic_axes=model.spec_of_inputs().dynamic_axes(),
                 opset_version=opset,
                 dynamo=False,
             )

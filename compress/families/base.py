@@ -20,14 +20,18 @@ import torch
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.inputs import InputSpec
 from compress.models.source import SOURCE_KEYS, ModelSource, build_model
 from compress.models.task_model import Kind, Modality, TaskModel
 from compress.registry import Registry
 
 if TYPE_CHECKING:
     from compress.data.dataset import Batch, DataBundle
+    from compress.devices import DeviceProfile
+    from compress.graphs import Graph
     from compress.losses import LossConfig
     from compress.moe.experts import FfnBlock
+    from compress.pruning.latency_costs import LatencyCosts
     from compress.pruning.masked import MaskedGroups, PruneGoal
     from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
@@ -49,7 +53,11 @@ CAPABILITIES = {
     "export": "export to ONNX and ExecuTorch (export)",
     "quantize:qat": "quantization-aware training (quantize, method qat)",
     "quantize:ptq": "onnxruntime post-training quantization (quantize, method ptq)",
+    "quantize:budget": "int8 picked by an accuracy budget (quantize, method budget)",
     "gradient_checkpointing": "recomputing activations in the backward pass (train.gradient_checkpointing)",
+    "distill:augment": "text augmentation of the training split (distill.augment)",
+    "losses:sequence": "token-level sequence distillation (fkl, rkl, ..., distill.student_data, teacher top-k caches)",
+    "generation": "generation latency through a KV cache (profile.generation)",
 }
 
 
@@ -63,7 +71,6 @@ class Family(ABC):
     kinds: ClassVar[tuple[Kind, ...]]  # the source kinds that build members of this family
     capabilities: ClassVar[dict[str, tuple[str, ...]]] = {}  # capability -> the kinds that have it
     space_kind: ClassVar[str | None] = None  # the kind of search space its teachers take (`search.space.kind`)
-    onnx_graph: ClassVar[str] = "logits"  # what `export` writes: inputs -> logits, or `kv_cache` (causal LMs)
     qat_weight_bits: ClassVar[tuple[int, ...]] = (8, 4)  # the weight widths `quantize: qat` trains; first: default
 
     # ---- membership and building --------------------------------------------------------------------------
@@ -86,6 +93,7 @@ class Family(ABC):
         """Mark a model (built, loaded or made by a library) as a member of this family."""
         model.family = self.name
         model.features = self.feature_modules(model)
+        model.input_spec = self.input_spec(model)
         return model
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
@@ -132,6 +140,10 @@ class Family(ABC):
         """Module paths whose outputs are the model's intermediate features, input to output (default taps of
         the `hidden` loss, DisWOT's feature map)."""
 
+    @abstractmethod
+    def input_spec(self, model: TaskModel) -> InputSpec:
+        """What the model takes (`models/inputs.py`): exporters, latency tables and cost counters read it."""
+
     def positions(self, model: TaskModel) -> int | None:
         """How many input positions the model has (None: no limit or unknown)."""
         return None
@@ -162,6 +174,14 @@ class Family(ABC):
         self.require("prune:dphubert", where, model)
         raise AssertionError("unreachable")
 
+    def latency_costs(self, model: TaskModel, device: DeviceProfile, sequence: int, cache_dir: Path, *,
+                      precision: str, statistic: str,
+                      reference: tuple[DeviceProfile, Path] | None = None) -> LatencyCosts:  # fmt: skip
+        """The ms each of DPHuBERT's groups costs on ``device``, timed as deployed (``reference``: a teacher graph
+        timed in the same rounds, for a speed-up target)."""
+        raise ModelError(f"prune.target: latency targets time Transformer encoders and causal LMs; the {self.name} "
+                         "family's are not timed. Give a `params` target.")  # fmt: skip
+
     def ffn_blocks(self, model: TaskModel, where: str) -> list[FfnBlock]:
         """The FFN blocks `moefy` turns into experts."""
         self.require("moefy", where, model)
@@ -189,6 +209,10 @@ class Family(ABC):
         """The student a searched arch becomes (``supernet``: AutoDistil's trained weights, when there are)."""
         raise ModelError(f"the {self.name} family has no search students.")
 
+    def check_bitsandbytes(self, model: TaskModel, where: str) -> None:
+        """Refuse a model that bitsandbytes cannot reload quantized (default: a family without the capability)."""
+        self.require("quantize:bitsandbytes", where, model, "Quantize it with qat or ptq.")
+
     def qat_losses(self, model: TaskModel) -> list[LossConfig]:
         """Default distillation terms of quantization-aware training."""
         from compress.losses.terms import CEConfig, KDConfig
@@ -205,6 +229,25 @@ class Family(ABC):
         from compress.quant.ptq import PtqScheme
 
         return PtqScheme()
+
+    def graph(self, model: TaskModel) -> Graph:
+        """The graph the model deploys as (`graphs/`); bitsandbytes models have none."""
+        from compress.graphs import TorchOnlyGraph
+        from compress.models.bnb import is_bnb
+        from compress.moe.convert import is_moe
+
+        if is_bnb(model.module):
+            return TorchOnlyGraph("is loaded with bitsandbytes")
+        return self.deploy_graph(self.ptq_scheme(model), moe=is_moe(model.module))
+
+    def deploy_graph(self, scheme: PtqScheme | None = None, *, moe: bool = False) -> Graph:
+        """The kind of graph members deploy as (default: a logits graph that onnxruntime quantizes as ``scheme``
+        says, static int8 left out for MoE models). Recipe checks ask it before any model exists, with the
+        default scheme, so a graph's rule is written once."""
+        from compress.graphs import LogitsGraph
+        from compress.quant.ptq import PtqScheme
+
+        return LogitsGraph(scheme or PtqScheme(), moe=moe)
 
     def example_input(self, data: DataBundle) -> torch.Tensor:
         """One example as the single tensor dependency-graph tracers take (torch-pruning)."""
@@ -265,13 +308,15 @@ def family_of(model: TaskModel) -> Family:
         family = FAMILIES.get(model.family)
     else:
         family = family_for(model.kind, model.modality, type(model.module).__name__)
-    if model.family != family.name or not model.features:
+    if model.family != family.name or not model.features or model.input_spec is None:
         family.adopt(model)
     return family
 
 
-def family_of_source(source: ModelSource, modality: str, where: str) -> Family:
-    return family_for(source_kind(source), modality, where)
+def family_of_source(source: ModelSource, data: Any, where: str) -> Family:
+    """The family that builds a recipe source on this data (a `DataBundle` or the recipe's `DataConfig`; a
+    modality name is taken too)."""
+    return family_for(source_kind(source), data if isinstance(data, str) else data.modality, where)
 
 
 def load(folder: Path) -> TaskModel:

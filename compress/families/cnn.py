@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from compress.families.base import Family, register_family
+from compress.models.inputs import IMAGES, InputSpec
 from compress.models.task_model import TaskModel, build_module
 
 if TYPE_CHECKING:
@@ -37,12 +38,16 @@ class CnnFamily(Family):
         "export": ("cnn", "python"),
         "quantize:qat": ("cnn", "python"),
         "quantize:ptq": ("cnn", "python"),
+        "quantize:budget": ("cnn", "python"),
     }
 
     def feature_modules(self, model: TaskModel) -> list[str]:
         if model.kind != "cnn":
             return []  # a user's CNN: name the modules (`hidden.pairs`, `search.feature`)
         return [n for n, _ in model.module.named_modules() if n.startswith("stages.") and n.count(".") == 1]
+
+    def input_spec(self, model: TaskModel) -> InputSpec:
+        return IMAGES
 
     def input_shape(self, data: DataBundle) -> tuple[int, ...] | None:
         return tuple(torch.as_tensor(data.train.features[:1]).shape[1:])

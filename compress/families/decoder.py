@@ -18,13 +18,20 @@ import torch
 from compress.errors import ModelError
 from compress.families.base import Family, register_family
 from compress.models.decoder import STRUCTURE, decoder_layers, evenly_spaced, layer_prefix
+from compress.models.inputs import TOKENS, InputSpec
 from compress.models.task_model import TaskModel
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from compress.data.dataset import Batch, DataBundle
+    from compress.devices import DeviceProfile
+    from compress.graphs import Graph
     from compress.losses import LossConfig
     from compress.moe.experts import FfnBlock
+    from compress.pruning.latency_costs import LatencyCosts
     from compress.pruning.masked import MaskedGroups, PruneGoal
+    from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
     from compress.search.supernet import SlicedSuperNet
 
@@ -38,7 +45,6 @@ class DecoderFamily(Family):
     summary = "causal (decoder) language models"
     kinds = ("hf",)
     space_kind = "transformer"
-    onnx_graph = "kv_cache"
     qat_weight_bits = (4,)  # weight-only MatMulNBits: memory-bound decoding is where low-bit weights pay
     capabilities = {
         "export": HF,
@@ -50,6 +56,8 @@ class DecoderFamily(Family):
         "search:autodistil": HF,
         "quantize:qat": HF,
         "quantize:ptq": HF,
+        "losses:sequence": HF,
+        "generation": HF,
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
@@ -72,6 +80,16 @@ class DecoderFamily(Family):
 
     def check_student(self, model: TaskModel, sample: Callable[[], Batch], where: str) -> None:
         self.check_teacher(model, sample, 0, where)
+
+    def deploy_graph(self, scheme: PtqScheme | None = None, *, moe: bool = False) -> Graph:
+        """The KV-cache graph (prefill and cached decoding)."""
+        from compress.graphs import KvCacheGraph
+
+        return KvCacheGraph()
+
+    def input_spec(self, model: TaskModel) -> InputSpec:
+        """Token ids and attention mask (a vocabulary trained on the data may be small: the last id is counted)."""
+        return InputSpec(TOKENS.names, sequence=True, dummy_token=max(model.num_labels - 1, 0))
 
     def positions(self, model: TaskModel) -> int | None:
         cfg = getattr(model.module, "config", None)
@@ -114,6 +132,14 @@ class DecoderFamily(Family):
             raise ModelError(f"{where}: DPHuBERT prunes LLaMA-style decoder layers (self_attn with q/k/v/o "
                              f"projections, a SwiGLU mlp); {type(model.module).__name__} has other ones.")  # fmt: skip
         return DecoderGroups(model, goal)
+
+    def latency_costs(self, model: TaskModel, device: DeviceProfile, sequence: int, cache_dir: Path, *,
+                      precision: str, statistic: str,
+                      reference: tuple[DeviceProfile, Path] | None = None) -> LatencyCosts:  # fmt: skip
+        from compress.pruning.latency_costs import measure_decoder_costs
+
+        return measure_decoder_costs(model.module.config, device, sequence, cache_dir, precision=precision,
+                                     statistic=statistic, reference=reference)  # fmt: skip
 
     def ffn_blocks(self, model: TaskModel, where: str) -> list[FfnBlock]:
         """The gated SwiGLU FFNs (`mlp.gate_proj`, `up_proj`, `down_proj`): LaDiMo's own setting."""

@@ -16,13 +16,18 @@ import torch
 from compress.errors import ModelError
 from compress.families.base import Family, register_family
 from compress.models.bert import default_layer_map
+from compress.models.inputs import TOKENS, InputSpec
 from compress.models.structure import TRANSFORM, current_structure, encoder_layers, head_size
 from compress.models.task_model import TaskModel
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from compress.data.dataset import Batch, DataBundle
+    from compress.devices import DeviceProfile
     from compress.losses import LossConfig
     from compress.moe.experts import FfnBlock
+    from compress.pruning.latency_costs import LatencyCosts
     from compress.pruning.masked import MaskedGroups, PruneGoal
     from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
@@ -52,11 +57,17 @@ class EncoderFamily(Family):
         "export": ("hf", "python"),
         "quantize:qat": ("hf", "python"),
         "quantize:ptq": ("hf", "python"),
+        "quantize:budget": ("hf", "python"),
+        "distill:augment": ("hf", "python"),
     }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
         self.check_positions(max_length, self.positions(model))
         super().check_teacher(model, sample, max_length, where)
+
+    def input_spec(self, model: TaskModel) -> InputSpec:
+        """Token ids and attention mask; a Hugging Face encoder's static programs take the additive 4-D mask."""
+        return InputSpec(TOKENS.names, sequence=True, dummy_token=1000, additive_mask=model.kind == "hf")
 
     def positions(self, model: TaskModel) -> int | None:
         value = getattr(getattr(model.module, "config", None), "max_position_embeddings", None)
@@ -92,6 +103,14 @@ class EncoderFamily(Family):
         from compress.pruning.masked import EncoderGroups
 
         return EncoderGroups(model, goal)
+
+    def latency_costs(self, model: TaskModel, device: DeviceProfile, sequence: int, cache_dir: Path, *,
+                      precision: str, statistic: str,
+                      reference: tuple[DeviceProfile, Path] | None = None) -> LatencyCosts:  # fmt: skip
+        from compress.pruning.latency_costs import measure_costs
+
+        return measure_costs(model.module.config, device, sequence, cache_dir, precision=precision, statistic=statistic,
+                    reference=reference)  # fmt: skip
 
     def ffn_blocks(self, model: TaskModel, where: str) -> list[FfnBlock]:
         self.require("moefy", where, model)
@@ -158,6 +177,12 @@ class EncoderFamily(Family):
         qkv = tuple(tuple(f"{n}.{k}" for k in names) for n, m in model.module.named_modules()
                     if all(isinstance(getattr(m, k, None), torch.nn.Linear) for k in names))  # fmt: skip
         return PtqScheme(fusion=(heads, heads * size, size), shared_scale=qkv)
+
+    def check_bitsandbytes(self, model: TaskModel, where: str) -> None:
+        super().check_bitsandbytes(model, where)
+        if model.has_transform(TRANSFORM):
+            raise ModelError(f"{where}: a pruned encoder (per-layer shapes) that transformers cannot reload "
+                             "quantized; quantize it with qat or ptq.")  # fmt: skip
 
     def qat_transformer(self, model: TaskModel) -> bool:
         return model.kind == "hf"

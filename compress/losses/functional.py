@@ -221,3 +221,32 @@ def rkd_loss(
     if angle_weight:
         loss = loss + angle_weight * F.smooth_l1_loss(_angles(student), _angles(t))
     return loss
+
+
+# ---- token-level distributions (causal LMs) ---------------------------------------------------------------------
+def token_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-position values ``(B, S)`` over the positions the mask keeps."""
+    if mask is None:
+        return values.mean()
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def kl_per_position(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """``KL(a || b)`` per position, summed over the last dimension, from log-probabilities (0 * log 0 = 0)."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:  # fmt: skip
+    """Forward KL, the classic token-level KD baseline (Hinton et al., 2015; mode-covering):
+
+    ``T^2 * mean_tokens sum_v p_T(v) (log p_T(v) - log q_T(v))`` with ``p_T = softmax(z_p / T)``, ``q_T =
+    softmax(z_q / T)``.
+    """
+    t = temperature
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return token_mean(kl_per_position(log_p, log_q), mask) * (t * t)

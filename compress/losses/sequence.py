@@ -15,20 +15,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from compress.losses.functional import forward_kl
+from compress.losses.functional import kl_per_position as _kl
+from compress.losses.functional import token_mean as _token_mean
 from compress.losses.terms import LOSSES, Captured, LossConfig, LossDef, LossTerm
-
-
-def _token_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of per-position values ``(B, S)`` over the positions the mask keeps."""
-    if mask is None:
-        return values.mean()
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum().clamp_min(1.0)
-
-
-def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """``KL(a || b)`` per position, summed over the last dimension, from log-probabilities (0 * log 0 = 0)."""
-    return (log_a.exp() * (log_a - log_b)).sum(-1)
 
 
 def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight: float) -> torch.Tensor:
@@ -38,21 +28,6 @@ def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight: float) -> torch.T
     if weight <= 0.0:
         return log_b
     return torch.logaddexp(log_a + math.log(weight), log_b + math.log1p(-weight))
-
-
-def forward_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, mask: torch.Tensor | None = None,
-    temperature: float = 1.0,
-) -> torch.Tensor:  # fmt: skip
-    """Forward KL, the classic token-level KD baseline (Hinton et al., 2015; mode-covering):
-
-    ``T^2 * mean_tokens sum_v p_T(v) (log p_T(v) - log q_T(v))`` with ``p_T = softmax(z_p / T)``, ``q_T =
-    softmax(z_q / T)``.
-    """
-    t = temperature
-    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
-    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    return _token_mean(_kl(log_p, log_q), mask) * (t * t)
 
 
 def reverse_kl(

@@ -15,7 +15,7 @@ from compress.config import Strict
 from compress.errors import StageError
 from compress.losses import functional as F
 from compress.losses.taps import FeatureTaps, check_paths
-from compress.models.bert import default_layer_map
+from compress.models.layer_map import evenly_spaced
 from compress.models.task_model import TaskModel
 from compress.registry import Registry
 
@@ -74,9 +74,7 @@ class KDTerm(LossTerm):
     def forward(self, s: Captured, t: Captured, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         assert s.logits is not None and t.logits is not None
         if s.logits.dim() == 3:  # next-token logits: token-level, over non-padding positions
-            from compress.losses.sequence import forward_kl
-
-            return forward_kl(s.logits, t.logits, mask=batch.get("attention_mask"), temperature=self.temperature)
+            return F.forward_kl(s.logits, t.logits, mask=batch.get("attention_mask"), temperature=self.temperature)
         return F.kd_loss(s.logits, t.logits, temperature=self.temperature)
 
 
@@ -179,7 +177,7 @@ def _default_pairs(student: TaskModel, teacher: TaskModel, loss: str) -> list[tu
     s_mods, t_mods = student.features, teacher.features
     if not s_mods or not t_mods:
         raise StageError(f"loss `{loss}` has no default layers for this model; give `pairs` explicitly.")
-    return [(s, t_mods[j]) for s, j in zip(s_mods, default_layer_map(len(s_mods), len(t_mods)), strict=True)]
+    return [(s, t_mods[j]) for s, j in zip(s_mods, evenly_spaced(len(s_mods), len(t_mods)), strict=True)]
 
 
 class L1CosineTerm(PairedTerm):

@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from compress.config import Strict
 from compress.errors import ModelError
 from compress.models.bnb import float_state_dict, is_bnb
+from compress.models.layer_map import evenly_spaced as default_layer_map
 from compress.models.structure import encoder_layers
 
 log = logging.getLogger("compress")
@@ -42,12 +43,6 @@ def use_eager_attention(module: Any) -> None:
             setter("eager")
         except ValueError as exc:
             log.debug("keeping the model's attention implementation: %s", exc)
-
-
-def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
-    """Evenly spaced teacher layers ending at the last one, e.g. 3 of 6 -> [1, 3, 5]."""
-    step = teacher_layers / student_layers
-    return [round(step * (i + 1)) - 1 for i in range(student_layers)]
 
 
 def _layers_of(model: PreTrainedModel) -> list[Any]:

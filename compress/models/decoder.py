@@ -13,7 +13,9 @@ from torch import nn
 
 from compress.config import Strict
 from compress.errors import ModelError
+from compress.models.layer_map import evenly_spaced
 from compress.models.transforms import register_transform
+from compress.runtimes.decoding import CacheLayout
 
 log = logging.getLogger("compress")
 
@@ -102,9 +104,12 @@ def decoder_head_size(cfg: Any) -> int:
     return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 
-def evenly_spaced(student_layers: int, teacher_layers: int) -> list[int]:
-    step = teacher_layers / student_layers
-    return [round(step * (i + 1)) - 1 for i in range(student_layers)]
+def cache_shape(model: nn.Module) -> CacheLayout:
+    """The KV cache of a Hugging Face causal LM: layers, key/value heads of each layer (a pruned layer has fewer
+    heads than the config says), head size."""
+    head_dim = decoder_head_size(model.config)
+    kv = [int(layer.self_attn.k_proj.out_features // head_dim) for layer in decoder_layers(model)]
+    return CacheLayout(len(kv), kv, head_dim)
 
 
 def build_decoder_student(teacher: nn.Module, spec: DecoderStudentSpec) -> nn.Module:

@@ -19,6 +19,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.inputs import InputSpec
 from compress.models.transforms import apply_transforms
 
 Kind = Literal["hf", "cnn", "python"]  # how the module is built and stored (not what it is: that is its family)
@@ -66,10 +67,18 @@ are its intermediate features (the family's default taps for hint losses and Dis
     family: str = ""
     transforms: list[dict[str, Any]] = field(default_factory=list)
     features: list[str] = field(default_factory=list)  # the family's feature taps, input to output
+    input_spec: InputSpec | None = None  # what it takes, set by its family (`Family.input_spec`)
 
     # ---- running -------------------------------------------------------------------------------
     def input_names(self) -> list[str]:
         return ["pixel_values"] if self.modality == "image" else ["input_ids", "attention_mask"]
+
+    def spec_of_inputs(self) -> InputSpec:
+        """Its input spec: its family's (set on adoption); before a family adopts it, what its input names say."""
+        if self.input_spec is None:
+            names = tuple(self.input_names())
+            return InputSpec(names, sequence="input_ids" in names)
+        return self.input_spec
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: batch[name] for name in self.input_names()}

@@ -6,9 +6,8 @@ and FFN blocks of a Transformer encoder; the maskable channels of a built-in CNN
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,20 +20,18 @@ from compress.models.task_model import TaskModel
 from compress.pruning.encoder_masks import EncoderMasks, GroupCosts, flop_costs, param_costs
 from compress.pruning.physical import prune_encoder
 
-# (model config, how the family's groups are timed) -> (costs per group, fraction to keep)
-LatencyCosts = Callable[[Any, Callable[..., Any]], tuple[GroupCosts, float]]
-
 
 @dataclass(frozen=True)
 class PruneGoal:
-    """What to keep, as given in the recipe (exactly one of params, flops, latency)."""
+    """What to keep (exactly one of params, flops, latency). A latency target arrives measured: the ms of each
+    group on the device (``costs``) and the fraction of the variable latency that fits the limit (``latency``),
+    both values the stage measured before the groups are built."""
 
     params: float | None = None
     flops: float | None = None
     sequence: int = 128
-    latency: LatencyCosts | None = None  # measures the device and turns the ms target into a fraction
-    # what ``latency`` measured ("costs": its LatencyCosts): the prune stage predicts the pruned model's ms from it
-    measured: dict[str, Any] = field(default_factory=dict)
+    latency: float | None = None
+    costs: GroupCosts | None = None
 
     @property
     def unit(self) -> str:
@@ -98,10 +95,8 @@ class EncoderGroups(_TransformerGroups):
         elif goal.flops is not None:
             self.costs, self.target = flop_costs(cfg, goal.sequence), goal.flops
         else:
-            from compress.pruning.latency_costs import measure_costs
-
-            assert goal.latency is not None
-            self.costs, self.target = goal.latency(cfg, measure_costs)
+            assert goal.costs is not None and goal.latency is not None
+            self.costs, self.target = goal.costs, goal.latency
         self.masks = EncoderMasks(model.module).attach(model.module)
         self.full = self.masks.full_size(self.costs)
 
@@ -143,10 +138,8 @@ class DecoderGroups(_TransformerGroups):
         elif goal.flops is not None:
             self.costs, self.target = decoder_flop_costs(cfg, goal.sequence), goal.flops
         else:
-            from compress.pruning.latency_costs import measure_decoder_costs
-
-            assert goal.latency is not None
-            self.costs, self.target = goal.latency(cfg, measure_decoder_costs)
+            assert goal.costs is not None and goal.latency is not None
+            self.costs, self.target = goal.costs, goal.latency
         self.masks = DecoderMasks(model.module).attach(model.module)
         self.full = self.masks.full_size(self.costs)
 

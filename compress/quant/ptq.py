@@ -18,7 +18,6 @@ from pydantic import Field
 from compress.artifacts import Artifact
 from compress.config import Strict
 from compress.data.dataset import DataBundle, Split
-from compress.errors import QuantizationError
 from compress.evaluation import feeds, onnx_artifact, predictor
 from compress.models.task_model import TaskModel
 from compress.quant import ort as ortq
@@ -137,17 +136,10 @@ def ptq_artifacts(
     opts: PtqOptions,
     data: DataBundle,
     out_dir: Path,
-    max_length: int,
     stage: str,
 ) -> list[Artifact]:
     """onnxruntime int8 of ``fp32`` (the exported graph of ``model``, quantized as its family's ``scheme`` says):
-    one artifact per mode, accuracy measured."""
-    from compress.moe.convert import is_moe
-
-    if "static" in modes and is_moe(model.module):
-        # Token-grouped experts give every calibration batch tensors of another shape (the tokens routed to each
-        # expert), which onnxruntime's calibrator cannot stack ("inhomogeneous shape", after gigabytes).
-        raise QuantizationError(MOE_STATIC.format(stage=stage, name=name))
+    one artifact per mode, accuracy measured. The modes are the graph's (`Graph.int8_modes`)."""
     out = []
     ops = opts.quantize_ops or list(scheme.static_ops)
     work = out_dir / ".fused"
@@ -162,7 +154,7 @@ def ptq_artifacts(
             ortq.quantize_static(
                 fp32.path,
                 q_path,
-                calibration_batches(data.train, opts.calibration_samples, model.input_names(), max_length),
+                calibration_batches(data.train, opts.calibration_samples, model.input_names(), data.max_length),
                 op_types=ops,
                 method=opts.calibration_method,
                 per_channel=opts.per_channel,

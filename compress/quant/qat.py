@@ -14,17 +14,23 @@ import io
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from compress.errors import QuantizationError
 
+if TYPE_CHECKING:
+    from compress.models.task_model import TaskModel
+
 log = logging.getLogger("compress")
 
 Batch = dict[str, torch.Tensor]
+Exporter = Callable[..., None]  # (model, sample, path, *, opset): writes the fp32 ONNX file
 
 
 @dataclass(frozen=True)
@@ -192,3 +198,35 @@ def strip(module: nn.Module, example: Batch, *, in_place: bool = False) -> nn.Mo
     fmt = nncf.StripFormat.IN_PLACE if in_place else nncf.StripFormat.NATIVE
     with contextlib.redirect_stdout(io.StringIO()):
         return nncf.strip(module, do_copy=True, strip_format=fmt, example_input=example)
+
+
+def write_qdq(student: TaskModel, sample: Batch, path: Path, opset: int, export: Exporter) -> TaskModel:
+    """8 bits: quantizers as torch fake-quantize ops, exported (by ``export``) as QDQ, constant weights stored in
+    int8. Returns the fake-quantized model the file must match."""
+    from compress.quant import qdq
+
+    fake_quant = student.with_module(strip(student.module, student.inputs(sample)))
+    export(fake_quant, sample, path, opset=opset)
+    qdq.store_int8_weights(path)
+    return fake_quant
+
+
+def write_4bit(student: TaskModel, sample: Batch, path: Path, opset: int, export: Exporter) -> TaskModel:
+    """4 bits: fake-quantized weights baked into the model, exported as fp32 by ``export`` (a logits graph, or a
+    causal LM's KV-cache graph), then every 4-bit Linear rewritten as MatMulNBits holding the trained integers and
+    steps. Returns the baked model the file must match."""
+    from compress.quant import nbits
+
+    steps = weight_steps(student.module)
+    baked = student.with_module(strip(student.module, student.inputs(sample), in_place=True))
+    try:
+        weights = {p: (baked.module.get_parameter(p).detach().numpy(), s.numpy()) for p, s in steps.items()}
+    except AttributeError as exc:
+        msg = f"{path.name}: a 4-bit quantizer names no weight of the stripped model ({exc})"
+        raise QuantizationError(msg) from None
+    export(baked, sample, path, opset=opset)
+    result = nbits.store_4bit_weights(path, weights)
+    if len(result.converted) < len(weights):
+        log.warning("%s: %d of %d 4-bit weights were not found in the ONNX graph", path.name,
+                    len(weights) - len(result.converted), len(weights))  # fmt: skip
+    return baked

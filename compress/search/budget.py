@@ -69,11 +69,8 @@ class Cost:
 
 
 def dummy_inputs(model: TaskModel, sequence: int, image_shape: tuple[int, ...] | None) -> dict[str, torch.Tensor]:
-    if model.modality in ("text", "lm"):  # a causal LM's vocabulary may be small (a tokenizer trained on the data)
-        ids = torch.full((1, sequence), 1000 if model.modality == "text" else model.num_labels - 1, dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    assert image_shape is not None
-    return {"pixel_values": torch.zeros((1, *image_shape))}
+    """One input of ``sequence`` tokens, or of the data's per-example shape, as the model's family describes it."""
+    return model.spec_of_inputs().dummy(sequence, image_shape)
 
 
 def count_mflops(model: TaskModel, inputs: dict[str, torch.Tensor]) -> float:

@@ -114,7 +114,7 @@ def diswot_score(teacher: Signature, student: Signature, *, semantic: str = "cla
 
 def signature(model: TaskModel, batch: Batch, feature_path: str | None, *, candidate: bool = False) -> Signature:
     """The teacher's signature (``candidate=False``: eval mode) or a random-init candidate's."""
-    if model.modality == "text":
+    if model.spec_of_inputs().sequence:  # token sequences: attention maps and [CLS] states
         return transformer_signature(model, batch)
     if feature_path is None:
         raise ModelError("DisWOT on image models needs the path of the last feature map (`feature`).")

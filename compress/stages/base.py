@@ -3,23 +3,65 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from compress.artifacts import Artifact, Artifacts
 from compress.config import Strict, method_union
 from compress.context import Context
+from compress.data.config import DataConfig
 from compress.data.dataset import DataBundle
 from compress.errors import CompressError, RecipeError, StageError
+from compress.families.base import Family
 from compress.models.task_model import TaskModel
 from compress.registry import Registry
 from compress.training.evaluate import metrics as evaluation_metrics
 from compress.training.loop import TrainResult
 
 
+@dataclass
+class Chain:
+    """What a stage config's `check` sees of the recipe around it, before any model exists: the teacher's family
+    and source kind, the data, the stages before it and the MoE models they made. ``key`` names the stage
+    (`stages[2]`) in the problems a check returns."""
+
+    family: Family
+    kind: str
+    teacher: str  # the teacher's source, as errors name it
+    data: DataConfig
+    key: str = ""
+    before: list[StageConfig] = field(default_factory=list)
+    moe: set[str] = field(default_factory=set)
+
+    @property
+    def member(self) -> str:
+        return f"this teacher ({self.teacher}, {self.family.name} family)"
+
+    def supports(self, capability: str) -> bool:
+        return self.family.supports(capability, self.kind)
+
+    def refusal(self, fn: Callable[[], object]) -> list[str]:
+        """Run a rule the stage also runs on its model (a graph's, a family's): its error as a problem."""
+        try:
+            fn()
+        except CompressError as exc:
+            return [str(exc)]
+        return []
+
+
 class StageConfig(Strict):
     stage: str
+    makes_moe: ClassVar[bool] = False  # the model it writes (`produces`) has Mixture-of-Experts layers
+
+    def check(self, chain: Chain) -> list[str]:
+        """What cannot work for this stage in this chain, each problem naming its key (`stages[2].method: ...`):
+        `validate` and the start of `run` both ask, before any work. Default: nothing."""
+        return []
+
+    def produces(self) -> str | None:
+        """The model artifact this stage writes (None: only ONNX files or measurements)."""
+        return None
 
     def measured_devices(self) -> list[str]:
         """Device references this stage measures artifacts on (where the recipe's `budgets` can apply)."""
@@ -41,14 +83,14 @@ class StageConfig(Strict):
         from compress.devices import resolve_device
         from compress.runtimes.base import get_runtime
 
-        for field, ref in self.latency_devices().items():
+        for name, ref in self.latency_devices().items():
             try:
                 profile = resolve_device(ref, base_dir)
                 ok, why = get_runtime(profile.runtime).available(profile.provider)
             except CompressError as exc:
-                raise RecipeError(f"{key}.{field}: {exc}") from None
+                raise RecipeError(f"{key}.{name}: {exc}") from None
             if not ok:
-                raise RecipeError(f"{key}.{field}: device {profile.name!r} cannot be measured here: {why}.")
+                raise RecipeError(f"{key}.{name}: device {profile.name!r} cannot be measured here: {why}.")
 
 
 StageFn = Callable[[Artifacts, Any, Context], Artifacts]  # Any: each stage takes its own config class
@@ -124,3 +166,35 @@ def save_model_artifact(
         }
     art = Artifact(name, "model", folder, stage, parent=parent, params=model.num_params(), metrics=metrics, info=info)
     return art.finalize()
+
+
+ATTENTION_LOSSES = ("attention_map", "attention_output", "minilm")
+
+
+def check_losses(losses: list[Any] | None, chain: Chain, key: str) -> list[str]:
+    """Attention losses need a family with attention to compare."""
+    attention = [c.name for c in losses or [] if c.name in ATTENTION_LOSSES]
+    if attention and not chain.supports("losses:attention"):
+        return [f"{key}: {', '.join(attention)} compare attention of Transformer encoders; {chain.member} has none. "
+                "Use kd, ce or hidden."]  # fmt: skip
+    return []
+
+
+def check_student(student: Any, chain: Chain, key: str) -> list[str]:
+    """A built-in student must be one the teacher's family slices."""
+    if student is not None and student.bert is not None and not chain.supports("student:bert"):
+        return [f"{key}.bert: `bert` students are built from a Hugging Face BERT-family teacher; {chain.member} has "
+                "none. Use a `cnn` or `python` student."]  # fmt: skip
+    if student is not None and student.decoder is not None and not chain.supports("student:decoder"):
+        return [f"{key}.decoder: `decoder` students are sliced from a causal-LM teacher (`task: causal_lm`); "
+                f"{chain.member} is not one. Use `bert`, `cnn` or `python`."]  # fmt: skip
+    return []
+
+
+def check_method(chain: Chain, stage: str, method: str) -> list[str]:
+    """A stage method the teacher's family has no implementation of, refused naming the ones it has."""
+    if chain.supports(f"{stage}:{method}"):
+        return []
+    others = [c.split(":")[1] for c in chain.family.capabilities if c.startswith(f"{stage}:") and chain.supports(c)]
+    hint = f"use `method: {others[0]}`" if others else f"{stage} does not apply to it"
+    return [f"{chain.key}.method: {method} does not apply to {chain.member}; {hint}."]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -15,15 +15,23 @@ from compress.data.augment import Augment, augment_texts
 from compress.data.dataset import DataBundle, Split
 from compress.data.text import tokenize
 from compress.errors import StageError
-from compress.families import family_of, family_of_source, source_where
+from compress.families import Family, family_of, family_of_source, source_where
 from compress.losses import LossConfig, build_terms, default_losses, loss_config_union
 from compress.models.source import ModelSource
-from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
+from compress.stages.base import (
+    Chain,
+    StageConfig,
+    check_losses,
+    check_student,
+    register_stage,
+    require,
+    save_model_artifact,
+)
 from compress.training.distillation import distillation_step
 from compress.training.evaluate import selection_metric
-from compress.training.loop import total_steps, train
+from compress.training.loop import TrainResult, total_steps, train
 from compress.training.student_data import StudentData, StudentDataConfig
-from compress.training.teacher_cache import TopKCache, cached_teacher_logits, cached_teacher_top_k
+from compress.training.teacher_cache import TopKCache, cached_teacher_logits, cached_teacher_outputs
 
 log = logging.getLogger("compress")
 if TYPE_CHECKING:
@@ -81,30 +89,36 @@ class DistillConfig(StageConfig, TrainSchedule):
     def trains(self) -> bool:
         return True
 
+    def produces(self) -> str | None:
+        return self.output
+
+    def check(self, chain: Chain) -> list[str]:
+        key, data = chain.key, chain.data
+        problems = check_student(self.student, chain, f"{key}.student") + check_losses(self.losses, chain,
+                                                                                         f"{key}.losses")  # fmt: skip
+        if self.student_data is not None and not chain.supports("losses:sequence"):
+            problems.append(f"{key}.student_data: student-generated sequences are for causal LMs (`task: "
+                            "causal_lm`); remove it.")  # fmt: skip
+        if self.augment is not None and not chain.supports("distill:augment"):
+            problems.append(f"{key}.augment: augmentation rewrites sentences of text classification data; this "
+                            f"recipe's data ({data.format}) is not text. Remove `augment`.")  # fmt: skip
+        elif self.augment is not None and data.columns.text_pair is not None:
+            problems.append(f"{key}.augment: the data has sentence pairs (data.columns.text_pair); augmentation "
+                            "applies to single sentences. Remove `augment`.")  # fmt: skip
+        vocab = data.tokenizer.vocab_size if data.tokenizer is not None else None
+        if (vocab is not None and chain.supports("losses:sequence") and self.cache_teacher_outputs
+                and self.teacher_top_k > vocab):  # fmt: skip
+            problems.append(f"{key}.teacher_top_k: {self.teacher_top_k} is more than the vocabulary data.tokenizer "
+                            f"trains ({vocab} tokens); give at most {vocab}.")  # fmt: skip
+        return problems
+
 
 @register_stage("distill", DistillConfig)
 def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
     require(artifacts, "teacher", "distill")
     data = ctx.data()
     teacher = ctx.load_model(artifacts["teacher"])
-    if config.student is not None:
-        torch.manual_seed(ctx.seed)
-        family = family_of_source(config.student, data.modality, "distill.student")
-        student = family.build(
-            config.student,
-            num_labels=data.num_labels,
-            in_channels=data.in_channels,
-            base_dir=ctx.base_dir,
-            teacher=teacher,
-            tokenizer=teacher.tokenizer,
-        )
-    else:
-        require(artifacts, "student", "distill")
-        student = ctx.load_model(artifacts["student"])
-        family = family_of(student)
-    if data.train.task == "causal_lm" and config.cache_teacher_outputs and config.teacher_top_k > data.num_labels:
-        raise StageError(f"distill.teacher_top_k: {config.teacher_top_k} is more than the teacher's vocabulary "
-                         f"({data.num_labels} tokens); give at most {data.num_labels}.")  # fmt: skip
+    student, family = _student(artifacts, config, ctx, data, teacher)
     teacher.module.eval().requires_grad_(False)
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
     where = "distill.student" if config.student is None else source_where("distill.student", config.student)
@@ -112,56 +126,25 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
     terms = build_terms(config.losses, student, teacher, probe)
     cached: torch.Tensor | TopKCache | None = None
     cache_info: dict = {}
-    train_split, augmented = data.train, None
+    train_split = data.train
     if config.augment is not None:
-        train_split, augmented, cache_info["augment"] = _augment(data, config.augment, teacher, artifacts, ctx,
-                                                                 config.eval_batch_size)  # fmt: skip
-    if config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
-        if data.train.task == "causal_lm":
-            cached = cached_teacher_top_k(
-                teacher,
-                artifacts["teacher"].sha256,
-                data,
-                ctx.cache_dir,
-                ctx.engine,
-                k=config.teacher_top_k,
-                batch_size=config.eval_batch_size,
-            )
-            lengths = [len(b) for b in data.train.features]
-            cache_info = {"top_k": cached.k, "vocabulary": cached.vocab, "mass_kept": cached.mass_kept(lengths)}
-            log.info("teacher cache: top %d of %d tokens per position keep %.2f%% of the probability mass", cached.k,
-                     cached.vocab, 100 * cache_info["mass_kept"])  # fmt: skip
-        else:
-            cached = augmented if augmented is not None else cached_teacher_logits(
-                teacher, artifacts["teacher"].sha256, data, ctx.cache_dir, ctx.engine, batch_size=config.eval_batch_size
-            )  # fmt: skip
-    log.info(
-        "distill: teacher %d params -> student %d params; losses %s; teacher %s",
-        teacher.num_params(),
-        student.num_params(),
-        ", ".join(f"{c.name}x{c.weight:g}" for c in config.losses),
-        "logits cached" if cached is not None else "run every step",
-    )
-
+        train_split, cached, cache_info["augment"] = _augment(data, config.augment, teacher, artifacts, ctx,
+                                                              config.eval_batch_size)  # fmt: skip
+    elif config.cache_teacher_outputs and not any(t.teacher_paths for t in terms):
+        cached, cache_info = cached_teacher_outputs(teacher, artifacts["teacher"].sha256, data, ctx.cache_dir,
+                                                    ctx.engine, top_k=config.teacher_top_k,
+                                                    batch_size=config.eval_batch_size)  # fmt: skip
+    if not config.cache_teacher_outputs or any(t.teacher_paths for t in terms):
+        cached = None
+    log.info("distill: teacher %d params -> student %d params; losses %s; teacher %s", teacher.num_params(),
+             student.num_params(), ", ".join(f"{c.name}x{c.weight:g}" for c in config.losses),
+             "logits cached" if cached is not None else "run every step")  # fmt: skip
     generated = None
     if config.student_data is not None:
-        generated = StudentData(config.student_data, student.module, data.train.pad_id, ctx.recipe.data.max_length)
+        generated = StudentData(config.student_data, student.module, data.train.pad_id, data.max_length)
     step = distillation_step(student, teacher, terms, [f"loss_{c.name}" for c in config.losses], cached, ctx.engine,
                              generated)  # fmt: skip
-    extra = torch.nn.ModuleList(terms)  # regressors of hint losses train with the student
-    steps = total_steps(config, len(train_split))
-    scheduled = [t for t in terms if hasattr(t, "advance")]  # TAID's interpolation schedule
-
-    def on_step(n: int) -> None:
-        for term in scheduled:
-            term.advance(n, steps)  # type: ignore[operator]
-
-    higher = selection_metric(data.dev)[1]
-    result = train(student, step, train_split, data.dev, config, session=ctx.session(), extra=extra, label="distill",
-                   on_step=on_step if scheduled else None,
-                   on_eval=(lambda v: generated.observe(v, higher)) if generated is not None else None)  # fmt: skip
-    for term in scheduled:
-        log.info("distill: TAID ended at t = %.4f", term.interpolation())  # type: ignore[operator]
+    result = _train(student, step, terms, train_split, data, config, ctx, generated)
     art = save_model_artifact(student, config.output, ctx, "distill", "teacher", data, config.eval_batch_size, result)
     art.info["losses"] = [c.model_dump() for c in config.losses]
     if cache_info:
@@ -170,6 +153,40 @@ def run(artifacts: Artifacts, config: DistillConfig, ctx: Context) -> Artifacts:
         art.info["student_data"] = generated.summary()
         log.info("distill: student data %s", generated.summary())
     return {config.output: art}
+
+
+def _student(artifacts: Artifacts, config: DistillConfig, ctx: Context, data: DataBundle,
+             teacher: TaskModel) -> tuple[TaskModel, Family]:  # fmt: skip
+    """The student the recipe builds (``student``), or the `student` artifact of an earlier stage."""
+    if config.student is None:
+        require(artifacts, "student", "distill")
+        student = ctx.load_model(artifacts["student"])
+        return student, family_of(student)
+    torch.manual_seed(ctx.seed)
+    family = family_of_source(config.student, data, "distill.student")
+    student = family.build(config.student, num_labels=data.num_labels, in_channels=data.in_channels,
+                           base_dir=ctx.base_dir, teacher=teacher, tokenizer=teacher.tokenizer)  # fmt: skip
+    return student, family
+
+
+def _train(student: TaskModel, step: Any, terms: list, train_split: Split, data: DataBundle, config: DistillConfig,
+           ctx: Context, generated: StudentData | None) -> TrainResult:  # fmt: skip
+    """The training loop, with TAID's interpolation schedule and the student-data buffer's dev feedback."""
+    steps = total_steps(config, len(train_split))
+    scheduled = [t for t in terms if hasattr(t, "advance")]  # TAID's interpolation schedule
+
+    def on_step(n: int) -> None:
+        for term in scheduled:
+            term.advance(n, steps)
+
+    higher = selection_metric(data.dev)[1]
+    result = train(student, step, train_split, data.dev, config, session=ctx.session(),
+                   extra=torch.nn.ModuleList(terms),  # regressors of hint losses train with the student
+                   label="distill", on_step=on_step if scheduled else None,
+                   on_eval=(lambda v: generated.observe(v, higher)) if generated is not None else None)  # fmt: skip
+    for term in scheduled:
+        log.info("distill: TAID ended at t = %.4f", term.interpolation())
+    return result
 
 
 def _augment(
@@ -189,7 +206,7 @@ def _augment(
         raise StageError("distill.augment.mask: the teacher's tokenizer has no mask token; set `mask: 0`.")
     mask_token = tokenizer.mask_token if config.mask > 0 else ""
     texts, sources = augment_texts(train.texts, config, mask_token=mask_token, seed=ctx.seed)
-    ids = tokenize(tokenizer, texts, None, ctx.recipe.data.max_length)
+    ids = tokenize(tokenizer, texts, None, data.max_length)
     grown = Split(train.name, [*train.features, *ids], torch.cat([train.labels, torch.full((len(ids),), -1)]),
                   train.pad_id, [*train.texts, *texts])  # fmt: skip
     logits = cached_teacher_logits(teacher, artifacts["teacher"].sha256, data, ctx.cache_dir, ctx.engine,

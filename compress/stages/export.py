@@ -5,21 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from compress.artifacts import Artifacts
 from compress.context import Context
-from compress.errors import ExportError
-from compress.evaluation import GenerationCheck, ParityConfig, check_parity, onnx_artifact, teacher_picks
-from compress.exporters.decoder import decoder_artifacts
-from compress.exporters.executorch import ExecuTorchOptions, decoder_pte_artifacts, pte_artifacts
-from compress.exporters.onnx import MIN_OPSET, export_onnx
+from compress.evaluation import GenerationCheck, ParityConfig
+from compress.exporters.executorch import ExecuTorchOptions
+from compress.exporters.onnx import MIN_OPSET
 from compress.families import family_of
-from compress.models.bnb import is_bnb
-from compress.moe.convert import is_moe
-from compress.quant.ptq import INT8_MODES, Int8Mode, PtqOptions, ptq_artifacts
-from compress.stages.base import StageConfig, register_stage, require
+from compress.graphs import ExportOptions, Job
+from compress.quant.ptq import INT8_MODES, Int8Mode, PtqOptions
+from compress.stages.base import Chain, StageConfig, register_stage, require
 
 log = logging.getLogger("compress")
 
@@ -52,6 +48,20 @@ class ExportConfig(PtqOptions, StageConfig):
         "`<model>.xnnpack-int8.pte`), for the `executorch` runtime and mobile apps. Needs the `executorch` extra.",
     )
 
+    def check(self, chain: Chain) -> list[str]:
+        if not chain.supports("export"):
+            return [f"{chain.key}: export does not apply to {chain.member} yet (no exporter for it); leave the stage "
+                    "out and use the PyTorch model."]  # fmt: skip
+        explicit = "int8" in self.model_fields_set
+        moe = sorted(chain.moe & set(self.models or chain.moe))
+        graph = chain.family.deploy_graph(moe=bool(moe))
+        problems = chain.refusal(lambda: graph.int8_modes(self.int8, explicit=explicit, stage=f"{chain.key}",
+                                                          model=moe[0] if moe else "teacher"))  # fmt: skip
+        executorch = self.executorch
+        if executorch is not None:
+            problems += chain.refusal(lambda: graph.check_executorch(executorch, f"{chain.key}.executorch"))
+        return problems
+
 
 @register_stage("export", ExportConfig)
 def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts:  # type: ignore[override]
@@ -59,59 +69,21 @@ def run(artifacts: Artifacts, config: ExportConfig, ctx: Context) -> Artifacts: 
     for n in names:
         require(artifacts, n, "export")
     data = ctx.data()
+    memo: dict = {}  # what graphs compute once for every model (a causal LM teacher's picks)
+    teacher = (lambda: ctx.load_model(artifacts["teacher"])) if "teacher" in artifacts else None
     out: Artifacts = {}
-    teacher_tokens: np.ndarray | None = None  # causal LMs: the teacher's top-1 tokens, computed once
     for name in names:
         source = artifacts[name]
         model = ctx.load_model(source)
-        if is_bnb(model.module):
-            if config.models:
-                raise ExportError(
-                    f"export.models: {name!r} is loaded with bitsandbytes, which does not export to ONNX."
-                )
-            log.info("export: skipping %s (bitsandbytes weights do not export to ONNX)", name)
+        graph = family_of(model).graph(model)
+        if not graph.exports and not config.models:
+            log.info("export: skipping %s (a %s model: it has no ONNX graph)", name, graph.name)
             continue
-        family = family_of(model)
-        if family.onnx_graph == "kv_cache":
-            if "static" in config.int8 and "int8" in config.model_fields_set:
-                raise ExportError(f"export.int8: static int8 does not apply to {name!r}, a causal LM (its "
-                                  "activations are not calibrated here); use `int8: [dynamic]`.")  # fmt: skip
-            if teacher_tokens is None and "teacher" in artifacts:
-                teacher_tokens = teacher_picks(ctx.load_model(artifacts["teacher"]), data.test, config.eval_batch_size)
-            teacher = teacher_tokens if name != "teacher" else None
-            for art in decoder_artifacts(
-                model, name, source.params, data, ctx.stage_dir, opset=config.opset, int8="dynamic" in config.int8,
-                int4=config.int4, parity=config.parity, check=config.generation,
-                eval_batch_size=config.eval_batch_size, teacher=teacher,
-            ):  # fmt: skip
-                out[art.name] = art
-            if config.executorch is not None:
-                for art in decoder_pte_artifacts(
-                    model, name, source.params, config.executorch, data, ctx.stage_dir,
-                    max_cache_len=ctx.recipe.data.max_length, check=config.generation,
-                    eval_batch_size=config.eval_batch_size, teacher=teacher,
-                ):  # fmt: skip
-                    out[art.name] = art
-            continue
-        fp32_path = ctx.stage_dir / f"{name}.onnx"
-        export_onnx(model, next(iter(data.test.loader(2))), fp32_path, opset=config.opset)
-        parity = check_parity(model, fp32_path, data.test, config.parity, name)
-        fp32, fp32_logits = onnx_artifact(
-            f"{name}.onnx", fp32_path, name, "fp32", source.params, data, config.eval_batch_size, None, parity
-        )
-        out[fp32.name] = fp32
-        modes = config.int8
-        if "int8" not in config.model_fields_set and is_moe(model.module) and "static" in modes:
-            log.info("export: %s is a MoE model: static int8 left out (its experts' shapes depend on the data)", name)
-            modes = [m for m in modes if m != "static"]
-        scheme = family.ptq_scheme(model)
-        for art in ptq_artifacts(
-            model, scheme, name, fp32, fp32_logits, modes, config, data, ctx.stage_dir, ctx.recipe.data.max_length,
-            "export",
-        ):  # fmt: skip
+        modes = graph.int8_modes(config.int8, explicit="int8" in config.model_fields_set, stage="export",
+                                 model=name)  # fmt: skip
+        job = Job(data, ctx.stage_dir, "export", teacher if name != "teacher" else None, memo)
+        opts = ExportOptions(config.opset, modes, config, config.parity, config.int4, config.generation,
+                             config.executorch, config.eval_batch_size)  # fmt: skip
+        for art in graph.export(model, name, source.params, job, opts):
             out[art.name] = art
-        if config.executorch is not None:
-            for art in pte_artifacts(model, name, source.params, config.executorch, data, ctx.stage_dir,
-                                     config.eval_batch_size):  # fmt: skip
-                out[art.name] = art
     return out

@@ -6,7 +6,6 @@ optionally a short logit-KD fine-tune against the dense model."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Literal
 
@@ -24,9 +23,9 @@ from compress.losses.terms import KDConfig
 from compress.models.task_model import TaskModel
 from compress.moe import convert, policy
 from compress.moe.experts import MoeFfn
-from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
+from compress.stages.base import Chain, StageConfig, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
-from compress.training.evaluate import lm_metrics, predict_logits
+from compress.training.evaluate import describe_score, score
 from compress.training.loop import train
 
 log = logging.getLogger("compress")
@@ -106,8 +105,19 @@ class MoefyConfig(StageConfig):
             raise ValueError(f"policy.top_k: {self.policy.top_k} is more than the {self.experts} experts")
         return self
 
+    makes_moe = True
+
     def trains(self) -> bool:
         return self.finetune is not None  # router training is per layer and short: rank 0's alone otherwise
+
+    def produces(self) -> str | None:
+        return self.output or f"{self.source}.moe"
+
+    def check(self, chain: Chain) -> list[str]:
+        if chain.supports("moefy"):
+            return []
+        return [f"{chain.key}: moefy turns the FFNs of a Hugging Face BERT-family encoder or a gated causal LM into "
+                f"experts; {chain.member} has none to convert."]  # fmt: skip
 
 
 def _tokens(split: Split, limit: int) -> int:
@@ -204,30 +214,12 @@ def _choose_policy(model: TaskModel, moes: list[tuple[str, MoeFfn]], calib: conv
         for m, c in zip(modules, fixed, strict=True):
             policy.apply(m, c)
         return fixed, {"fixed": fixed[0].describe()}
-    subset = _long_examples(dev, opts.min_tokens, opts.eval_samples)
-
-    def evaluate() -> float:
-        """Higher is better: accuracy (a drop in points), or -ln(perplexity) (a drop of 0.01 is 1% more)."""
-        if subset.task == "causal_lm":
-            return -lm_metrics(model, subset, 32)["nll"]
-        logits = predict_logits(model, subset, 128, "policy search")
-        return float((logits.argmax(-1) == subset.labels).float().mean())
-
+    subset = dev.long_examples(opts.min_tokens, opts.eval_samples)
     options = [policy.candidates(m, opts.kind, calib.inputs[i]) for i, m in enumerate(modules)]
-    chosen, search = policy.search(modules, options, evaluate, opts.max_accuracy_drop)
-    if subset.task == "causal_lm":  # the search's score is -ln(perplexity)
-        log.info("moefy policy: %s (dev perplexity %.3f, dense %.3f)", ", ".join(c.describe() for c in chosen),
-                 math.exp(-search["dev_accuracy"]), math.exp(-search["dense_dev_accuracy"]))  # fmt: skip
-    else:
-        log.info("moefy policy: %s (dev accuracy %.4f, dense %.4f)", ", ".join(c.describe() for c in chosen),
-                 search["dev_accuracy"], search["dense_dev_accuracy"])  # fmt: skip
+    chosen, search = policy.search(modules, options, lambda: score(model, subset), opts.max_accuracy_drop)
+    log.info("moefy policy: %s (dev %s, dense %s)", ", ".join(c.describe() for c in chosen),
+             describe_score(subset, search["dev_accuracy"]), describe_score(subset, search["dense_dev_accuracy"]))
     return chosen, search
-
-
-def _long_examples(split: Split, min_tokens: int, n: int) -> Split:
-    if not min_tokens or split.task != "classification":
-        return split.subset(n)
-    return split.take([i for i, f in enumerate(split.features) if len(f) >= min_tokens][:n])
 
 
 def _finetune(model: TaskModel, source: Artifact, config: MoefyConfig, ctx: Context) -> Any:

@@ -15,7 +15,7 @@ from compress.errors import CompressError, StageError
 from compress.evaluation import split_accuracy
 from compress.runners import measure, preflight
 from compress.runtimes.base import get_runtime, runtime_format
-from compress.stages.base import StageConfig, register_stage
+from compress.stages.base import Chain, StageConfig, register_stage
 from compress.ui import progress
 
 log = logging.getLogger("compress")
@@ -77,6 +77,20 @@ class ProfileConfig(StageConfig):
 
     def measured_devices(self) -> list[str]:
         return list(self.devices)
+
+    def check(self, chain: Chain) -> list[str]:
+        if not chain.supports("generation"):
+            return []
+        key, block, shape = chain.key, chain.data.max_length, self.generation
+        if shape.prompt > block:
+            return [f"{key}.generation.prompt: {shape.prompt} tokens is longer than the blocks the models learn from "
+                    f"(data.max_length {block}); give at most {block}."]  # fmt: skip
+        static_cache = any(getattr(s, "executorch", None) is not None for s in chain.before if s.stage == "export")
+        if static_cache and shape.prompt + shape.new_tokens > block:
+            return [f"{key}.generation: a prompt of {shape.prompt} and {shape.new_tokens} new tokens overflow the "
+                    f"ExecuTorch programs' static cache of data.max_length {block} positions; give at most {block} "
+                    "in all."]  # fmt: skip
+        return []
 
 
 def _targets(artifacts: Artifacts, config: ProfileConfig, device: DeviceProfile) -> tuple[list[str], dict[str, str]]:

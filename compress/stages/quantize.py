@@ -3,14 +3,11 @@ exported as QDQ that onnxruntime runs with integer kernels) or onnxruntime post-
 
 from __future__ import annotations
 
-import copy
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
@@ -19,17 +16,16 @@ from compress.config import Strict, TrainSchedule, check_name
 from compress.context import Context
 from compress.data.dataset import DataBundle
 from compress.errors import QuantizationError
-from compress.evaluation import ParityConfig, check_parity, onnx_artifact, onnx_logits, predictor
-from compress.exporters.onnx import MIN_OPSET, export_onnx
+from compress.evaluation import ParityConfig, onnx_logits, predictor
+from compress.exporters.onnx import MIN_OPSET
 from compress.families import family_of
-from compress.families.base import Family
+from compress.families.base import CAPABILITIES, Family
+from compress.graphs import Job, PtqRequest, QatExport
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.models.task_model import TaskModel
-from compress.moe.convert import is_moe
-from compress.quant import dynamic_qat, nbits, qat, qdq
-from compress.quant import ort as ortq
-from compress.quant.ptq import INT8_MODES, Int8Mode, PtqOptions, ptq_artifacts
-from compress.stages.base import StageConfig, register_stage, require
+from compress.quant import dynamic_qat, qat
+from compress.quant.ptq import INT8_MODES, Int8Mode, PtqOptions
+from compress.stages.base import Chain, StageConfig, check_losses, register_stage, require
 from compress.training.distillation import distillation_step
 from compress.training.evaluate import predict_logits
 from compress.training.loop import train
@@ -96,6 +92,17 @@ class _QuantizeBase(StageConfig):
     source: str = Field("student", description="Model artifact to quantize.")
     weights: WeightQuant = Field(default_factory=WeightQuant, description="Weight quantization.")  # type: ignore[arg-type]
     eval_batch_size: int = Field(64, gt=0, description="Batch size for accuracy and teacher inference.")
+
+    def methods(self) -> list[str]:
+        """The quantization methods this config runs (capabilities `quantize:<method>` of the family)."""
+        return [getattr(self, "method", "")]
+
+    def check(self, chain: Chain) -> list[str]:
+        missing = [m for m in self.methods() if not chain.supports(f"quantize:{m}")]
+        if missing:
+            return [f"{chain.key}.method: {getattr(self, 'method', '')} does not apply to {chain.member} yet "
+                    f"({', '.join(CAPABILITIES.get(f'quantize:{m}', m) for m in missing)}: not for this family)."]
+        return []
 
 
 class QatConfig(_QuantizeBase, TrainSchedule):
@@ -174,6 +181,16 @@ class QatConfig(_QuantizeBase, TrainSchedule):
     def trains(self) -> bool:
         return True
 
+    def check(self, chain: Chain) -> list[str]:
+        problems = super().check(chain) + check_losses(self.losses, chain, f"{chain.key}.losses")
+        problems = problems or chain.refusal(lambda: _family_scheme(self, chain.family, chain.key))
+        if problems:
+            return problems
+        config = _family_scheme(self, chain.family, chain.key)
+        graph = chain.family.deploy_graph()
+        return chain.refusal(
+            lambda: graph.check_qat(weight_bits=config.weights.bits, dynamic=config.dynamic, stage=chain.key))
+
 
 class PtqConfig(_QuantizeBase, PtqOptions):
     """onnxruntime post-training quantization of the exported fp32 model: the `int8` variants, or 4-bit
@@ -195,6 +212,14 @@ class PtqConfig(_QuantizeBase, PtqOptions):
     def weight_only(self) -> bool:
         return self.weights.bits == 4
 
+    def check(self, chain: Chain) -> list[str]:
+        problems = super().check(chain)
+        if problems or self.weight_only:
+            return problems
+        graph = chain.family.deploy_graph(moe=self.source in chain.moe)
+        return chain.refusal(lambda: graph.int8_modes(self.int8, explicit="int8" in self.model_fields_set,
+                                                      stage=chain.key, model=self.source))  # fmt: skip
+
 
 class BitsandbytesConfig(_QuantizeBase):
     """A GPU deployment target: the Hugging Face model saved with bitsandbytes weights (LLM.int8 for
@@ -202,6 +227,12 @@ class BitsandbytesConfig(_QuantizeBase):
     `from_pretrained` reloads quantized."""
 
     method: Literal["bitsandbytes"] = Field(..., description="`bitsandbytes`.")
+
+    def check(self, chain: Chain) -> list[str]:
+        if chain.supports("quantize:bitsandbytes"):
+            return []
+        return [f"{chain.key}.method: bitsandbytes deployment covers Hugging Face models; {chain.member} is not one. "
+                "Use qat or ptq."]  # fmt: skip
 
 
 BudgetCandidate = Literal["dynamic", "qat_dynamic", "static", "qat"]
@@ -234,6 +265,9 @@ class BudgetQuantConfig(_QuantizeBase, PtqOptions):
     def trains(self) -> bool:
         return "qat" in self.order or "qat_dynamic" in self.order
 
+    def methods(self) -> list[str]:
+        return ["budget", "ptq"] + (["qat"] if self.trains() else [])
+
 
 QuantizeConfig = QatConfig | PtqConfig | BitsandbytesConfig | BudgetQuantConfig
 
@@ -242,78 +276,27 @@ def _calibration(data: DataBundle, model: TaskModel, n: int) -> list[dict[str, t
     return [model.inputs(b) for b in data.train.subset(n).loader(16)]
 
 
+def _job(ctx: Context, artifacts: Artifacts, source: str) -> Job:
+    """The stage's job for a graph: the recipe's teacher is the reference of every model but itself."""
+    teacher = (lambda: ctx.load_model(artifacts["teacher"])) if "teacher" in artifacts and source != "teacher" else None
+    return Job(ctx.data(), ctx.stage_dir, "quantize", teacher)
+
+
 def _run_ptq(source: Artifact, model: TaskModel, config: PtqConfig, ctx: Context, artifacts: Artifacts) -> Artifacts:
-    data = ctx.data()
-    if family_of(model).onnx_graph == "kv_cache":
-        return _run_ptq_decoder(source, model, config, ctx, artifacts)
-    work = ctx.stage_dir / ".work"
-    work.mkdir(exist_ok=True)
-    fp32_path = work / f"{source.name}.onnx"
-    export_onnx(model, next(iter(data.test.loader(2))), fp32_path, opset=config.opset)
-    check_parity(model, fp32_path, data.test, ParityConfig(), source.name)  # type: ignore[call-arg]
-    fp32 = Artifact(f"{source.name}.onnx", "onnx", fp32_path, "quantize", parent=source.name, params=source.params)
-    fp32_logits = onnx_logits(predictor("onnxruntime", fp32_path), data.test, config.eval_batch_size, "fp32 logits")
-    if config.weight_only:
-        arts = [_rtn_4bit(source.name, fp32, fp32_logits, config, data, ctx.stage_dir)]
-    else:
-        modes = config.int8
-        if "int8" not in config.model_fields_set and is_moe(model.module):
-            modes = [m for m in modes if m != "static"]  # explicit `static` on a MoE model is refused instead
-        arts = ptq_artifacts(
-            model, family_of(model).ptq_scheme(model), source.name, fp32, fp32_logits, modes, config, data,
-            ctx.stage_dir, ctx.recipe.data.max_length, "quantize",
-        )  # fmt: skip
-    shutil.rmtree(work, ignore_errors=True)
-    for art in arts:
-        art.parent = source.name
-    return {a.name: a for a in arts}
-
-
-def _run_ptq_decoder(
-    source: Artifact, model: TaskModel, config: PtqConfig, ctx: Context, artifacts: Artifacts
-) -> Artifacts:
-    """A causal LM: its KV-cache graph quantized by onnxruntime, int8 dynamic or 4-bit weight-only (MatMulNBits,
-    round-to-nearest); perplexity on onnxruntime. Static int8 is refused (activations are not calibrated here)."""
-    from compress.evaluation import GenerationCheck, ParityConfig, teacher_picks
-    from compress.exporters.decoder import decoder_artifacts
-
-    if "static" in config.int8 and "int8" in config.model_fields_set:
-        raise QuantizationError(f"quantize.int8: static int8 does not apply to {config.source!r}, a causal LM (its "
-                                "activations are not calibrated here); use `int8: [dynamic]` or `weights: {bits: 4}`.")
-    data = ctx.data()
-    teacher = (teacher_picks(ctx.load_model(artifacts["teacher"]), data.test, config.eval_batch_size)
-               if "teacher" in artifacts and config.source != "teacher" else None)  # fmt: skip
-    arts = decoder_artifacts(
-        model, source.name, source.params, data, ctx.stage_dir, opset=config.opset,
-        int8=not config.weight_only and "dynamic" in config.int8, int4=config.weight_only,
-        parity=ParityConfig(), check=GenerationCheck(), eval_batch_size=config.eval_batch_size,  # type: ignore[call-arg]
-        teacher=teacher, stage="quantize",
-    )  # fmt: skip
-    out = {}
-    for art in arts:
-        if art.precision == "fp32":  # the reference the variants were made from and checked against
-            art.path.unlink(missing_ok=True)
-            continue
-        art.parent = source.name
-        out[art.name] = art
-    return out
+    graph = family_of(model).graph(model)
+    modes = config.int8 if config.weight_only else graph.int8_modes(
+        config.int8, explicit="int8" in config.model_fields_set, stage="quantize", model=config.source)  # fmt: skip
+    req = PtqRequest(config.opset, modes, config, config.weights.bits, config.eval_batch_size)
+    return {a.name: a for a in graph.ptq(model, source, _job(ctx, artifacts, config.source), req)}
 
 
 def _run_bnb(source: Artifact, config: BitsandbytesConfig, ctx: Context) -> Artifacts:
     """Reload the source's Hugging Face folder with bitsandbytes (one probe forward on this machine's device),
     save it as a new model artifact, measure its accuracy with PyTorch."""
     from compress.models import bnb
-    from compress.models.structure import TRANSFORM as ENCODER_STRUCTURE
 
     model = ctx.load_model(source)
-    family_of(model).require(
-        "quantize:bitsandbytes", f"quantize.source {config.source!r}", model, "Quantize it with qat or ptq."
-    )
-    if model.has_transform(ENCODER_STRUCTURE):
-        raise QuantizationError(
-            f"quantize.method bitsandbytes: {config.source!r} is a pruned encoder (per-layer shapes); transformers "
-            "cannot reload it quantized. Quantize it with qat or ptq."
-        )
+    family_of(model).check_bitsandbytes(model, f"quantize.source {config.source!r}")
     mode: bnb.BnbMode = "int8" if config.weights.bits == 8 else "nf4"
     module = bnb.load(str(source.path), mode, model.num_labels, key=f"quantize ({config.source}, bitsandbytes {mode})")
     quantized = model.with_module(module)
@@ -334,21 +317,6 @@ def _run_bnb(source: Artifact, config: BitsandbytesConfig, ctx: Context) -> Arti
     return {name: art.finalize()}
 
 
-def _rtn_4bit(
-    name: str, fp32: Artifact, fp32_logits: np.ndarray, config: PtqConfig, data: DataBundle, out: Path
-) -> Artifact:
-    path = out / f"{name}.int4-rtn.onnx"
-    ortq.quantize_4bit_rtn(fp32.path, path)
-    art, _ = onnx_artifact(
-        path.name, path, fp32.name, "int4-rtn", fp32.params, data, config.eval_batch_size, fp32_logits, {},
-        "quantize",
-    )  # fmt: skip
-    art.info["integer_ops"] = ortq.integer_ops(path)
-    if not art.info["integer_ops"]:
-        log.warning("%s: onnxruntime's 4-bit quantizer found no MatMul to quantize; it stays float", art.name)
-    return art
-
-
 def _dev_accuracy(path: Path, data: DataBundle, batch: int, label: str) -> float:
     logits = onnx_logits(predictor("onnxruntime", path), data.dev, batch, label)
     return float((logits.argmax(-1) == data.dev.labels.numpy()).mean())
@@ -361,9 +329,8 @@ def _run_budget(
     from compress.training.evaluate import metrics as evaluate_metrics
 
     require(artifacts, "teacher", "quantize")
-    if family_of(model).onnx_graph == "kv_cache":
-        raise QuantizationError("quantize.method budget: causal LMs are quantized by `ptq` or `qat` (4-bit weights); "
-                                "their accuracy budget is perplexity, which this method does not steer.")  # fmt: skip
+    family_of(model).require("quantize:budget", f"quantize.source {config.source!r}", model,
+                             "Quantize it with `ptq` or `qat`.")  # fmt: skip
     data = ctx.data()
     teacher = ctx.load_model(artifacts["teacher"])
     teacher_dev = float(evaluate_metrics(teacher, data.dev, config.eval_batch_size)["accuracy"])
@@ -433,7 +400,9 @@ def _run_qat(
     teacher.module.eval().requires_grad_(False)
     student = ctx.load_model(source)
     family = family_of(student)
-    config = _family_scheme(config, family, student)
+    config = _family_scheme(config, family, "quantize")
+    graph = family.graph(student)  # asked before NNCF rewrites the module
+    graph.check_qat(weight_bits=config.weights.bits, dynamic=config.dynamic, stage="quantize")
     calibration = _calibration(data, student, config.calibration_samples)
     scheme = qat.QatScheme(
         weight_bits=config.weights.bits,
@@ -446,9 +415,6 @@ def _run_qat(
     # losses are built before quantizers go in: they switch attention to eager, which NNCF must trace
     build_terms(losses, student, teacher, probe)
     if config.dynamic:  # onnxruntime's dynamic int8 emulated: no ranges to calibrate
-        if family.onnx_graph == "kv_cache":
-            raise QuantizationError("quantize.activations.ranges: dynamic emulates onnxruntime's dynamic int8 of "
-                                    "logits graphs; causal LMs train 4-bit weights (leave `activations` out).")
         quantizers = dynamic_qat.prepare(student.module, family.ptq_scheme(student).shared_scale)
     else:
         student.module = qat.prepare(student.module, calibration, scheme, ignored_types=IGNORED_TYPES)
@@ -467,79 +433,10 @@ def _run_qat(
         student, step, data.train, data.dev, config, session=ctx.session(), extra=torch.nn.ModuleList(terms),
         label="qat",
     )
-    art = _export_qat(student, fp32, source, config, ctx, result, losses, teacher_name, artifacts)
-    return {art.name: art}
-
-
-def _family_scheme(config: QatConfig, family: Family, model: TaskModel) -> QatConfig:
-    """The weight width the family trains: its default where the recipe names none (4-bit weight-only for causal
-    LMs), a clear error where the recipe names one it does not."""
-    default = family.qat_weight_bits[0]
-    if "weights" not in config.model_fields_set and "activations" not in config.model_fields_set:
-        if default != config.weights.bits:
-            return config.model_copy(update={"weights": WeightQuant(bits=default), "activations": None})
-    elif config.weights.bits not in family.qat_weight_bits:
-        raise QuantizationError(
-            f"quantize.weights.bits: {config.weights.bits}-bit QAT does not apply to {config.source!r} ({family.name} "
-            f"family); it trains {' or '.join(map(str, family.qat_weight_bits))}-bit weights."
-        )
-    return config
-
-
-def _describe(config: QatConfig) -> str:
-    acts = config.activations
-    return f"W{config.weights.bits}" + (f"A{acts.bits}" if acts else " weight-only")
-
-
-def _write_qdq(student: TaskModel, sample: dict[str, torch.Tensor], path: Path, opset: int) -> TaskModel:
-    """8 bits: quantizers as torch fake-quantize ops, exported as QDQ, constant weights stored in int8."""
-    fake_quant = student.with_module(qat.strip(student.module, student.inputs(sample)))
-    export_onnx(fake_quant, sample, path, opset=opset)
-    qdq.store_int8_weights(path)
-    return fake_quant
-
-
-def _write_4bit(
-    student: TaskModel, sample: dict[str, torch.Tensor], path: Path, opset: int, export: Exporter = export_onnx
-) -> TaskModel:
-    """4 bits: fake-quantized weights baked into the model, exported as fp32 (by ``export``: a causal LM's KV-cache
-    graph, say), then every 4-bit Linear rewritten as MatMulNBits holding the trained integers and steps."""
-    steps = qat.weight_steps(student.module)
-    baked = student.with_module(qat.strip(student.module, student.inputs(sample), in_place=True))
-    try:
-        weights = {p: (baked.module.get_parameter(p).detach().numpy(), s.numpy()) for p, s in steps.items()}
-    except AttributeError as exc:
-        msg = f"{path.name}: a 4-bit quantizer names no weight of the stripped model ({exc})"
-        raise QuantizationError(msg) from None
-    export(baked, sample, path, opset=opset)
-    result = nbits.store_4bit_weights(path, weights)
-    if len(result.converted) < len(weights):
-        log.warning("%s: %d of %d 4-bit weights were not found in the ONNX graph", path.name,
-                    len(weights) - len(result.converted), len(weights))  # fmt: skip
-    return baked
-
-
-def _export_qat(
-    student: TaskModel,
-    fp32: TaskModel,
-    source: Artifact,
-    config: QatConfig,
-    ctx: Context,
-    result: object,
-    losses: list[LossConfig],
-    teacher_name: str,
-    artifacts: Artifacts,
-) -> Artifact:
-    """Strip, export to ONNX (int8 QDQ or 4-bit MatMulNBits), check parity and that onnxruntime really runs
-    integer / low-bit kernels."""
     precision = f"int{config.weights.bits}-qat" + ("-dynamic" if config.dynamic else "")
-    name = config.output or f"{config.source}.{precision}.onnx"
-    if family_of(fp32).onnx_graph == "kv_cache":
-        art = _export_qat_decoder(student, source, config, ctx, name, precision, artifacts)
-    elif config.dynamic:
-        art = _export_qat_dynamic(student, fp32, source, config, ctx, name, precision)
-    else:
-        art = _export_qat_logits(student, fp32, source, config, ctx, name, precision)
+    q = QatExport(config.source, source.params, config.output or f"{config.source}.{precision}.onnx", precision,
+                  config.weights.bits, config.dynamic, config.opset, config.parity, config.eval_batch_size)  # fmt: skip
+    art = graph.write_qat(student, fp32, _job(ctx, artifacts, config.source), q)
     art.info.update({
         "method": "qat",
         "scheme": {
@@ -551,101 +448,25 @@ def _export_qat(
         "training": {k: getattr(result, k) for k in ("steps", "best_step", "seconds", "first_loss", "last_loss",
                                                       "history", "best_dev", "dev_metric")},
     })  # fmt: skip
-    return art
+    return {art.name: art}
 
 
-def _export_qat_decoder(
-    student: TaskModel, source: Artifact, config: QatConfig, ctx: Context, name: str, precision: str,
-    artifacts: Artifacts,
-) -> Artifact:  # fmt: skip
-    """A causal LM: the trained 4-bit weights baked in, exported with its KV cache, every 4-bit Linear rewritten
-    as MatMulNBits; parity over a prompt and cached decode steps; perplexity on onnxruntime."""
-    from compress.evaluation import GenerationCheck, decoder_parity, teacher_picks
-    from compress.exporters.decoder import export_decoder_onnx, measure_decoder_graph
-
-    data = ctx.data()
-    sample = next(iter(data.test.loader(2)))
-    path = ctx.stage_dir / name
-
-    def export(model: TaskModel, _: dict[str, torch.Tensor], target: Path, *, opset: int) -> None:
-        export_decoder_onnx(model, target, opset=opset)
-
-    baked = _write_4bit(student, sample, path, config.opset, export)
-    check = GenerationCheck()  # type: ignore[call-arg]
-    parity = decoder_parity(baked, path, data.test, config.parity, check.parity_steps, name)
-    teacher = (teacher_picks(ctx.load_model(artifacts["teacher"]), data.test, config.eval_batch_size)
-               if "teacher" in artifacts and config.source != "teacher" else None)  # fmt: skip
-    art, _ = measure_decoder_graph(baked, path, config.source, precision, source.params, data, check,
-                                   config.eval_batch_size, teacher, "quantize")  # fmt: skip
-    art.metrics |= parity
-    art.info["integer_kernels"] = {k: v for k, v in ortq.executed_kernels(path).items() if k in ortq.INTEGER_KERNELS}
-    if not art.info["integer_kernels"]:
-        path.unlink()
-        raise QuantizationError(f"{name}: onnxruntime runs the exported graph with float kernels only; the artifact "
-                                "would not be quantized.")  # fmt: skip
-    return art.finalize()
-
-
-def _export_qat_dynamic(
-    student: TaskModel, fp32: TaskModel, source: Artifact, config: QatConfig, ctx: Context, name: str,
-    precision: str,
-) -> Artifact:  # fmt: skip
-    """The trained float weights through the deployed dynamic-int8 path (export, onnxruntime's fusion, dynamic
-    quantization); parity of the emulating PyTorch model against the integer graph."""
-    from compress.quant.ptq import fused_graph
-
-    data = ctx.data()
-    sample = next(iter(data.test.loader(2)))
-    work = ctx.stage_dir / ".work"
-    work.mkdir(exist_ok=True)
-    path = ctx.stage_dir / name
-    trained_fp32 = student.with_module(dynamic_qat.strip(copy.deepcopy(student.module)))
-    export_path = work / f"{config.source}.qat.onnx"
-    export_onnx(trained_fp32, sample, export_path, opset=config.opset)
-    check_parity(trained_fp32, export_path, data.test, ParityConfig(), f"{name} (float export)")  # type: ignore[call-arg]
-    src, fused = fused_graph(family_of(student).ptq_scheme(student).fusion, export_path, work, data.test)
-    ortq.quantize_dynamic(src, path, ortq.DYNAMIC_OPS)
-    shutil.rmtree(work, ignore_errors=True)
-    # batch 1, as deployed: the emulation takes each example's own activation range (compress/quant/dynamic_qat.py),
-    # onnxruntime one range over the whole batch, padding included (the 3-layer SST-2 student's logits differed
-    # by 0.56 at batch 32, by 0.018 at batch 1)
-    parity = check_parity(student, path, data.test, config.parity, name, batch_size=1)
-    integer = {k: v for k, v in ortq.executed_kernels(path).items() if k in ortq.INTEGER_KERNELS}
-    fp32_logits = predict_logits(fp32, data.test, config.eval_batch_size, "fp32 logits").numpy()
-    art, _ = onnx_artifact(
-        name, path, config.source, precision, source.params, data, config.eval_batch_size, fp32_logits, parity,
-        "quantize",
-    )  # fmt: skip
-    art.info.update({"integer_kernels": integer, "integer_ops": ortq.integer_ops(path), "fused_ops": fused,
-                     "float_layers": ortq.float_weight_layers(path)})  # fmt: skip
-    return art
-
-
-def _export_qat_logits(
-    student: TaskModel, fp32: TaskModel, source: Artifact, config: QatConfig, ctx: Context, name: str,
-    precision: str,
-) -> Artifact:  # fmt: skip
-    data = ctx.data()
-    sample = next(iter(data.test.loader(2)))
-    path = ctx.stage_dir / name
-    write = _write_4bit if config.weight_only else _write_qdq
-    exported = write(student, sample, path, config.opset)
-    parity = check_parity(exported, path, data.test, config.parity, name)
-    kernels = ortq.executed_kernels(path)
-    integer = {k: v for k, v in kernels.items() if k in ortq.INTEGER_KERNELS}
-    if not integer:
-        path.unlink()
+def _family_scheme(config: QatConfig, family: Family, where: str) -> QatConfig:
+    """The weight width the family trains: its default where the recipe names none (4-bit weight-only for causal
+    LMs), a clear error where the recipe names one it does not."""
+    default = family.qat_weight_bits[0]
+    if "weights" not in config.model_fields_set and "activations" not in config.model_fields_set:
+        if default != config.weights.bits:
+            return config.model_copy(update={"weights": WeightQuant(bits=default), "activations": None})
+    elif config.weights.bits not in family.qat_weight_bits:
         raise QuantizationError(
-            f"{name}: onnxruntime runs the exported graph with float kernels only (executed: "
-            f"{', '.join(sorted(kernels))}); the artifact would not be quantized. Check `weights`/`activations`."
+            f"{where}.weights.bits: {config.weights.bits}-bit QAT does not apply to {config.source!r} ({family.name} "
+            f"family); it trains {' or '.join(map(str, family.qat_weight_bits))}-bit weights (leave `weights` out "
+            "for that default)."
         )
-    float_layers = ortq.float_weight_layers(path)
-    if float_layers:
-        log.warning("%s: %d layers stay float: %s", name, len(float_layers), ", ".join(float_layers[:8]))
-    fp32_logits = predict_logits(fp32, data.test, config.eval_batch_size, "fp32 logits").numpy()
-    art, _ = onnx_artifact(
-        name, path, config.source, precision, source.params, data, config.eval_batch_size, fp32_logits, parity,
-        "quantize",
-    )  # fmt: skip
-    art.info.update({"integer_kernels": integer, "integer_ops": ortq.integer_ops(path), "float_layers": float_layers})
-    return art
+    return config
+
+
+def _describe(config: QatConfig) -> str:
+    acts = config.activations
+    return f"W{config.weights.bits}" + (f"A{acts.bits}" if acts else " weight-only")

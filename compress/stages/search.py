@@ -26,7 +26,7 @@ from compress.search.budget import Cost, SearchBudget, static_cost
 from compress.search.evolution import Evaluated, ScoreFn, SearchResult, evolve
 from compress.search.latency import CnnLatency, TransformerLatency, latency_model
 from compress.search.space import Arch, CnnSpace, Space, TransformerSpace, arch_key
-from compress.stages.base import StageConfig, register_stage, require, save_model_artifact
+from compress.stages.base import Chain, StageConfig, check_method, register_stage, require, save_model_artifact
 
 log = logging.getLogger("compress")
 if TYPE_CHECKING:
@@ -114,6 +114,21 @@ class _SearchBase(StageConfig):
 
     def latency_devices(self) -> dict[str, str]:
         return {"budget.device": self.budget.device} if self.budget.max_latency_ms is not None else {}
+
+    def produces(self) -> str | None:
+        return self.output
+
+    def check(self, chain: Chain) -> list[str]:
+        key, family = chain.key, chain.family
+        problems = check_method(chain, "search", self.method)  # type: ignore[attr-defined]
+        if self.budget.max_latency_ms is not None and not chain.supports("search:latency"):
+            problems.append(f"{key}.budget.max_latency_ms: latency tables time encoders and CNNs, not the "
+                            f"generation of {chain.member}; give max_params or max_mflops.")  # fmt: skip
+        space = getattr(self, "space", None)
+        if space is not None and family.space_kind is not None and space.kind != family.space_kind:
+            problems.append(f"{key}.space: a {space.kind} space does not fit {chain.member}; give a "
+                            f"{family.space_kind} space.")  # fmt: skip
+        return problems
 
 
 class DiswotConfig(_SearchBase):
@@ -418,7 +433,7 @@ def _rerank(
     from compress.training.engine import Session
     from compress.training.evaluate import selection_metric
     from compress.training.loop import train
-    from compress.training.teacher_cache import cached_teacher_logits
+    from compress.training.teacher_cache import cached_teacher_outputs
 
     if len(rows) < 2:
         log.info("search: rerank skipped, %d candidate within the budget among the top %d", len(rows), len(rows))
@@ -435,9 +450,9 @@ def _rerank(
         torch.manual_seed(ctx.seed)
         student = family.search_student(space, row["arch"], teacher, data, ctx.seed, nets.get(arch_key(row["arch"])))
         terms = build_terms(config.losses, student, teacher, probe)
-        if cached is None and data.train.task == "classification" and not any(t.teacher_paths for t in terms):
-            cached = cached_teacher_logits(teacher, teacher_sha256, data, ctx.cache_dir, engine,
-                                           batch_size=config.eval_batch_size)  # fmt: skip
+        if cached is None and not any(t.teacher_paths for t in terms):  # causal LMs: the teacher runs every step
+            cached, _ = cached_teacher_outputs(teacher, teacher_sha256, data, ctx.cache_dir, engine, top_k=None,
+                                              batch_size=config.eval_batch_size)  # fmt: skip
         step = distillation_step(student, teacher, terms, names, cached, engine)
         result = train(student, step, data.train, data.dev, config, session=session, extra=torch.nn.ModuleList(terms),
                        label=f"search rerank {row['rank']} ({row['describe']})")  # fmt: skip

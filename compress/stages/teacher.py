@@ -29,8 +29,8 @@ class TeacherConfig(StageConfig):
 
 @register_stage("teacher", TeacherConfig, in_recipe=False)
 def run(artifacts: Artifacts, config: TeacherConfig, ctx: Context) -> Artifacts:
-    data_config = ctx.recipe.data
-    family = family_of_source(config.source, data_config.modality, "teacher")
+    data_config = ctx.data_config
+    family = family_of_source(config.source, data_config, "teacher")
     tokenizer = _trained_tokenizer(ctx) if data_config.tokenizer is not None else None
     num_labels, in_channels = ctx.label_info()
     if tokenizer is not None:  # a model built from scratch: one output per token of the trained vocabulary
@@ -60,7 +60,7 @@ def _trained_tokenizer(ctx: Context) -> Any:
     from compress.data.dataset import lm_documents
     from compress.data.lm import tokenizer_corpus, train_tokenizer
 
-    cfg = ctx.recipe.data
+    cfg = ctx.data_config
     assert cfg.tokenizer is not None
     docs = tokenizer_corpus(lm_documents(cfg, ctx.base_dir, ctx.seed)["train"], cfg.tokenizer)
     started = time.perf_counter()

@@ -90,3 +90,16 @@ def metrics(model: TaskModel, split: Split, batch_size: int, engine: Engine | No
 def evaluate(model: TaskModel, split: Split, batch_size: int, engine: Engine | None = None) -> float:
     """The split's selection metric (accuracy, or perplexity for causal LMs; see `selection_metric`)."""
     return metrics(model, split, batch_size, engine)[selection_metric(split)[0]]
+
+
+def score(model: TaskModel, split: Split) -> float:
+    """Higher is better: accuracy (a drop in points), or -ln(perplexity) for causal LMs (a drop of 0.01 is 1% more
+    perplexity): what a search over a model's settings compares."""
+    if split.task == "causal_lm":
+        return -lm_metrics(model, split, 32)["nll"]
+    return accuracy(predict_logits(model, split, 128, f"scoring on {split.name}"), split.labels)
+
+
+def describe_score(split: Split, value: float) -> str:
+    """A `score` in the split's own metric."""
+    return f"perplexity {math.exp(-value):.3f}" if split.task == "causal_lm" else f"accuracy {value:.4f}"

@@ -157,3 +157,27 @@ def cached_teacher_top_k(
     if engine.is_main:
         _save({"ids": cache.ids, "logprobs": cache.logprobs, "vocab": torch.tensor(cache.vocab)}, path)
     return cache
+
+
+def cached_teacher_outputs(
+    teacher: TaskModel, teacher_sha256: str, data: DataBundle, cache_dir: Path, engine: Engine, *, top_k: int | None,
+    batch_size: int,
+) -> tuple[torch.Tensor | TopKCache | None, dict]:  # fmt: skip
+    """What the data's task caches of the teacher on the training split: a classifier's logits, or a causal LM's
+    top ``top_k`` log-probabilities per token (at most the vocabulary; None: none, the teacher runs every step);
+    and what the report says of it."""
+    if data.train.task != "causal_lm":
+        return cached_teacher_logits(teacher, teacher_sha256, data, cache_dir, engine, batch_size=batch_size), {}
+    if top_k is None:
+        return None, {}
+    if top_k > data.num_labels:
+        from compress.errors import StageError
+
+        raise StageError(f"distill.teacher_top_k: {top_k} is more than the teacher's vocabulary ({data.num_labels} "
+                         f"tokens); give at most {data.num_labels}.")  # fmt: skip
+    cached = cached_teacher_top_k(teacher, teacher_sha256, data, cache_dir, engine, k=top_k, batch_size=batch_size)
+    lengths = [len(b) for b in data.train.features]
+    info = {"top_k": cached.k, "vocabulary": cached.vocab, "mass_kept": cached.mass_kept(lengths)}
+    log.info("teacher cache: top %d of %d tokens per position keep %.2f%% of the probability mass", cached.k,
+             cached.vocab, 100 * info["mass_kept"])  # fmt: skip
+    return cached, info

@@ -59,14 +59,16 @@ def test_a_fully_gated_layer_is_removed_and_the_rest_equal_the_masked_model(llam
     again = load_model(tmp_path / "m")  # two layers from the config, the first resized by the transform
     assert torch.allclose(again.logits({"input_ids": _ids(), "attention_mask": torch.ones(2, 12)}), masked, atol=1e-5)
 
-    from compress.exporters.decoder import CachedDecoder, cache_shape, export_decoder_onnx
+    from compress.exporters.decoder import export_decoder_onnx
+    from compress.models.decoder import cache_shape
+    from compress.runtimes.decoding import CacheLayout, CachedDecoder
 
     export_decoder_onnx(model, tmp_path / "m.onnx", opset=17)
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
-    runner = CachedDecoder(lambda f: session.run(None, f), *cache_shape(llama))
-    assert cache_shape(llama) == (2, [1, 2], 16)
+    runner = CachedDecoder(lambda f: session.run(None, f), cache_shape(llama))
+    assert cache_shape(llama) == CacheLayout(2, [1, 2], 16)
     tokens, logits = runner.greedy([5, 6, 7], 4)
     with torch.no_grad():
         ref = llama(input_ids=torch.tensor([[5, 6, 7, *tokens]])).logits[0, 2:].numpy()
