@@ -58,12 +58,40 @@ CAPABILITIES = {
     "distill:augment": "text augmentation of the training split (distill.augment)",
     "losses:sequence": "token-level sequence distillation (fkl, rkl, ..., distill.student_data, teacher top-k caches)",
     "generation": "generation latency through a KV cache (profile.generation)",
+    "prune:latency": "latency targets of DPHuBERT (prune.target.latency_ms, speedup, budget)",
+}
+
+# capability -> the Family method that implements it, and whether only families with the capability may override
+# that method (a method several capabilities share, like `search_space`, is checked one way). A family that
+# declares a capability without its method, or overrides an exclusive method without declaring the capability,
+# is refused when its class is defined: what `validate` promises is what the run has.
+IMPLEMENTED_BY: dict[str, tuple[str, bool]] = {
+    "prune:dphubert": ("masked_groups", True),
+    "prune:latency": ("latency_costs", True),
+    "prune:torch_pruning": ("example_input", True),
+    "moefy": ("ffn_blocks", True),
+    "search:diswot": ("search_space", False),
+    "search:autodistil": ("supernet", True),
+    "hidden_states": ("hidden_states", True),
+    "generation": ("deploy_graph", True),
 }
 
 
 class Family(ABC):
     """One model family. Subclasses set the class attributes and implement the abstract methods; the defaults
     of the others say "not supported for this family"."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "__abstractmethods__", None) and "name" not in cls.__dict__:
+            return  # an intermediate base, not a family
+        for capability, (method, exclusive) in IMPLEMENTED_BY.items():
+            declared = bool(cls.capabilities.get(capability))
+            overridden = getattr(cls, method) is not getattr(Family, method)
+            if declared and not overridden:
+                raise TypeError(f"family {cls.__name__} declares `{capability}` but does not implement `{method}`")
+            if exclusive and overridden and not declared:
+                raise TypeError(f"family {cls.__name__} implements `{method}` but does not declare `{capability}`")
 
     name: ClassVar[str]
     modality: ClassVar[Modality]

@@ -53,6 +53,7 @@ class DecoderFamily(Family):
         "gradient_checkpointing": HF,
         "moefy": HF,
         "prune:dphubert": HF,
+        "prune:latency": HF,
         "search:autodistil": HF,
         "quantize:qat": HF,
         "quantize:ptq": HF,

@@ -45,6 +45,7 @@ class EncoderFamily(Family):
     space_kind = "transformer"
     capabilities = {
         "prune:dphubert": HF,
+        "prune:latency": HF,
         "moefy": HF,
         "search:diswot": HF,
         "search:autodistil": HF,

@@ -162,8 +162,10 @@ class HiddenTerm(PairedTerm):
 
 # ---- DPHuBERT layer-to-layer ----------------------------------------------------------------------------------
 class L1CosineConfig(LossConfig):
-    """DPHuBERT's layer-to-layer distillation: per layer pair, ``mean |h_s - h_t| + (1 - cos(h_s, h_t))`` per
-    token, averaged over non-padding tokens and pairs (hidden sizes must match: no projection)."""
+    """DPHuBERT's layer-to-layer distillation: per layer pair, ``mean |W h_s - h_t| + (1 - cos(W h_s, h_t))`` per
+    token, averaged over non-padding tokens and pairs. ``W`` is the identity where the hidden sizes match (a pruned
+    copy of the teacher, DPHuBERT's setting) and a learned linear map where they differ (a searched or narrower
+    student): DistilHuBERT's prediction heads (Chang et al., 2022), which DPHuBERT's loss comes from."""
 
     name: Literal["l1_cosine"]
     pairs: list[tuple[str, str]] | None = Field(
@@ -185,16 +187,15 @@ class L1CosineTerm(PairedTerm):
     def __init__(self, cfg: L1CosineConfig, student: TaskModel, teacher: TaskModel, batch: dict[str, torch.Tensor]):
         pairs, s_feats, t_feats = self._pair(cfg.weight, cfg.pairs, "l1_cosine", student, teacher, batch)
         for s, t in pairs:
-            if s_feats[s].shape[-1] != t_feats[t].shape[-1]:
-                raise StageError(
-                    f"loss `l1_cosine`: {s} (width {s_feats[s].shape[-1]}) and {t} (width {t_feats[t].shape[-1]}) "
-                    "differ in width; it compares hidden states directly (use `hidden`, which learns a projection)."
-                )
+            if s_feats[s].dim() != 3 or t_feats[t].dim() != 3:
+                raise StageError(f"loss `l1_cosine`: {s} and {t} must be token sequences (batch, tokens, width); "
+                                 "use `hidden` for feature maps.")  # fmt: skip
+        self.projectors = nn.ModuleList(_projector(s_feats[s], t_feats[t]) for s, t in pairs)
 
     def forward(self, s: Captured, t: Captured, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.l1_cosine_loss(
-            [s.features[p] for p, _ in self.pairs], [t.features[q] for _, q in self.pairs],
-            mask=batch.get("attention_mask"),
+            [proj(s.features[p]) for (p, _), proj in zip(self.pairs, self.projectors, strict=True)],
+            [t.features[q] for _, q in self.pairs], mask=batch.get("attention_mask"),
         )  # fmt: skip
 
 

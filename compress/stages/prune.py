@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field, model_validator
@@ -141,7 +141,11 @@ class _PruneBase(StageConfig, TrainSchedule):
         return self.output
 
     def check(self, chain: Chain) -> list[str]:
-        return check_method(chain, "prune", self.method)  # type: ignore[attr-defined]
+        problems = check_method(chain, "prune", self.method)  # type: ignore[attr-defined]
+        if not problems and self.target.timed and not chain.supports("prune:latency"):
+            problems.append(f"{chain.key}.target: latency targets time Transformer encoders and causal LMs; "
+                            f"{chain.member} is not timed. Give a `params` target.")  # fmt: skip
+        return problems
 
 
     def latency_devices(self) -> dict[str, str]:
@@ -219,11 +223,21 @@ def _loss_configs(config: _PruneBase, pairs: list[tuple[str, str]] | None = None
     return terms
 
 
+class _Distil(NamedTuple):
+    """The distillation step, and the terms' own parameters (projections of a student narrower than its teacher)
+    that the loop trains with the student (None: the terms have none)."""
+
+    step: StepLoss
+    extra: torch.nn.Module | None
+
+
 def _step(
     configs: list, student: TaskModel, teacher: TaskModel, sample: Batch, engine: Engine | None = None
-) -> StepLoss:
+) -> _Distil:
     terms = build_terms(configs, student, teacher, sample)
-    return distillation_step(student, teacher, terms, [c.name for c in configs], engine=engine)
+    step = distillation_step(student, teacher, terms, [c.name for c in configs], engine=engine)
+    trained = torch.nn.ModuleList(terms)
+    return _Distil(step, trained if any(True for _ in trained.parameters()) else None)
 
 
 @dataclass
@@ -326,13 +340,8 @@ def _hidden_pairs(
         raise StageError(f"prune.layers: {layers} must be in 0..{n_layers - 1}.")
     mapping = _layer_map(config, family, student, teacher)
     s_width, t_width = family.hidden_width(student), family.hidden_width(teacher)
-    if s_width != t_width:
-        raise StageError(
-            f"prune: {config.source!r} (hidden size {s_width}) and its teacher {config.teacher!r} (hidden size "
-            f"{t_width}) cannot match hidden states. Set `teacher: {config.source}` (distil from the unpruned model "
-            "itself) or `hidden_weight: 0` (logit distillation only)."
-        )
-    log.info("prune: student layers -> teacher layers %s", dict(enumerate(mapping)))
+    log.info("prune: student layers -> teacher layers %s%s", dict(enumerate(mapping)),
+             f" (hidden {s_width} -> {t_width} through learned projections)" if s_width != t_width else "")
     return [(student.features[i], teacher.features[mapping[i]]) for i in layers], mapping
 
 
@@ -371,9 +380,8 @@ def _run_dphubert(
         pairs, mapping = _after_removal(pairs, mapping, removed, student)
         distil = _step(_loss_configs(config, pairs, config.hidden_weight), student, teacher, sample, ctx.engine)
         log.info("prune: removed layers %s; student layers -> teacher layers %s", removed, dict(enumerate(mapping)))
-    tuned = train(
-        student, distil, data.train, data.dev, config.finetune, session=ctx.session(), label="prune (finetune)"
-    )
+    tuned = train(student, distil.step, data.train, data.dev, config.finetune, session=ctx.session(),
+                  extra=distil.extra, label="prune (finetune)")  # fmt: skip
     art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
     info = art.info["pruning"] = {
         "method": config.method, "target": config.target.model_dump(), "kept_fraction": kept,
@@ -442,7 +450,7 @@ class _MaskedPhase:
     ascent) train with the model towards a size target ramped in from 1; a correction continues it towards
     another target (a quarter of its steps, the target ramped over half)."""
 
-    def __init__(self, config: DphubertConfig, groups: MaskedGroups, distil: StepLoss, student: TaskModel,
+    def __init__(self, config: DphubertConfig, groups: MaskedGroups, distil: _Distil, student: TaskModel,
                  ctx: Context) -> None:  # fmt: skip
         self.config, self.groups, self.distil, self.student, self.ctx = config, groups, distil, student, ctx
         self.data = ctx.data()
@@ -456,7 +464,7 @@ class _MaskedPhase:
 
     def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         self.groups.sample()
-        loss, parts = self.distil(batch)
+        loss, parts = self.distil.step(batch)
         expected = self.groups.expected()
         start, end, steps = self.state["ramp"]
         t = ramped_target(self.state["step"], steps, end, start)
@@ -464,7 +472,8 @@ class _MaskedPhase:
 
     def train(self, schedule: TrainSchedule, label: str) -> TrainResult:
         result = train(self.student, self.step, self.data.train, self.data.dev, schedule, session=self.ctx.session(),
-                       label=label, extra_optimizers=(self.mask_opt, self.lagrangian.optimizer(self.config.lambda_lr)),
+                       label=label, extra=self.distil.extra,
+                       extra_optimizers=(self.mask_opt, self.lagrangian.optimizer(self.config.lambda_lr)),
                        select_best=False, on_step=lambda n: self.state.update(step=n))  # fmt: skip
         self.steps = self.steps or result.steps
         return result
@@ -599,7 +608,7 @@ def _run_torch_pruning(
     measure: Literal["flops", "params"] = "flops" if config.target.flops is not None else "params"
     keep = float(config.target.flops if config.target.flops is not None else config.target.params)  # type: ignore[arg-type]
     sample = next(iter(data.train.loader(min(8, len(data.train)))))
-    step = _step(_loss_configs(config), student, teacher, sample)
+    step = _step(_loss_configs(config), student, teacher, sample).step
 
     batches: Iterator[Batch] = iter(())
 
@@ -625,7 +634,7 @@ def _run_torch_pruning(
     student.record(TRANSFORM, pruned_shapes(student.module, reference))
     log.info("prune: torch_pruning kept %.4f of the %s (target %.3f); %d -> %d parameters in %d steps",
              pruning["fraction"], measure, keep, before, student.num_params(), len(pruning["history"]))  # fmt: skip
-    step = _step(_loss_configs(config), student, teacher, sample, ctx.engine)  # recovery ran on the CPU
+    step = _step(_loss_configs(config), student, teacher, sample, ctx.engine).step  # recovery ran on the CPU
     tuned = train(student, step, data.train, data.dev, config, session=ctx.session(), label="prune (distill)")
     art = save_model_artifact(student, config.output, ctx, "prune", parent, data, config.eval_batch_size, tuned)
     art.info["pruning"] = {

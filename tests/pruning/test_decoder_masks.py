@@ -61,7 +61,7 @@ def test_a_fully_gated_layer_is_removed_and_the_rest_equal_the_masked_model(llam
 
     from compress.exporters.decoder import export_decoder_onnx
     from compress.models.decoder import cache_shape
-    from compress.runtimes.decoding import CacheLayout, CachedDecoder
+    from compress.runtimes.decoding import CachedDecoder, CacheLayout
 
     export_decoder_onnx(model, tmp_path / "m.onnx", opset=17)
     import onnxruntime as ort
