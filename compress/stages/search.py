@@ -176,7 +176,7 @@ class Costs:
         self.space, self.teacher, self.budget = space, teacher, config.budget
         self.family = family_of(teacher)
         self.in_channels, self.seed = data.in_channels, ctx.seed
-        self.image_shape = family_of(teacher).input_shape(data)
+        self.image_shape = self.family.input_shape(data)
         self.cache: dict[str, Cost] = {}
         self.latency: CnnLatency | TransformerLatency | None = None
         if self.budget.max_latency_ms is not None:

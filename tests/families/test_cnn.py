@@ -17,6 +17,7 @@ RUNS = {
     "prune:torch_pruning": "prune (torch_pruning)",
     "quantize:qat": "quantize (qat)",
     "quantize:ptq": "quantize (ptq)",
+    "quantize:budget": "quantize (budget)",
     "export": "export",
 }
 RECIPE = (
@@ -58,6 +59,11 @@ RECIPE = (
     method: ptq
     source: teacher.tp
     int8: [dynamic]
+  - stage: quantize
+    method: budget
+    source: teacher
+    accuracy_drop: 100
+    order: [dynamic]
   - stage: export
     models: [student, teacher.tp]
     int8: []
@@ -76,6 +82,7 @@ def test_every_stage_the_cnn_family_supports_runs_on_digits(tmp_path: Path) -> N
     assert arts["student"].info["pruning"]["params_before"] > arts["student"].params  # searched, distilled, pruned
     assert pruned.num_params() < teacher.num_params()
     assert [t["name"] for t in pruned.transforms] == ["channel_shapes"]
+    assert arts["teacher.int8-dynamic.onnx"].info["quantize_budget"]["chosen"] == "dynamic"
     for name in ("student.int8-qat.onnx", "teacher.tp.int8-dynamic.onnx", "student.onnx", "teacher.tp.onnx"):
         assert name in arts, sorted(arts)
         assert arts[name].metrics["accuracy"] > 0.3, (name, arts[name].metrics)
