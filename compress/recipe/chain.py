@@ -5,8 +5,8 @@ walks the chain and adds what spans the recipe. Each problem names the recipe ke
 from __future__ import annotations
 
 from compress.errors import RecipeError
+from compress.families.chain import Chain
 from compress.recipe.schema import Recipe
-from compress.stages.base import Chain
 
 
 def check_chain(recipe: Recipe) -> None:

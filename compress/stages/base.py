@@ -3,51 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from compress.artifacts import Artifact, Artifacts
 from compress.config import Strict, method_union
 from compress.context import Context
-from compress.data.config import DataConfig
 from compress.data.dataset import DataBundle
 from compress.errors import CompressError, RecipeError, StageError
-from compress.families.base import Family
+from compress.families.chain import Chain
 from compress.models.task_model import TaskModel
 from compress.registry import Registry
 from compress.training.evaluate import metrics as evaluation_metrics
 from compress.training.loop import TrainResult
-
-
-@dataclass
-class Chain:
-    """What a stage config's `check` sees of the recipe around it, before any model exists: the teacher's family
-    and source kind, the data, the stages before it and the MoE models they made. ``key`` names the stage
-    (`stages[2]`) in the problems a check returns."""
-
-    family: Family
-    kind: str
-    teacher: str  # the teacher's source, as errors name it
-    data: DataConfig
-    key: str = ""
-    before: list[StageConfig] = field(default_factory=list)
-    moe: set[str] = field(default_factory=set)
-
-    @property
-    def member(self) -> str:
-        return f"this teacher ({self.teacher}, {self.family.name} family)"
-
-    def supports(self, capability: str) -> bool:
-        return self.family.supports(capability, self.kind)
-
-    def refusal(self, fn: Callable[[], object]) -> list[str]:
-        """Run a rule the stage also runs on its model (a graph's, a family's): its error as a problem."""
-        try:
-            fn()
-        except CompressError as exc:
-            return [str(exc)]
-        return []
 
 
 class StageConfig(Strict):

@@ -53,10 +53,9 @@ class ExportConfig(PtqOptions, StageConfig):
             return [f"{chain.key}: export does not apply to {chain.member} yet (no exporter for it); leave the stage "
                     "out and use the PyTorch model."]  # fmt: skip
         explicit = "int8" in self.model_fields_set
-        moe = sorted(chain.moe & set(self.models or chain.moe))
-        graph = chain.family.deploy_graph(moe=bool(moe))
-        problems = chain.refusal(lambda: graph.int8_modes(self.int8, explicit=explicit, stage=f"{chain.key}",
-                                                          model=moe[0] if moe else "teacher"))  # fmt: skip
+        graph, model = chain.graph(self.models or sorted(chain.moe))
+        problems = chain.refusal(lambda: graph.int8_modes(self.int8, explicit=explicit, stage=chain.key,
+                                                          model=model))  # fmt: skip
         executorch = self.executorch
         if executorch is not None:
             problems += chain.refusal(lambda: graph.check_executorch(executorch, f"{chain.key}.executorch"))

@@ -187,7 +187,7 @@ class QatConfig(_QuantizeBase, TrainSchedule):
         if problems:
             return problems
         config = _family_scheme(self, chain.family, chain.key)
-        graph = chain.family.deploy_graph()
+        graph, _ = chain.graph([self.source])
         return chain.refusal(
             lambda: graph.check_qat(weight_bits=config.weights.bits, dynamic=config.dynamic, stage=chain.key))
 
@@ -216,7 +216,7 @@ class PtqConfig(_QuantizeBase, PtqOptions):
         problems = super().check(chain)
         if problems or self.weight_only:
             return problems
-        graph = chain.family.deploy_graph(moe=self.source in chain.moe)
+        graph, _ = chain.graph([self.source])
         return chain.refusal(lambda: graph.int8_modes(self.int8, explicit="int8" in self.model_fields_set,
                                                       stage=chain.key, model=self.source))  # fmt: skip
 

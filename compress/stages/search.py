@@ -119,15 +119,14 @@ class _SearchBase(StageConfig):
         return self.output
 
     def check(self, chain: Chain) -> list[str]:
-        key, family = chain.key, chain.family
+        key = chain.key
         problems = check_method(chain, "search", self.method)  # type: ignore[attr-defined]
         if self.budget.max_latency_ms is not None and not chain.supports("search:latency"):
             problems.append(f"{key}.budget.max_latency_ms: latency tables time encoders and CNNs, not the "
                             f"generation of {chain.member}; give max_params or max_mflops.")  # fmt: skip
-        space = getattr(self, "space", None)
-        if space is not None and family.space_kind is not None and space.kind != family.space_kind:
-            problems.append(f"{key}.space: a {space.kind} space does not fit {chain.member}; give a "
-                            f"{family.space_kind} space.")  # fmt: skip
+        misfit = chain.space_problem(getattr(self, "space", None))
+        if misfit is not None:
+            problems.append(f"{key}.space: {misfit}")
         return problems
 
 

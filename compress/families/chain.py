@@ -1,0 +1,58 @@
+"""What a stage config's `check` sees of the recipe around it (`StageConfig.check`): the family answers what the
+chain's models are, so a check asks instead of testing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from compress.data.config import DataConfig
+from compress.errors import CompressError
+from compress.families.base import Family
+
+if TYPE_CHECKING:
+    from compress.graphs import Graph
+
+
+@dataclass
+class Chain:
+    """What a stage config's `check` sees of the recipe around it, before any model exists: the teacher's family
+    and source kind, the data, the stages before it and the MoE models they made. ``key`` names the stage
+    (`stages[2]`) in the problems a check returns."""
+
+    family: Family
+    kind: str
+    teacher: str  # the teacher's source, as errors name it
+    data: DataConfig
+    key: str = ""
+    before: list[Any] = field(default_factory=list)  # the stage configs before it
+    moe: set[str] = field(default_factory=set)
+
+    @property
+    def member(self) -> str:
+        return f"this teacher ({self.teacher}, {self.family.name} family)"
+
+    def supports(self, capability: str) -> bool:
+        return self.family.supports(capability, self.kind)
+
+    def graph(self, models: list[str]) -> tuple[Graph, str]:
+        """The graph the named models deploy as, and the one a refusal names: the family answers, told whether
+        one of them has Mixture-of-Experts layers (made by an earlier `moefy`)."""
+        moe = sorted(self.moe & set(models))
+        return self.family.deploy_graph(moe=bool(moe)), (moe or models or ["teacher"])[0]
+
+    def space_problem(self, space: Any) -> str | None:
+        """Why a search space does not fit the teacher's family (None when it does)."""
+        want = self.family.space_kind
+        if space is None or want is None or space.kind == want:
+            return None
+        return f"a {space.kind} space does not fit {self.member}; give a {want} space."
+
+    def refusal(self, fn: Callable[[], object]) -> list[str]:
+        """Run a rule the stage also runs on its model (a graph's, a family's): its error as a problem."""
+        try:
+            fn()
+        except CompressError as exc:
+            return [str(exc)]
+        return []
