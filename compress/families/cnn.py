@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from compress.families import methods as m
 from compress.families.base import Family, register_family
 from compress.models.inputs import IMAGES, InputSpec
 from compress.models.task_model import TaskModel, build_module
@@ -30,16 +31,6 @@ class CnnFamily(Family):
     summary = "CNN image classifiers"
     kinds = ("cnn", "python")
     space_kind = "cnn"
-    capabilities = {
-        "prune:dphubert": ("cnn",),
-        "prune:torch_pruning": ("cnn", "python"),
-        "search:diswot": ("cnn", "python"),
-        "search:latency": ("cnn", "python"),
-        "export": ("cnn", "python"),
-        "quantize:qat": ("cnn", "python"),
-        "quantize:ptq": ("cnn", "python"),
-        "quantize:budget": ("cnn", "python"),
-    }
 
     def feature_modules(self, model: TaskModel) -> list[str]:
         if model.kind != "cnn":
@@ -49,29 +40,36 @@ class CnnFamily(Family):
     def input_spec(self, model: TaskModel) -> InputSpec:
         return IMAGES
 
-    def input_shape(self, data: DataBundle) -> tuple[int, ...] | None:
-        return tuple(torch.as_tensor(data.train.features[:1]).shape[1:])
-
     def ptq_scheme(self, model: TaskModel) -> PtqScheme:
         from compress.quant import ort
         from compress.quant.ptq import PtqScheme
 
         return PtqScheme(static_ops=tuple(ort.IMAGE_OPS))  # convolutions too; nothing to fuse
 
+
+# ---- the methods registered for the family --------------------------------------------------------------------
+class _Channels(m.ChannelPruning):
     def example_input(self, data: DataBundle) -> torch.Tensor:
         return torch.as_tensor(data.train.features[:1]).float()
 
     def reference(self, model: TaskModel) -> nn.Module:
         return build_module(model.kind, model.spec)
 
-    def masked_groups(self, model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:
-        self.require("prune:dphubert", where, model, "Prune it with `method: torch_pruning`.")
-        from compress.pruning.masked import ChannelGroups
 
-        return ChannelGroups(model, goal, self.reference(model), self.example_input(data))
+_CHANNELS = _Channels()
 
-    def search_space(self, space: Space | None, teacher: TaskModel, where: str) -> Space:
-        self.require("search:diswot", where, teacher)
+
+def _masked_groups(model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:
+    """The built-in CNN's channel groups (every conv's output channels, tied across residual adds)."""
+    from compress.pruning.masked import ChannelGroups
+
+    return ChannelGroups(model, goal, _CHANNELS.reference(model), _CHANNELS.example_input(data))
+
+
+class _Search(m.Searcher):
+    """DisWOT's CNN space (block, stages, depth, width, kernel, expansion)."""
+
+    def space(self, space: Space | None, teacher: TaskModel, where: str) -> Space:
         from compress.errors import ModelError
         from compress.search.space import CnnSpace
 
@@ -81,9 +79,25 @@ class CnnFamily(Family):
                              "(block, stages, depth, width, kernel, expansion).")  # fmt: skip
         return space
 
-    def search_student(self, space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, seed: int,
-                       supernet: Any = None) -> TaskModel:  # fmt: skip
+    def student(self, space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, seed: int,
+                supernet: Any = None) -> TaskModel:  # fmt: skip
         from compress.search.candidates import build_candidate
 
         # DisWOT's CNN students train from scratch, as in the paper
-        return self.adopt(build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=seed))
+        return _FAMILY.adopt(build_candidate(space, arch, teacher, in_channels=data.in_channels, seed=seed))
+
+    def input_shape(self, data: DataBundle) -> tuple[int, ...] | None:
+        return tuple(torch.as_tensor(data.train.features[:1]).shape[1:])
+
+
+_FAMILY = CnnFamily()
+_NAME = CnnFamily.name
+ANY = ("cnn", "python")
+m.register(m.PRUNE_DPHUBERT, _NAME, ("cnn",), _masked_groups)
+m.register(m.PRUNE_TORCH_PRUNING, _NAME, ANY, _CHANNELS)
+m.register(m.SEARCH_DISWOT, _NAME, ANY, _Search())
+m.register(m.SEARCH_LATENCY, _NAME, ANY, True)
+m.register(m.EXPORT, _NAME, ANY, True)
+m.register(m.QUANTIZE_QAT, _NAME, ANY, m.QatDefaults())
+m.register(m.QUANTIZE_PTQ, _NAME, ANY, True)
+m.register(m.QUANTIZE_BUDGET, _NAME, ANY, True)

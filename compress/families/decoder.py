@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from compress.errors import ModelError
+from compress.families import methods as m
 from compress.families.base import Family, register_family
 from compress.models.decoder import STRUCTURE, decoder_layers, evenly_spaced, layer_prefix
 from compress.models.inputs import TOKENS, InputSpec
@@ -46,23 +47,9 @@ class DecoderFamily(Family):
     kinds = ("hf",)
     space_kind = "transformer"
     qat_weight_bits = (4,)  # weight-only MatMulNBits: memory-bound decoding is where low-bit weights pay
-    capabilities = {
-        "export": HF,
-        "hidden_states": HF,
-        "student:decoder": HF,
-        "gradient_checkpointing": HF,
-        "moefy": HF,
-        "prune:dphubert": HF,
-        "prune:latency": HF,
-        "search:autodistil": HF,
-        "quantize:qat": HF,
-        "quantize:ptq": HF,
-        "losses:sequence": HF,
-        "generation": HF,
-    }
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
-        self.check_positions(max_length, self.positions(model))
+        self.check_positions(max_length, _positions(model))
         tokenizer = model.tokenizer
         if tokenizer is None:
             raise ModelError(f"{where}: the causal LM has no tokenizer; give a model folder with one, or set "
@@ -92,11 +79,6 @@ class DecoderFamily(Family):
         """Token ids and attention mask (a vocabulary trained on the data may be small: the last id is counted)."""
         return InputSpec(TOKENS.names, sequence=True, dummy_token=max(model.num_labels - 1, 0))
 
-    def positions(self, model: TaskModel) -> int | None:
-        cfg = getattr(model.module, "config", None)
-        value = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-        return value if isinstance(value, int) else None
-
     def feature_modules(self, model: TaskModel) -> list[str]:
         try:
             prefix = layer_prefix(model.module)
@@ -104,58 +86,63 @@ class DecoderFamily(Family):
             return []
         return [f"{prefix}.{i}" for i in range(len(decoder_layers(model.module)))]
 
+
+def _positions(model: TaskModel) -> int | None:
+    cfg = getattr(model.module, "config", None)
+    value = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return value if isinstance(value, int) else None
+
+
+# ---- the methods registered for the family --------------------------------------------------------------------
+class _Layers(m.LayerStructure):
     def layers(self, model: TaskModel) -> int:
         return len(decoder_layers(model.module))
 
-    def hidden_width(self, model: TaskModel) -> int:
+    def width(self, model: TaskModel) -> int:
         return int(model.module.config.hidden_size)  # type: ignore[union-attr,arg-type]
 
-    def hidden_states(
-        self, model: TaskModel, batch: Batch, layers: list[int]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out = model.module(**model.inputs(batch), output_hidden_states=True)  # type: ignore[operator]
-        return out.logits, [out.hidden_states[i + 1] for i in layers]
-
-    def default_layer_map(self, student: TaskModel, teacher: TaskModel) -> list[int]:
+    def default_map(self, student: TaskModel, teacher: TaskModel) -> list[int]:
         s_layers, t_layers = self.layers(student), self.layers(teacher)
         if s_layers == t_layers:
             return list(range(s_layers))
         init = (student.spec.get("decoder") or {}).get("init_from_layers")
         return list(init) if init and len(init) == s_layers else evenly_spaced(s_layers, t_layers)
 
-    def masked_groups(self, model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:
-        """DPHuBERT on LLaMA-style layers: key/value groups (with their query heads) and SwiGLU units."""
-        self.require("prune:dphubert", where, model)
-        from compress.pruning.masked import DecoderGroups
 
-        layer = decoder_layers(model.module)[0]
-        if not all(hasattr(layer, n) for n in ("self_attn", "mlp")) or not hasattr(layer.mlp, "gate_proj"):
-            raise ModelError(f"{where}: DPHuBERT prunes LLaMA-style decoder layers (self_attn with q/k/v/o "
-                             f"projections, a SwiGLU mlp); {type(model.module).__name__} has other ones.")  # fmt: skip
-        return DecoderGroups(model, goal)
+def _masked_groups(model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:
+    """DPHuBERT on LLaMA-style layers: key/value groups (with their query heads) and SwiGLU units."""
+    from compress.pruning.masked import DecoderGroups
 
-    def latency_costs(self, model: TaskModel, device: DeviceProfile, sequence: int, cache_dir: Path, *,
-                      precision: str, statistic: str,
-                      reference: tuple[DeviceProfile, Path] | None = None) -> LatencyCosts:  # fmt: skip
-        from compress.pruning.latency_costs import measure_decoder_costs
+    layer = decoder_layers(model.module)[0]
+    if not all(hasattr(layer, n) for n in ("self_attn", "mlp")) or not hasattr(layer.mlp, "gate_proj"):
+        raise ModelError(f"{where}: DPHuBERT prunes LLaMA-style decoder layers (self_attn with q/k/v/o "
+                         f"projections, a SwiGLU mlp); {type(model.module).__name__} has other ones.")  # fmt: skip
+    return DecoderGroups(model, goal)
 
-        return measure_decoder_costs(model.module.config, device, sequence, cache_dir, precision=precision,
-                                     statistic=statistic, reference=reference)  # fmt: skip
 
-    def ffn_blocks(self, model: TaskModel, where: str) -> list[FfnBlock]:
-        """The gated SwiGLU FFNs (`mlp.gate_proj`, `up_proj`, `down_proj`): LaDiMo's own setting."""
-        self.require("moefy", where, model)
-        from compress.moe.experts import find_ffn_blocks
+def _latency_costs(model: TaskModel, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str,
+                   statistic: str, reference: tuple[DeviceProfile, Path] | None = None) -> LatencyCosts:  # fmt: skip
+    from compress.pruning.latency_costs import measure_decoder_costs
 
-        blocks = find_ffn_blocks(model.module)
-        if any(b.w_gate is None for b in blocks):
-            raise ModelError(f"{where}: moefy splits gated (SwiGLU) FFNs of causal LMs; {type(model.module).__name__} "
-                             "has ungated ones.")  # fmt: skip
-        return blocks
+    return measure_decoder_costs(model.module.config, device, sequence, cache_dir, precision=precision,
+                                 statistic=statistic, reference=reference)  # fmt: skip
 
-    def search_space(self, space: Space | None, teacher: TaskModel, where: str) -> Space:
-        """AutoDistil's Transformer space (layers, hidden, query heads, FFN) over a LLaMA-style teacher."""
-        self.require("search:autodistil", where, teacher)
+
+def _ffn_blocks(model: TaskModel, where: str) -> list[FfnBlock]:
+    """The gated SwiGLU FFNs (`mlp.gate_proj`, `up_proj`, `down_proj`): LaDiMo's own setting."""
+    from compress.moe.experts import find_ffn_blocks
+
+    blocks = find_ffn_blocks(model.module)
+    if any(b.w_gate is None for b in blocks):
+        raise ModelError(f"{where}: moefy splits gated (SwiGLU) FFNs of causal LMs; {type(model.module).__name__} "
+                         "has ungated ones.")  # fmt: skip
+    return blocks
+
+
+class _Search(m.SupernetSearcher):
+    """AutoDistil's Transformer space (layers, hidden, query heads, FFN) over a LLaMA-style teacher."""
+
+    def space(self, space: Space | None, teacher: TaskModel, where: str) -> Space:
         from compress.search.candidates import resolve_decoder_space
         from compress.search.space import TransformerSpace
 
@@ -168,26 +155,45 @@ class DecoderFamily(Family):
                              "teacher.")  # fmt: skip
         return resolve_decoder_space(space, teacher, f"{where}.space")  # type: ignore[arg-type]
 
-    def search_candidate(self, space: Space, arch: Arch, teacher: TaskModel, *, in_channels: int | None,
-                         seed: int) -> TaskModel:  # fmt: skip
+    def candidate(self, space: Space, arch: Arch, teacher: TaskModel, *, in_channels: int | None,
+                  seed: int) -> TaskModel:  # fmt: skip
         from compress.search.candidates import build_decoder_candidate
 
         return build_decoder_candidate(arch, teacher, seed=seed)
 
     def supernet(self, teacher: TaskModel) -> SlicedSuperNet:
-        self.require("search:autodistil", "search", teacher)
         from compress.search.supernet import DecoderSuperNet
 
         return DecoderSuperNet(teacher.module)
 
-    def search_student(self, space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, seed: int,
-                       supernet: Any = None) -> TaskModel:  # fmt: skip
+    def student(self, space: Space, arch: Arch, teacher: TaskModel, data: DataBundle, seed: int,
+                supernet: Any = None) -> TaskModel:  # fmt: skip
         """The sub-network's weights from AutoDistil's trained super-network."""
         net = supernet if supernet is not None else self.supernet(teacher)
         student = TaskModel(net.extract(arch), "hf", "lm", teacher.num_labels, teacher.tokenizer, {"search": arch})
-        return self.adopt(student)
+        return _FAMILY.adopt(student)
 
-    def qat_losses(self, model: TaskModel) -> list[LossConfig]:
+
+class _Qat(m.QatDefaults):
+    """Forward KL over the vocabulary: the logits are next-token distributions."""
+
+    def losses(self, model: TaskModel) -> list[LossConfig]:
         from compress.losses.sequence import ForwardKLConfig
 
         return [ForwardKLConfig(name="fkl", weight=1.0)]
+
+
+_FAMILY = DecoderFamily()
+_NAME = DecoderFamily.name
+m.register(m.EXPORT, _NAME, HF, True)
+m.register(m.HIDDEN_STATES, _NAME, HF, _Layers())
+m.register(m.STUDENT_DECODER, _NAME, HF, True)
+m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
+m.register(m.MOEFY, _NAME, HF, _ffn_blocks)
+m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups)
+m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs)
+m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _Search())
+m.register(m.QUANTIZE_QAT, _NAME, HF, _Qat())
+m.register(m.QUANTIZE_PTQ, _NAME, HF, True)
+m.register(m.LOSSES_SEQUENCE, _NAME, HF, True)
+m.register(m.GENERATION, _NAME, HF, True)

@@ -18,6 +18,7 @@ from compress.context import Context
 from compress.data.dataset import Split
 from compress.errors import DataError, ModelError
 from compress.families import family_of
+from compress.families.methods import MOEFY
 from compress.losses import LossConfig, build_terms
 from compress.losses.terms import KDConfig
 from compress.models.task_model import TaskModel
@@ -131,7 +132,8 @@ def _tokens(split: Split, limit: int) -> int:
 
 def _check(model: TaskModel, config: MoefyConfig, train_split: Split, dev: Split) -> list[Any]:
     """Everything that can be wrong, before any work."""
-    blocks = family_of(model).ffn_blocks(model, f"moefy.source {config.source!r}")
+    where = f"moefy.source {config.source!r}"
+    blocks = family_of(model).method(MOEFY, where, model)(model, where)
     inner = blocks[0].w_in.out_features
     if config.experts > inner or inner % config.experts:
         raise ModelError(f"moefy.experts: {config.experts} experts do not split the FFN's {inner} neurons into equal "

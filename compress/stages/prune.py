@@ -25,6 +25,13 @@ from compress.context import Context
 from compress.data.dataset import Batch
 from compress.errors import StageError
 from compress.families import Family, family_of
+from compress.families.methods import (
+    HIDDEN_STATES,
+    PRUNE_DPHUBERT,
+    PRUNE_LATENCY,
+    PRUNE_TORCH_PRUNING,
+    LayerStructure,
+)
 from compress.losses import build_terms
 from compress.models.task_model import TaskModel
 from compress.pruning.lagrangian import Lagrangian, ramped_target
@@ -197,11 +204,11 @@ class TorchPruningConfig(_PruneBase):
 PruneConfig = DphubertConfig | TorchPruningConfig
 
 
-def _layer_map(config: DphubertConfig, family: Family, student: TaskModel, teacher: TaskModel) -> list[int]:
+def _layer_map(config: DphubertConfig, layers: LayerStructure, student: TaskModel, teacher: TaskModel) -> list[int]:
     """Teacher layer per student layer for the hidden-state loss (see `layer_map`)."""
-    s_layers, t_layers = family.layers(student), family.layers(teacher)
+    s_layers, t_layers = layers.layers(student), layers.layers(teacher)
     if config.layer_map is None:
-        return family.default_layer_map(student, teacher)
+        return layers.default_map(student, teacher)
     mapping = config.layer_map
     if len(mapping) != s_layers or not all(0 <= t < t_layers for t in mapping):
         raise StageError(
@@ -266,8 +273,9 @@ def _measure_latency(config: DphubertConfig, ctx: Context, family: Family, stude
                 assert reference is not None
                 ref = (resolve_device(target.reference or target.device, ctx.base_dir), Path(tmp) / "teacher.onnx")
                 export_onnx(ctx.load_model(reference), sample, ref[1])
-            lat = family.latency_costs(student, device, target.sequence, ctx.cache_dir / "latency",
-                                       precision=target.precision, statistic=target.percentile, reference=ref)
+            costs = family.method(PRUNE_LATENCY, "prune.target", student, "Give a `params` target.")
+            lat = costs(student, device, target.sequence, ctx.cache_dir / "latency", precision=target.precision,
+                        statistic=target.percentile, reference=ref)  # fmt: skip
         log.info("prune: on %s, %.4f ms per head (group), %.5f ms per FFN unit, %.3f ms fixed (full %.3f ms)",
                  device.name, lat.costs.per_head, lat.costs.per_unit, lat.fixed_ms, lat.full_ms)  # fmt: skip
     lat = ctx.engine.broadcast_object(lat)
@@ -332,14 +340,15 @@ def _hidden_pairs(
     config: DphubertConfig, family: Family, student: TaskModel, teacher: TaskModel
 ) -> tuple[list[tuple[str, str]], list[int]]:
     """Student/teacher feature-tap pairs of the L1 + cosine loss (none when the family has no hidden states)."""
-    if config.hidden_weight == 0 or not family.supports("hidden_states", student.kind):
+    if config.hidden_weight == 0 or not family.supports(HIDDEN_STATES.name, student.kind):
         return [], []
-    n_layers = family.layers(student)
+    structure = family.method(HIDDEN_STATES, "prune", student)
+    n_layers = structure.layers(student)
     layers = config.layers or list(range(n_layers))
     if any(not 0 <= i < n_layers for i in layers):
         raise StageError(f"prune.layers: {layers} must be in 0..{n_layers - 1}.")
-    mapping = _layer_map(config, family, student, teacher)
-    s_width, t_width = family.hidden_width(student), family.hidden_width(teacher)
+    mapping = _layer_map(config, structure, student, teacher)
+    s_width, t_width = structure.width(student), structure.width(teacher)
     log.info("prune: student layers -> teacher layers %s%s", dict(enumerate(mapping)),
              f" (hidden {s_width} -> {t_width} through learned projections)" if s_width != t_width else "")
     return [(student.features[i], teacher.features[mapping[i]]) for i in layers], mapping
@@ -352,7 +361,7 @@ def _run_dphubert(
     """One masked-distillation loop for every family with masked groups (DPHuBERT): the masked phase, the
     latency corrections when asked for, the removal, the fine-tune."""
     family = family_of(student)
-    family.require("prune:dphubert", "prune", student, "Prune it with `method: torch_pruning`.")
+    masked_groups = family.method(PRUNE_DPHUBERT, "prune", student, "Prune it with `method: torch_pruning`.")
     pairs, mapping = _hidden_pairs(config, family, student, teacher)
     data = ctx.data()
     teacher.module.eval().requires_grad_(False)
@@ -362,7 +371,7 @@ def _run_dphubert(
     latency = _measure_latency(config, ctx, family, student, reference, sample) if config.target.timed else None
     if latency is not None and latency.costs.full_ms <= latency.limit_ms and config.target.if_met == "keep":
         return _keep_unpruned(config, student, ctx, parent, latency)
-    groups = family.masked_groups(student, _goal(config, latency), "prune", data)
+    groups = masked_groups(student, _goal(config, latency), "prune", data)
     phase = _MaskedPhase(config, groups, distil, student, ctx)
     log.info("prune: dphubert target %.3f of %s prunable %s", groups.target, f"{groups.full:,.0f}",
              config_unit(config))  # fmt: skip
@@ -597,14 +606,14 @@ def _run_torch_pruning(
     from compress.pruning.channels import TRANSFORM, prune_channels, pruned_shapes
 
     family = family_of(student)
-    family.require("prune:torch_pruning", "prune", student, "Prune it with `method: dphubert`.")
+    channels = family.method(PRUNE_TORCH_PRUNING, "prune", student, "Prune it with `method: dphubert`.")
     if config.target.params is None and config.target.flops is None:
         raise StageError("prune.target: torch_pruning takes a `params` or `flops` target.")
     data = ctx.data()
     teacher.module.eval().requires_grad_(False)
     torch.manual_seed(ctx.seed)
-    example = family.example_input(data)
-    reference = family.reference(student)
+    example = channels.example_input(data)
+    reference = channels.reference(student)
     measure: Literal["flops", "params"] = "flops" if config.target.flops is not None else "params"
     keep = float(config.target.flops if config.target.flops is not None else config.target.params)  # type: ignore[arg-type]
     sample = next(iter(data.train.loader(min(8, len(data.train)))))

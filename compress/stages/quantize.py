@@ -19,7 +19,8 @@ from compress.errors import QuantizationError
 from compress.evaluation import ParityConfig, onnx_logits, predictor
 from compress.exporters.onnx import MIN_OPSET
 from compress.families import family_of
-from compress.families.base import CAPABILITIES, Family
+from compress.families.base import Family
+from compress.families.methods import METHODS, QUANTIZE_BITSANDBYTES, QUANTIZE_BUDGET, QUANTIZE_QAT
 from compress.graphs import Job, PtqRequest, QatExport
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.models.task_model import TaskModel
@@ -100,8 +101,9 @@ class _QuantizeBase(StageConfig):
     def check(self, chain: Chain) -> list[str]:
         missing = [m for m in self.methods() if not chain.supports(f"quantize:{m}")]
         if missing:
+            words = ", ".join(METHODS[f"quantize:{m}"].words for m in missing)
             return [f"{chain.key}.method: {getattr(self, 'method', '')} does not apply to {chain.member} yet "
-                    f"({', '.join(CAPABILITIES.get(f'quantize:{m}', m) for m in missing)}: not for this family)."]
+                    f"({words}: not for this family)."]  # fmt: skip
         return []
 
 
@@ -296,7 +298,8 @@ def _run_bnb(source: Artifact, config: BitsandbytesConfig, ctx: Context) -> Arti
     from compress.models import bnb
 
     model = ctx.load_model(source)
-    family_of(model).check_bitsandbytes(model, f"quantize.source {config.source!r}")
+    where = f"quantize.source {config.source!r}"
+    family_of(model).method(QUANTIZE_BITSANDBYTES, where, model, "Quantize it with qat or ptq.")(model, where)
     mode: bnb.BnbMode = "int8" if config.weights.bits == 8 else "nf4"
     module = bnb.load(str(source.path), mode, model.num_labels, key=f"quantize ({config.source}, bitsandbytes {mode})")
     quantized = model.with_module(module)
@@ -329,8 +332,8 @@ def _run_budget(
     from compress.training.evaluate import metrics as evaluate_metrics
 
     require(artifacts, "teacher", "quantize")
-    family_of(model).require("quantize:budget", f"quantize.source {config.source!r}", model,
-                             "Quantize it with `ptq` or `qat`.")  # fmt: skip
+    family_of(model).method(QUANTIZE_BUDGET, f"quantize.source {config.source!r}", model,
+                            "Quantize it with `ptq` or `qat`.")  # fmt: skip
     data = ctx.data()
     teacher = ctx.load_model(artifacts["teacher"])
     teacher_dev = float(evaluate_metrics(teacher, data.dev, config.eval_batch_size)["accuracy"])
@@ -402,15 +405,16 @@ def _run_qat(
     family = family_of(student)
     config = _family_scheme(config, family, "quantize")
     graph = family.graph(student)  # asked before NNCF rewrites the module
+    defaults = family.method(QUANTIZE_QAT, "quantize", student)
     graph.check_qat(weight_bits=config.weights.bits, dynamic=config.dynamic, stage="quantize")
     calibration = _calibration(data, student, config.calibration_samples)
     scheme = qat.QatScheme(
         weight_bits=config.weights.bits,
         activation_bits=config.activations.bits if config.activations else 32,
         per_channel=config.weights.per_channel,
-        transformer=family.qat_transformer(student),
+        transformer=defaults.transformer(student),
     )
-    losses = config.losses or family.qat_losses(student)
+    losses = config.losses or defaults.losses(student)
     probe = next(iter(data.train.loader(min(8, len(data.train)))))
     # losses are built before quantizers go in: they switch attention to eager, which NNCF must trace
     build_terms(losses, student, teacher, probe)

@@ -20,6 +20,7 @@ from compress.data.dataset import DataBundle
 from compress.devices import resolve_device
 from compress.errors import StageError
 from compress.families import family_of
+from compress.families.methods import SEARCH_AUTODISTIL, SEARCH_DISWOT, Method, Searcher
 from compress.losses import LossConfig, build_terms, default_losses, loss_config_union
 from compress.models.task_model import TaskModel
 from compress.search.budget import Cost, SearchBudget, static_cost
@@ -168,14 +169,20 @@ class AutodistilConfig(_SearchBase):
 SearchConfig = DiswotConfig | AutodistilConfig
 
 
+def _searcher(method: str, teacher: TaskModel) -> Searcher:
+    """The search method's pieces for the teacher's family (a clear error when it has none)."""
+    wanted: Method[Searcher] = SEARCH_AUTODISTIL if method == "autodistil" else SEARCH_DISWOT
+    return family_of(teacher).method(wanted, "search", teacher)
+
+
 class Costs:
     """Params / FLOPs (memoised) and predicted latency of candidates; the budget verdict of each."""
 
     def __init__(self, space: Space, teacher: TaskModel, data: DataBundle, config: SearchConfig, ctx: Context):
         self.space, self.teacher, self.budget = space, teacher, config.budget
-        self.family = family_of(teacher)
+        self.searcher = _searcher(config.method, teacher)
         self.in_channels, self.seed = data.in_channels, ctx.seed
-        self.image_shape = self.family.input_shape(data)
+        self.image_shape = self.searcher.input_shape(data)
         self.cache: dict[str, Cost] = {}
         self.latency: CnnLatency | TransformerLatency | None = None
         if self.budget.max_latency_ms is not None:
@@ -189,8 +196,8 @@ class Costs:
     def static(self, arch: Arch) -> Cost:
         key = arch_key(arch)
         if key not in self.cache:
-            model = self.family.search_candidate(self.space, arch, self.teacher, in_channels=self.in_channels,
-                                                 seed=self.seed)  # fmt: skip
+            model = self.searcher.candidate(self.space, arch, self.teacher, in_channels=self.in_channels,
+                                            seed=self.seed)  # fmt: skip
             self.cache[key] = static_cost(model, self.budget.sequence, self.image_shape)
         return self.cache[key]
 
@@ -226,7 +233,7 @@ def _diswot(
 ) -> tuple[SearchResult, Extra]:
     from compress.search.diswot import diswot_score, last_feature_path, signature
 
-    family = family_of(teacher)
+    family, searcher = family_of(teacher), costs.searcher
     feature = config.feature or last_feature_path(teacher)
     batch = next(iter(data.train.loader(config.batch_size, shuffle=True, seed=ctx.seed)))
     t_sig = signature(teacher, batch, feature)
@@ -234,8 +241,8 @@ def _diswot(
     def score(archs: list[Arch]) -> list[dict[str, float]]:
         out = []
         for arch in archs:
-            cand = family.adopt(family.search_candidate(space, arch, teacher, in_channels=data.in_channels,
-                                                        seed=ctx.seed))  # fmt: skip
+            cand = family.adopt(searcher.candidate(space, arch, teacher, in_channels=data.in_channels,
+                                                   seed=ctx.seed))  # fmt: skip
             s_sig = signature(cand, batch, last_feature_path(cand), candidate=True)
             out.append(diswot_score(t_sig, s_sig, semantic=config.semantic))
         return out
@@ -250,7 +257,7 @@ def _autodistil(
     from compress.search.autodistil import HeldOut, relation_heads, train_supernet
     from compress.search.supernet import SlicedSuperNet
 
-    family = family_of(teacher)
+    searcher = family_of(teacher).method(SEARCH_AUTODISTIL, "search", teacher)
     heads = relation_heads(space, teacher)
     held: HeldOut | None = None
     ranked: list[Evaluated] = []
@@ -263,7 +270,7 @@ def _autodistil(
         if not feasible:
             log.info("autodistil: sub-space %d (hidden %s) has no candidate within the budget; skipped", k, sub.hidden)
             continue
-        net = family.supernet(teacher)
+        net = searcher.supernet(teacher)
         s = config.supernet
         if held is None:  # the teacher's relations on held-out batches, computed once
             held = HeldOut(teacher, data.dev, s.eval_batches, s.batch_size, heads, net.teacher_qkv_paths())
@@ -421,6 +428,7 @@ def _rerank(
     config: Rerank,
     space: Space,
     teacher: TaskModel,
+    searcher: Searcher,
     teacher_sha256: str,
     data: DataBundle,
     nets: dict[str, Any],
@@ -437,7 +445,6 @@ def _rerank(
     if len(rows) < 2:
         log.info("search: rerank skipped, %d candidate within the budget among the top %d", len(rows), len(rows))
         return rows[0]
-    family = family_of(teacher)
     # search runs in the main process alone (it measures latency): its short runs train there, unsharded
     engine = dataclasses.replace(ctx.engine, rank=0, world=1)
     session = Session(engine, ctx.seed, ctx.checkpoints)
@@ -447,7 +454,7 @@ def _rerank(
     cached = None  # the teacher's logits do not depend on the candidate: read once
     for row in rows:
         torch.manual_seed(ctx.seed)
-        student = family.search_student(space, row["arch"], teacher, data, ctx.seed, nets.get(arch_key(row["arch"])))
+        student = searcher.student(space, row["arch"], teacher, data, ctx.seed, nets.get(arch_key(row["arch"])))
         terms = build_terms(config.losses, student, teacher, probe)
         if cached is None and not any(t.teacher_paths for t in terms):  # causal LMs: the teacher runs every step
             cached, _ = cached_teacher_outputs(teacher, teacher_sha256, data, ctx.cache_dir, engine, top_k=None,
@@ -468,10 +475,9 @@ def run(artifacts: Artifacts, config: SearchConfig, ctx: Context) -> Artifacts:
     require(artifacts, "teacher", "search")
     teacher = ctx.load_model(artifacts["teacher"])
     teacher.module.requires_grad_(False)
-    family = family_of(teacher)
-    family.require(f"search:{config.method}", "search", teacher)
+    searcher = _searcher(config.method, teacher)
     data = ctx.data()
-    space = family.search_space(config.space, teacher, "search")
+    space = searcher.space(config.space, teacher, "search")
     costs = Costs(space, teacher, data, config, ctx)
     _check_budget_reachable(costs)
     log.info("search: %s over a %s space of %d candidates", config.method, space.kind, space.size())
@@ -486,8 +492,8 @@ def run(artifacts: Artifacts, config: SearchConfig, ctx: Context) -> Artifacts:
     nets = extra[0] if extra else {}
     if config.rerank is not None:
         within = [r for r in rows[chosen["rank"] - 1 :] if _within(r, config.budget)][: config.rerank.candidates]
-        chosen = _rerank(within, config.rerank, space, teacher, artifacts["teacher"].sha256, data, nets, ctx)
-    student = family.search_student(space, chosen["arch"], teacher, data, ctx.seed, nets.get(arch_key(chosen["arch"])))
+        chosen = _rerank(within, config.rerank, space, teacher, searcher, artifacts["teacher"].sha256, data, nets, ctx)
+    student = searcher.student(space, chosen["arch"], teacher, data, ctx.seed, nets.get(arch_key(chosen["arch"])))
     art = save_model_artifact(student, config.output, ctx, "search", "teacher", data, 128)
     art.info["search"] = _info(config, space, result, rows, chosen, search_s, extra)
     log.info("search: chose %s (rank %d)", chosen["describe"], chosen["rank"])

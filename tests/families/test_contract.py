@@ -10,33 +10,20 @@ from pathlib import Path
 import pytest
 
 from compress.errors import ModelError
-from compress.families import FAMILIES, Family, family_for, family_of, load
-from compress.families.base import CAPABILITIES
+from compress.families import FAMILIES, family_for, family_of, load
+from compress.families.methods import HIDDEN_STATES, METHODS, MOEFY, PRUNE_DPHUBERT
 from compress.models.cnn import CnnSpec
 from compress.models.source import ModelSource
 from compress.models.task_model import TaskModel
 
 STAGES = Path(__file__).resolve().parents[2] / "compress" / "stages"
-# what a family must override to honour a capability it claims
-HOOKS = {
-    "prune:dphubert": ["masked_groups"],
-    "prune:torch_pruning": ["example_input"],
-    "moefy": ["ffn_blocks"],
-    "search:diswot": ["search_space", "search_student"],
-    "search:autodistil": ["search_space", "search_student", "supernet"],
-    "hidden_states": ["layers", "hidden_states", "hidden_width", "default_layer_map"],
-}
 
 
 @pytest.mark.parametrize("name", FAMILIES.names())
 def test_every_family_declares_a_consistent_contract(name: str) -> None:
     family = FAMILIES.get(name)
     assert family.name == name and family.summary and family.kinds
-    assert set(family.capabilities) <= set(CAPABILITIES), set(family.capabilities) - set(CAPABILITIES)
-    for capability, kinds in family.capabilities.items():
-        assert kinds and set(kinds) <= set(family.kinds), (capability, kinds)
-        for hook in HOOKS.get(capability, []):
-            assert getattr(type(family), hook) is not getattr(Family, hook), f"{name} claims {capability}: {hook}"
+    assert set(family.capabilities) <= set(METHODS), set(family.capabilities) - set(METHODS)
     for kind in family.kinds:
         assert family_for(kind, family.modality, "test") is family
     searches = family.supports("search:diswot") or family.supports("search:autodistil")
@@ -66,13 +53,13 @@ def test_a_capability_the_family_lacks_names_the_stage_the_family_and_the_fix(cn
     with pytest.raises(ModelError, match=r"stages\[1\] \(moefy\): Mixture-of-Experts conversion of the FFNs \(moefy\) "
                                          r"is not supported for the cnn family \(CNN image classifiers\), a built-in "
                                          r"CNN\."):  # fmt: skip
-        family.ffn_blocks(cnn_model, "stages[1] (moefy)")
+        family.method(MOEFY, "stages[1] (moefy)", cnn_model)
     user = TaskModel(cnn_model.module, "python", "image", 10, None, {"factory": "pkg:make"})
     with pytest.raises(ModelError, match=r"not supported for the cnn family .*a Python factory's model\. Prune it "
                                          r"with `method: torch_pruning`\."):  # fmt: skip
-        family.masked_groups(user, None, "stages[0] (prune)", None)  # type: ignore[arg-type]
-    with pytest.raises(ModelError, match="the cnn family has no layer-to-layer structure"):
-        family.layers(cnn_model)
+        family.method(PRUNE_DPHUBERT, "stages[0] (prune)", user, "Prune it with `method: torch_pruning`.")
+    with pytest.raises(ModelError, match="hidden-state distillation is not supported for the cnn family"):
+        family.method(HIDDEN_STATES, "distill", cnn_model)
 
 
 def test_building_and_loading_adopt_the_model_into_its_family(cnn_model: TaskModel, tmp_path: Path) -> None:

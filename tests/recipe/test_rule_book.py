@@ -9,7 +9,6 @@ import pytest
 
 from compress import pipeline
 from compress.errors import CompressError
-from compress.families.base import IMPLEMENTED_BY, Family
 from tests.conftest import lm_recipe_head, write_recipe
 
 
@@ -62,18 +61,3 @@ stages:
     expected = r"stages\[0\].target: latency targets time .*; this teacher \(cnn: CnnSpec, cnn family\) is not timed"
     with pytest.raises(CompressError, match=expected):
         pipeline.validate(write_recipe(tmp_path, text))
-
-
-def test_a_family_cannot_declare_a_method_it_does_not_implement_or_the_reverse() -> None:
-    def family(capabilities: dict, **methods: object) -> type:
-        body = {"name": "x", "modality": "text", "summary": "x", "kinds": ("hf",), "capabilities": capabilities,
-                "feature_modules": lambda self, m: [], "input_spec": lambda self, m: None, **methods}  # fmt: skip
-        return type("X", (Family,), body)
-
-    for capability, (method, exclusive) in IMPLEMENTED_BY.items():
-        with pytest.raises(TypeError, match=f"declares `{capability}` but does not implement `{method}`"):
-            family({capability: ("hf",)})
-        family({capability: ("hf",)}, **{method: lambda self, *a, **k: None})
-        if exclusive:
-            with pytest.raises(TypeError, match=f"implements `{method}` but does not declare `{capability}`"):
-                family({}, **{method: lambda self, *a, **k: None})
