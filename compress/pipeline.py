@@ -26,7 +26,8 @@ from compress.recipe.chain import check_chain
 from compress.recipe.load import load_recipe
 from compress.recipe.schema import Recipe
 from compress.report import budgets
-from compress.report.report import build_report, write_report
+from compress.report.report import build_report, headline, write_report
+from compress.ship import write_ship_folders
 from compress.stages import STAGES
 from compress.stages.teacher import TeacherConfig
 from compress.training.engine import Engine
@@ -395,6 +396,8 @@ def _run(
         checks = report["budgets"] = budgets.evaluate(report, recipe.budgets, formats)
         budgets.write_junit(checks, out_dir / "junit.xml", recipe.name)
         budgets.write_github_summary(checks, recipe.name)
+    report["headline"] = headline(report)
+    write_ship_folders(report, artifacts, out_dir, recipe_path, ctx.data)
     result.report = write_report(report, out_dir)
     _write_manifest(result, recipe_dict, history, time.perf_counter() - started, engine)
     missed = [c for c in checks or [] if not c["passed"]]

@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"devices", "artifacts", "data", "runtimes"},
     {"models"},
     {"losses", "training", "quant", "exporters", "evaluation", "graphs", "search", "pruning", "moe", "runners",
-     "report"},
+     "report", "ship"},
     {"families"},
     {"context"},
     {"stages"},

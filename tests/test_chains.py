@@ -9,6 +9,7 @@ import pytest
 
 from compress import pipeline
 from compress.errors import QuantizationError
+from compress.families import family_of, load
 from tests.conftest import TINY_FINETUNE, text_recipe_head, write_recipe
 
 pytest.importorskip("executorch")
@@ -130,4 +131,13 @@ def test_finetune_moefy_ptq_export_profile(tmp_path: Path, tiny_bert_dir: Path, 
     explicit = MOE_TO_PROFILE.format(data=sst2_slice, teacher=tiny_bert_dir, int8="    int8: [static]\n")
     with pytest.raises(Exception, match=r"stages\[2\].int8: static int8 does not apply to 'teacher.moe'"):
         pipeline.validate(write_recipe(tmp_path, explicit, "explicit.yaml"))
-    assert QuantizationError  # the run-time guard behind it (ptq_artifacts) raises this type
+    # the run-time guard behind the check: the MoE model's own graph refuses an explicit static int8 ...
+    moe = load(result.artifacts["teacher.moe"].path)
+    graph = family_of(moe).graph(moe)
+    with pytest.raises(QuantizationError, match="static int8 does not apply to 'teacher.moe'"):
+        graph.int8_modes(["dynamic", "static"], explicit=True, stage="quantize", model="teacher.moe")
+    assert graph.int8_modes(["dynamic", "static"], explicit=False, stage="quantize", model="x") == ["dynamic"]
+    # ... and a chain that only moefies and quantizes the teacher still says what to ship
+    [item] = result.report["headline"]
+    assert item["artifact"].startswith("teacher.moe")
+    assert (tmp_path / "out" / "ship" / "x86-cpu" / "model.onnx").is_file()

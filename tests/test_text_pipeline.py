@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +65,26 @@ def test_text_recipe_end_to_end(tmp_path: Path, tiny_bert_dir: Path, sst2_slice:
     assert arts["student.int8-static.onnx"].info["integer_ops"]["QuantizeLinear"] > 0
     history = arts["student"].info["training"]["history"]
     assert {"loss_kd", "loss_ce", "loss_hidden", "loss_minilm"} <= set(history[-1])
+    _the_ship_folder_runs_without_compress(result.report, tmp_path / "out", sst2_slice)
+
+
+def _the_ship_folder_runs_without_compress(report: dict, out: Path, sst2_slice: Path) -> None:
+    """The headline's ship folder loads with plain onnxruntime and the tokenizer (a fresh interpreter that never
+    imports compress) and reproduces exactly the accuracy its card records on the first test examples."""
+    [item] = report["headline"]
+    folder = out / report["ship"]["x86-cpu"]
+    facts = json.loads((folder / "ship.json").read_text())
+    assert facts["artifact"] == item["artifact"] and (folder / "model.onnx").is_file()
+    assert {"config.json", "tokenizer.json", "README.md", "recipe.yaml"} <= {p.name for p in folder.iterdir()}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {"0": "0", "1": "1"} and config["compress_inputs"] == ["input_ids", "attention_mask"]
+    check = facts["check"]
+    assert check["examples"] == 64 and f"{check['correct']} correct" in (folder / "README.md").read_text()
+    script = Path(__file__).parent / "fixtures" / "load_ship.py"
+    done = subprocess.run([sys.executable, str(script), str(folder), str(sst2_slice / "test.tsv"), "64"],
+                          capture_output=True, text=True, timeout=300, cwd=out)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"examples": 64, "correct": check["correct"]}
 
 
 def sst2_config(folder: Path, *, max_length: int) -> DataConfig:

@@ -174,7 +174,8 @@ def load_data(cfg: DataConfig, base_dir: Path, tokenizer: Any = None, seed: int 
         tr, dv, te = _holdout(len(y), cfg, seed)
         splits = [Split(n, x[i], y[i]) for n, i in (("train", tr), ("dev", dv), ("test", te))]
         bundle = DataBundle(
-            splits[0], splits[1], splits[2], num_labels=10, modality="image", in_channels=1, fingerprint=fp
+            splits[0], splits[1], splits[2], num_labels=10, modality="image", in_channels=1, fingerprint=fp,
+            label_names=[str(i) for i in range(10)],
         )
     elif cfg.format == "image_folder":
         bundle = _image_folder(cfg, base_dir, seed, fp)

@@ -325,7 +325,9 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     checks = report.get("budgets") or []
     out = []
     for device in report["devices"]:
-        measured = [r for r in rows if r["latency"].get(device) and not r["name"].startswith("teacher")]
+        # every measured artifact, the teacher's included (a recipe may only quantize or moefy the teacher), less
+        # those the report itself calls neither faster nor smaller than their source: never worth shipping
+        measured = [r for r in rows if r["latency"].get(device) and not _no_gain(r, rows, device)]
         if not measured:
             continue
         teacher = next((r for r in rows if r["name"].startswith("teacher") and r["latency"].get(device)
@@ -338,13 +340,14 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
         failing = {c["artifact"] for c in mine if not c["passed"]}
         budgeted = {c["artifact"] for c in mine}
         meets = [r for r in measured if r["name"] in budgeted and r["name"] not in failing]
+        pool = meets
         if meets:
             pick, why = min(meets, key=lambda r: r["latency"][device]["p50_ms"]), "fastest that meets every budget"
         elif ref_ppl is not None:  # causal LMs: perplexity, relative
             def ppl(r: dict[str, Any]) -> float:
                 return float(r["metrics"].get("perplexity") or math.inf)
 
-            close = [r for r in measured if 100 * (ppl(r) / ref_ppl - 1) <= TRADE_OFF_PPL_PCT]
+            close = pool = [r for r in measured if 100 * (ppl(r) / ref_ppl - 1) <= TRADE_OFF_PPL_PCT]
             if close:
                 pick = min(close, key=lambda r: r["latency"][device]["p50_ms"])
                 why = f"fastest within {TRADE_OFF_PPL_PCT:g}% of the teacher's perplexity"
@@ -355,12 +358,13 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             def acc(r: dict[str, Any], device: str = device) -> float:
                 return float(accuracy_on(r, device) or 0.0)
 
-            close = [r for r in measured if ref_acc is None or 100 * (ref_acc - acc(r)) <= TRADE_OFF_POINTS]
+            close = pool = [r for r in measured if ref_acc is None or 100 * (ref_acc - acc(r)) <= TRADE_OFF_POINTS]
             if close:
                 pick = min(close, key=lambda r: r["latency"][device]["p50_ms"])
                 why = f"fastest within {TRADE_OFF_POINTS:g} point of the teacher"
             else:
                 pick, why = max(measured, key=acc), "most accurate (none within 1 point of the teacher)"
+        pick, why = _simplest(pick, why, pool, rows, device)
         p50 = pick["latency"][device]["p50_ms"]
         speedup = teacher["latency"][device]["p50_ms"] / p50 if teacher else None
         a = accuracy_on(pick, device)
@@ -378,6 +382,32 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             "budgets": verdict,
         })  # fmt: skip
     return out
+
+
+def _no_gain(row: dict[str, Any], rows: list[dict[str, Any]], device: str) -> bool:
+    """Whether the report calls ``row`` not measurably faster than its source on ``device`` and not smaller."""
+    stats = row["latency"][device]
+    base = next((r for r in rows if r["name"] == stats.get("baseline")), None)
+    if base is None:
+        return False
+    return stats.get("speedup_vs_baseline", 0.0) < MIN_SPEEDUP and row["size_bytes"] >= 0.95 * base["size_bytes"]
+
+
+def _simplest(
+    pick: dict[str, Any], why: str, pool: list[dict[str, Any]], rows: list[dict[str, Any]], device: str
+) -> tuple[dict[str, Any], str]:
+    """The simpler file when the pick is within the report's own noise band (`MIN_SPEEDUP`) of the one it was made
+    from and that one qualifies too: an int8 file 1.02x its fp32 source ships as the fp32 file."""
+    seen = {pick["name"]}
+    while True:
+        stats = pick["latency"][device]
+        base = next((r for r in pool if r["name"] == stats.get("baseline")), None)
+        if base is None or base["name"] in seen or stats.get("speedup_vs_baseline", 0.0) >= MIN_SPEEDUP:
+            return pick, why
+        why = (f"{why}; `{pick['name']}` is {stats['speedup_vs_baseline']:.2f}x it, within the {MIN_SPEEDUP:g}x "
+               "noise band, so the simpler file ships")  # fmt: skip
+        pick = base
+        seen.add(pick["name"])
 
 
 def describe_headline(item: dict[str, Any]) -> str:
@@ -571,7 +601,8 @@ def _search_markdown(s: dict[str, Any]) -> list[str]:
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from compress.report.pareto import plot_pareto
 
-    report["headline"] = headline(report)
+    if "headline" not in report:
+        report["headline"] = headline(report)
     if plot_pareto(report, out_dir / "pareto.png"):
         report["pareto"] = "pareto.png"
     atomic_write_json(out_dir / "report.json", report)

@@ -538,7 +538,7 @@ def _latency_checks(
         checks.append(check)
         log.info("prune: the pruned graph measures %.3f ms (the cost model said %.3f ms; limit %s ms)",
                  ms, check["predicted_ms"], limit)  # fmt: skip
-        if limit * (1 - target.tolerance) <= ms <= limit or attempt == target.corrections:
+        if within_band(ms, limit, target.tolerance) or attempt == target.corrections:
             break
         check["next_target"] = corrected_fraction(lat, kept, ms, limit * (1 - target.tolerance / 2))
         # the Lagrangian drives the masks' expected size, and the deterministic gates keep more or less than it (a
@@ -554,6 +554,12 @@ def _latency_checks(
         phase.correct(check["lagrangian_target"], attempt + 1, expected)
     _keep_best_check(checks, states, student, groups, limit)
     return checks
+
+
+def within_band(ms: float, limit: float, tolerance: float) -> bool:
+    """Whether a measured pruned graph needs no correction: at most ``limit`` ms, and less than ``tolerance`` (a
+    fraction of the limit) under it."""
+    return limit * (1 - tolerance) <= ms <= limit
 
 
 def _keep_best_check(checks: list[dict[str, Any]], states: list[tuple[dict[str, torch.Tensor], list[torch.Tensor]]],

@@ -325,6 +325,12 @@ def _dev_accuracy(path: Path, data: DataBundle, batch: int, label: str) -> float
     return float((logits.argmax(-1) == data.dev.labels.numpy()).mean())
 
 
+def budget_choice(tried: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate `method: budget` keeps: the first that meets the accuracy budget, else the most accurate (the
+    first of equals)."""
+    return next((t for t in tried if t["meets"]), None) or max(tried, key=lambda t: t["dev_accuracy"])
+
+
 def _run_budget(
     artifacts: Artifacts, source: Artifact, model: TaskModel, config: BudgetQuantConfig, ctx: Context
 ) -> Artifacts:
@@ -361,7 +367,7 @@ def _run_budget(
                  ": chosen" if dev >= floor else "")  # fmt: skip
         if dev >= floor:
             break
-    best = next((t for t in tried if t["meets"]), None) or max(tried, key=lambda t: t["dev_accuracy"])
+    best = budget_choice(tried)
     chosen = made[best["artifact"]]
     for name, art in made.items():
         if name != chosen.name:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compress.artifacts import Artifact
-from compress.report.report import baseline_of, build_report, render_markdown
+from compress.report.report import baseline_of, build_report, headline, render_markdown
 
 
 def _art(name: str, kind: str, parent: str | None, p50: float | None, size: int = 100) -> Artifact:
@@ -97,3 +97,32 @@ def test_report_shows_the_structure_pruning_left() -> None:
     md = render_markdown(build_report(arts, {"name": "r"}, Path("/x"), [pruned]))
     assert "predicted at 1.980 ms, measured at 1.910 ms" in md
     assert "latency checks (kept fraction: measured ms): 0.400: 1.620, 0.480: 1.910 (kept)" in md
+
+
+def test_the_headline_never_ships_a_file_its_own_flags_call_no_gain() -> None:
+    arts = _artifacts()
+    arts["student.int8-dynamic.onnx"].latency["cpu"]["p50_ms"] = 4.96  # the fastest, not measurably faster ...
+    arts["student.int8-dynamic.onnx"].size_bytes = 99  # ... and not smaller: no int8 weights
+    arts["student.int8-static.onnx"].latency["cpu"]["p50_ms"] = 5.2
+    report = build_report(arts, {"name": "r"}, Path("/x"))
+    [item] = headline(report)
+    assert item["artifact"] == "student.onnx" and item["speedup_vs_teacher"] == 2.0
+
+
+def test_the_headline_prefers_the_simpler_file_within_the_noise_band() -> None:
+    arts = _artifacts()
+    arts["student.int8-dynamic.onnx"].latency["cpu"]["p50_ms"] = 4.9  # 1.02x its fp32 source, though smaller
+    report = build_report(arts, {"name": "r"}, Path("/x"))
+    [item] = headline(report)
+    assert item["artifact"] == "student.onnx" and "within the 1.05x noise band" in item["why"]
+    arts["student.int8-dynamic.onnx"].latency["cpu"]["p50_ms"] = 2.5  # 2x: worth shipping
+    assert headline(build_report(arts, {"name": "r"}, Path("/x")))[0]["artifact"] == "student.int8-dynamic.onnx"
+
+
+def test_the_headline_ships_a_teacher_only_chain() -> None:
+    arts = {a.name: a for a in [
+        _art("teacher", "model", None, None), _art("teacher.onnx", "onnx", "teacher", 10.0),
+        _art("teacher.int8-dynamic.onnx", "onnx", "teacher.onnx", 4.0, size=25),
+    ]}  # fmt: skip
+    [item] = headline(build_report(arts, {"name": "r"}, Path("/x")))
+    assert item["artifact"] == "teacher.int8-dynamic.onnx" and item["speedup_vs_teacher"] == 2.5
