@@ -18,6 +18,7 @@ from compress import __version__
 from compress.errors import CompressError, Interrupted
 from compress.fileio import disk_full
 from compress.ui import console
+from compress.ui import out as stdout
 
 app = typer.Typer(
     add_completion=False,
@@ -65,6 +66,9 @@ def run(
     force: Annotated[bool, typer.Option(help="Re-run every stage, ignoring cached outputs.")] = False,
     only: Annotated[Optional[str], typer.Option(help="Run only this stage (name or 1-based position).")] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the headline, flags, budget checks and paths as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Run a recipe: every stage in order, reusing finished stages from the cache."""
     from compress import pipeline
@@ -80,12 +84,22 @@ def run(
         return
     from compress.report.report import describe_headline
 
-    console.print(_report_table(result.report))
-    for flag in result.report.get("flags", []):
-        console.print(f"[yellow]warning[/]: {flag['message']}", highlight=False)
-    for item in result.report.get("headline", []):
-        console.print(describe_headline(item).replace("**", "").replace("`", ""), highlight=False)
-    console.print(f"artifacts, report.md/json and manifest.json in {result.out_dir}")
+    report = result.report
+    if json_out:
+        keys = ("headline", "flags", "budgets", "ship", "devices")
+        fields = ("path", "precision", "size_bytes", "metrics", "latency")
+        arts = {r["name"]: {k: r[k] for k in fields} for r in report["artifacts"]}
+        typer.echo(json.dumps({"out_dir": str(result.out_dir), **{k: report.get(k) for k in keys}, "artifacts": arts},
+                              indent=2))  # fmt: skip
+        return
+    stdout.print(_report_table(report))
+    for flag in report.get("flags", []):
+        stdout.print(f"[yellow]warning[/]: {flag['message']}", highlight=False)
+    for item in report.get("headline", []):
+        stdout.print(describe_headline(item).replace("**", "").replace("`", ""), highlight=False)
+    for device, folder in (report.get("ship") or {}).items():
+        stdout.print(f"ship folder for {device}: {result.out_dir / folder}", highlight=False)
+    stdout.print(f"artifacts, report.md/json and manifest.json in {result.out_dir}")
 
 
 def _report_table(report: dict) -> Table:
@@ -115,12 +129,19 @@ def _report_table(report: dict) -> Table:
 
 
 @app.command()
-def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")]) -> None:
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the checks as a JSON list.")] = False,
+) -> None:
     """Check the schema and resolve every model, data set and device, without training."""
     from compress import pipeline
 
-    for line in pipeline.validate(recipe):
-        console.print(f"[green]ok[/] {line}")
+    checks = pipeline.validate(recipe)
+    if json_out:
+        typer.echo(json.dumps({"ok": True, "checks": checks}, indent=2))
+        return
+    for line in checks:
+        stdout.print(f"[green]ok[/] {line}", highlight=False)
 
 
 @app.command()
@@ -170,16 +191,19 @@ def profile(
             cell(st, "cold_start_ms", ".1f"),
             cell(st, "peak_rss_mb", ".0f"),
         )
-    console.print(table)
+    stdout.print(table)
 
 
 @app.command()
-def devices() -> None:
+def devices(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """List the built-in device profiles and whether each can be measured here."""
     from compress.devices import builtin_names, resolve_device
     from compress.runners import preflight
 
     table = Table("device", "runtime", "provider", "threads", "runner", "can run here", "description")
+    rows = []
     for name in builtin_names():
         dev = resolve_device(name)
         try:
@@ -190,7 +214,13 @@ def devices() -> None:
         where = dev.runner if dev.runner == "local" else f"{dev.runner} ({dev.ssh.host if dev.ssh else 'adb'})"
         table.add_row(name, dev.runtime, dev.provider or "-", str(dev.threads or "all"), where,
                       "yes" if ok else f"no: {why}", dev.description)  # fmt: skip
-    console.print(table)
+        rows.append({"device": name, "runtime": dev.runtime, "provider": dev.provider, "threads": dev.threads,
+                     "runner": dev.runner, "can_run_here": ok, "why_not": why or None,
+                     "description": dev.description})  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    stdout.print(table)
 
 
 @app.command()

@@ -18,9 +18,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # logs, progress, warnings and errors
 if not console.is_terminal:
     console.width = 160  # logs and CI: no terminal to size tables by
+out = Console()  # what a command was asked to show (tables, checks, the headline): `compress devices | grep ...`
+if not out.is_terminal:
+    out.width = 160
 
 
 LOG_EVERY_S = 30.0  # outside a terminal: one progress line per this many seconds

@@ -22,8 +22,11 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 def test_version_devices_and_schema() -> None:
     assert cli("--version").stdout.startswith("compress ")
-    devices = cli("devices")
-    assert devices.returncode == 0 and "x86-cpu" in devices.stderr and "yes" in devices.stderr
+    devices = cli("devices")  # what was asked for goes to stdout: `compress devices | grep openvino` finds it
+    assert devices.returncode == 0 and "x86-cpu" in devices.stdout and "yes" in devices.stdout
+    assert any("openvino" in line for line in devices.stdout.splitlines()) and "x86-cpu" not in devices.stderr
+    listed = {d["device"]: d for d in json.loads(cli("devices", "--json").stdout)}
+    assert listed["x86-cpu"]["can_run_here"] is True and listed["x86-cpu"]["runtime"] == "onnxruntime"
     schema = json.loads(cli("schema").stdout)
     assert schema["additionalProperties"] is False and "stages" in schema["properties"]
 
@@ -38,7 +41,13 @@ def test_run_then_profile_an_artifact(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(DIGITS_RECIPE.replace("epochs: 3", "epochs: 1"))
     run = cli("run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"))
     assert run.returncode == 0, run.stderr
-    assert "student.int8-static.onnx" in run.stderr
+    assert "student.int8-static.onnx" in run.stdout and "ship " in run.stdout  # the table and the headline
+    assert "stage 1 finetune" in run.stderr and "stage 1 finetune" not in run.stdout  # logs stay on stderr
+    again = json.loads(cli("run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json").stdout)
+    assert again["headline"][0]["device"] == "x86-cpu" and "student.onnx" in again["artifacts"]
+    assert (tmp_path / "out" / again["ship"]["x86-cpu"] / "README.md").is_file()
+    checks = json.loads(cli("validate", str(tmp_path / "r.yaml"), "--json").stdout)
+    assert checks["ok"] and any("x86-cpu" in c for c in checks["checks"])
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "manifest.json").is_file()
     onnx = next((tmp_path / "out").glob("*export*/student.onnx"))
     prof = cli("profile", str(onnx), "--device", "x86-cpu", "--runs", "5", "--warmup", "1", "--json")
