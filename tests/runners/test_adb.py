@@ -145,4 +145,4 @@ def test_adb_profile_printed_by_the_cli(fake_phone: Path, tmp_path: Path) -> Non
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx bytes")
     proc = cli("profile", str(model), "--device", str(tmp_path / "phone.yaml"), "--runs", "10")
-    assert proc.returncode == 0 and "3.090" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and "3.090" in proc.stdout and "Traceback" not in proc.stderr, proc.stderr
