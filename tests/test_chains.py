@@ -43,7 +43,7 @@ SEARCH_TO_PROFILE = (
   - stage: export
     models: [student]
     int8: [dynamic]
-    executorch: {{sequence: 32}}
+    executorch: {{sequence: 32, precisions: [fp32]}}  # int8 programs: tests/runtimes/test_executorch.py
   - stage: profile
     devices: [x86-cpu, openvino-cpu, executorch-xnnpack]
     shape: {{batch: 1, sequence: 32}}

@@ -265,6 +265,7 @@ def test_a_killed_search_resumes_from_its_trained_super_networks(
                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
     killed = tmp_path / "killed"
+    whole = start(tmp_path / "whole")  # the uninterrupted reference, on the other core (one thread each)
     proc = start(killed)
     deadline = time.monotonic() + 300
     while not list(killed.glob(".tmp-*-search-*/checkpoints/supernet-0/supernet.pt")):
@@ -277,7 +278,6 @@ def test_a_killed_search_resumes_from_its_trained_super_networks(
     log = again.communicate()[0]
     assert again.returncode == 0, log[-3000:]
     assert "sub-space 1 super-network resumed" in log and "sub-space 2 super-network resumed" not in log
-    whole = start(tmp_path / "whole")
     assert whole.communicate()[0] is not None and whole.returncode == 0
     [a] = killed.glob("*-search-*/student/*.safetensors")
     [b] = (tmp_path / "whole").glob("*-search-*/student/*.safetensors")
