@@ -18,7 +18,7 @@ import torch
 from compress.errors import ModelError
 from compress.families import methods as m
 from compress.families.base import Family, register_family
-from compress.models.decoder import STRUCTURE, decoder_layers, evenly_spaced, layer_prefix
+from compress.models.decoder import STRUCTURE, decoder_layers, layer_prefix
 from compress.models.inputs import TOKENS, InputSpec
 from compress.models.task_model import TaskModel
 
@@ -95,18 +95,14 @@ def _positions(model: TaskModel) -> int | None:
 
 # ---- the methods registered for the family --------------------------------------------------------------------
 class _Layers(m.LayerStructure):
+    student_key = "decoder"
+
     def layers(self, model: TaskModel) -> int:
         return len(decoder_layers(model.module))
 
     def width(self, model: TaskModel) -> int:
         return int(model.module.config.hidden_size)  # type: ignore[union-attr,arg-type]
 
-    def default_map(self, student: TaskModel, teacher: TaskModel) -> list[int]:
-        s_layers, t_layers = self.layers(student), self.layers(teacher)
-        if s_layers == t_layers:
-            return list(range(s_layers))
-        init = (student.spec.get("decoder") or {}).get("init_from_layers")
-        return list(init) if init and len(init) == s_layers else evenly_spaced(s_layers, t_layers)
 
 
 def _masked_groups(model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:

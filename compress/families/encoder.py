@@ -16,7 +16,6 @@ import torch
 from compress.errors import ModelError
 from compress.families import methods as m
 from compress.families.base import Family, register_family
-from compress.models.bert import default_layer_map
 from compress.models.inputs import TOKENS, InputSpec
 from compress.models.structure import TRANSFORM, current_structure, encoder_layers, head_size
 from compress.models.task_model import TaskModel
@@ -84,18 +83,14 @@ def _positions(model: TaskModel) -> int | None:
 
 # ---- the methods registered for the family --------------------------------------------------------------------
 class _Layers(m.LayerStructure):
+    student_key = "bert"
+
     def layers(self, model: TaskModel) -> int:
         return len(encoder_layers(model.module))
 
     def width(self, model: TaskModel) -> int:
         return int(model.module.config.hidden_size)  # type: ignore[union-attr,arg-type]
 
-    def default_map(self, student: TaskModel, teacher: TaskModel) -> list[int]:
-        s_layers, t_layers = self.layers(student), self.layers(teacher)
-        if s_layers == t_layers:
-            return list(range(s_layers))
-        init = (student.spec.get("bert") or {}).get("init_from_layers")
-        return list(init) if init and len(init) == s_layers else default_layer_map(s_layers, t_layers)
 
 
 def _masked_groups(model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:

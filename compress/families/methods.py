@@ -111,6 +111,8 @@ class BitsandbytesCheck(Protocol):
 class LayerStructure(ABC):
     """Layer-to-layer structure: what the `hidden` loss and DPHuBERT's L1 + cosine terms pair up."""
 
+    student_key: str  # the built-in student spec (`bert`, `decoder`) whose `init_from_layers` says where it came from
+
     @abstractmethod
     def layers(self, model: TaskModel) -> int: ...
 
@@ -118,9 +120,16 @@ class LayerStructure(ABC):
     def width(self, model: TaskModel) -> int:
         """The hidden size of the layer outputs."""
 
-    @abstractmethod
     def default_map(self, student: TaskModel, teacher: TaskModel) -> list[int]:
-        """The teacher layer each student layer matches by default."""
+        """The teacher layer each student layer matches by default: the same layer when the depths are equal, the
+        layers a built-in student was sliced from, else evenly spaced teacher layers."""
+        from compress.models.layer_map import evenly_spaced
+
+        s_layers, t_layers = self.layers(student), self.layers(teacher)
+        if s_layers == t_layers:
+            return list(range(s_layers))
+        init = (student.spec.get(self.student_key) or {}).get("init_from_layers")
+        return list(init) if init and len(init) == s_layers else evenly_spaced(s_layers, t_layers)
 
 
 class ChannelPruning(ABC):
