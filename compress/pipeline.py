@@ -292,7 +292,7 @@ def run(
             "Give one of them."
         )
     only_i, from_i = _select(recipe, only, "--only"), _select(recipe, from_stage, "--from")
-    check_chain(recipe)
+    check_chain(recipe, recipe_path.parent)
     check_budget_devices(recipe, recipe_path.parent)
     check_devices(recipe, recipe_path)  # typos, missing runtimes, unreachable boards: before any work
     engine = Engine.create(recipe.train)  # a device this machine lacks is an error before any work
@@ -556,7 +556,7 @@ def _validate(recipe_path: Path) -> list[str]:
     recipe = load_recipe(recipe_path)
     ctx = Context.of(recipe, recipe_path, Path("."))
     check_budget_devices(recipe, recipe_path.parent)
-    check_chain(recipe)
+    check_chain(recipe, recipe_path.parent)
     found = [f"schema: ok ({len(recipe.stages)} stages: {', '.join(s.stage for s in recipe.stages)})"]
     sources = [("teacher", recipe.teacher)] + [
         (f"stages[{i}].student", student)

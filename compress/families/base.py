@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from compress.errors import ModelError
-from compress.families.methods import Method, implementation, kinds_of, registered
+from compress.families.methods import Method, architectures_of, implementation, registered, runs_on
 from compress.models.inputs import InputSpec
 from compress.models.source import SOURCE_KEYS, ModelSource, build_model
 from compress.models.task_model import Kind, Modality, TaskModel
@@ -91,25 +91,37 @@ class Family(ABC):
         """Every method registered for this family, with the source kinds it runs on."""
         return registered(self.name)
 
-    def supports(self, capability: str, kind: str | None = None) -> bool:
-        """Whether members (of source ``kind``, or of any kind when None) have an implementation of a method."""
-        kinds = kinds_of(capability, self.name)
-        return bool(kinds) if kind is None else kind in kinds
+    def supports(self, capability: str, kind: str | None = None, architecture: str | None = None) -> bool:
+        """Whether members (of source ``kind``, or of any kind when None; of Hugging Face model type
+        ``architecture`` when given) have an implementation of a method."""
+        return runs_on(capability, self.name, kind, architecture)
 
     def method(self, method: Method[T], where: str, model: TaskModel | None = None, hint: str = "") -> T:
         """The implementation of ``method`` for ``model`` (for any member when None); a clear error naming the
         family, the stage, the method and the ones that do apply when none is registered."""
         kind = model.kind if model is not None else None
-        impl = implementation(method, self.name, kind)
+        arch = model_type(model) if model is not None else None
+        impl = implementation(method, self.name, kind, arch)
         if impl is not None:
             return impl
-        member = f"{self.name} family ({self.summary})" if kind is None else (
-            f"{self.name} family ({self.summary}), {_kind_words(kind)}")  # fmt: skip
+        member = self.member_words(kind, arch)
+        if kind is not None and self.supports(method.name, kind):  # the kind has it, this architecture not yet
+            on = ", ".join(architectures_of(method.name, self.name) or ())
+            raise ModelError(f"{where}: {method.words} is not supported yet for the {member}; it runs on {on}."
+                             f"{' ' + hint if hint else ''}")  # fmt: skip
         stage = method.name.split(":")[0]
         others = [m.split(":")[1] for m in self.capabilities if m.startswith(f"{stage}:") and m != method.name
-                  and (kind is None or kind in self.capabilities[m])]  # fmt: skip
+                  and self.supports(m, kind, arch)]  # fmt: skip
         hint = hint or (f"It has {stage} {', '.join(others)}." if others and ":" in method.name else "")
         raise ModelError(f"{where}: {method.words} is not supported for the {member}.{' ' + hint if hint else ''}")
+
+    def member_words(self, kind: str | None, architecture: str | None = None) -> str:
+        """How errors name a member: `encoder family (BERT-style text encoders), a Hugging Face model of type
+        distilbert`."""
+        if kind is None:
+            return f"{self.name} family ({self.summary})"
+        of = f" of type {architecture}" if kind == "hf" and architecture else ""
+        return f"{self.name} family ({self.summary}), {_kind_words(kind)}{of}"
 
     # ---- what a model is made of ----------------------------------------------------------------------------
     @abstractmethod
@@ -147,6 +159,14 @@ class Family(ABC):
         from compress.quant.ptq import PtqScheme
 
         return LogitsGraph(scheme or PtqScheme(), moe=moe)
+
+
+def model_type(model: TaskModel) -> str | None:
+    """A Hugging Face member's model type (`bert`, `llama`, ...; None for other kinds)."""
+    if model.kind != "hf":
+        return None
+    value = getattr(getattr(model.module, "config", None), "model_type", None)
+    return value if isinstance(value, str) else None
 
 
 def _kind_words(kind: str) -> str:

@@ -26,15 +26,27 @@ class Chain:
     teacher: str  # the teacher's source, as errors name it
     data: DataConfig
     key: str = ""
+    architecture: str | None = None  # the teacher's Hugging Face model type, when its config is readable here
     before: list[Any] = field(default_factory=list)  # the stage configs before it
     moe: set[str] = field(default_factory=set)
 
     @property
     def member(self) -> str:
-        return f"this teacher ({self.teacher}, {self.family.name} family)"
+        return f"this teacher ({self.teacher}, {self.family.name} family)"  # `not_yet` names its model type
 
     def supports(self, capability: str) -> bool:
-        return self.family.supports(capability, self.kind)
+        return self.family.supports(capability, self.kind, self.architecture)
+
+    def not_yet(self, capability: str) -> str:
+        """Why a method the teacher's kind has does not run on its architecture (empty when it does, or when the
+        kind has no such method at all): ` (not yet for model type distilbert: it runs on bert, roberta, ...)`."""
+        from compress.families.methods import architectures_of
+
+        if (self.architecture is None or self.supports(capability)
+                or not self.family.supports(capability, self.kind)):  # fmt: skip
+            return ""
+        on = ", ".join(architectures_of(capability, self.family.name) or ())
+        return f" (not yet for model type {self.architecture}: it runs on {on})"
 
     def graph(self, models: list[str]) -> tuple[Graph, str]:
         """The graph the named models deploy as, and the one a refusal names: the family answers, told whether

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from compress.search.supernet import SlicedSuperNet
 
 HF = ("hf",)
+# the causal LMs with LLaMA's layer layout (`model.layers.N` with `self_attn.q/k/v/o_proj` and a gated SwiGLU
+# `mlp.gate/up/down_proj`): what DPHuBERT's groups, LaDiMo's experts, AutoDistil's super-network and the sliced
+# `decoder:` students read. Others (GPT-2, Phi-3, ...) get the methods that read no layout.
+LLAMA_LAYOUT = ("llama", "mistral")
 
 
 @register_family
@@ -183,12 +187,12 @@ _FAMILY = DecoderFamily()
 _NAME = DecoderFamily.name
 m.register(m.EXPORT, _NAME, HF, True)
 m.register(m.HIDDEN_STATES, _NAME, HF, _Layers())
-m.register(m.STUDENT_DECODER, _NAME, HF, True)
+m.register(m.STUDENT_DECODER, _NAME, HF, True, architectures=LLAMA_LAYOUT)
 m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
-m.register(m.MOEFY, _NAME, HF, _ffn_blocks)
-m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups)
-m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs)
-m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _Search())
+m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=LLAMA_LAYOUT)
+m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=LLAMA_LAYOUT)
+m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=LLAMA_LAYOUT)
+m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _Search(), architectures=LLAMA_LAYOUT)
 m.register(m.QUANTIZE_QAT, _NAME, HF, _Qat())
 m.register(m.QUANTIZE_PTQ, _NAME, HF, True)
 m.register(m.LOSSES_SEQUENCE, _NAME, HF, True)

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 HF = ("hf",)
 ANY = ("hf", "python")
+# the Hugging Face encoders with BERT's module layout (`<base>.encoder.layer.N` with `attention.self.query/key/value`,
+# `intermediate.dense`, `output.dense`): what layer taps, attention losses, DPHuBERT, LaDiMo, search and the
+# built-in students read. Other encoders (DistilBERT, DeBERTa, ALBERT, ...) get the methods that read no layout.
+BERT_LAYOUT = ("bert", "roberta", "xlm-roberta", "electra")
 
 
 @register_family
@@ -172,16 +176,16 @@ def _check_bitsandbytes(model: TaskModel, where: str) -> None:
 _FAMILY = EncoderFamily()
 _SEARCH = _Search()
 _NAME = EncoderFamily.name
-m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups)
-m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs)
-m.register(m.MOEFY, _NAME, HF, _ffn_blocks)
-m.register(m.SEARCH_DISWOT, _NAME, HF, _SEARCH)
-m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _SEARCH)
-m.register(m.SEARCH_LATENCY, _NAME, HF, True)
+m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=BERT_LAYOUT)
+m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=BERT_LAYOUT)
+m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=BERT_LAYOUT)
+m.register(m.SEARCH_DISWOT, _NAME, HF, _SEARCH, architectures=BERT_LAYOUT)
+m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _SEARCH, architectures=BERT_LAYOUT)
+m.register(m.SEARCH_LATENCY, _NAME, HF, True, architectures=BERT_LAYOUT)
 m.register(m.QUANTIZE_BITSANDBYTES, _NAME, HF, _check_bitsandbytes)
-m.register(m.LOSSES_ATTENTION, _NAME, HF, True)
-m.register(m.HIDDEN_STATES, _NAME, HF, _Layers())
-m.register(m.STUDENT_BERT, _NAME, HF, True)
+m.register(m.LOSSES_ATTENTION, _NAME, HF, True, architectures=BERT_LAYOUT)
+m.register(m.HIDDEN_STATES, _NAME, HF, _Layers(), architectures=BERT_LAYOUT)
+m.register(m.STUDENT_BERT, _NAME, HF, True, architectures=BERT_LAYOUT)
 m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
 m.register(m.EXPORT, _NAME, ANY, True)
 m.register(m.QUANTIZE_QAT, _NAME, ANY, _Qat())

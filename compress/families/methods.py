@@ -54,16 +54,20 @@ class Method(Generic[T_co]):
 class Registration:
     kinds: tuple[str, ...]
     impl: Any
+    architectures: tuple[str, ...] | None = None  # the Hugging Face model types of `hf` members it runs on (None: any)
 
 
 _TABLE: dict[tuple[str, str], Registration] = {}
 
 
-def register(method: Method[T], family: str, kinds: tuple[str, ...], impl: T) -> None:
-    """Register ``impl`` as ``method`` for members of ``family`` built from these source kinds."""
+def register(
+    method: Method[T], family: str, kinds: tuple[str, ...], impl: T, *, architectures: tuple[str, ...] | None = None
+) -> None:
+    """Register ``impl`` as ``method`` for members of ``family`` built from these source kinds; ``architectures``
+    limits its Hugging Face members to these model types (the structure the implementation reads)."""
     if (method.name, family) in _TABLE:
         raise ValueError(f"{method.name} is already registered for the {family} family")
-    _TABLE[method.name, family] = Registration(tuple(kinds), impl)
+    _TABLE[method.name, family] = Registration(tuple(kinds), impl, architectures)
 
 
 def kinds_of(method: str, family: str) -> tuple[str, ...]:
@@ -72,12 +76,29 @@ def kinds_of(method: str, family: str) -> tuple[str, ...]:
     return entry.kinds if entry is not None else ()
 
 
-def implementation(method: Method[T], family: str, kind: str | None) -> T | None:
-    """The implementation of ``method`` for members of ``family`` of source ``kind`` (any kind when None)."""
-    entry = _TABLE.get((method.name, family))
+def architectures_of(method: str, family: str) -> tuple[str, ...] | None:
+    """The Hugging Face model types ``method`` is registered for in ``family`` (None: any)."""
+    entry = _TABLE.get((method, family))
+    return entry.architectures if entry is not None else None
+
+
+def runs_on(method: str, family: str, kind: str | None, architecture: str | None = None) -> bool:
+    """Whether ``method`` has an implementation for members of ``family`` of source ``kind`` (any kind when None)
+    and, for Hugging Face members, of this model type (an unknown type, None, is not refused here: loading it
+    says what it is)."""
+    entry = _TABLE.get((method, family))
     if entry is None or (kind is not None and kind not in entry.kinds):
+        return False
+    known = kind == "hf" and architecture is not None and entry.architectures is not None
+    return not known or architecture in entry.architectures  # type: ignore[operator]
+
+
+def implementation(method: Method[T], family: str, kind: str | None, architecture: str | None = None) -> T | None:
+    """The implementation of ``method`` for members of ``family`` of source ``kind`` (any kind when None) and
+    Hugging Face model type ``architecture``."""
+    if not runs_on(method.name, family, kind, architecture):
         return None
-    return entry.impl  # type: ignore[no-any-return]
+    return _TABLE[method.name, family].impl  # type: ignore[no-any-return]
 
 
 def registered(family: str) -> dict[str, tuple[str, ...]]:

@@ -140,6 +140,27 @@ def hf_positions(path: str, trust_remote_code: bool = False) -> int | None:
     return value if isinstance(value, int) else None
 
 
+BUILT_IN_TYPES = {"bert": "bert", "llama": "llama", "decoder": "llama"}  # built-in sources and what they build
+
+
+def source_model_type(source: ModelSource, base_dir: Path) -> str | None:
+    """The Hugging Face model type a recipe source builds, read without loading it: the built-in sources' own, a
+    local folder's or an installed package's `config.json` (a hub id is not fetched here: None, unknown)."""
+    import json
+
+    for key, kind in BUILT_IN_TYPES.items():
+        if getattr(source, key) is not None:
+            return kind
+    if not (source.hf or source.hf_package):
+        return None
+    try:
+        path = Path(resolve_hf_path(source, base_dir))
+        value = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (ModelError, OSError, ValueError, AttributeError):
+        return None  # a hub id, or a folder the run will name the problem of
+    return value if isinstance(value, str) else None
+
+
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "camembert", "deberta", "deberta-v2",
                  "albert", "mpnet", "modernbert"}  # fmt: skip
 

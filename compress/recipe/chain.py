@@ -4,23 +4,29 @@ walks the chain and adds what spans the recipe. Each problem names the recipe ke
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from compress.errors import RecipeError
 from compress.families.chain import Chain
 from compress.recipe.schema import Recipe
 
 
-def check_chain(recipe: Recipe) -> None:
-    """Every stage config checks itself against the chain it sits in (`StageConfig.check`: the teacher's family,
-    the data, the stages before it); the recipe-wide checks follow. Refused with every problem at once."""
+def check_chain(recipe: Recipe, base_dir: Path | None = None) -> None:
+    """Every stage config checks itself against the chain it sits in (`StageConfig.check`: the teacher's family
+    and architecture, the data, the stages before it); the recipe-wide checks follow. Refused with every problem
+    at once. ``base_dir``: the recipe's folder, where a local teacher's config says its model type."""
     from compress.errors import ModelError
     from compress.families import family_of_source, source_key, source_kind
+    from compress.models.source import source_model_type
 
     where = f"teacher.{source_key(recipe.teacher)} (data.format {recipe.data.format})"
     try:
         family = family_of_source(recipe.teacher, recipe.data, where)
     except ModelError as exc:
         raise RecipeError(f"{exc} Use a teacher of a family that takes {recipe.data.modality} data.") from None
-    chain = Chain(family, source_kind(recipe.teacher), recipe.teacher.describe(), recipe.data)
+    architecture = source_model_type(recipe.teacher, base_dir) if base_dir is not None else None
+    chain = Chain(family, source_kind(recipe.teacher), recipe.teacher.describe(), recipe.data,
+                  architecture=architecture)  # fmt: skip
     problems: list[str] = []
     for i, stage in enumerate(recipe.stages):
         chain.key = f"stages[{i}]"

@@ -144,8 +144,8 @@ def check_losses(losses: list[Any] | None, chain: Chain, key: str) -> list[str]:
     """Attention losses need a family with attention to compare."""
     attention = [c.name for c in losses or [] if c.name in ATTENTION_LOSSES]
     if attention and not chain.supports("losses:attention"):
-        return [f"{key}: {', '.join(attention)} compare attention of Transformer encoders; {chain.member} has none. "
-                "Use kd, ce or hidden."]  # fmt: skip
+        return [f"{key}: {', '.join(attention)} compare attention of Transformer encoders; {chain.member} has none"
+                f"{chain.not_yet('losses:attention')}. Use kd, ce or hidden."]  # fmt: skip
     return []
 
 
@@ -153,10 +153,11 @@ def check_student(student: Any, chain: Chain, key: str) -> list[str]:
     """A built-in student must be one the teacher's family slices."""
     if student is not None and student.bert is not None and not chain.supports("student:bert"):
         return [f"{key}.bert: `bert` students are built from a Hugging Face BERT-family teacher; {chain.member} has "
-                "none. Use a `cnn` or `python` student."]  # fmt: skip
+                f"none{chain.not_yet('student:bert')}. Use a `python` or `hf:` student."]  # fmt: skip
     if student is not None and student.decoder is not None and not chain.supports("student:decoder"):
-        return [f"{key}.decoder: `decoder` students are sliced from a causal-LM teacher (`task: causal_lm`); "
-                f"{chain.member} is not one. Use `bert`, `cnn` or `python`."]  # fmt: skip
+        why = chain.not_yet("student:decoder")
+        return [f"{key}.decoder: `decoder` students are sliced from a LLaMA-layout causal-LM teacher (`task: "
+                f"causal_lm`); {chain.member} is not one{why}. Use a `llama:` or `hf:` student."]  # fmt: skip
     return []
 
 
@@ -166,4 +167,5 @@ def check_method(chain: Chain, stage: str, method: str) -> list[str]:
         return []
     others = [c.split(":")[1] for c in chain.family.capabilities if c.startswith(f"{stage}:") and chain.supports(c)]
     hint = f"use `method: {others[0]}`" if others else f"{stage} does not apply to it"
-    return [f"{chain.key}.method: {method} does not apply to {chain.member}; {hint}."]
+    return [f"{chain.key}.method: {method} does not apply to {chain.member}{chain.not_yet(f'{stage}:{method}')}; "
+            f"{hint}."]

@@ -118,7 +118,7 @@ class MoefyConfig(StageConfig):
         if chain.supports("moefy"):
             return []
         return [f"{chain.key}: moefy turns the FFNs of a Hugging Face BERT-family encoder or a gated causal LM into "
-                f"experts; {chain.member} has none to convert."]  # fmt: skip
+                f"experts; {chain.member} has none to convert{chain.not_yet('moefy')}."]  # fmt: skip
 
 
 def _tokens(split: Split, limit: int) -> int:
