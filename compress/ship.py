@@ -71,7 +71,9 @@ def _config(model: Artifact | None, data: DataBundle, input_names: list[str]) ->
     if hf_config is not None and hf_config.is_file():
         cfg = json.loads(hf_config.read_text())
     else:
-        meta = model.path / "compress_model.json" if model is not None else None
+        from compress.models.task_model import META_FILE
+
+        meta = model.path / META_FILE if model is not None else None
         spec = json.loads(meta.read_text()) if meta is not None and meta.is_file() else {}
         cfg = {"model_type": f"compress-{spec.get('kind', 'model')}", "compress_spec": spec.get("spec", {})}
     if data.label_names:
@@ -121,11 +123,12 @@ def write_ship_folders(
     renamed into it, so a folder that exists is complete."""
     root = out_dir / "ship"
     made = []
+    checks: dict[str, dict[str, Any] | None] = {}  # per artifact: two devices may ship the same file
     for item in report.get("headline") or []:
         art = artifacts.get(item["artifact"])
         if art is None or art.kind not in ("onnx", "pte"):
             continue
-        made.append(_write_one(item, art, report, artifacts, root, recipe_path, data()))
+        made.append(_write_one(item, art, report, artifacts, root, recipe_path, data(), checks))
     if made:
         report["ship"] = {p.name: p.relative_to(out_dir).as_posix() for p in made}
     return made
@@ -133,7 +136,7 @@ def write_ship_folders(
 
 def _write_one(
     item: dict[str, Any], art: Artifact, report: dict[str, Any], artifacts: Artifacts, root: Path, recipe_path: Path,
-    data: DataBundle,
+    data: DataBundle, checks: dict[str, dict[str, Any] | None],
 ) -> Path:  # fmt: skip
     device = item["device"]
     final, tmp = root / device, root / f".tmp-{device}"
@@ -163,7 +166,8 @@ def _write_one(
         "measurement": (report.get("measurement") or {}).get(device, {}), "speedup_vs_teacher":
         item.get("speedup_vs_teacher"), "teacher_artifact": item.get("teacher_artifact"),
         "budgets": [c for c in report.get("budgets") or [] if c["device"] == device and c["artifact"] == art.name],
-        "budget_verdict": item["budgets"], "check": _check(model_file, data),
+        "budget_verdict": item["budgets"],
+        "check": checks[art.name] if art.name in checks else checks.setdefault(art.name, _check(model_file, data)),
     }  # fmt: skip
     atomic_write_json(tmp / "ship.json", facts)
     (tmp / "README.md").write_text(model_card(facts, report), encoding="utf-8")

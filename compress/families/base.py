@@ -38,7 +38,6 @@ class Family(ABC):
     summary: ClassVar[str]
     kinds: ClassVar[tuple[Kind, ...]]  # the source kinds that build members of this family
     space_kind: ClassVar[str | None] = None  # the kind of search space its teachers take (`search.space.kind`)
-    qat_weight_bits: ClassVar[tuple[int, ...]] = (8, 4)  # the weight widths `quantize: qat` trains; first: default
 
     # ---- membership and building --------------------------------------------------------------------------
     @classmethod
@@ -110,10 +109,15 @@ class Family(ABC):
             raise ModelError(f"{where}: {method.words} is not supported yet for the {member}; it runs on {on}."
                              f"{' ' + hint if hint else ''}")  # fmt: skip
         stage = method.name.split(":")[0]
-        others = [m.split(":")[1] for m in self.capabilities if m.startswith(f"{stage}:") and m != method.name
-                  and self.supports(m, kind, arch)]  # fmt: skip
+        others = self.alternatives(method.name, kind, arch)
         hint = hint or (f"It has {stage} {', '.join(others)}." if others and ":" in method.name else "")
         raise ModelError(f"{where}: {method.words} is not supported for the {member}.{' ' + hint if hint else ''}")
+
+    def alternatives(self, method: str, kind: str | None, architecture: str | None = None) -> list[str]:
+        """The other methods of the same stage (`prune:dphubert` -> `torch_pruning`) that these members have."""
+        stage = method.split(":")[0]
+        return [m.split(":")[1] for m in self.capabilities if m.startswith(f"{stage}:") and m != method
+                and self.supports(m, kind, architecture)]  # fmt: skip
 
     def member_words(self, kind: str | None, architecture: str | None = None) -> str:
         """How errors name a member: `encoder family (BERT-style text encoders), a Hugging Face model of type

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from compress.data.config import DataConfig
 from compress.errors import CompressError
 from compress.families.base import Family
 
 if TYPE_CHECKING:
+    from compress.families.methods import Method
     from compress.graphs import Graph
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,6 +39,12 @@ class Chain:
 
     def supports(self, capability: str) -> bool:
         return self.family.supports(capability, self.kind, self.architecture)
+
+    def implementation(self, method: Method[T]) -> T | None:
+        """The implementation of ``method`` the teacher's kind and architecture get (None: not registered)."""
+        from compress.families.methods import implementation
+
+        return implementation(method, self.family.name, self.kind, self.architecture)
 
     def not_yet(self, capability: str) -> str:
         """Why a method the teacher's kind has does not run on its architecture (empty when it does, or when the

@@ -50,7 +50,6 @@ class DecoderFamily(Family):
     summary = "causal (decoder) language models"
     kinds = ("hf",)
     space_kind = "transformer"
-    qat_weight_bits = (4,)  # weight-only MatMulNBits: memory-bound decoding is where low-bit weights pay
 
     def check_teacher(self, model: TaskModel, sample: Callable[[], Batch], max_length: int, where: str) -> None:
         self.check_positions(max_length, _positions(model))
@@ -175,7 +174,10 @@ class _Search(m.SupernetSearcher):
 
 
 class _Qat(m.QatDefaults):
-    """Forward KL over the vocabulary: the logits are next-token distributions."""
+    """Forward KL over the vocabulary: the logits are next-token distributions. 4-bit weight-only (MatMulNBits):
+    memory-bound decoding is where low-bit weights pay."""
+
+    weight_bits = (4,)
 
     def losses(self, model: TaskModel) -> list[LossConfig]:
         from compress.losses.sequence import ForwardKLConfig

@@ -200,6 +200,22 @@ class QatDefaults:
     """What quantization-aware training takes from the family when the recipe does not say (as it is: the
     defaults for any family)."""
 
+    weight_bits: tuple[int, ...] = (8, 4)  # the weight widths it trains; the first is the default
+
+    def weight_width(self, bits: int | None, *, where: str, source: str, family: str) -> int:
+        """The weight width to train: the default when the recipe names none (``bits`` None), else ``bits`` when the
+        family trains it; a clear error naming ``where`` otherwise."""
+        if bits is None:
+            return self.weight_bits[0]
+        if bits not in self.weight_bits:
+            from compress.errors import QuantizationError
+
+            raise QuantizationError(
+                f"{where}: {bits}-bit QAT does not apply to {source!r} ({family} family); it trains "
+                f"{' or '.join(map(str, self.weight_bits))}-bit weights (leave `weights` out for that default)."
+            )
+        return bits
+
     def losses(self, model: TaskModel) -> list[LossConfig]:
         """Default distillation terms: logit KD and a half-weighted CE."""
         from compress.losses.terms import CEConfig, KDConfig

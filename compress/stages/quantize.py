@@ -19,8 +19,7 @@ from compress.errors import QuantizationError
 from compress.evaluation import ParityConfig, onnx_logits, predictor
 from compress.exporters.onnx import MIN_OPSET
 from compress.families import family_of
-from compress.families.base import Family
-from compress.families.methods import METHODS, QUANTIZE_BITSANDBYTES, QUANTIZE_BUDGET, QUANTIZE_QAT
+from compress.families.methods import METHODS, QUANTIZE_BITSANDBYTES, QUANTIZE_BUDGET, QUANTIZE_QAT, QatDefaults
 from compress.graphs import Job, PtqRequest, QatExport
 from compress.losses import LossConfig, build_terms, loss_config_union
 from compress.models.task_model import TaskModel
@@ -185,10 +184,13 @@ class QatConfig(_QuantizeBase, TrainSchedule):
 
     def check(self, chain: Chain) -> list[str]:
         problems = super().check(chain) + check_losses(self.losses, chain, f"{chain.key}.losses")
-        problems = problems or chain.refusal(lambda: _family_scheme(self, chain.family, chain.key))
-        if problems:
+        defaults = chain.implementation(QUANTIZE_QAT)
+        if problems or defaults is None:
             return problems
-        config = _family_scheme(self, chain.family, chain.key)
+        try:
+            config = _family_scheme(self, defaults, chain.family.name, chain.key)
+        except QuantizationError as exc:
+            return [str(exc)]
         graph, _ = chain.graph([self.source])
         return chain.refusal(
             lambda: graph.check_qat(weight_bits=config.weights.bits, dynamic=config.dynamic, stage=chain.key))
@@ -409,9 +411,9 @@ def _run_qat(
     teacher.module.eval().requires_grad_(False)
     student = ctx.load_model(source)
     family = family_of(student)
-    config = _family_scheme(config, family, "quantize")
-    graph = family.graph(student)  # asked before NNCF rewrites the module
     defaults = family.method(QUANTIZE_QAT, "quantize", student)
+    config = _family_scheme(config, defaults, family.name, "quantize")
+    graph = family.graph(student)  # asked before NNCF rewrites the module
     graph.check_qat(weight_bits=config.weights.bits, dynamic=config.dynamic, stage="quantize")
     calibration = _calibration(data, student, config.calibration_samples)
     scheme = qat.QatScheme(
@@ -461,19 +463,14 @@ def _run_qat(
     return {art.name: art}
 
 
-def _family_scheme(config: QatConfig, family: Family, where: str) -> QatConfig:
-    """The weight width the family trains: its default where the recipe names none (4-bit weight-only for causal
-    LMs), a clear error where the recipe names one it does not."""
-    default = family.qat_weight_bits[0]
-    if "weights" not in config.model_fields_set and "activations" not in config.model_fields_set:
-        if default != config.weights.bits:
-            return config.model_copy(update={"weights": WeightQuant(bits=default), "activations": None})
-    elif config.weights.bits not in family.qat_weight_bits:
-        raise QuantizationError(
-            f"{where}.weights.bits: {config.weights.bits}-bit QAT does not apply to {config.source!r} ({family.name} "
-            f"family); it trains {' or '.join(map(str, family.qat_weight_bits))}-bit weights (leave `weights` out "
-            "for that default)."
-        )
+def _family_scheme(config: QatConfig, defaults: QatDefaults, family: str, where: str) -> QatConfig:
+    """The weight width the family trains (`QatDefaults.weight_width`): its default where the recipe names none
+    (4-bit weight-only for causal LMs), a clear error where the recipe names one it does not."""
+    named = "weights" in config.model_fields_set or "activations" in config.model_fields_set
+    bits = defaults.weight_width(config.weights.bits if named else None, where=f"{where}.weights.bits",
+                                 source=config.source, family=family)  # fmt: skip
+    if not named and bits != config.weights.bits:
+        return config.model_copy(update={"weights": WeightQuant(bits=bits), "activations": None})
     return config
 
 

@@ -4,15 +4,11 @@ checkpoint here is a tiny config built from its config class (no download)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
-from compress import pipeline
-from compress.errors import CompressError
-from compress.families import FAMILIES
-from tests.conftest import write_recipe
+from tests.families.test_methods import refused_exactly
 
 ENCODER_STAGES = {  # one stage per method that reads the encoder's layout
     "student:bert": "  - {stage: distill, student: {bert: {layers: 1}}, output: s1, max_steps: 1}",
@@ -58,19 +54,10 @@ def _decoder_config(model_type: str):  # type: ignore[no-untyped-def]
 
 
 def _refused(tmp_path: Path, head: str, stages: dict[str, str], family: str, model_type: str) -> str:
-    """Validate a recipe with one stage per method: exactly the stages of the methods not registered for this model
-    type are refused, each saying so."""
+    """A stage per method that reads the layout: exactly the unregistered ones are refused, each saying so."""
     names = list(stages)
-    teacher = str(tmp_path / model_type)
-    text = head.replace("TEACHER", teacher) + "\n".join(stages[n] for n in names).replace("TEACHER", teacher) + "\n"
-    try:
-        pipeline.validate(write_recipe(tmp_path, text))
-        message = ""
-    except CompressError as exc:
-        message = str(exc)
-    refused = {names[int(i)] for i in re.findall(r"stages\[(\d+)\]", message)}
-    expected = {n for n in names if not FAMILIES.get(family).supports(n, "hf", model_type)}
-    assert refused == expected, message
+    text = (head + "\n".join(stages[n] for n in names) + "\n").replace("TEACHER", str(tmp_path / model_type))
+    message = refused_exactly(tmp_path, text, names, family, "hf", model_type)
     for line in message.splitlines():
         assert f"not yet for model type {model_type}: it runs on " in line, line
     return message

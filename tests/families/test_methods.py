@@ -63,20 +63,25 @@ def test_an_unregistered_method_names_the_family_the_stage_and_what_applies() ->
     assert isinstance(METHODS["moefy"], Method)
 
 
-def _refused(tmp_path: Path, head: str, family: str, kind: str) -> None:
-    """One recipe per teacher with a stage per method: `validate` must refuse the stages of exactly the methods
-    the family has no implementation of for this kind."""
-    methods = list(STAGE_OF)
-    text = head + "\n".join(STAGE_OF[m] for m in methods) + "\n"
+def refused_exactly(tmp_path: Path, text: str, methods: list[str], family: str, kind: str,
+                    model_type: str | None = None) -> str:  # fmt: skip
+    """Validate a recipe whose stages are one per method, in order: `validate` must refuse the stages of exactly the
+    methods the family has no implementation of for this kind (and model type). Returns the refusal."""
     try:
         pipeline.validate(write_recipe(tmp_path, text))
         message = ""
     except CompressError as exc:
         message = str(exc)
     refused = {methods[int(i)] for i in re.findall(r"stages\[(\d+)\]", message)}
-    expected = {m for m in methods if not FAMILIES.get(family).supports(m, kind)}
+    expected = {m for m in methods if not FAMILIES.get(family).supports(m, kind, model_type)}
     assert refused == expected, message
     assert not (tmp_path / "out").exists()
+    return message
+
+
+def _refused(tmp_path: Path, head: str, family: str, kind: str) -> None:
+    methods = list(STAGE_OF)
+    refused_exactly(tmp_path, head + "\n".join(STAGE_OF[m] for m in methods) + "\n", methods, family, kind)
 
 
 def test_validate_refuses_exactly_what_the_cnn_family_has_not_registered(tmp_path: Path) -> None:
