@@ -15,6 +15,12 @@ import torch
 
 import compress  # noqa: F401 - first, so that its logging settings apply before transformers imports torchao
 
+# pytest-xdist runs the suite in two processes on two cores (pyproject's addopts): one math thread each, in the
+# workers and in the runs they launch, so that the two do not fight over the cores (the DDP tests set their own)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SST2 = SHARED_DATA / "sst2"
