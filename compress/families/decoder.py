@@ -1,6 +1,6 @@
-"""The `decoder` family: causal language models (`task: causal_lm`) from Hugging Face (GPT-2, LLaMA, Qwen2,
-Mistral, SmolLM: anything `AutoModelForCausalLM` loads), the built-in LLaMA-style model trained from scratch
-(`llama:`), and students sliced from a decoder teacher (`decoder:`).
+"""The `decoder` family: causal language models (`task: causal_lm`) from Hugging Face (LLaMA, Mistral, Qwen2/3,
+Gemma 1/2/3, OLMo, Granite, SmolLM, GPT-2: anything `AutoModelForCausalLM` loads), the built-in LLaMA-style model
+trained from scratch (`llama:`), and students sliced from a decoder teacher (`decoder:`).
 
 Members map ``input_ids`` and ``attention_mask`` to next-token logits ``(batch, positions, vocabulary)``; the task
 metric is perplexity. Their decoder layers (`model.layers.N`) are the feature taps of layer-to-layer distillation.
@@ -37,10 +37,14 @@ if TYPE_CHECKING:
     from compress.search.supernet import SlicedSuperNet
 
 HF = ("hf",)
-# the causal LMs with LLaMA's layer layout (`model.layers.N` with `self_attn.q/k/v/o_proj` and a gated SwiGLU
+# the causal LMs with LLaMA's layer layout (`model.layers.N` with `self_attn.q/k/v/o_proj` and a gated
 # `mlp.gate/up/down_proj`): what DPHuBERT's groups, LaDiMo's experts, AutoDistil's super-network and the sliced
-# `decoder:` students read. Others (GPT-2, Phi-3, ...) get the methods that read no layout.
-LLAMA_LAYOUT = ("llama", "mistral")
+# `decoder:` students read. Each type is checked by tests/families/test_decoder_architectures.py (pruned == masked,
+# experts == dense FFN, extracted == sliced super-network, KV-cache export decodes like PyTorch). Qwen3's and OLMo's
+# per-head norms, Gemma's head size apart from hidden / heads and its sqrt(hidden) embedding scale, Gemma 2/3's
+# sliding-window layer types and Granite's multipliers fit it. Others (GPT-2's Conv1D, Phi-3's fused qkv and
+# gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout.
+LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite")
 
 
 @register_family

@@ -99,6 +99,16 @@ def layer_prefix(model: nn.Module) -> str:
     return names[id(layers[0])].rsplit(".", 1)[0]
 
 
+def keep_config_layers(cfg: Any, layers: list[int]) -> None:
+    """Give a decoder config the teacher layers ``layers`` (by index, in order): the layer count, and the per-layer
+    settings that follow it (``layer_types``: Qwen2's, Gemma 2's and Gemma 3's sliding or full attention per layer,
+    which transformers requires to have one entry per layer)."""
+    types = getattr(cfg, "layer_types", None)
+    if isinstance(types, list):
+        cfg.layer_types = [types[i] for i in layers]
+    cfg.num_hidden_layers = len(layers)
+
+
 def decoder_head_size(cfg: Any) -> int:
     """Channels per attention head (``head_dim`` where the config sets it, else hidden / heads)."""
     return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
@@ -123,7 +133,11 @@ def build_decoder_student(teacher: nn.Module, spec: DecoderStudentSpec) -> nn.Mo
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     t_kv = getattr(tcfg, "num_key_value_heads", None) or tcfg.num_attention_heads
-    cfg.num_hidden_layers = spec.layers
+    layer_map = spec.init_from_layers or evenly_spaced(spec.layers, len(t_layers))
+    if len(layer_map) != spec.layers or not all(0 <= i < len(t_layers) for i in layer_map):
+        raise ModelError(f"init_from_layers={layer_map} must list {spec.layers} teacher layers in "
+                         f"0..{len(t_layers) - 1}.")  # fmt: skip
+    keep_config_layers(cfg, layer_map)
     cfg.hidden_size = spec.hidden or tcfg.hidden_size
     cfg.num_attention_heads = spec.heads or tcfg.num_attention_heads
     if hasattr(tcfg, "num_key_value_heads"):
@@ -142,10 +156,6 @@ def build_decoder_student(teacher: nn.Module, spec: DecoderStudentSpec) -> nn.Mo
                          "choose sizes where hidden % heads == 0.")  # fmt: skip
     if getattr(cfg, "head_dim", None) is not None and spec.hidden is not None:
         cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
-    layer_map = spec.init_from_layers or evenly_spaced(spec.layers, len(t_layers))
-    if len(layer_map) != spec.layers or not all(0 <= i < len(t_layers) for i in layer_map):
-        raise ModelError(f"init_from_layers={layer_map} must list {spec.layers} teacher layers in "
-                         f"0..{len(t_layers) - 1}.")  # fmt: skip
     student = AutoModelForCausalLM.from_config(cfg)
     same_width = cfg.hidden_size == tcfg.hidden_size
     shape = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "n_inner")
@@ -193,10 +203,7 @@ def drop_decoder_layers(model: nn.Module, removed: list[int]) -> None:
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = i
-    cfg: Any = model.config
-    if isinstance(getattr(cfg, "layer_types", None), list):
-        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in set(removed)]
-    cfg.num_hidden_layers = len(kept)
+    keep_config_layers(model.config, [i for i in range(len(layers)) if i not in set(removed)])
 
 
 def _linear(like: nn.Linear, inputs: int, outputs: int) -> nn.Linear:

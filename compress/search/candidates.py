@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from compress.errors import StageError
-from compress.models.decoder import decoder_head_size, decoder_layers
+from compress.models.decoder import decoder_head_size, decoder_layers, keep_config_layers
+from compress.models.layer_map import evenly_spaced
 from compress.models.structure import TRANSFORM as STRUCTURE
 from compress.models.structure import current_structure, encoder_layers, head_size, resize_encoder
 from compress.models.task_model import TaskModel
@@ -118,7 +119,7 @@ def decoder_config(teacher_config: Any, arch: Arch) -> Any:
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     cfg.head_dim = decoder_head_size(teacher_config)
-    cfg.num_hidden_layers = arch["layers"]
+    keep_config_layers(cfg, evenly_spaced(arch["layers"], teacher_config.num_hidden_layers))
     cfg.hidden_size = arch["hidden"]
     cfg.num_attention_heads = arch["heads"]
     cfg.num_key_value_heads = arch["heads"] // queries_per_kv(teacher_config)

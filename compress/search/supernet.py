@@ -63,6 +63,19 @@ def rewire(model: nn.Module) -> None:
         _reorder_cols(down, units)
 
 
+def _own_scalar(sub: nn.Module, name: str, teacher_value: torch.Tensor) -> torch.Tensor:
+    """A scalar buffer of the sub-network: the teacher's, except where the model computes it from its own shape
+    and never saves it (Gemma's embedding scale, sqrt(hidden), which a model extracted at a narrower hidden size
+    recomputes on load). Transformers keeps such a value as a plain float, `scalar_<buffer>`, beside the buffer;
+    the skeleton is on the meta device, so that float is the only place its value survives."""
+    path, _, attr = name.rpartition(".")
+    module = sub.get_submodule(path)
+    value = getattr(module, f"scalar_{attr}", None)
+    if attr in getattr(module, "_non_persistent_buffers_set", ()) and isinstance(value, int | float):
+        return torch.tensor(value, dtype=teacher_value.dtype)
+    return teacher_value
+
+
 class SlicedSuperNet(nn.Module, metaclass=ABCMeta):
     """The shared weights (a rewired copy of the teacher) and the sliced forward of any sub-network. A subclass
     says how the family's layers are named, rewired and built at a given shape."""
@@ -120,8 +133,9 @@ class SlicedSuperNet(nn.Module, metaclass=ABCMeta):
             m = self.layer_pattern.search(name)
             src = name if m is None else f"{name[: m.start(1)]}{layer_map[int(m.group(1))]}{name[m.end(1) :]}"
             big = full[src]
-            out[name] = big[tuple(slice(0, n) for n in t.shape)] if t.dim() else big
+            out[name] = big[tuple(slice(0, n) for n in t.shape)] if t.dim() else _own_scalar(sub, name, big)
         return out
+
 
     def forward_sub(self, arch: Arch, inputs: dict[str, torch.Tensor]) -> Any:
         sub = self.skeleton(arch)

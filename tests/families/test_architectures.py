@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.families.test_decoder_architectures import TYPES as DECODER_TYPES
 from tests.families.test_methods import refused_exactly
 
 ENCODER_STAGES = {  # one stage per method that reads the encoder's layout
@@ -48,7 +49,7 @@ def _decoder_config(model_type: str):  # type: ignore[no-untyped-def]
     if model_type == "gpt2":
         return transformers.GPT2Config(vocab_size=512, n_embd=32, n_layer=2, n_head=4, n_positions=256)
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config,
-           "phi3": transformers.Phi3Config}[model_type]  # fmt: skip
+           "gemma2": transformers.Gemma2Config, "phi3": transformers.Phi3Config}[model_type]  # fmt: skip
     return cls(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                intermediate_size=64, max_position_embeddings=256)  # fmt: skip
 
@@ -80,7 +81,7 @@ stages:
     assert (message == "") == layout, message  # BERT's layout: everything; others: none of these
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "phi3", "gpt2"])
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma2", "phi3", "gpt2"])
 def test_decoder_methods_that_read_the_layout_are_refused_for_other_layouts(
     tmp_path: Path, pycode_slice: Path, model_type: str
 ) -> None:
@@ -94,4 +95,4 @@ teacher: {{hf: TEACHER}}
 stages:
 """
     message = _refused(tmp_path, head, DECODER_STAGES, "decoder", model_type)
-    assert (message == "") == (model_type in ("llama", "mistral")), message
+    assert (message == "") == (model_type in DECODER_TYPES), message  # refused: Phi-3's fused, GPT-2's Conv1D layers

@@ -1,0 +1,156 @@
+"""The decoder architecture matrix: every Hugging Face model type that the layout methods are registered for gets a
+tiny random checkpoint built from its config class (no download), and each registered method runs on it with its
+exactness check: a sliced student keeps the teacher's layers, DPHuBERT's physical pruning equals the masked model
+(and reloads, exports with its KV cache and decodes like PyTorch), LaDiMo's experts together equal the dense FFN,
+and AutoDistil's extracted sub-network equals the super-network's sliced forward. The list below must name exactly
+the registered types, so that registering a type without adding it here fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import compress.families  # noqa: F401 - registers the families and their methods
+from compress.families import methods as m
+from compress.models.task_model import TaskModel
+
+VOCAB = 200
+TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite"]
+LAYOUT_METHODS = [m.STUDENT_DECODER, m.PRUNE_DPHUBERT, m.PRUNE_LATENCY, m.MOEFY, m.SEARCH_AUTODISTIL]
+
+
+def tiny_causal_lm(model_type: str) -> Any:
+    """A 3-layer causal LM of ``model_type`` (grouped-query attention: 4 query heads on 2 key/value heads)."""
+    import transformers
+
+    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
+               "gemma": "GemmaConfig", "gemma2": "Gemma2Config", "gemma3_text": "Gemma3TextConfig",
+               "olmo": "OlmoConfig", "granite": "GraniteConfig"}  # fmt: skip
+    config = getattr(transformers, classes[model_type])(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+    )  # fmt: skip
+    assert config.model_type == model_type
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def _ids() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    ids = _ids()
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_the_matrix_lists_exactly_the_registered_types() -> None:
+    for method in LAYOUT_METHODS:
+        assert sorted(m.architectures_of(method.name, "decoder") or ()) == sorted(TYPES), method.name
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_a_sliced_student_keeps_the_teachers_layers(model_type: str) -> None:
+    from compress.models.decoder import DecoderStudentSpec, build_decoder_student, decoder_layers
+
+    teacher = tiny_causal_lm(model_type)
+    student = build_decoder_student(teacher, DecoderStudentSpec(layers=2, init_from_layers=[0, 2])).eval()
+    assert student.config.model_type == model_type and student.config.num_hidden_layers == 2
+    for s, t in zip(decoder_layers(student), [decoder_layers(teacher)[i] for i in (0, 2)], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(s.state_dict().values(), t.state_dict().values(), strict=True))
+    with torch.no_grad():
+        assert student(**_inputs()).logits.shape == (2, 12, VOCAB)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_dphubert_pruning_equals_the_masked_model_reloads_and_decodes(model_type: str, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from compress.exporters.decoder import export_decoder_onnx
+    from compress.families import load as load_model
+    from compress.models.decoder import STRUCTURE, cache_shape, decoder_structure
+    from compress.pruning.decoder_masks import DecoderMasks, prune_decoder
+    from compress.runtimes.decoding import CachedDecoder, CacheLayout
+
+    model = tiny_causal_lm(model_type)
+    masks = DecoderMasks(model).attach(model).eval()
+    with torch.no_grad():
+        for i, (groups, units) in enumerate(masks.pairs()):
+            groups.log_alpha.fill_(8.0)
+            units.log_alpha.fill_(8.0)
+            units.log_alpha[: 24 * i] = -8.0  # layer i loses 24 * i FFN units
+        masks.pairs()[0][0].log_alpha[1] = -8.0  # layer 0 loses a key/value group (with its two query heads)
+        for gate in masks.pairs()[1]:
+            gate.log_alpha.fill_(-8.0)  # layer 1: every group and unit off, the layer goes
+        masked = model(input_ids=_ids()).logits
+    gates = masks.deterministic()
+    masks.detach()
+    structure = prune_decoder(model, gates)
+    assert structure == {"kv_heads": [1, 2], "ffn": [96, 48], "removed_layers": [1]}
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=_ids()).logits, masked, atol=1e-5)
+    task = TaskModel(model, "hf", "lm", VOCAB)
+    task.record(STRUCTURE, decoder_structure(model))
+    task.save(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert torch.allclose(again.logits(_inputs()), masked, atol=1e-5)
+
+    export_decoder_onnx(again, tmp_path / "m.onnx", opset=17)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    assert cache_shape(model) == CacheLayout(2, [1, 2], 16)
+    tokens, logits = CachedDecoder(lambda f: session.run(None, f), cache_shape(model)).greedy([5, 6, 7], 4)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([[5, 6, 7, *tokens]])).logits[0, 2:].numpy()
+    assert np.abs(np.stack(logits) - ref).max() < 1e-3
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_moefy_experts_together_equal_the_dense_ffn(model_type: str) -> None:
+    from compress.families import family_of
+    from compress.moe import convert
+    from compress.moe.experts import MoeFfn
+
+    model = tiny_causal_lm(model_type)
+    task = TaskModel(model, "hf", "lm", VOCAB)
+    blocks = family_of(task).method(m.MOEFY, "moefy", task)(task, "moefy")
+    assert [b.path for b in blocks] == [f"model.layers.{i}" for i in range(3)]
+    with torch.no_grad():
+        dense = model(**_inputs()).logits
+    calib = convert.capture(model, blocks, [_inputs()], 10_000)
+    for i, block in enumerate(blocks):
+        moe = MoeFfn.from_dense(block, convert.neuron_groups(block, calib.inputs[i], 4, "coactivation", 0))
+        assert torch.allclose(moe.dense(calib.inputs[i]), calib.outputs[i], atol=1e-5)
+        convert.install(block, moe)
+    with torch.no_grad():
+        assert torch.allclose(model(**_inputs()).logits, dense, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_an_extracted_sub_network_equals_the_sliced_forward(model_type: str) -> None:
+    from compress.search.supernet import DecoderSuperNet
+
+    model = tiny_causal_lm(model_type)
+    net = DecoderSuperNet(model).eval()
+    full = {"layers": 3, "hidden": 64, "heads": 4, "ffn": 96}
+    with torch.no_grad():
+        assert torch.allclose(net.forward_sub(full, _inputs()).logits, model(**_inputs()).logits, atol=1e-4)
+        arch = {"layers": 2, "hidden": 48, "heads": 2, "ffn": 64}
+        sliced = net.forward_sub(arch, _inputs()).logits
+        student = net.extract(arch)
+        assert student.config.model_type == model_type
+        assert torch.allclose(student(**_inputs()).logits, sliced, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_latency_costs_are_measured_on_the_kv_cache_graph(model_type: str, tmp_path: Path) -> None:
+    from compress.devices import resolve_device
+    from compress.pruning.latency_costs import measure_decoder_costs
+
+    config = tiny_causal_lm(model_type).config  # three shapes of this type built, exported and timed as decoding
+    lat = measure_decoder_costs(config, resolve_device("x86-cpu", Path(".")), 16, tmp_path)
+    assert 0 < lat.full_ms < 1000 and lat.fixed_ms <= lat.full_ms  # timing noise may leave fixed at 0
+    assert lat.costs.per_head >= 0 and lat.costs.per_unit >= 0
