@@ -573,6 +573,17 @@ def _validate(recipe_path: Path) -> list[str]:
             if where == "teacher":
                 family = family_of_source(src, recipe.data.modality, "teacher")
                 family.check_positions(recipe.data.max_length, hf_positions(path, src.trust_remote_code))
+        elif src.gguf or src.gguf_package:
+            from compress.models.gguf import read_header
+            from compress.models.source import gguf_path
+
+            key = f"{where}.{'gguf' if src.gguf else 'gguf_package'}"
+            header = read_header(gguf_path(src, ctx.base_dir, where), key)
+            found.append(f"{where}: GGUF {header.path} ({header.architecture}, {header.layers} layers, "
+                         f"{header.tensors} tensors; de-quantized to float32 when loaded)")  # fmt: skip
+            if where == "teacher":
+                family = family_of_source(src, recipe.data.modality, "teacher")
+                family.check_positions(recipe.data.max_length, header.context_length)
         elif src.python:
             code = locate_factory(src.python, src.kwargs)
             found.append(

@@ -192,7 +192,8 @@ def model_card(facts: dict[str, Any], report: dict[str, Any]) -> str:
     """A Hugging Face model card (YAML front matter, then prose) for a ship folder."""
     recipe = report["recipe"]
     teacher = {k: v for k, v in (recipe.get("teacher") or {}).items() if v not in (None, False, {}, [])}
-    base = next((str(v) for k, v in teacher.items() if k in ("hf", "hf_package") and isinstance(v, str)), None)
+    base = next((str(v) for k, v in teacher.items()
+                 if k in ("hf", "hf_package", "gguf", "gguf_package") and isinstance(v, str)), None)  # fmt: skip
     given = ", ".join(f"{k}: {json.dumps(v)}" for k, v in teacher.items())
     metrics = facts["metrics"]
     quality = ("perplexity", metrics["perplexity"]) if "perplexity" in metrics else (

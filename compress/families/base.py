@@ -47,12 +47,12 @@ class Family(ABC):
 
     def build(
         self, source: ModelSource, *, num_labels: int, in_channels: int | None, base_dir: Path,
-        teacher: TaskModel | None = None, tokenizer: Any = None,
+        teacher: TaskModel | None = None, tokenizer: Any = None, where: str = "teacher",
     ) -> TaskModel:  # fmt: skip
         """Build (and initialise) a member from a recipe source (``tokenizer``: the data's, for models built
-        from scratch)."""
+        from scratch; ``where``: the recipe key errors name)."""
         model = build_model(source, modality=self.modality, num_labels=num_labels, in_channels=in_channels,
-                            base_dir=base_dir, teacher=teacher, tokenizer=tokenizer)  # fmt: skip
+                            base_dir=base_dir, teacher=teacher, tokenizer=tokenizer, where=where)  # fmt: skip
         return self.adopt(model)
 
     def adopt(self, model: TaskModel) -> TaskModel:
@@ -202,7 +202,8 @@ def source_where(prefix: str, source: ModelSource) -> str:
 def source_kind(source: ModelSource) -> str:
     """The kind of model a recipe source builds (`hf_package` and `bert` build Hugging Face models)."""
     key = source_key(source)
-    return {"hf_package": "hf", "bert": "hf", "llama": "hf", "decoder": "hf"}.get(key, key)
+    return {"hf_package": "hf", "gguf": "hf", "gguf_package": "hf", "bert": "hf", "llama": "hf",
+            "decoder": "hf"}.get(key, key)  # fmt: skip
 
 
 def family_for(kind: str, modality: str, where: str) -> Family:

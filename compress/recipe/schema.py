@@ -212,8 +212,9 @@ class Recipe(Strict):
             raise ValueError(f"task causal_lm reads documents: data.format must be jsonl or text, not {fmt}")
         if self.task == "classification" and fmt == "text":
             raise ValueError("data.format text is for `task: causal_lm` (plain documents have no labels)")
-        if self.task != "causal_lm" and self.teacher.llama is not None:
-            raise ValueError("teacher.llama builds a causal language model; it needs `task: causal_lm`")
+        for key in ("llama", "gguf", "gguf_package"):
+            if self.task != "causal_lm" and getattr(self.teacher, key) is not None:
+                raise ValueError(f"teacher.{key} builds a causal language model; it needs `task: causal_lm`")
         if self.teacher.llama is not None and self.data.tokenizer is None:
             raise ValueError("teacher.llama is built from scratch and needs a tokenizer: set data.tokenizer (e.g. "
                              "{vocab_size: 4096}) to train one on the training split")
@@ -236,7 +237,7 @@ class Recipe(Strict):
         for key in ("bert", "decoder"):
             if getattr(v, key) is not None:
                 raise ValueError(
-                    f"`{key}` builds a student from a teacher; give the teacher as hf, hf_package, python, cnn or "
-                    "llama"
+                    f"`{key}` builds a student from a teacher; give the teacher as hf, hf_package, gguf, "
+                    "gguf_package, python, cnn or llama"
                 )
         return v
