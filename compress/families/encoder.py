@@ -1,8 +1,11 @@
-"""The `encoder` family: BERT-style Transformer text encoders from Hugging Face (BERT, MiniLM, RoBERTa, ...),
-the built-in BERT students sliced from them, and user models (`python:` factories) that take token ids.
+"""The `encoder` family: Transformer text encoders from Hugging Face (BERT, MiniLM, RoBERTa, ELECTRA, DistilBERT,
+DeBERTa, ModernBERT, ...), the built-in students sliced from them, and user models (`python:` factories) that take
+token ids.
 
-Hugging Face members have `<base>.encoder.layer.N` layers: their hidden states, attention, heads and FFNs are
-what layer-to-layer and attention distillation, DPHuBERT, LaDiMo and Transformer search work on. A user's
+Hugging Face members have a layer list (`<base>.encoder.layer.N`, DistilBERT's `transformer.layer.N`, ModernBERT's
+`layers.N`): students are made of its layers and layer-to-layer distillation taps their hidden states. Inside
+BERT's layout, attention, heads and FFNs are what attention distillation, DPHuBERT, LaDiMo and Transformer search
+work on. A user's
 token model gets what any model gets (logit distillation, hints by module path, quantization, export).
 """
 
@@ -17,7 +20,14 @@ from compress.errors import ModelError
 from compress.families import methods as m
 from compress.families.base import Family, register_family
 from compress.models.inputs import TOKENS, InputSpec
-from compress.models.structure import TRANSFORM, current_structure, encoder_layers, head_size
+from compress.models.structure import (
+    BERT_LAYOUT,
+    TRANSFORM,
+    current_structure,
+    encoder_layer_path,
+    encoder_layers,
+    head_size,
+)
 from compress.models.task_model import TaskModel
 
 if TYPE_CHECKING:
@@ -35,11 +45,11 @@ if TYPE_CHECKING:
 
 HF = ("hf",)
 ANY = ("hf", "python")
-# the Hugging Face encoders with BERT's module layout (`<base>.encoder.layer.N` with `attention.self.query/key/value`,
-# `intermediate.dense`, `output.dense`): what layer taps, attention losses, DPHuBERT, LaDiMo, search and the
-# built-in students read. Other encoders (DistilBERT, DeBERTa, ALBERT, ...) get the methods that read no layout.
-BERT_LAYOUT = ("bert", "roberta", "xlm-roberta", "electra")
-
+# the encoders whose layers a student is made of and whose hidden states layer-to-layer distillation taps (a layer
+# list below the base model); the methods that read inside a layer (attention taps, DPHuBERT, LaDiMo, search) need
+# BERT's layout (`BERT_LAYOUT`). Each type is checked by tests/families/test_encoder_architectures.py.
+LAYER_LIST = (*BERT_LAYOUT, "distilbert", "deberta-v2", "modernbert")
+QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))  # BERT's and DistilBERT's projections
 
 @register_family
 class EncoderFamily(Family):
@@ -58,8 +68,12 @@ class EncoderFamily(Family):
         return InputSpec(TOKENS.names, sequence=True, dummy_token=1000, additive_mask=model.kind == "hf")
 
     def feature_modules(self, model: TaskModel) -> list[str]:
-        names = [n for n, _ in model.module.named_modules()]
-        return [n for n in names if n.split(".")[-2:-1] == ["layer"] and ".encoder." in f".{n}"]
+        try:  # a Hugging Face encoder's layer list
+            path = encoder_layer_path(model.module)
+            return [f"{path}.{i}" for i in range(len(encoder_layers(model.module)))]
+        except ModelError:  # a user's model with BERT-like names
+            names = [n for n, _ in model.module.named_modules()]
+            return [n for n in names if n.split(".")[-2:-1] == ["layer"] and ".encoder." in f".{n}"]
 
     def ptq_scheme(self, model: TaskModel) -> PtqScheme:
         """MatMul and Gemm; onnxruntime's BERT fusion (attention, SkipLayerNorm, BiasGelu) before dynamic int8
@@ -73,9 +87,11 @@ class EncoderFamily(Family):
         if model.kind != "hf" or getattr(cfg, "model_type", None) not in ort.FUSABLE_MODEL_TYPES:
             return PtqScheme()
         size = head_size(cfg)
-        heads = next((h for h in current_structure(model.module)["heads"] if h), 0)
-        names = ("query", "key", "value")
-        qkv = tuple(tuple(f"{n}.{k}" for k in names) for n, mod in model.module.named_modules()
+        if cfg.model_type in BERT_LAYOUT:  # per-layer head counts: a pruned or searched model's own
+            heads = next((h for h in current_structure(model.module)["heads"] if h), 0)
+        else:  # DistilBERT: nothing resizes its heads
+            heads = int(cfg.num_attention_heads)
+        qkv = tuple(tuple(f"{n}.{k}" for k in names) for n, mod in model.module.named_modules() for names in QKV_NAMES
                     if all(isinstance(getattr(mod, k, None), torch.nn.Linear) for k in names))  # fmt: skip
         return PtqScheme(fusion=(heads, heads * size, size), shared_scale=qkv)
 
@@ -184,8 +200,8 @@ m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _SEARCH, architectures=BERT_LAYOUT)
 m.register(m.SEARCH_LATENCY, _NAME, HF, True, architectures=BERT_LAYOUT)
 m.register(m.QUANTIZE_BITSANDBYTES, _NAME, HF, _check_bitsandbytes)
 m.register(m.LOSSES_ATTENTION, _NAME, HF, True, architectures=BERT_LAYOUT)
-m.register(m.HIDDEN_STATES, _NAME, HF, _Layers(), architectures=BERT_LAYOUT)
-m.register(m.STUDENT_BERT, _NAME, HF, True, architectures=BERT_LAYOUT)
+m.register(m.HIDDEN_STATES, _NAME, HF, _Layers(), architectures=LAYER_LIST)
+m.register(m.STUDENT_BERT, _NAME, HF, True, architectures=LAYER_LIST)
 m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
 m.register(m.EXPORT, _NAME, ANY, True)
 m.register(m.QUANTIZE_QAT, _NAME, ANY, _Qat())

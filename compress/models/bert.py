@@ -1,4 +1,5 @@
-"""BERT-style students sized by layers / hidden / heads / FFN, initialised from chosen teacher layers."""
+"""Encoder students made of the teacher's own layers (any Hugging Face encoder with a layer list: BERT, RoBERTa,
+ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT), and for BERT's layout also narrower ones (hidden / heads / FFN)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from compress.config import Strict
 from compress.errors import ModelError
 from compress.models.bnb import float_state_dict, is_bnb
+from compress.models.decoder import keep_config_layers
 from compress.models.layer_map import evenly_spaced as default_layer_map
-from compress.models.structure import encoder_layers
+from compress.models.structure import BERT_LAYOUT, encoder_layer_path, encoder_layers
 
 log = logging.getLogger("compress")
 
 
 class BertStudentSpec(Strict):
-    """A smaller encoder of the teacher's family. Unset sizes are copied from the teacher."""
+    """A smaller encoder of the teacher's architecture. Unset sizes are copied from the teacher; `hidden`, `heads`
+    and `ffn` resize BERT's layout only (BERT, RoBERTa, XLM-R, ELECTRA), other encoders keep the teacher's sizes."""
 
     layers: int = Field(..., gt=0, description="Number of Transformer layers.")
     hidden: int | None = Field(None, gt=0, description="Hidden size (default: the teacher's).")
@@ -50,56 +53,73 @@ def _layers_of(model: PreTrainedModel) -> list[Any]:
         return encoder_layers(model)
     except ModelError:
         raise ModelError(
-            f"the teacher ({type(model).__name__}) has no `<base>.encoder.layer` list; built-in BERT students "
-            "need a BERT-family teacher. Use `student: {hf: ...}` or `student: {python: ...}` instead."
+            f"the teacher ({type(model).__name__}) has no encoder layer list; built-in `bert` students are made of a "
+            "Hugging Face encoder teacher's layers. Use `student: {hf: ...}` or `student: {python: ...}` instead."
         ) from None
+
+
+def _load_layer(layer: Any, state: dict[str, Any], s_i: int, t_i: int) -> None:
+    """Teacher layer ``t_i``'s weights into student layer ``s_i``. A layer may lack what the teacher's has by
+    position: ModernBERT's first layer has no attention pre-norm (its embeddings end in one), so a deeper teacher
+    layer placed first loses that norm's gain (logged); anything else missing is an error."""
+    result = layer.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ModelError(f"student layer {s_i} has weights teacher layer {t_i} lacks: {result.missing_keys[:3]}")
+    if result.unexpected_keys:
+        log.info("student layer %d has no %s: teacher layer %d's are not used", s_i,
+                 ", ".join(result.unexpected_keys), t_i)  # fmt: skip
 
 
 def build_bert_student(teacher: PreTrainedModel, spec: BertStudentSpec) -> PreTrainedModel:
     """Build the student from the teacher's config, copying embeddings, chosen layers and the head."""
     tcfg = teacher.config
     t_layers = _layers_of(teacher)
+    model_type = getattr(tcfg, "model_type", None)
+    resized = {k: v for k, v in (("hidden", spec.hidden), ("heads", spec.heads), ("ffn", spec.ffn)) if v is not None}
+    if model_type not in BERT_LAYOUT and resized:
+        raise ModelError(f"student.bert: {', '.join(resized)} resize BERT's layout ({', '.join(BERT_LAYOUT)}); a "
+                         f"{model_type} student keeps the teacher's sizes: give `layers` and `init_from_layers` "
+                         "only.")  # fmt: skip
     cfg = copy.deepcopy(tcfg)
     if hasattr(cfg, "quantization_config"):  # a bitsandbytes teacher: the student is a float model
         del cfg.quantization_config
-    cfg.num_hidden_layers = spec.layers
-    cfg.hidden_size = spec.hidden or tcfg.hidden_size
-    cfg.num_attention_heads = spec.heads or tcfg.num_attention_heads
-    cfg.intermediate_size = spec.ffn or tcfg.intermediate_size
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise ModelError(
-            f"student hidden={cfg.hidden_size} is not divisible by heads={cfg.num_attention_heads}; "
-            "choose sizes where hidden % heads == 0."
-        )
     layer_map = spec.init_from_layers or default_layer_map(spec.layers, len(t_layers))
     if len(layer_map) != spec.layers or not all(0 <= i < len(t_layers) for i in layer_map):
         raise ModelError(
             f"init_from_layers={layer_map} must list {spec.layers} teacher layers in 0..{len(t_layers) - 1}."
         )
+    keep_config_layers(cfg, layer_map)
+    cfg.hidden_size = spec.hidden or tcfg.hidden_size
+    cfg.num_attention_heads = spec.heads or tcfg.num_attention_heads
+    if spec.ffn:
+        cfg.intermediate_size = spec.ffn
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ModelError(
+            f"student hidden={cfg.hidden_size} is not divisible by heads={cfg.num_attention_heads}; "
+            "choose sizes where hidden % heads == 0."
+        )
     student = AutoModelForSequenceClassification.from_config(cfg)
     same_width = cfg.hidden_size == tcfg.hidden_size
-    same_layers = same_width and (cfg.num_attention_heads, cfg.intermediate_size) == (
-        tcfg.num_attention_heads,
-        tcfg.intermediate_size,
-    )
+    shape = ("num_attention_heads", "intermediate_size")  # DistilBERT's FFN size is `hidden_dim`: never resized
+    same_layers = same_width and all(getattr(cfg, a, None) == getattr(tcfg, a, None) for a in shape)
     if same_width:
         t_state = float_state_dict(teacher) if is_bnb(teacher) else teacher.state_dict()
         s_state = student.state_dict()
-        prefix = teacher.base_model_prefix
-        copied = {k: v for k, v in t_state.items() if not k.startswith(f"{prefix}.encoder.") and k in s_state}
+        prefix = encoder_layer_path(teacher) + "."
+        copied = {k: v for k, v in t_state.items() if not k.startswith(prefix) and k in s_state}
         if same_layers:
             s_layers = _layers_of(student)
             names = {id(m): n for n, m in teacher.named_modules()}
             for s_i, t_i in enumerate(layer_map):
                 at = names[id(t_layers[t_i])] + "."
-                s_layers[s_i].load_state_dict({k[len(at) :]: v for k, v in t_state.items() if k.startswith(at)})
+                _load_layer(s_layers[s_i], {k[len(at) :]: v for k, v in t_state.items() if k.startswith(at)}, s_i, t_i)
         student.load_state_dict({**s_state, **copied})
     log.info(
-        "student: %d layers, hidden %d, heads %d, ffn %d; init: %s",
+        "student: %d layers, hidden %d, heads %d, ffn %s; init: %s",
         spec.layers,
         cfg.hidden_size,
         cfg.num_attention_heads,
-        cfg.intermediate_size,
+        getattr(cfg, "intermediate_size", "the teacher's"),
         f"teacher layers {layer_map}" if same_layers else "embeddings copied" if same_width else "random",
     )
     return student

@@ -20,17 +20,36 @@ from compress.models.transforms import register_transform
 TRANSFORM = "encoder_structure"
 
 
+# the Hugging Face encoders with BERT's module layout (`<base>.encoder.layer.N` with `attention.self.query/key/value`,
+# `intermediate.dense`, `output.dense`): what attention taps, DPHuBERT, LaDiMo and Transformer search read
+BERT_LAYOUT = ("bert", "roberta", "xlm-roberta", "electra")
+# where an encoder keeps its layer list below the base model: BERT, RoBERTa, ELECTRA, DeBERTa (`encoder.layer`),
+# DistilBERT (`transformer.layer`), ModernBERT (`layers`). Layer taps and students of the teacher's own layers need
+# no more than this.
+LAYER_LISTS = (("encoder", "layer"), ("transformer", "layer"), ("layers",))
+
+
+def encoder_layer_path(model: nn.Module) -> str:
+    """The module path of a Hugging Face encoder's layer list (`bert.encoder.layer`, `distilbert.transformer.layer`,
+    `model.layers`)."""
+    prefix = str(getattr(model, "base_model_prefix", ""))
+    base = getattr(model, prefix, None)
+    for names in LAYER_LISTS:
+        holder: Any = base
+        for name in names:
+            holder = getattr(holder, name, None)
+        if isinstance(holder, nn.ModuleList) and len(holder):
+            return ".".join((prefix, *names))
+    raise ModelError(
+        f"{type(model).__name__} has no encoder layer list (`<base>.encoder.layer`, `<base>.transformer.layer` or "
+        "`<base>.layers`); this needs a Hugging Face encoder (BERT, RoBERTa, DistilBERT, DeBERTa, ModernBERT, ...)."
+    )
+
+
 def encoder_layers(model: nn.Module) -> list[Any]:
-    """The ``<base>.encoder.layer`` modules of a Hugging Face BERT-family model (typed loosely: HF layers
-    expose their sub-modules as dynamic attributes)."""
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ModelError(
-            f"{type(model).__name__} has no `<base>.encoder.layer` list; this needs a BERT-family model "
-            "(BERT, MiniLM, RoBERTa, ...)."
-        )
-    return list(layers)
+    """The layer modules of a Hugging Face encoder (typed loosely: HF layers expose their sub-modules as dynamic
+    attributes)."""
+    return list(model.get_submodule(encoder_layer_path(model)))  # type: ignore[call-overload]
 
 
 def head_size(config: Any) -> int:
@@ -113,9 +132,9 @@ def drop_encoder_layers(model: nn.Module, removed: list[int]) -> None:
     layers = encoder_layers(model)
     if len(set(removed)) >= len(layers):
         raise ModelError(f"cannot remove all {len(layers)} encoder layers.")
-    base: Any = getattr(model, str(model.base_model_prefix))
+    holder_path, _, name = encoder_layer_path(model).rpartition(".")
     kept = [layer for i, layer in enumerate(layers) if i not in set(removed)]
-    base.encoder.layer = nn.ModuleList(kept)
+    setattr(model.get_submodule(holder_path), name, nn.ModuleList(kept))
     for i, layer in enumerate(kept):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
