@@ -83,7 +83,7 @@ class EncoderFamily(Family):
         from compress.quant import ort
         from compress.quant.ptq import PtqScheme
 
-        cfg = getattr(model.module, "config", None)
+        cfg: Any = getattr(model.module, "config", None)
         if model.kind != "hf" or getattr(cfg, "model_type", None) not in ort.FUSABLE_MODEL_TYPES:
             return PtqScheme()
         size = head_size(cfg)
