@@ -54,7 +54,9 @@ def test_the_matrix_lists_exactly_the_registered_types() -> None:
 
 
 @pytest.mark.parametrize("model_type", TYPES)
-def test_a_sliced_student_keeps_the_teachers_layers(model_type: str) -> None:
+def test_a_sliced_student_keeps_the_teachers_layers_and_reloads(model_type: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
     from compress.models.decoder import DecoderStudentSpec, build_decoder_student, decoder_layers
 
     teacher = tiny_causal_lm(model_type)
@@ -62,8 +64,11 @@ def test_a_sliced_student_keeps_the_teachers_layers(model_type: str) -> None:
     assert student.config.model_type == model_type and student.config.num_hidden_layers == 2
     for s, t in zip(decoder_layers(student), [decoder_layers(teacher)[i] for i in (0, 2)], strict=True):
         assert all(torch.equal(a, b) for a, b in zip(s.state_dict().values(), t.state_dict().values(), strict=True))
+    student.save_pretrained(tmp_path / "s")  # transformers checks per-layer settings (layer_types) on load
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "s").eval()
     with torch.no_grad():
-        assert student(**_inputs()).logits.shape == (2, 12, VOCAB)
+        logits = student(**_inputs()).logits
+        assert logits.shape == (2, 12, VOCAB) and torch.allclose(again(**_inputs()).logits, logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", TYPES)

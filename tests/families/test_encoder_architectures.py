@@ -61,7 +61,9 @@ def test_the_matrix_lists_exactly_the_registered_types() -> None:
 
 
 @pytest.mark.parametrize("model_type", TYPES)
-def test_a_student_of_the_teachers_layers_and_its_hidden_state_taps(model_type: str) -> None:
+def test_a_student_of_the_teachers_layers_and_its_hidden_state_taps(model_type: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
     from compress.families import family_of
     from compress.models.bert import BertStudentSpec, build_bert_student
     from compress.models.structure import encoder_layer_path, encoder_layers
@@ -87,6 +89,10 @@ def test_a_student_of_the_teachers_layers_and_its_hidden_state_taps(model_type: 
     for h in hooks:
         h.remove()
     assert logits.shape == (2, 2) and [tuple(t.shape) for t in seen] == [(2, 10, 32)] * 2
+    student.save_pretrained(tmp_path / "s")  # transformers checks per-layer settings on load
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s").eval()
+    with torch.no_grad():
+        assert torch.allclose(again(**_inputs()).logits, logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", OTHER_LAYOUTS)
