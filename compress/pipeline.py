@@ -550,7 +550,7 @@ def validate(recipe_path: Path) -> list[str]:
 
 
 def _validate(recipe_path: Path) -> list[str]:
-    from compress.models.source import check_hub_id, hf_positions, resolve_hf_path
+    from compress.models.source import check_architecture, check_hub_id, hf_positions, resolve_hf_path
     from compress.models.task_model import locate_factory
 
     recipe = load_recipe(recipe_path)
@@ -568,6 +568,8 @@ def _validate(recipe_path: Path) -> list[str]:
             path = resolve_hf_path(src, ctx.base_dir)
             if src.hf is not None and path == src.hf:  # a hub id: resolved now, not minutes into the run
                 check_hub_id(path, where, src.trust_remote_code)
+            check_architecture(path, recipe.data.modality, f"{where}.{'hf' if src.hf else 'hf_package'}",
+                               src.trust_remote_code)  # fmt: skip
             remote = " (trust_remote_code: runs the model's own Python code)" if src.trust_remote_code else ""
             found.append(f"{where}: {path}{remote}")
             if where == "teacher":

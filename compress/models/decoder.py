@@ -83,13 +83,14 @@ def build_llama(spec: LlamaSpec, vocab_size: int, pad_id: int, eos_id: int) -> n
 
 def decoder_layers(model: nn.Module) -> list[Any]:
     """The decoder layer list of a Hugging Face causal LM (`model.layers`: LLaMA, Qwen2, Mistral, SmolLM;
-    `transformer.h`: GPT-2)."""
+    `transformer.h`: GPT-2; `model.decoder.layers`: OPT)."""
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    for holder, name in ((base, "layers"), (base, "h")):
+    for holder, name in ((base, "layers"), (base, "h"), (getattr(base, "decoder", None), "layers")):
         layers = getattr(holder, name, None)
         if isinstance(layers, nn.ModuleList):
             return list(layers)
-    raise ModelError(f"{type(model).__name__} has no decoder layer list (`model.layers` or `transformer.h`).")
+    raise ModelError(f"{type(model).__name__} has no decoder layer list (`model.layers`, `transformer.h` or "
+                     "`model.decoder.layers`).")  # fmt: skip
 
 
 def layer_prefix(model: nn.Module) -> str:
@@ -117,8 +118,13 @@ def decoder_head_size(cfg: Any) -> int:
 def cache_shape(model: nn.Module) -> CacheLayout:
     """The KV cache of a Hugging Face causal LM: layers, key/value heads of each layer (a pruned layer has fewer
     heads than the config says), head size."""
-    head_dim = decoder_head_size(model.config)
-    kv = [int(layer.self_attn.k_proj.out_features // head_dim) for layer in decoder_layers(model)]
+    cfg: Any = model.config
+    head_dim = decoder_head_size(cfg)
+    layers = decoder_layers(model)
+    if all(isinstance(getattr(getattr(layer, "self_attn", None), "k_proj", None), nn.Linear) for layer in layers):
+        kv = [int(layer.self_attn.k_proj.out_features // head_dim) for layer in layers]
+    else:  # fused or Conv1D projections (GPT-2's c_attn, Phi-3's qkv_proj): nothing resizes them, the config says
+        kv = [int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)] * len(layers)
     return CacheLayout(len(kv), kv, head_dim)
 
 

@@ -196,20 +196,40 @@ ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "cam
 
 
 def hf_architecture(path: str, trust_remote_code: bool = False) -> str | None:
-    """Whether a Hugging Face model is a causal LM (`decoder`), a bidirectional `encoder`, or unknown (None: the
-    config cannot be read here, or says neither), from its config alone."""
+    """Whether a Hugging Face model is a causal LM (`decoder`), a bidirectional `encoder`, an `encoder-decoder`
+    (T5, BART, ...), or unknown (None: the config cannot be read here, or says neither), from its config alone."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001 - offline hub id, unknown architecture: the load itself will say
         return None
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
     if getattr(config, "model_type", None) in ENCODER_TYPES:
         return "encoder"
     archs = getattr(config, "architectures", None) or []
     if archs and all(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "decoder"
     return None
+
+
+def check_architecture(path: str, modality: str, where: str, trust_remote_code: bool = False) -> None:
+    """A Hugging Face model fits the recipe's task: an encoder or classifier for classification, a decoder for
+    `task: causal_lm`; encoder-decoder models fit neither yet. Read from the config alone (validate and build)."""
+    kind = hf_architecture(path, trust_remote_code)
+    if kind == "encoder-decoder":
+        raise ModelError(f"{where}: {path} is an encoder-decoder model (T5, BART, ...), which is not supported yet: "
+                         "a classification recipe takes a Hugging Face encoder or classifier (BERT, RoBERTa, "
+                         "DistilBERT, DeBERTa, ModernBERT, ...), `task: causal_lm` a decoder (LLaMA, Mistral, Qwen2/3, "
+                         "Gemma, GPT-2, ...).")  # fmt: skip
+    if modality == "lm" and kind == "encoder":
+        raise ModelError(f"{where}: {path} is a bidirectional encoder, not a causal language model; `task: "
+                         "causal_lm` needs a decoder (GPT-2, LLaMA, Qwen2, ...). Use `task: classification` for "
+                         "encoders.")  # fmt: skip
+    if modality != "lm" and kind == "decoder":
+        raise ModelError(f"{where}: {path} is a causal language model; a classification recipe needs an encoder or "
+                         "a classifier. Set `task: causal_lm` to distil it as a language model.")  # fmt: skip
 
 
 def _load_checkpoint(module: torch.nn.Module, path: Path) -> None:
@@ -263,9 +283,7 @@ def build_model(
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = resolve_hf_path(source, base_dir)
-        if hf_architecture(path, source.trust_remote_code) == "decoder":
-            raise ModelError(f"{path} is a causal language model; a classification recipe needs an encoder or a "
-                             "classifier. Set `task: causal_lm` to distil it as a language model.")  # fmt: skip
+        check_architecture(path, modality, f"{where}.{source_key_of(source)}", source.trust_remote_code)
         try:
             if source.bitsandbytes:
                 from compress.models import bnb
@@ -350,10 +368,7 @@ def _build_causal_lm(
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_hf_path(source, base_dir)
-        if hf_architecture(path, source.trust_remote_code) == "encoder":
-            raise ModelError(f"{path} is a bidirectional encoder, not a causal language model; `task: causal_lm` "
-                             "needs a decoder (GPT-2, LLaMA, Qwen2, ...). Use `task: classification` for "
-                             "encoders.")  # fmt: skip
+        check_architecture(path, modality, f"{where}.{source_key_of(source)}", source.trust_remote_code)
         try:
             if source.bitsandbytes:
                 from compress.models import bnb

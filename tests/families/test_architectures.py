@@ -96,3 +96,43 @@ stages:
 """
     message = _refused(tmp_path, head, DECODER_STAGES, "decoder", model_type)
     assert (message == "") == (model_type in DECODER_TYPES), message  # refused: Phi-3's fused, GPT-2's Conv1D layers
+
+
+def _refused_before_any_work(tmp_path: Path, text: str, pattern: str) -> None:
+    import re
+
+    from compress import pipeline
+    from compress.errors import CompressError
+    from tests.conftest import write_recipe
+
+    recipe = write_recipe(tmp_path, text)
+    with pytest.raises(CompressError, match=pattern):
+        pipeline.validate(recipe)
+    with pytest.raises(CompressError, match=pattern):
+        pipeline.run(recipe, tmp_path / "out")
+    made = [p.name for p in (tmp_path / "out").iterdir()] if (tmp_path / "out").exists() else []
+    assert not [n for n in made if re.fullmatch(r"\d{2}-[a-z_]+-[0-9a-f]{12}", n) or n.startswith(".tmp-")], made
+
+
+@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+def test_an_encoder_decoder_checkpoint_is_refused_before_any_work(
+    tmp_path: Path, sst2_slice: Path, pycode_slice: Path, task: str
+) -> None:
+    """T5 (and BART, ...) fit neither task yet: one clear error from `validate` and from `run`, not a crash inside
+    transformers minutes in."""
+    import transformers
+
+    transformers.T5Config(vocab_size=1000, d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8).save_pretrained(
+        tmp_path / "t5")  # fmt: skip
+    data = (f"{{format: tsv, train: {sst2_slice}/train.tsv, dev: {sst2_slice}/dev.tsv, test: {sst2_slice}/test.tsv}}"
+            if task == "classification" else f"{{format: jsonl, train: {pycode_slice}/train.jsonl, "
+            f"dev: {pycode_slice}/dev.jsonl, test: {pycode_slice}/test.jsonl, max_length: 64}}")  # fmt: skip
+    text = f"""
+name: x
+task: {task}
+data: {data}
+teacher: {{hf: {tmp_path / "t5"}}}
+stages: [{{stage: finetune, max_steps: 1}}]
+"""
+    pattern = r"teacher.hf: .*t5 is an encoder-decoder model \(T5, BART, \.\.\.\), which is not supported yet"
+    _refused_before_any_work(tmp_path, text, pattern)

@@ -20,6 +20,7 @@ from compress.models.task_model import TaskModel
 
 VOCAB = 200
 TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite"]
+UNLISTED = ["gpt2", "opt"]  # no layout method registered: export, generation and the losses still run
 LAYOUT_METHODS = [m.STUDENT_DECODER, m.PRUNE_DPHUBERT, m.PRUNE_LATENCY, m.MOEFY, m.SEARCH_AUTODISTIL]
 
 
@@ -27,6 +28,15 @@ def tiny_causal_lm(model_type: str) -> Any:
     """A 3-layer causal LM of ``model_type`` (grouped-query attention: 4 query heads on 2 key/value heads)."""
     import transformers
 
+    if model_type == "gpt2":
+        config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64)
+        torch.manual_seed(0)
+        return transformers.GPT2LMHeadModel(config).eval()
+    if model_type == "opt":
+        config = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, ffn_dim=96,
+                                        num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=64)
+        torch.manual_seed(0)
+        return transformers.OPTForCausalLM(config).eval()
     classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
                "gemma": "GemmaConfig", "gemma2": "Gemma2Config", "gemma3_text": "Gemma3TextConfig",
                "olmo": "OlmoConfig", "granite": "GraniteConfig"}  # fmt: skip
@@ -159,3 +169,23 @@ def test_latency_costs_are_measured_on_the_kv_cache_graph(model_type: str, tmp_p
     lat = measure_decoder_costs(config, resolve_device("x86-cpu", Path(".")), 16, tmp_path)
     assert 0 < lat.full_ms < 1000 and lat.fixed_ms <= lat.full_ms  # timing noise may leave fixed at 0
     assert lat.costs.per_head >= 0 and lat.costs.per_unit >= 0
+
+
+@pytest.mark.parametrize("model_type", UNLISTED)
+def test_an_unlisted_decoder_exports_its_kv_cache_and_decodes_like_pytorch(model_type: str, tmp_path: Path) -> None:
+    """GPT-2 (Conv1D, `transformer.h`) and OPT (`model.decoder.layers`): the KV-cache layout comes from the config."""
+    import onnxruntime as ort
+
+    from compress.exporters.decoder import export_decoder_onnx
+    from compress.models.decoder import cache_shape
+    from compress.runtimes.decoding import CachedDecoder, CacheLayout
+
+    model = tiny_causal_lm(model_type)
+    task = TaskModel(model, "hf", "lm", VOCAB)
+    export_decoder_onnx(task, tmp_path / "m.onnx", opset=17)
+    assert cache_shape(model) == CacheLayout(3, [4, 4, 4], 16)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    tokens, logits = CachedDecoder(lambda f: session.run(None, f), cache_shape(model)).greedy([5, 6, 7], 4)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([[5, 6, 7, *tokens]])).logits[0, 2:].numpy()
+    assert np.abs(np.stack(logits) - ref).max() < 1e-3

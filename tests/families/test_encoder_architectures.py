@@ -19,6 +19,7 @@ from compress.families import methods as m
 from tests.conftest import minilm_path, text_recipe_head, write_recipe
 
 TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
+UNLISTED = ["albert"]  # no layout method registered: the generic ones (finetune, kd, export) still run
 OTHER_LAYOUTS = ["distilbert", "deberta-v2", "modernbert"]  # outside BERT's layout: no attention taps, pruning, ...
 
 
@@ -33,6 +34,8 @@ def tiny_config(model_type: str, vocab: int = 1000) -> Any:
              "intermediate_size": 64, "max_position_embeddings": 128, "num_labels": 2}  # fmt: skip
     if model_type == "electra":
         return transformers.ElectraConfig(embedding_size=32, **small)
+    if model_type == "albert":
+        return transformers.AlbertConfig(embedding_size=16, **small)
     if model_type == "modernbert":  # its default special-token ids sit beyond a small vocabulary
         return transformers.ModernBertConfig(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
                                              sep_token_id=2, **small)  # fmt: skip
@@ -118,6 +121,31 @@ STAGES = """stages:
   - stage: export
     int8: [dynamic]
 """
+
+
+GENERIC = """stages:
+  - {stage: finetune, max_steps: 4, batch_size: 16, lr: 1.0e-3}
+  - {stage: distill, student: {hf: TEACHER}, max_steps: 4, batch_size: 16, losses: [{name: kd}, {name: ce}]}
+  - {stage: export, int8: [dynamic]}
+"""
+
+
+@pytest.mark.parametrize("model_type", UNLISTED)
+def test_an_unlisted_encoder_runs_the_generic_methods(model_type: str, tmp_path: Path, sst2_slice: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path / model_type
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(tiny_config(model_type, tokenizer.vocab_size)).save_pretrained(
+        folder)  # fmt: skip
+    tokenizer.save_pretrained(folder)
+    head = text_recipe_head(model_type).format(data=sst2_slice, teacher=folder)
+    text = head + GENERIC.replace("TEACHER", str(folder))
+    result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    student = result.artifacts["student"]
+    assert result.artifacts["student.onnx"].metrics["accuracy"] == pytest.approx(student.metrics["accuracy"])
+    assert "student.int8-dynamic.onnx" in result.artifacts
 
 
 @pytest.mark.parametrize("model_type", OTHER_LAYOUTS)
