@@ -110,6 +110,24 @@ def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
     return path
 
 
+def refused_before_any_work(tmp_path: Path, text: str, pattern: str, *, validate: bool = True) -> None:
+    """The recipe ``text`` fails with ``pattern`` from `validate` (unless ``validate`` is False) and from `run`, and
+    the run leaves no stage folder and no scratch folder behind."""
+    import re
+
+    from compress import pipeline
+    from compress.errors import CompressError
+
+    recipe = write_recipe(tmp_path, text)
+    if validate:
+        with pytest.raises(CompressError, match=pattern):
+            pipeline.validate(recipe)
+    with pytest.raises(CompressError, match=pattern):
+        pipeline.run(recipe, tmp_path / "out")
+    made = [p.name for p in (tmp_path / "out").iterdir()] if (tmp_path / "out").exists() else []
+    assert not [n for n in made if re.fullmatch(r"\d{2}-[a-z_]+-[0-9a-f]{12}", n) or n.startswith(".tmp-")], made
+
+
 @pytest.fixture
 def digits_recipe(tmp_path: Path) -> Path:
     """A seconds-long digits recipe through every stage."""

@@ -13,8 +13,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from compress.config import Strict
 from compress.errors import ModelError
 from compress.models.bnb import float_state_dict, is_bnb
-from compress.models.decoder import keep_config_layers
 from compress.models.layer_map import evenly_spaced as default_layer_map
+from compress.models.layer_map import keep_config_layers
 from compress.models.structure import BERT_LAYOUT, encoder_layer_path, encoder_layers
 
 log = logging.getLogger("compress")

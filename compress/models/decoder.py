@@ -13,7 +13,7 @@ from torch import nn
 
 from compress.config import Strict
 from compress.errors import ModelError
-from compress.models.layer_map import evenly_spaced
+from compress.models.layer_map import evenly_spaced, keep_config_layers
 from compress.models.transforms import register_transform
 from compress.runtimes.decoding import CacheLayout
 
@@ -98,16 +98,6 @@ def layer_prefix(model: nn.Module) -> str:
     layers = decoder_layers(model)
     names = {id(m): n for n, m in model.named_modules()}
     return names[id(layers[0])].rsplit(".", 1)[0]
-
-
-def keep_config_layers(cfg: Any, layers: list[int]) -> None:
-    """Give a decoder config the teacher layers ``layers`` (by index, in order): the layer count, and the per-layer
-    settings that follow it (``layer_types``: Qwen2's, Gemma 2's and Gemma 3's sliding or full attention per layer,
-    which transformers requires to have one entry per layer)."""
-    types = getattr(cfg, "layer_types", None)
-    if isinstance(types, list):
-        cfg.layer_types = [types[i] for i in layers]
-    cfg.num_hidden_layers = len(layers)
 
 
 def decoder_head_size(cfg: Any) -> int:

@@ -9,8 +9,8 @@ file of another format, an architecture transformers cannot build), each a clear
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,26 +66,38 @@ def read_header(path: Path, where: str) -> GgufHeader:
         magic = fh.read(4)
     if magic != MAGIC:
         raise ModelError(f"{where}: {path} is not a GGUF file (it starts with {magic!r}, not {MAGIC!r}).")
-    gguf = _gguf_module(where)
+    _gguf_module(where)
+    stat = path.stat()
+    parsed = _parse(str(path), stat.st_size, stat.st_mtime_ns)
+    if isinstance(parsed, str):
+        raise ModelError(f"{where}: {parsed}")
+    return parsed
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(file: str, size: int, mtime_ns: int) -> GgufHeader | str:
+    """The header of a GGUF file, or what is wrong with it. Parsing maps every tensor (about 5 s for SmolLM2's
+    272), and one command checks the same file several times (the chain, the sources, the load): cached per file
+    version (its size and modification time are part of the key)."""
+    import gguf
+
+    path = Path(file)
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = gguf.GGUFReader(file)
     except (ValueError, IndexError, KeyError, OSError) as exc:  # what a cut-off file raises while its tensors map
-        raise ModelError(f"{where}: {path} is not a readable GGUF file (truncated or corrupt? {exc}). Download it "
-                         "again.") from None  # fmt: skip
-    size = os.path.getsize(path)
+        return f"{path} is not a readable GGUF file (truncated or corrupt? {exc}). Download it again."
     end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > size:
-        raise ModelError(f"{where}: {path} is truncated: its tensors end at byte {end}, the file has {size}. "
-                         "Download it again.")  # fmt: skip
+        return f"{path} is truncated: its tensors end at byte {end}, the file has {size}. Download it again."
     arch = _field(reader, "general.architecture")
     if not isinstance(arch, str):
-        raise ModelError(f"{where}: {path} has no general.architecture; it is not a model GGUF file.")
+        return f"{path} has no general.architecture; it is not a model GGUF file."
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     loadable = sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))
     if arch not in loadable:
-        raise ModelError(f"{where}: {path} holds a {arch!r} model, which transformers cannot build from GGUF (it "
-                         f"builds: {', '.join(loadable)}).")  # fmt: skip
+        return (f"{path} holds a {arch!r} model, which transformers cannot build from GGUF (it builds: "
+                f"{', '.join(loadable)}).")  # fmt: skip
     layers, context = _field(reader, f"{arch}.block_count"), _field(reader, f"{arch}.context_length")
     return GgufHeader(path, arch, _MODEL_TYPES.get(arch, arch), layers if isinstance(layers, int) else None,
                       context if isinstance(context, int) else None, len(reader.tensors))  # fmt: skip

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from compress.errors import StageError
-from compress.models.decoder import decoder_head_size, decoder_layers, keep_config_layers
-from compress.models.layer_map import evenly_spaced
+from compress.models.decoder import decoder_head_size, decoder_layers
+from compress.models.layer_map import evenly_spaced, keep_config_layers
 from compress.models.structure import TRANSFORM as STRUCTURE
 from compress.models.structure import current_structure, encoder_layers, head_size, resize_encoder
 from compress.models.task_model import TaskModel

