@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from compress.config import Strict
 from compress.errors import ModelError
@@ -16,6 +15,9 @@ from compress.models.bnb import float_state_dict, is_bnb
 from compress.models.layer_map import evenly_spaced as default_layer_map
 from compress.models.layer_map import keep_config_layers
 from compress.models.structure import BERT_LAYOUT, encoder_layer_path, encoder_layers
+
+if TYPE_CHECKING:  # transformers' modeling code takes about 5 s to import: only when a model is built
+    from transformers import PreTrainedModel
 
 log = logging.getLogger("compress")
 
@@ -98,6 +100,8 @@ def build_bert_student(teacher: PreTrainedModel, spec: BertStudentSpec) -> PreTr
             f"student hidden={cfg.hidden_size} is not divisible by heads={cfg.num_attention_heads}; "
             "choose sizes where hidden % heads == 0."
         )
+    from transformers import AutoModelForSequenceClassification
+
     student = AutoModelForSequenceClassification.from_config(cfg)
     same_width = cfg.hidden_size == tcfg.hidden_size
     shape = ("num_attention_heads", "intermediate_size")  # DistilBERT's FFN size is `hidden_dim`: never resized
