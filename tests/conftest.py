@@ -14,6 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # runs them eagerly, NNCF's own fallback path (the same operations); users keep the compiled ones. Set before torch
 # is imported, so the workers and every run they launch see it.
 os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+# NNCF also compiles its CPU fake-quantization kernels (a C++ extension) the first time a quantizer runs in a new
+# virtual environment: about 50 s of one core in every fresh CI run (the build's hash includes the venv's paths, so
+# no cache survives). The suite, and every run it launches, uses NNCF's reference kernels (the same operations in
+# torch, what NNCF falls back to without a compiler; `COMPRESS_NNCF_KERNELS`, see docs/guide.md).
+os.environ.setdefault("COMPRESS_NNCF_KERNELS", "torch")
 
 import pytest
 import torch
@@ -27,20 +32,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _nncf_reference_kernels() -> None:
-    """NNCF compiles its CPU fake-quantization kernels (a C++ extension) the first time a quantizer runs in a new
-    virtual environment: about 50 s of one core in every fresh CI run (the build's hash includes the venv's
-    include paths, so no cache survives), for kernels these tiny models spend milliseconds in. The suite uses
-    NNCF's own fallback, the same operations in torch (`ReferenceQuantizedFunctions`, what NNCF loads where no
-    compiler is found); users keep the compiled kernels. Runs launched as subprocesses are not affected."""
-    try:
-        from nncf.torch.quantization import extensions, reference
-    except ImportError:  # pragma: no cover - nncf is a core dependency
-        return
-    extensions.QuantizedFunctionsCPU._loaded_namespace = reference.ReferenceQuantizedFunctions
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SST2 = SHARED_DATA / "sst2"

@@ -47,6 +47,11 @@ WEIGHT_BITS = (4, 8)  # 4: weight-only, onnxruntime MatMulNBits; 8: W8A8 QDQ, in
 ACTIVATION_BITS = (8,)
 
 
+# NNCF's CPU fake-quantization kernels: `compiled` (its C++ extension, built on first use) or `torch` (its reference
+# implementation in torch operations: no compiler, no build; what the test suite uses)
+KERNELS_ENV = "COMPRESS_NNCF_KERNELS"
+
+
 def _nncf() -> Any:
     # NNCF compiles its CPU fake-quantize kernels (a C++ extension, g++ and ninja) on first use and gives up
     # after 60 s; a fresh machine under load can take longer.
@@ -55,6 +60,15 @@ def _nncf() -> Any:
         import nncf
     except ImportError as exc:  # pragma: no cover - nncf is a core dependency
         raise QuantizationError(f"quantization-aware training needs NNCF: pip install nncf ({exc})") from None
+    kernels = os.environ.get(KERNELS_ENV, "compiled")
+    if kernels == "torch":
+        # NNCF's own fallback where no compiler is found: the same fake-quantization in torch operations, without
+        # the C++ build (about a minute of one core in every new virtual environment)
+        from nncf.torch.quantization import extensions, reference
+
+        extensions.QuantizedFunctionsCPU._loaded_namespace = reference.ReferenceQuantizedFunctions
+    elif kernels != "compiled":
+        raise QuantizationError(f"{KERNELS_ENV}={kernels!r}: expected 'compiled' (the default) or 'torch'")
     return nncf
 
 

@@ -147,6 +147,22 @@ def test_fake_quant_round_trip_error_is_bounded() -> None:
     assert (ref - got).abs().max() > 0  # quantization really happens
 
 
+def test_nncf_kernels_setting_is_checked_and_torch_loads_the_reference_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nncf.torch.quantization import extensions, reference
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    monkeypatch.setenv(qat.KERNELS_ENV, "fast")
+    with pytest.raises(CompressError, match=r"COMPRESS_NNCF_KERNELS='fast': expected 'compiled' .* or 'torch'"):
+        qat.prepare(model, [{"input": torch.randn(2, 4)}], qat.QatScheme(), ignored_types=[])
+    monkeypatch.setenv(qat.KERNELS_ENV, "torch")
+    monkeypatch.setattr(extensions.QuantizedFunctionsCPU, "_loaded_namespace", None)
+    qat._nncf()
+    kernel = extensions.QuantizedFunctionsCPU.get("Quantize_forward")
+    assert kernel is reference.ReferenceQuantizedFunctions.Quantize_forward
+
+
 DIGITS = (
     digits_recipe_head("digits-qat")
     + """  - stage: quantize
