@@ -9,8 +9,10 @@ file of another format, an architecture transformers cannot build), each a clear
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,29 @@ def _field(reader: Any, key: str) -> Any:
     return value.tolist()[0] if value.size == 1 else value.tolist()
 
 
+@contextlib.contextmanager
+def _one_reader_per_file() -> Iterator[None]:
+    """Transformers reads the file three times for one model (its config, its weights, its tokenizer), and each
+    `gguf.GGUFReader` parses every metadata field in Python: about 7 s each for SmolLM2's 49K-token vocabulary.
+    While loading, readers of the same file are built once and shared (transformers only reads them)."""
+    import gguf
+
+    build = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: Any, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = build(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared  # transformers imports it from `gguf` inside each loading function
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = build
+
+
 def load_causal_lm(path: Path, where: str) -> tuple[Any, Any]:
     """The model (float32) and its tokenizer, both from the GGUF file."""
     read_header(path, where)
@@ -124,9 +149,10 @@ def load_causal_lm(path: Path, where: str) -> tuple[Any, Any]:
     try:
         # de-quantized whole (plain Linear layers in float32): every method trains, prunes, saves and exports it;
         # without `dequantize`, transformers may keep packed GGUF layers, which it can neither save nor export
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32",
-                                                     quantization_config=GgufConfig(dequantize=True))  # fmt: skip
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        with _one_reader_per_file():
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32",
+                                                         quantization_config=GgufConfig(dequantize=True))  # fmt: skip
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise ModelError(f"{where}: transformers cannot load GGUF file {path}: {first}") from None

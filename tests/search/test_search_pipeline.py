@@ -242,7 +242,7 @@ RESUMABLE = (
     method: autodistil
     space: {{layers: [1, 2], hidden: [16, 32], heads: [2, 4], ffn: [32, 64]}}
     budget: {{max_params: 2.0e6}}
-    supernet: {{subspaces: 2, steps: 100, batch_size: 8, eval_batches: 2}}
+    supernet: {{subspaces: 2, steps: 50, batch_size: 8, eval_batches: 2}}
     top_k: 2
 """
 )
