@@ -123,12 +123,11 @@ def _one_reader_per_file() -> Iterator[None]:
     """Transformers reads the file three times for one model (its config, its weights, its tokenizer), and each
     `gguf.GGUFReader` parses every metadata field in Python: about 7 s each for SmolLM2's 49K-token vocabulary.
     While loading, readers of the same file are built once and shared (transformers only reads them)."""
-    import gguf
-
+    gguf: Any = importlib.import_module("gguf")
     build = gguf.GGUFReader
     readers: dict[tuple[str, str], Any] = {}
 
-    def shared(path: Any, mode: str = "r") -> Any:
+    def shared(path: Any, mode: Any = "r") -> Any:
         key = (str(path), mode)
         if key not in readers:
             readers[key] = build(path, mode)
