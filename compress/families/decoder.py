@@ -43,8 +43,10 @@ HF = ("hf",)
 # experts == dense FFN, extracted == sliced super-network, KV-cache export decodes like PyTorch). Qwen3's and OLMo's
 # per-head norms, Gemma's head size apart from hidden / heads and its sqrt(hidden) embedding scale, Gemma 2/3's
 # sliding-window layer types and Granite's multipliers fit it. Others (GPT-2's Conv1D, Phi-3's fused qkv and
-# gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout.
+# gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout, and DPHuBERT where its layout
+# (compress.models.decoder_layout) reads their projections: OPT and GPT-2.
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite")
+PRUNABLE = (*LLAMA_LAYOUT, "gpt2", "opt")
 
 
 @register_family
@@ -113,13 +115,13 @@ class _Layers(m.LayerStructure):
 
 
 def _masked_groups(model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:
-    """DPHuBERT on LLaMA-style layers: key/value groups (with their query heads) and SwiGLU units."""
+    """DPHuBERT on the decoder layouts (LLaMA-style, OPT, GPT-2): key/value groups (with their query heads) and
+    MLP units."""
+    from compress.models.decoder_layout import layout_of
     from compress.pruning.masked import DecoderGroups
 
-    layer = decoder_layers(model.module)[0]
-    if not all(hasattr(layer, n) for n in ("self_attn", "mlp")) or not hasattr(layer.mlp, "gate_proj"):
-        raise ModelError(f"{where}: DPHuBERT prunes LLaMA-style decoder layers (self_attn with q/k/v/o "
-                         f"projections, a SwiGLU mlp); {type(model.module).__name__} has other ones.")  # fmt: skip
+    for layer in decoder_layers(model.module):
+        layout_of(layer, where)
     return DecoderGroups(model, goal)
 
 
@@ -196,7 +198,7 @@ m.register(m.HIDDEN_STATES, _NAME, HF, _Layers())
 m.register(m.STUDENT_DECODER, _NAME, HF, True, architectures=LLAMA_LAYOUT)
 m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
 m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=LLAMA_LAYOUT)
-m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=LLAMA_LAYOUT)
+m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=PRUNABLE)
 m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=LLAMA_LAYOUT)
 m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _Search(), architectures=LLAMA_LAYOUT)
 m.register(m.QUANTIZE_QAT, _NAME, HF, _Qat())

@@ -13,6 +13,7 @@ from torch import nn
 
 from compress.config import Strict
 from compress.errors import ModelError
+from compress.models.decoder_layout import find_layout, layout_of
 from compress.models.layer_map import evenly_spaced, keep_config_layers
 from compress.models.transforms import register_transform
 from compress.runtimes.decoding import CacheLayout
@@ -111,9 +112,11 @@ def cache_shape(model: nn.Module) -> CacheLayout:
     cfg: Any = model.config
     head_dim = decoder_head_size(cfg)
     layers = decoder_layers(model)
-    if all(isinstance(getattr(getattr(layer, "self_attn", None), "k_proj", None), nn.Linear) for layer in layers):
-        kv = [int(layer.self_attn.k_proj.out_features // head_dim) for layer in layers]
-    else:  # fused or Conv1D projections (GPT-2's c_attn, Phi-3's qkv_proj): nothing resizes them, the config says
+    layouts = [find_layout(layer) for layer in layers]
+    if all(layout is not None for layout in layouts):  # per layer: a pruned layer may keep fewer heads
+        kv = [int(layout.read(layer)["k"][0].shape[0] // head_dim)  # type: ignore[union-attr]
+              for layer, layout in zip(layers, layouts, strict=True)]  # fmt: skip
+    else:  # another arrangement (Phi-3's fused qkv_proj): nothing resizes its layers, the config says
         kv = [int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)] * len(layers)
     return CacheLayout(len(kv), kv, head_dim)
 
@@ -180,9 +183,9 @@ STRUCTURE = "decoder_structure"  # the model transform that resizes each layer o
 def decoder_structure(model: nn.Module) -> dict[str, list[int]]:
     """Key/value heads and FFN units of every decoder layer, read from the modules themselves."""
     d = decoder_head_size(model.config)
-    layers = decoder_layers(model)
-    return {"kv_heads": [int(layer.self_attn.k_proj.out_features // d) for layer in layers],
-            "ffn": [int(layer.mlp.down_proj.in_features) for layer in layers]}  # fmt: skip
+    weights = [layout_of(layer).read(layer) for layer in decoder_layers(model)]
+    return {"kv_heads": [int(w["k"][0].shape[0] // d) for w in weights],
+            "ffn": [int(w["down"][0].shape[1]) for w in weights]}  # fmt: skip
 
 
 def drop_decoder_layers(model: nn.Module, removed: list[int]) -> None:
@@ -202,14 +205,10 @@ def drop_decoder_layers(model: nn.Module, removed: list[int]) -> None:
     keep_config_layers(model.config, [i for i in range(len(layers)) if i not in set(removed)])
 
 
-def _linear(like: nn.Linear, inputs: int, outputs: int) -> nn.Linear:
-    return nn.Linear(inputs, outputs, bias=like.bias is not None, dtype=like.weight.dtype)
-
-
 def resize_decoder(model: nn.Module, structure: dict[str, list[int]]) -> None:
-    """Give each decoder layer ``kv_heads[i]`` key/value heads (and their query heads) and ``ffn[i]`` SwiGLU units
-    (new weights). The query-per-key ratio and the head size stay the model's; Hugging Face's attention reshapes
-    with ``-1`` heads, so a layer with smaller projections simply runs fewer heads."""
+    """Give each decoder layer ``kv_heads[i]`` key/value heads (and their query heads) and ``ffn[i]`` MLP units
+    (new, uninitialised weights: a state dict is loaded next). The query-per-key ratio and the head size stay the
+    model's; the layer's layout sets whatever per-layer head count its attention reads."""
     cfg: Any = model.config
     layers = decoder_layers(model)
     kv, ffn = structure["kv_heads"], structure["ffn"]
@@ -218,16 +217,18 @@ def resize_decoder(model: nn.Module, structure: dict[str, list[int]]) -> None:
     heads = cfg.num_attention_heads
     g = heads // (getattr(cfg, "num_key_value_heads", None) or heads)
     d = decoder_head_size(cfg)
-    hidden = cfg.hidden_size
     for layer, n, f in zip(layers, kv, ffn, strict=True):
         if n <= 0 or f <= 0:
             raise ModelError(f"a decoder layer keeps at least one key/value head and one FFN unit (got {n}, {f}).")
-        a, m = layer.self_attn, layer.mlp
-        a.q_proj, a.k_proj, a.v_proj = _linear(a.q_proj, hidden, n * g * d), _linear(a.k_proj, hidden, n * d), \
-            _linear(a.v_proj, hidden, n * d)  # fmt: skip
-        a.o_proj = _linear(a.o_proj, n * g * d, hidden)
-        m.gate_proj, m.up_proj = _linear(m.gate_proj, hidden, f), _linear(m.up_proj, hidden, f)
-        m.down_proj = _linear(m.down_proj, f, hidden)
+        layout = layout_of(layer)
+        old = layout.read(layer)
+        # the rows of the input projections, the columns of the output ones
+        rows, cols = {"q": n * g * d, "k": n * d, "v": n * d, "gate": f, "up": f}, {"o": n * g * d, "down": f}
+        new = {}
+        for name, (w, b) in old.items():
+            shape = (rows[name], w.shape[1]) if name in rows else (w.shape[0], cols[name])
+            new[name] = (w.new_empty(shape), None if b is None else b.new_empty(shape[0]))
+        layout.write(layer, new, heads=n * g)
 
 
 def _resize_on_load(module: nn.Module, structure: dict[str, list[int]]) -> None:

@@ -1,13 +1,15 @@
-"""DPHuBERT's structured masks on a causal LM (LLaMA-style decoder layers): key/value groups and SwiGLU FFN units.
+"""DPHuBERT's structured masks on a causal LM's decoder layers (the layouts of `compress.models.decoder_layout`:
+LLaMA-style, OPT, GPT-2): key/value groups and MLP units (gated or not).
 
 Grouped-query aware: a prunable attention group is one key/value head together with the query heads that read
 it, so every layer keeps the model's query-per-key ratio and its cache shrinks with its heads. Masks act through
-forward pre-hooks on each layer's two output projections, as for encoders: ``o_proj`` sees each query head's
-context scaled by its group's gate, ``down_proj`` each intermediate unit scaled by its gate. The projections have
-no bias, so a zero gate removes the group's whole contribution, which is exactly what the physically pruned
-model computes. A layer whose groups and units are all gated off is removed whole (pre-norm layers without
-output biases: the masked layer is then exactly the identity); any other layer keeps at least one group and one
-unit (its most probable), since a layer without attention would leave its KV cache slot empty.
+forward pre-hooks on each layer's two output projections, as for encoders: the attention's (``o_proj``) sees each
+query head's context scaled by its group's gate, the MLP's (``down_proj``) each intermediate unit scaled by its
+gate. A zero gate removes the group's whole contribution (an output bias is added whatever is kept), which is
+exactly what the physically pruned model computes. A layer whose groups and units are all gated off is removed
+whole where that is exact (pre-norm layers without output biases: the masked layer is then the identity); any
+other layer keeps at least one group and one unit (its most probable), since a layer without attention would
+leave its KV cache slot empty.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from compress.models.decoder import decoder_layers, decoder_structure
+from compress.models.decoder_layout import layout_of
 from compress.pruning.encoder_masks import GroupCosts
 from compress.pruning.hardconcrete import HardConcrete, ProjectionGates
 
@@ -30,19 +33,19 @@ def _shape(config: Any) -> tuple[int, int, int]:
     return int(config.hidden_size), int(d), int(heads // kv)
 
 
-def decoder_param_costs(config: Any) -> GroupCosts:
+def decoder_param_costs(config: Any, *, gated: bool = True) -> GroupCosts:
     """Weights of one key/value group (its query, key and value rows, its output-projection columns) and of one
-    SwiGLU unit (gate and up rows, down column); ``per_head`` is per group."""
+    MLP unit (gate and up rows, down column; no gate row in a plain MLP); ``per_head`` is per group."""
     hidden, d, g = _shape(config)
-    return GroupCosts(per_head=hidden * d * (2 * g + 2), per_unit=3 * hidden)
+    return GroupCosts(per_head=hidden * d * (2 * g + 2), per_unit=(3 if gated else 2) * hidden)
 
 
-def decoder_flop_costs(config: Any, sequence: int) -> GroupCosts:
+def decoder_flop_costs(config: Any, sequence: int, *, gated: bool = True) -> GroupCosts:
     """FLOPs per sequence of ``sequence`` tokens: a group's projections, attention scores and context; a unit's
-    three matrix products (2 FLOPs per multiply-add)."""
+    three matrix products (two in a plain MLP; 2 FLOPs per multiply-add)."""
     hidden, d, g = _shape(config)
     per_group = 2 * sequence * hidden * d * (2 * g + 2) + 2 * 2 * sequence * sequence * d * g
-    return GroupCosts(per_head=per_group, per_unit=2 * sequence * 3 * hidden)
+    return GroupCosts(per_head=per_group, per_unit=2 * sequence * (3 if gated else 2) * hidden)
 
 
 def _keep_one(gate: HardConcrete, z: torch.Tensor) -> torch.Tensor:
@@ -64,7 +67,7 @@ class DecoderMasks(ProjectionGates):
         _, self.d, self.g = _shape(model.config)  # type: ignore[attr-defined]
         self.groups = nn.ModuleList(HardConcrete(n, init_keep=init_keep) for n in structure["kv_heads"])
         # a layer whose output projections add a bias is never the identity: it stays
-        self.biased = [layer.self_attn.o_proj.bias is not None or layer.mlp.down_proj.bias is not None
+        self.biased = [any(getattr(p, "bias", None) is not None for p in layout_of(layer).outputs(layer))
                        for layer in decoder_layers(model)]  # fmt: skip
         self.units = nn.ModuleList(HardConcrete(f, init_keep=init_keep) for f in structure["ffn"])
 
@@ -98,8 +101,9 @@ class DecoderMasks(ProjectionGates):
 
     def attach(self, model: nn.Module) -> DecoderMasks:
         for i, layer in enumerate(decoder_layers(model)):
-            self.hook_on(layer.self_attn.o_proj, "groups", i)
-            self.hook_on(layer.mlp.down_proj, "units", i)
+            attention, mlp = layout_of(layer).outputs(layer)
+            self.hook_on(attention, "groups", i)
+            self.hook_on(mlp, "units", i)
         return self
 
     def widen(self, kind: str, z: torch.Tensor) -> torch.Tensor:
@@ -112,7 +116,7 @@ def prune_decoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dic
     """Remove the zero-gated groups and units of ``model`` for real, folding the kept gates into the output
     projections, and the layers with none left; returns the structure left (per remaining layer: key/value
     heads, FFN units; and the indices of the removed layers)."""
-    from compress.models.decoder import drop_decoder_layers, resize_decoder
+    from compress.models.decoder import drop_decoder_layers
 
     _, d, g = _shape(model.config)  # type: ignore[attr-defined]
     keep_groups = [torch.nonzero(z > 0).flatten() for z in gates["groups"]]
@@ -123,30 +127,20 @@ def prune_decoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dic
         kept = [i for i in range(len(keep_groups)) if i not in removed]
         keep_groups, keep_units = [keep_groups[i] for i in kept], [keep_units[i] for i in kept]
         gates = {k: [v[i] for i in kept] for k, v in gates.items()}
-    old = [{n: (m.weight.detach().clone(), m.bias.detach().clone() if m.bias is not None else None)
-            for n, m in _projections(layer).items()} for layer in decoder_layers(model)]  # fmt: skip
+    old = [{n: (w.clone(), None if b is None else b.clone()) for n, (w, b) in layout_of(layer).read(layer).items()}
+           for layer in decoder_layers(model)]  # fmt: skip
     structure = {"kv_heads": [len(k) for k in keep_groups], "ffn": [len(k) for k in keep_units]}
-    resize_decoder(model, structure)
     for layer, w, groups, units, zg, zu in zip(decoder_layers(model), old, keep_groups, keep_units, gates["groups"],
                                               gates["units"], strict=True):  # fmt: skip
         kv_rows = (groups[:, None] * d + torch.arange(d)).reshape(-1)
         heads = (groups[:, None] * g + torch.arange(g)).reshape(-1)
         q_rows = (heads[:, None] * d + torch.arange(d)).reshape(-1)
-        new = _projections(layer)
         rows = {"q": q_rows, "k": kv_rows, "v": kv_rows, "gate": units, "up": units}
-        for name, idx in rows.items():
-            new[name].weight.copy_(w[name][0][idx])
-            if new[name].bias is not None:  # Qwen2's query, key and value biases
-                new[name].bias.copy_(w[name][1][idx])
-        new["o"].weight.copy_(w["o"][0][:, q_rows] * zg[groups].repeat_interleave(g * d))
-        new["down"].weight.copy_(w["down"][0][:, units] * zu[units])
-        for name in ("o", "down"):  # an output bias is added once, whatever is kept
-            if new[name].bias is not None:
-                new[name].bias.copy_(w[name][1])
+        new = {name: (w[name][0][idx], None if w[name][1] is None else w[name][1][idx])  # Qwen2's, OPT's biases
+               for name, idx in rows.items() if name in w}  # fmt: skip
+        # the kept gates fold into the output projections' columns; an output bias is added once, whatever is kept
+        new["o"] = (w["o"][0][:, q_rows] * zg[groups].repeat_interleave(g * d), w["o"][1])
+        new["down"] = (w["down"][0][:, units] * zu[units], w["down"][1])
+        layout_of(layer).write(layer, new, heads=len(heads))
     return structure | {"removed_layers": removed}
 
-
-def _projections(layer: Any) -> dict[str, nn.Linear]:
-    a, m = layer.self_attn, layer.mlp
-    return {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj, "o": a.o_proj, "gate": m.gate_proj, "up": m.up_proj,
-            "down": m.down_proj}  # fmt: skip

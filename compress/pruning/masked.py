@@ -126,17 +126,20 @@ class EncoderGroups(_TransformerGroups):
 
 
 class DecoderGroups(_TransformerGroups):
-    """Key/value groups (grouped-query aware) and SwiGLU FFN units of a causal LM's decoder layers."""
+    """Key/value groups (grouped-query aware) and MLP units of a causal LM's decoder layers."""
 
     def __init__(self, model: TaskModel, goal: PruneGoal) -> None:
+        from compress.models.decoder import decoder_layers
+        from compress.models.decoder_layout import layout_of
         from compress.pruning.decoder_masks import DecoderMasks, decoder_flop_costs, decoder_param_costs
 
         self.model = model
         cfg: Any = model.module.config
+        gated = layout_of(decoder_layers(model.module)[0]).gated
         if goal.params is not None:
-            self.costs, self.target = decoder_param_costs(cfg), goal.params
+            self.costs, self.target = decoder_param_costs(cfg, gated=gated), goal.params
         elif goal.flops is not None:
-            self.costs, self.target = decoder_flop_costs(cfg, goal.sequence), goal.flops
+            self.costs, self.target = decoder_flop_costs(cfg, goal.sequence, gated=gated), goal.flops
         else:
             assert goal.costs is not None and goal.latency is not None
             self.costs, self.target = goal.costs, goal.latency

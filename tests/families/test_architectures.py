@@ -49,6 +49,9 @@ def _decoder_config(model_type: str):  # type: ignore[no-untyped-def]
 
     if model_type == "gpt2":
         return transformers.GPT2Config(vocab_size=512, n_embd=32, n_layer=2, n_head=4, n_positions=256)
+    if model_type == "opt":
+        return transformers.OPTConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      ffn_dim=64, max_position_embeddings=256, word_embed_proj_dim=32)  # fmt: skip
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config,
            "gemma2": transformers.Gemma2Config, "phi3": transformers.Phi3Config}[model_type]  # fmt: skip
     return cls(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -82,7 +85,7 @@ stages:
     assert (message == "") == layout, message  # BERT's layout: everything; others: none of these
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma2", "phi3", "gpt2"])
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma2", "phi3", "gpt2", "opt"])
 def test_decoder_methods_that_read_the_layout_are_refused_for_other_layouts(
     tmp_path: Path, pycode_slice: Path, model_type: str
 ) -> None:
@@ -96,7 +99,7 @@ teacher: {{hf: TEACHER}}
 stages:
 """
     message = _refused(tmp_path, head, DECODER_STAGES, "decoder", model_type)
-    assert (message == "") == (model_type in DECODER_TYPES), message  # refused: Phi-3's fused, GPT-2's Conv1D layers
+    assert (message == "") == (model_type in DECODER_TYPES), message  # refused: Phi-3's fused, GPT-2's, OPT's layers
 
 
 @pytest.mark.parametrize("task", ["classification", "causal_lm"])

@@ -20,8 +20,10 @@ from compress.models.task_model import TaskModel
 
 VOCAB = 200
 TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite"]
-UNLISTED = ["gpt2", "opt"]  # no layout method registered: export, generation and the losses still run
-LAYOUT_METHODS = [m.STUDENT_DECODER, m.PRUNE_DPHUBERT, m.PRUNE_LATENCY, m.MOEFY, m.SEARCH_AUTODISTIL]
+OTHER = ["gpt2", "opt", "phi3"]  # other module layouts: export, generation and the losses run on all three
+PRUNABLE = [*TYPES, "gpt2", "opt"]  # DPHuBERT reads GPT-2's fused Conv1D and OPT's plain MLP too (not Phi-3's)
+LAYOUT_METHODS = {m.STUDENT_DECODER: TYPES, m.PRUNE_DPHUBERT: PRUNABLE, m.PRUNE_LATENCY: TYPES, m.MOEFY: TYPES,
+                  m.SEARCH_AUTODISTIL: TYPES}  # fmt: skip
 
 
 def tiny_causal_lm(model_type: str) -> Any:
@@ -29,7 +31,8 @@ def tiny_causal_lm(model_type: str) -> Any:
     import transformers
 
     if model_type == "gpt2":
-        config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64)
+        config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_inner=96,
+                                         n_positions=64)  # fmt: skip
         torch.manual_seed(0)
         return transformers.GPT2LMHeadModel(config).eval()
     if model_type == "opt":
@@ -37,6 +40,12 @@ def tiny_causal_lm(model_type: str) -> Any:
                                         num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=64)
         torch.manual_seed(0)
         return transformers.OPTForCausalLM(config).eval()
+    if model_type == "phi3":  # fused qkv_proj and gate_up_proj
+        config = transformers.Phi3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         pad_token_id=0)  # fmt: skip
+        torch.manual_seed(0)
+        return transformers.Phi3ForCausalLM(config).eval()
     classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
                "gemma": "GemmaConfig", "gemma2": "Gemma2Config", "gemma3_text": "Gemma3TextConfig",
                "olmo": "OlmoConfig", "granite": "GraniteConfig"}  # fmt: skip
@@ -59,8 +68,8 @@ def _inputs() -> dict[str, torch.Tensor]:
 
 
 def test_the_matrix_lists_exactly_the_registered_types() -> None:
-    for method in LAYOUT_METHODS:
-        assert sorted(m.architectures_of(method.name, "decoder") or ()) == sorted(TYPES), method.name
+    for method, types in LAYOUT_METHODS.items():
+        assert sorted(m.architectures_of(method.name, "decoder") or ()) == sorted(types), method.name
 
 
 @pytest.mark.parametrize("model_type", TYPES)
@@ -81,7 +90,7 @@ def test_a_sliced_student_keeps_the_teachers_layers_and_reloads(model_type: str,
         assert logits.shape == (2, 12, VOCAB) and torch.allclose(again(**_inputs()).logits, logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", PRUNABLE)
 def test_dphubert_pruning_equals_the_masked_model_reloads_and_decodes(model_type: str, tmp_path: Path) -> None:
     import onnxruntime as ort
 
@@ -104,8 +113,13 @@ def test_dphubert_pruning_equals_the_masked_model_reloads_and_decodes(model_type
         masked = model(input_ids=_ids()).logits
     gates = masks.deterministic()
     masks.detach()
+    kv = decoder_structure(model)["kv_heads"][0]  # 2 (grouped-query) or 4 (GPT-2, OPT)
     structure = prune_decoder(model, gates)
-    assert structure == {"kv_heads": [1, 2], "ffn": [96, 48], "removed_layers": [1]}
+    if model_type in ("gpt2", "opt"):  # output biases: a layer is never the identity, layer 1 keeps a group, a unit
+        assert structure == {"kv_heads": [kv - 1, 1, kv], "ffn": [96, 1, 48], "removed_layers": []}
+    else:
+        assert structure == {"kv_heads": [kv - 1, kv], "ffn": [96, 48], "removed_layers": [1]}
+    kept = structure["kv_heads"]
     with torch.no_grad():
         assert torch.allclose(model(input_ids=_ids()).logits, masked, atol=1e-5)
     task = TaskModel(model, "hf", "lm", VOCAB)
@@ -116,7 +130,7 @@ def test_dphubert_pruning_equals_the_masked_model_reloads_and_decodes(model_type
 
     export_decoder_onnx(again, tmp_path / "m.onnx", opset=17)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
-    assert cache_shape(model) == CacheLayout(2, [1, 2], 16)
+    assert cache_shape(model) == CacheLayout(len(kept), kept, 16)
     tokens, logits = CachedDecoder(lambda f: session.run(None, f), cache_shape(model)).greedy([5, 6, 7], 4)
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([[5, 6, 7, *tokens]])).logits[0, 2:].numpy()
@@ -171,9 +185,10 @@ def test_latency_costs_are_measured_on_the_kv_cache_graph(model_type: str, tmp_p
     assert lat.costs.per_head >= 0 and lat.costs.per_unit >= 0
 
 
-@pytest.mark.parametrize("model_type", UNLISTED)
-def test_an_unlisted_decoder_exports_its_kv_cache_and_decodes_like_pytorch(model_type: str, tmp_path: Path) -> None:
-    """GPT-2 (Conv1D, `transformer.h`) and OPT (`model.decoder.layers`): the KV-cache layout comes from the config."""
+@pytest.mark.parametrize("model_type", OTHER)
+def test_other_layouts_export_their_kv_cache_and_decode_like_pytorch(model_type: str, tmp_path: Path) -> None:
+    """GPT-2 (Conv1D, `transformer.h`), OPT (`model.decoder.layers`) and Phi-3 (fused projections, whose KV-cache
+    layout comes from the config)."""
     import onnxruntime as ort
 
     from compress.exporters.decoder import export_decoder_onnx
@@ -183,9 +198,72 @@ def test_an_unlisted_decoder_exports_its_kv_cache_and_decodes_like_pytorch(model
     model = tiny_causal_lm(model_type)
     task = TaskModel(model, "hf", "lm", VOCAB)
     export_decoder_onnx(task, tmp_path / "m.onnx", opset=17)
-    assert cache_shape(model) == CacheLayout(3, [4, 4, 4], 16)
+    kv = 2 if model_type == "phi3" else 4
+    assert cache_shape(model) == CacheLayout(3, [kv] * 3, 16)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     tokens, logits = CachedDecoder(lambda f: session.run(None, f), cache_shape(model)).greedy([5, 6, 7], 4)
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([[5, 6, 7, *tokens]])).logits[0, 2:].numpy()
     assert np.abs(np.stack(logits) - ref).max() < 1e-3
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "opt"])
+def test_the_prune_stage_runs_dphubert_on_plain_mlp_layouts(model_type: str, tmp_path: Path,
+                                                             pycode_slice: Path) -> None:  # fmt: skip
+    """The `prune` stage on a Hugging Face GPT-2 / OPT teacher (with its own BPE tokenizer, trained on the slice):
+    a parameter target met on the plain-MLP costs, the pruned model reloaded from its recorded structure, its
+    KV-cache graph decoding like PyTorch."""
+    import json
+
+    import transformers
+
+    from compress import pipeline
+    from compress.data.config import TokenizerTraining
+    from compress.data.lm import train_tokenizer
+    from compress.families import load as load_model
+    from compress.models.decoder import decoder_structure
+    from tests.conftest import write_recipe
+
+    docs = [json.loads(line)["text"] for line in (pycode_slice / "train.jsonl").read_text().splitlines()]
+    tokenizer = train_tokenizer(docs, TokenizerTraining(vocab_size=400))
+    if model_type == "gpt2":
+        config: Any = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_inner=128,
+                                              n_positions=128, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    else:
+        config = transformers.OPTConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, ffn_dim=128,
+                                        num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64,
+                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    text = f"""
+name: prune-{model_type}
+seed: 0
+task: causal_lm
+data: {{format: jsonl, train: {pycode_slice}/train.jsonl, dev: {pycode_slice}/dev.jsonl,
+       test: {pycode_slice}/test.jsonl, max_length: 64}}
+teacher: {{hf: {tmp_path / "teacher"}}}
+stages:
+  - stage: prune
+    source: teacher
+    output: teacher.pruned
+    target: {{params: 0.7}}
+    max_steps: 30
+    batch_size: 8
+    mask_lr: 0.1
+    lambda_lr: 0.1
+    finetune: {{max_steps: 2, batch_size: 8}}
+  - stage: export
+    models: [teacher.pruned]
+    int8: []
+    int4: false
+    generation: {{prompts: ["def "], new_tokens: 4, parity_steps: 4}}
+"""
+    result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    art = result.artifacts["teacher.pruned"]
+    structure = art.info["pruning"]["structure"]
+    assert art.params < result.artifacts["teacher"].params
+    assert sum(structure["ffn"]) < 256 or sum(structure["kv_heads"]) < 8  # something really went
+    assert decoder_structure(load_model(art.path).module) == {k: structure[k] for k in ("kv_heads", "ffn")}
+    onnx = result.artifacts["teacher.pruned.onnx"].metrics
+    assert onnx["parity_top1_agreement"] == 1.0 and onnx["parity_max_abs_diff"] < 1e-3
