@@ -30,6 +30,7 @@ from compress.models.structure import head_size
 from compress.models.task_model import TaskModel
 from compress.search.space import Arch, TransformerSpace
 from compress.search.supernet import SlicedSuperNet
+from compress.training.loop import adamw
 from compress.ui import progress
 
 log = logging.getLogger("compress")
@@ -86,7 +87,7 @@ def train_supernet(
     rng = random.Random(seed)
     torch.manual_seed(seed)
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    opt = adamw(params, lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))

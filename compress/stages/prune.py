@@ -41,7 +41,7 @@ from compress.pruning.masked import MaskedGroups, PruneGoal
 from compress.stages.base import Chain, StageConfig, check_method, register_stage, require, save_model_artifact
 from compress.training.distillation import distillation_step
 from compress.training.engine import Engine
-from compress.training.loop import StepLoss, TrainResult, total_steps, train
+from compress.training.loop import StepLoss, TrainResult, adamw, total_steps, train
 
 log = logging.getLogger("compress")
 
@@ -630,7 +630,7 @@ def _run_torch_pruning(
 
     def recover(_i: int) -> None:
         nonlocal batches
-        opt = torch.optim.AdamW(student.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        opt = adamw(student.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         student.module.train()
         for _ in range(config.recovery_steps):
             batch: Batch | None = next(batches, None)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,6 +106,16 @@ def epoch_batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     return list(torch.split(perm, batch_size))
 
 
+def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over every parameter) where torch has the kernel for the parameters' device: on a
+    CPU its step over MiniLM's 22.7M parameters takes 28 ms instead of 240 ms (1 thread), about a fifth of each
+    fine-tuning step. The same update as the default implementation, up to float rounding."""
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fusable = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(groups, fused=fusable or None, **kwargs)
+
+
 def train(
     model: TaskModel,
     step_loss: StepLoss,
@@ -152,7 +163,7 @@ def train(
         p.data = p.data.to(engine.device)
     if engine.gradient_checkpointing:
         _enable_gradient_checkpointing(model.module, label)
-    opt = torch.optim.AdamW(_param_groups(modules, schedule.weight_decay), lr=schedule.lr)
+    opt = adamw(_param_groups(modules, schedule.weight_decay), lr=schedule.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(schedule.warmup_steps, steps))
     optimizers = (opt, *extra_optimizers)
     scaler = engine.scaler()
