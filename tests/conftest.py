@@ -42,6 +42,26 @@ def minilm_path() -> Path:
     return Path(gt.get_model_path())
 
 
+
+# The two workers take whole files (`--dist loadfile`) in collection order, and the run ends when the slower one
+# does. The longest files go first (measured: 1-3 minutes each on 2 cores) so that the short ones fill the end of
+# both workers instead of one long file running alone at the end: the longest-processing-time-first rule.
+LONGEST_FIRST = ("training/test_distributed.py", "search/test_search_pipeline.py", "families/test_decoder.py",
+                 "pruning/test_prune_pipeline.py", "runtimes/test_executorch.py",
+                 "families/test_decoder_architectures.py", "models/test_gguf.py", "test_chains.py", "test_cli.py",
+                 "test_minilm_real.py", "test_faults.py", "pruning/test_latency_costs.py",
+                 "training/test_checkpoint.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        relative = Path(str(item.path)).relative_to(ROOT / "tests").as_posix()
+        return rank.get(relative, len(rank))
+
+    items.sort(key=key)  # stable: the order inside each file, and of the other files, stays
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-init BERT classifier saved as a Hugging Face folder, with MiniLM's real tokenizer."""
