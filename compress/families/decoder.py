@@ -43,8 +43,8 @@ HF = ("hf",)
 # experts == dense FFN, extracted == sliced super-network, KV-cache export decodes like PyTorch). Qwen3's and OLMo's
 # per-head norms, Gemma's head size apart from hidden / heads and its sqrt(hidden) embedding scale, Gemma 2/3's
 # sliding-window layer types and Granite's multipliers fit it. Others (GPT-2's Conv1D, Phi-3's fused qkv and
-# gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout, and DPHuBERT where its layout
-# (compress.models.decoder_layout) reads their projections: OPT and GPT-2.
+# gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout, and DPHuBERT (with parameter or
+# latency targets) where its layout (compress.models.decoder_layout) reads their projections: OPT and GPT-2.
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite")
 PRUNABLE = (*LLAMA_LAYOUT, "gpt2", "opt")
 
@@ -199,7 +199,7 @@ m.register(m.STUDENT_DECODER, _NAME, HF, True, architectures=LLAMA_LAYOUT)
 m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
 m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=LLAMA_LAYOUT)
 m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=PRUNABLE)
-m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=LLAMA_LAYOUT)
+m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=PRUNABLE)
 m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _Search(), architectures=LLAMA_LAYOUT)
 m.register(m.QUANTIZE_QAT, _NAME, HF, _Qat())
 m.register(m.QUANTIZE_PTQ, _NAME, HF, True)

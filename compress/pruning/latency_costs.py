@@ -17,11 +17,15 @@ half its key/value groups, with half its SwiGLU units), the decode milliseconds 
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
 
 from compress.devices import DeviceProfile
 from compress.errors import StageError
@@ -93,7 +97,7 @@ def costs_from_rounds(rounds: list[list[float]], archs: list[dict[str, int]], *,
     times = [full * statistics.median(t / f for t, f in zip(r, rounds[0], strict=True)) for r in rounds]
     fewer_heads, fewer_units = times[1:3]
     per_head = max(0.0, (full - fewer_heads) / (layers * (heads - archs[1]["heads"])))
-    per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
+    per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - max(1, ffn // 2)))) if ffn > 1 else 0.0
     # what a layer costs besides its heads and units (LayerNorms, residual adds, the kernels' own overhead): the
     # cost a pruned model keeps until the whole layer goes
     per_layer = 0.0
@@ -157,11 +161,12 @@ def measure_decoder_costs(
     config: Any, device: DeviceProfile, sequence: int, cache_dir: Path, *, precision: str = "fp32",
     statistic: str = "p50", reference: tuple[DeviceProfile, Path] | None = None,
 ) -> LatencyCosts:  # fmt: skip
-    """Decode ms per token of a causal LM shaped like ``config``: per key/value group, per SwiGLU unit, fixed."""
+    """Decode ms per token of a causal LM shaped like ``config``: per key/value group, per MLP unit, fixed."""
     from compress.exporters.decoder import export_decoder_onnx
+    from compress.models.decoder import decoder_layers, decoder_structure, resize_decoder
     from compress.models.task_model import TaskModel
     from compress.runners import measure
-    from compress.search.candidates import build_decoder, queries_per_kv
+    from compress.search.candidates import queries_per_kv
 
     if reference is not None:
         raise StageError("prune.target.speedup: a causal LM's decode latency is a per-token time, not the teacher's "
@@ -172,22 +177,42 @@ def measure_decoder_costs(
     if precision != "fp32":
         raise StageError("prune.target.precision: a causal LM's decode latency is measured on its fp32 KV-cache graph "
                          "(its quantized forms are 4-bit weight-only); use `precision: fp32`.")  # fmt: skip
-    layers, heads, ffn = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
     g = queries_per_kv(config)
     groups = heads // g
-    base = {"layers": layers, "hidden": config.hidden_size, "heads": heads, "ffn": ffn}
+
+    def shaped(kv: int | None = None, units: int | None = None) -> nn.Module:
+        """The full shape, or every layer resized through its layout (GPT-2's and OPT's configs name their FFN
+        size differently; the layout reads it from the modules), with fresh random weights."""
+        from transformers import AutoModelForCausalLM
+
+        cfg = copy.deepcopy(config)
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        model = AutoModelForCausalLM.from_config(cfg).eval()
+        if kv is not None or units is not None:
+            structure = decoder_structure(model)
+            resize_decoder(model, {"kv_heads": [kv or n for n in structure["kv_heads"]],
+                                   "ffn": [units or f for f in structure["ffn"]]})  # fmt: skip
+            with torch.no_grad():
+                for layer in decoder_layers(model):
+                    for p in layer.parameters():
+                        p.normal_(0.0, 0.02)
+        return model
+
+    full_model = shaped()
+    ffn = decoder_structure(full_model)["ffn"][0]
     fewer = max(1, groups // 2)
-    archs = [base, {**base, "heads": fewer * g}, {**base, "ffn": max(1, ffn // 2)}]
+    models = [full_model, shaped(kv=fewer), shaped(units=max(1, ffn // 2))]
     with tempfile.TemporaryDirectory(prefix="compress-prune-lat-") as tmp:
         paths = []
-        for i, arch in enumerate(archs):
+        for i, module in enumerate(models):
             paths.append(Path(tmp) / f"m{i}.onnx")
-            model = TaskModel(build_decoder(config, arch).eval(), "hf", "lm", int(config.vocab_size))
-            export_decoder_onnx(model, paths[-1], opset=17)
+            export_decoder_onnx(TaskModel(module, "hf", "lm", int(config.vocab_size)), paths[-1], opset=17)
         stats = measure(device, paths, batch=1, sequence=sequence, runs=120, warmup=1, prompt=sequence,
                         new_tokens=32)  # fmt: skip
     full, fewer_groups, fewer_units = (float(s[f"decode_{statistic}_ms"]) for s in stats)
     per_group = max(0.0, (full - fewer_groups) / (layers * (groups - fewer))) if groups > fewer else 0.0
-    per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - archs[2]["ffn"])))
+    per_unit = max(0.0, (full - fewer_units) / (layers * (ffn - max(1, ffn // 2)))) if ffn > 1 else 0.0
     fixed = full - layers * (groups * per_group + ffn * per_unit)
     return LatencyCosts(GroupCosts(per_group, per_unit), fixed, full)
