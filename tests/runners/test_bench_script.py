@@ -37,6 +37,38 @@ def test_feeds_fill_symbolic_dimensions() -> None:
     assert feeds["pixel_values"].shape == (2, 3, 8, 8) and feeds["pixel_values"].dtype == np.float32
 
 
+def test_graph_inputs_are_read_without_the_onnx_package(tmp_path: Path) -> None:
+    """The wire-format reader gives onnx's own input names, on a graph with a KV cache and one without, and the
+    script never imports onnx (1.4 s per measurement; boards may not have it)."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    def graph(inputs: list[str], path: Path) -> str:
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.5] * 16)  # an initializer field to skip
+        nodes = [helper.make_node("MatMul", [inputs[0], "w"], ["y"])]
+        values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in inputs]
+        out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])]
+        onnx.save(helper.make_model(helper.make_graph(nodes, "g", values, out, [weight])), str(path))
+        return str(path)
+
+    kv = graph(["input_ids", "attention_mask", "past.0.key", "past.0.value"], tmp_path / "kv.onnx")
+    plain = graph(["x"], tmp_path / "plain.onnx")
+    args = bench.argparse.Namespace(runtime="onnxruntime")
+    for path in (kv, plain):
+        assert bench.onnx_input_names(path) == [i.name for i in onnx.load(path).graph.input]
+    assert bench.is_kv_graph(kv, args) and not bench.is_kv_graph(plain, args)
+    (tmp_path / "junk.onnx").write_bytes(b"\xff\xff\xff not a model")
+    assert not bench.is_kv_graph(str(tmp_path / "junk.onnx"), args)  # the runtime's loader then says why
+    code = (f"import argparse, runpy, sys; script = runpy.run_path({str(BENCH_SCRIPT)!r}); "
+            f"assert script['is_kv_graph']({kv!r}, argparse.Namespace(runtime='onnxruntime')); "
+            "print('onnx' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
 @pytest.mark.parametrize("runtime,provider", [("onnxruntime", "CPUExecutionProvider"), ("openvino", "CPU")])
 def test_local_runner_time_budget_pinning_and_profiler(tmp_path: Path, runtime: str, provider: str) -> None:
     if runtime == "openvino":
