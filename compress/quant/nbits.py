@@ -15,10 +15,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+
+# onnx is imported where it is used: importing it costs about 1 s (ml_dtypes), which every run and
+# `compress validate` paid when these modules were imported
+if TYPE_CHECKING:
+    import onnx
 
 from compress.errors import QuantizationError
 
@@ -86,6 +90,9 @@ def store_4bit_weights(path: Path, weights: dict[str, tuple[np.ndarray, np.ndarr
     """Rewrite ``path``: every MatMul / Gemm whose constant weight is one of ``weights`` (name -> (W [N, K] on
     its grid, step [N])) becomes MatMulNBits. Weights are matched by value, so the exporter's initializer names
     do not matter. ``accuracy_level`` 4 lets the CPU kernel quantize activations to int8 on the fly."""
+    import onnx
+    from onnx import helper, numpy_helper
+
     model = onnx.load(str(path))
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}

@@ -13,9 +13,14 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
+
+# onnx is imported where it is used: importing it costs about 1 s (ml_dtypes), which every run and
+# `compress validate` paid when these modules were imported
+if TYPE_CHECKING:
+    import onnx
 
 from compress.errors import ExportError
 
@@ -110,6 +115,7 @@ def _set_attention_heads(graph_model: onnx.ModelProto, head_size: int) -> None:
 
 
 def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
@@ -144,6 +150,7 @@ def quantize_4bit_rtn(src: Path, dst: Path, *, block_size: int = 128) -> None:
     """onnxruntime's post-training 4-bit weights: round-to-nearest, symmetric, one scale per ``block_size``
     input channels, MatMul -> MatMulNBits (accuracy level 4: int8 activations on CPU). The PTQ baseline of
     4-bit QAT."""
+    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4)
@@ -174,6 +181,7 @@ INTEGER_OPS = {
 
 def integer_ops(path: Path) -> dict[str, int]:
     """Counts of integer / quantization operators in an ONNX graph (empty: the model is still float)."""
+    import onnx
     counts: dict[str, int] = {}
     for node in onnx.load(str(path), load_external_data=False).graph.node:
         if node.op_type in INTEGER_OPS:
@@ -249,6 +257,7 @@ INTEGER_KERNELS = INTEGER_OPS - {"QuantizeLinear", "DequantizeLinear", "DynamicQ
 def executed_kernels(path: Path) -> dict[str, int]:
     """Operator counts of the graph onnxruntime (CPU) actually executes: the model after its own graph
     optimisations, where QDQ pairs around MatMul/Conv become integer kernels (or do not)."""
+    import onnx
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="compress-ort-") as tmp:
@@ -267,6 +276,7 @@ def executed_kernels(path: Path) -> dict[str, int]:
 def float_weight_layers(path: Path) -> list[str]:
     """Names of MatMul/Gemm/Conv nodes of a QDQ graph whose weight is a float initializer, i.e. not fed by a
     DequantizeLinear: the layers the quantizer left in float."""
+    import onnx
     graph = onnx.load(str(path), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     found = []

@@ -10,10 +10,14 @@ whose quantization parameters were trained in PyTorch, hence this small pass.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
+
+# onnx is imported where it is used: importing it costs about 1 s (ml_dtypes), which every run and
+# `compress validate` paid when these modules were imported
+if TYPE_CHECKING:
+    import onnx
 
 
 def _quantize(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
@@ -28,6 +32,8 @@ def _quantize(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> 
 
 def store_int8_weights(path: Path) -> int:
     """Rewrite ``path`` with constant weights stored quantized; returns how many tensors were folded."""
+    import onnx
+    from onnx import numpy_helper
     model = onnx.load(str(path))
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
