@@ -71,13 +71,11 @@ def run(
     ] = False,
 ) -> None:
     """Run a recipe: every stage in order, reusing finished stages from the cache."""
-    from compress import pipeline
-
     if not console.is_terminal:  # CI logs: no per-weight progress bars of the libraries between our lines
+        # (transformers reads it when it is imported, as huggingface_hub does; importing transformers here to
+        # switch its bars off cost every run a second, runs that never use it included)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    from compress import pipeline
 
     result = pipeline.run(recipe, out, force=force, only=only, from_stage=from_)
     if not result.report:  # another process of a launched run: rank 0 reports

@@ -13,12 +13,30 @@ from compress.errors import DataError, RuntimeMissingError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
-def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: images [1797, 8, 8] (0..16) and labels. Read from the CSV that scikit-learn ships, as
+    its `load_digits` does, without importing scikit-learn: `sklearn.datasets` takes about 3 s to import (scipy),
+    more than the rest of a digits run's data loading; `load_digits` itself where the file is not found."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    found = [Path(p) / "datasets" / "data" / "digits.csv.gz" for p in (spec.submodule_search_locations or [])] \
+        if spec is not None else []  # fmt: skip
+    if found and found[0].is_file():
+        with gzip.open(found[0], "rt") as fh:
+            data = np.loadtxt(fh, delimiter=",")
+        return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    return (x - 0.5) / 0.5, torch.tensor(digits.target, dtype=torch.long)
+    return digits.images, digits.target
+
+
+def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    images, target = _digits()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return (x - 0.5) / 0.5, torch.tensor(target, dtype=torch.long)
 
 
 def load_image_folder(

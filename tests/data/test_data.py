@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,20 @@ def test_take_keeps_texts_pairs_and_order(tmp_path: Path) -> None:
     dev = load_data(cfg, tmp_path, WhitespaceTokenizer(), seed=0).dev
     assert dev.texts is not None and all(t.startswith("first ") for t in dev.texts)
     assert dev.features == [[len(w) + 1 for w in t.split()] for t in dev.texts]  # each text beside its own ids
+
+
+def test_digits_are_scikit_learns_without_importing_it() -> None:
+    """The digits read from the CSV scikit-learn ships equal `load_digits` (and its import is skipped: 3 s)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from compress.data.images import _digits
+
+    images, target = _digits()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+    code = "import sys; from compress.data.images import _digits; _digits(); print('sklearn' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
