@@ -46,7 +46,8 @@ HF = ("hf",)
 # gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout, and DPHuBERT (with parameter or
 # latency targets) where its layout (compress.models.decoder_layout) reads their projections: OPT and GPT-2.
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite")
-PRUNABLE = (*LLAMA_LAYOUT, "gpt2", "opt")
+# the module layouts that per-layer methods read (models/decoder_layout.py, moe/experts.py): LLaMA-style, GPT-2, OPT
+LAYER_LAYOUTS = (*LLAMA_LAYOUT, "gpt2", "opt")
 
 
 @register_family
@@ -134,14 +135,11 @@ def _latency_costs(model: TaskModel, device: DeviceProfile, sequence: int, cache
 
 
 def _ffn_blocks(model: TaskModel, where: str) -> list[FfnBlock]:
-    """The gated SwiGLU FFNs (`mlp.gate_proj`, `up_proj`, `down_proj`): LaDiMo's own setting."""
+    """The MLPs: gated SwiGLU ones (`mlp.gate_proj`, `up_proj`, `down_proj`; LaDiMo's own setting) and the plain
+    ones of OPT (`fc1` / `fc2`) and GPT-2 (`mlp.c_fc` / `mlp.c_proj`, Conv1D)."""
     from compress.moe.experts import find_ffn_blocks
 
-    blocks = find_ffn_blocks(model.module)
-    if any(b.w_gate is None for b in blocks):
-        raise ModelError(f"{where}: moefy splits gated (SwiGLU) FFNs of causal LMs; {type(model.module).__name__} "
-                         "has ungated ones.")  # fmt: skip
-    return blocks
+    return find_ffn_blocks(model.module)
 
 
 class _Search(m.SupernetSearcher):
@@ -197,9 +195,9 @@ m.register(m.EXPORT, _NAME, HF, True)
 m.register(m.HIDDEN_STATES, _NAME, HF, _Layers())
 m.register(m.STUDENT_DECODER, _NAME, HF, True, architectures=LLAMA_LAYOUT)
 m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
-m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=LLAMA_LAYOUT)
-m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=PRUNABLE)
-m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=PRUNABLE)
+m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=LAYER_LAYOUTS)
+m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=LAYER_LAYOUTS)
+m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=LAYER_LAYOUTS)
 m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _Search(), architectures=LLAMA_LAYOUT)
 m.register(m.QUANTIZE_QAT, _NAME, HF, _Qat())
 m.register(m.QUANTIZE_PTQ, _NAME, HF, True)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from compress.models.transforms import register_transform
-from compress.moe.experts import FfnBlock, MoeFfn, balanced_kmeans, find_ffn_blocks
+from compress.moe.experts import SLOTS, FfnBlock, MoeFfn, balanced_kmeans, find_ffn_blocks
 
 log = logging.getLogger("compress")
 TRANSFORM = "moe"  # the model transform that rebuilds the MoE layers on load (args: `spec`)
@@ -73,7 +73,7 @@ def neuron_groups(
     block: FfnBlock, x: torch.Tensor, experts: int, clustering: Clustering, seed: int
 ) -> list[torch.Tensor]:
     if clustering == "weights":
-        features = block.w_in.weight.detach()  # each neuron's input weights
+        features = block.weight(block.w_in).detach()  # each neuron's input weights
     else:  # co-activation: each neuron's activations over (a sample of) the calibration tokens
         sample = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:2048]]
         features = block.hidden(sample).T.detach()
@@ -81,13 +81,12 @@ def neuron_groups(
 
 
 def install(block: FfnBlock, moe: MoeFfn) -> None:
-    """Put ``moe`` in place of the block's FFN: a gated `mlp` as a whole; a BERT-family intermediate, its output
-    projection then Identity (the residual and LayerNorm of `output` stay)."""
-    if block.w_gate is not None:
-        block.layer.mlp = moe  # type: ignore[assignment]
-        return
-    block.layer.intermediate = moe  # type: ignore[assignment]
-    block.layer.output.dense = nn.Identity()  # type: ignore[union-attr]
+    """Put ``moe`` in the block's slot (a gated `mlp` as a whole; a BERT-family `intermediate`, OPT's `fc1`, GPT-2's
+    `mlp.c_fc`) and make the modules after it Identity (the output projection, the activation where the layer
+    applies it apart): the layer's residual, dropout and LayerNorm stay as they were."""
+    for dotted, value in ((block.slot, moe), *((name, nn.Identity()) for name in block.cleared)):
+        parent, _, name = dotted.rpartition(".")
+        setattr(block.layer.get_submodule(parent) if parent else block.layer, name, value)
 
 
 @dataclass
@@ -144,12 +143,16 @@ def rebuild(module: nn.Module, moe_spec: dict[str, Any]) -> None:
     by_path = {b.path: b for b in find_ffn_blocks(module)}
     for layer in moe_spec["layers"]:
         block = by_path[layer["path"]]
-        moe = MoeFfn(block.w_in.in_features, block.w_in.out_features, moe_spec["experts"], block.act,
-                     gated=block.w_gate is not None)  # fmt: skip
+        moe = MoeFfn(block.hidden_size, block.inner, moe_spec["experts"], block.act, gated=block.w_gate is not None)
         moe.top_k, moe.threshold = layer["top_k"], layer["threshold"]
         install(block, moe)
 
 
 def moe_layers(module: nn.Module) -> list[tuple[str, MoeFfn]]:
-    return [(p.rpartition(".mlp" if m.gated else ".intermediate")[0], m) for p, m in module.named_modules()
-            if isinstance(m, MoeFfn)]  # fmt: skip
+    """(the layer's path, its MoE) for every MoE layer: the MoE's path less the slot it sits in."""
+    found = []
+    for path, sub in module.named_modules():
+        if isinstance(sub, MoeFfn):
+            slot = next(s for s in sorted(SLOTS, key=len, reverse=True) if path.endswith(f".{s}"))
+            found.append((path[: -len(slot) - 1], sub))
+    return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,16 +22,34 @@ from compress.errors import ModelError
 
 @dataclass
 class FfnBlock:
-    """One FFN: a BERT-family one, ``intermediate.dense`` (H -> I) + activation, ``output.dense`` (I -> H); or a
-    gated one (LLaMA's SwiGLU, `mlp`): ``act(gate_proj(x)) * up_proj(x)``, then ``down_proj`` (``w_gate`` set,
-    ``w_in`` is the up projection)."""
+    """One FFN of a layer, whatever its module arrangement (`find_ffn_blocks`): ``act(x W_in^T + b_in)`` (gated:
+    ``act(x W_gate^T) * (x W_in^T + b_in)``), then ``W_out``. ``w_in`` / ``w_out`` / ``w_gate`` are the modules:
+    ``nn.Linear``, or transformers' transposed ``Conv1D`` (GPT-2; ``transposed``). ``slot`` is where the MoE goes
+    in the layer and ``cleared`` the modules that become Identity after it (the MoE returns the FFN's output)."""
 
     path: str  # the layer's module path
     layer: nn.Module
-    w_in: nn.Linear
-    w_out: nn.Linear
+    w_in: nn.Module
+    w_out: nn.Module
     act: Callable[[torch.Tensor], torch.Tensor]
-    w_gate: nn.Linear | None = None
+    w_gate: nn.Module | None = None
+    slot: str = "intermediate"
+    cleared: tuple[str, ...] = ("output.dense",)
+    transposed: bool = False
+
+    def weight(self, module: nn.Module) -> torch.Tensor:
+        """``module``'s weight as ``[out, in]``."""
+        w: torch.Tensor = module.weight  # type: ignore[assignment]
+        return w.t() if self.transposed else w
+
+    @property
+    def inner(self) -> int:
+        """The FFN's width (its neurons)."""
+        return int(self.weight(self.w_in).shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.weight(self.w_in).shape[1])
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The FFN's intermediate activations (what its neurons output)."""
@@ -38,30 +57,58 @@ class FfnBlock:
         return self.act(self.w_gate(x)) * h if self.w_gate is not None else self.act(h)
 
 
-def find_ffn_blocks(module: nn.Module) -> list[FfnBlock]:
-    """The FFN blocks of a BERT-family encoder (BERT, RoBERTa, ELECTRA, MiniLM, ...); a clear error naming
-    the model otherwise."""
-    blocks = []
-    for path, sub in module.named_modules():
-        mlp = getattr(sub, "mlp", None)
-        gate, up, down = (getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
-        if all(isinstance(w, nn.Linear) for w in (gate, up, down)) and callable(getattr(mlp, "act_fn", None)):
-            blocks.append(FfnBlock(path, sub, up, down, mlp.act_fn, gate))  # type: ignore[arg-type,union-attr]
+# The FFN arrangements moefy reads, by the layer's attributes: (slot the MoE takes, input, output, gate or None,
+# activation, modules cleared after the MoE). BERT-family encoders (BERT, RoBERTa, ELECTRA, MiniLM, ...), gated
+# LLaMA-style decoders (SwiGLU `mlp`), OPT (`fc1` / `fc2` on the layer) and GPT-2 (`mlp.c_fc` / `mlp.c_proj`,
+# Conv1D).
+_ARRANGEMENTS = (
+    ("mlp", "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj", "mlp.act_fn", ()),
+    ("intermediate", "intermediate.dense", "output.dense", None, "intermediate.intermediate_act_fn",
+     ("output.dense",)),
+    ("fc1", "fc1", "fc2", None, "activation_fn", ("fc2", "activation_fn")),
+    ("mlp.c_fc", "mlp.c_fc", "mlp.c_proj", None, "mlp.act", ("mlp.c_proj", "mlp.act")),
+)  # fmt: skip
+SLOTS = tuple(a[0] for a in _ARRANGEMENTS)
+
+
+def _get(module: nn.Module, dotted: str) -> Any:
+    for name in dotted.split("."):
+        module = getattr(module, name, None)  # type: ignore[assignment]
+        if module is None:
+            return None
+    return module
+
+
+def _weighted(module: Any) -> bool:
+    """A Linear, or a Conv1D-like module with a 2-D weight (not Identity: an FFN already converted)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(module, nn.Module) and isinstance(weight, torch.Tensor) and weight.dim() == 2
+
+
+def _block(path: str, layer: nn.Module) -> FfnBlock | None:
+    for slot, w_in, w_out, w_gate, act, cleared in _ARRANGEMENTS:
+        modules = [_get(layer, n) for n in (w_in, w_out)] + ([_get(layer, w_gate)] if w_gate else [])
+        if not all(_weighted(x) for x in modules):
             continue
-        inter, out = getattr(sub, "intermediate", None), getattr(sub, "output", None)
-        dense_in, dense_out = getattr(inter, "dense", None), getattr(out, "dense", None)
-        if isinstance(dense_in, nn.Linear) and isinstance(dense_out, nn.Linear | nn.Identity):
-            act = getattr(inter, "intermediate_act_fn", None)
-            if act is None:
-                raise ModelError(f"moefy: {path}.intermediate has no `intermediate_act_fn`; cannot split its FFN.")
-            if isinstance(dense_out, nn.Linear):
-                blocks.append(FfnBlock(path, sub, dense_in, dense_out, act))
+        fn = _get(layer, act)
+        if not callable(fn):
+            raise ModelError(f"moefy: {path}.{act.rpartition('.')[0] or act} has no activation `{act}`; cannot "
+                             "split its FFN.")  # fmt: skip
+        transposed = not isinstance(modules[0], nn.Linear)  # transformers' Conv1D: weight [in, out]
+        return FfnBlock(path, layer, modules[0], modules[1], fn, modules[2] if w_gate else None, slot, cleared,
+                        transposed)  # fmt: skip
+    return None
+
+
+def find_ffn_blocks(module: nn.Module) -> list[FfnBlock]:
+    """The FFN blocks of every layer (`_ARRANGEMENTS`); a clear error naming the model when there are none."""
+    blocks = [b for path, sub in module.named_modules() if (b := _block(path, sub)) is not None]
     if not blocks:
         names = ", ".join(sorted({type(m).__name__ for m in module.modules()})[:12])
         raise ModelError(
             f"moefy: {type(module).__name__} has no FFN blocks the stage understands (expected BERT-family "
-            f"layers with `intermediate.dense` and `output.dense` Linear modules, or gated `mlp.gate_proj`, `up_proj` "
-            f"and `down_proj` ones; found modules: {names} ...)."
+            "layers with `intermediate.dense` and `output.dense`, gated `mlp.gate_proj`, `up_proj` and `down_proj`, "
+            f"OPT's `fc1` / `fc2` or GPT-2's `mlp.c_fc` / `mlp.c_proj`; found modules: {names} ...)."
         )
     return blocks
 
@@ -126,16 +173,19 @@ class MoeFfn(nn.Module):
 
     @classmethod
     def from_dense(cls, block: FfnBlock, groups: list[torch.Tensor]) -> MoeFfn:
-        w_in, w_out = block.w_in, block.w_out
-        moe = cls(w_in.in_features, w_in.out_features, len(groups), block.act, gated=block.w_gate is not None)
+        gate = block.weight(block.w_gate) if block.w_gate is not None else None
+        w_in, w_out = block.weight(block.w_in), block.weight(block.w_out)
+        b_in, b_out = getattr(block.w_in, "bias", None), getattr(block.w_out, "bias", None)
+        moe = cls(block.hidden_size, block.inner, len(groups), block.act, gated=gate is not None)
         with torch.no_grad():
             for e, idx in enumerate(groups):
-                if moe.wg is not None and block.w_gate is not None:
-                    moe.wg[e].copy_(block.w_gate.weight[idx])
-                moe.w1[e].copy_(w_in.weight[idx])
-                moe.b1[e].copy_(w_in.bias[idx] if w_in.bias is not None else 0)
-                moe.w2[e].copy_(w_out.weight[:, idx])
-            moe.b2.copy_(w_out.bias if w_out.bias is not None else torch.zeros(w_out.out_features))
+                if moe.wg is not None and gate is not None:
+                    moe.wg[e].copy_(gate[idx])
+                moe.w1[e].copy_(w_in[idx])
+                if b_in is not None:  # zeros otherwise, as the MoE was built
+                    moe.b1[e].copy_(b_in[idx])
+                moe.w2[e].copy_(w_out[:, idx])
+            moe.b2.copy_(b_out if b_out is not None else torch.zeros(w_out.shape[0]))
             nn.init.zeros_(moe.router.weight)
             nn.init.zeros_(moe.router.bias)
         return moe

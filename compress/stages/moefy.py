@@ -84,8 +84,8 @@ class MoefyConfig(StageConfig):
 
     stage: Literal["moefy"]
     source: str = Field(
-        "teacher", description="Model artifact to convert (a trained BERT-family encoder, or a causal LM with gated "
-        "SwiGLU FFNs: LLaMA, Qwen2, Mistral, the built-in `llama`).",
+        "teacher", description="Model artifact to convert (a trained BERT-family encoder, or a causal LM: gated "
+        "SwiGLU FFNs of LLaMA, Qwen2, Mistral, the built-in `llama`, ...; the plain MLPs of GPT-2 and OPT).",
     )  # fmt: skip
     experts: int = Field(8, ge=2, description="Experts per FFN (must divide its intermediate size).")
     clustering: Literal["coactivation", "weights"] = Field(
@@ -117,8 +117,8 @@ class MoefyConfig(StageConfig):
     def check(self, chain: Chain) -> list[str]:
         if chain.supports("moefy"):
             return []
-        return [f"{chain.key}: moefy turns the FFNs of a Hugging Face BERT-family encoder or a gated causal LM into "
-                f"experts; {chain.member} has none to convert{chain.not_yet('moefy')}."]  # fmt: skip
+        return [f"{chain.key}: moefy turns the FFNs of a Hugging Face BERT-family encoder or a causal LM into experts "
+                f"(LLaMA-style, GPT-2, OPT); {chain.member} has none to convert{chain.not_yet('moefy')}."]  # fmt: skip
 
 
 def _tokens(split: Split, limit: int) -> int:
@@ -134,7 +134,7 @@ def _check(model: TaskModel, config: MoefyConfig, train_split: Split, dev: Split
     """Everything that can be wrong, before any work."""
     where = f"moefy.source {config.source!r}"
     blocks = family_of(model).method(MOEFY, where, model)(model, where)
-    inner = blocks[0].w_in.out_features
+    inner = blocks[0].inner
     if config.experts > inner or inner % config.experts:
         raise ModelError(f"moefy.experts: {config.experts} experts do not split the FFN's {inner} neurons into equal "
                          f"experts (use a divisor of {inner}, at most {inner}).")  # fmt: skip

@@ -15,15 +15,17 @@ import pytest
 import torch
 
 import compress.families  # noqa: F401 - registers the families and their methods
+from compress.errors import ModelError
 from compress.families import methods as m
 from compress.models.task_model import TaskModel
 
 VOCAB = 200
 TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite"]
 OTHER = ["gpt2", "opt", "phi3"]  # other module layouts: export, generation and the losses run on all three
-PRUNABLE = [*TYPES, "gpt2", "opt"]  # DPHuBERT reads GPT-2's fused Conv1D and OPT's plain MLP too (not Phi-3's)
-LAYOUT_METHODS = {m.STUDENT_DECODER: TYPES, m.PRUNE_DPHUBERT: PRUNABLE, m.PRUNE_LATENCY: PRUNABLE, m.MOEFY: TYPES,
-                  m.SEARCH_AUTODISTIL: TYPES}  # fmt: skip
+# DPHuBERT and moefy read GPT-2's Conv1D (query, key, value fused) and OPT's plain MLP too (not Phi-3's fused ones)
+LAYER_LAYOUTS = [*TYPES, "gpt2", "opt"]
+LAYOUT_METHODS = {m.STUDENT_DECODER: TYPES, m.PRUNE_DPHUBERT: LAYER_LAYOUTS, m.PRUNE_LATENCY: LAYER_LAYOUTS,
+                  m.MOEFY: LAYER_LAYOUTS, m.SEARCH_AUTODISTIL: TYPES}  # fmt: skip
 
 
 def tiny_causal_lm(model_type: str) -> Any:
@@ -90,7 +92,7 @@ def test_a_sliced_student_keeps_the_teachers_layers_and_reloads(model_type: str,
         assert logits.shape == (2, 12, VOCAB) and torch.allclose(again(**_inputs()).logits, logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", PRUNABLE)
+@pytest.mark.parametrize("model_type", LAYER_LAYOUTS)
 def test_dphubert_pruning_equals_the_masked_model_reloads_and_decodes(model_type: str, tmp_path: Path) -> None:
     import onnxruntime as ort
 
@@ -137,7 +139,7 @@ def test_dphubert_pruning_equals_the_masked_model_reloads_and_decodes(model_type
     assert np.abs(np.stack(logits) - ref).max() < 1e-3
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", LAYER_LAYOUTS)
 def test_moefy_experts_together_equal_the_dense_ffn(model_type: str) -> None:
     from compress.families import family_of
     from compress.moe import convert
@@ -146,7 +148,8 @@ def test_moefy_experts_together_equal_the_dense_ffn(model_type: str) -> None:
     model = tiny_causal_lm(model_type)
     task = TaskModel(model, "hf", "lm", VOCAB)
     blocks = family_of(task).method(m.MOEFY, "moefy", task)(task, "moefy")
-    assert [b.path for b in blocks] == [f"model.layers.{i}" for i in range(3)]
+    layers = {"gpt2": "transformer.h", "opt": "model.decoder.layers"}.get(model_type, "model.layers")
+    assert [b.path for b in blocks] == [f"{layers}.{i}" for i in range(3)]
     with torch.no_grad():
         dense = model(**_inputs()).logits
     calib = convert.capture(model, blocks, [_inputs()], 10_000)
@@ -156,6 +159,9 @@ def test_moefy_experts_together_equal_the_dense_ffn(model_type: str) -> None:
         convert.install(block, moe)
     with torch.no_grad():
         assert torch.allclose(model(**_inputs()).logits, dense, atol=1e-4)
+    assert [p for p, _ in convert.moe_layers(model)] == [b.path for b in blocks]
+    with pytest.raises(ModelError, match="no FFN blocks"):  # converted layers are not found again
+        convert.find_ffn_blocks(model)
 
 
 @pytest.mark.parametrize("model_type", TYPES)
@@ -174,7 +180,7 @@ def test_an_extracted_sub_network_equals_the_sliced_forward(model_type: str) -> 
         assert torch.allclose(student(**_inputs()).logits, sliced, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", PRUNABLE)
+@pytest.mark.parametrize("model_type", LAYER_LAYOUTS)
 def test_latency_costs_are_measured_on_the_kv_cache_graph(model_type: str, tmp_path: Path) -> None:
     from compress.devices import resolve_device
     from compress.pruning.latency_costs import measure_decoder_costs
@@ -208,11 +214,11 @@ def test_other_layouts_export_their_kv_cache_and_decode_like_pytorch(model_type:
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "opt"])
-def test_the_prune_stage_runs_dphubert_on_plain_mlp_layouts(model_type: str, tmp_path: Path,
+def test_the_prune_and_moefy_stages_run_on_plain_mlp_layouts(model_type: str, tmp_path: Path,
                                                              pycode_slice: Path) -> None:  # fmt: skip
-    """The `prune` stage on a Hugging Face GPT-2 / OPT teacher (with its own BPE tokenizer, trained on the slice):
-    a parameter target met on the plain-MLP costs, the pruned model reloaded from its recorded structure, its
-    KV-cache graph decoding like PyTorch."""
+    """The `prune` and `moefy` stages on a Hugging Face GPT-2 / OPT teacher (with its own BPE tokenizer, trained on
+    the slice): a parameter target met on the plain-MLP costs, the pruned model reloaded from its recorded
+    structure; the MLPs split into experts; both KV-cache graphs decoding like PyTorch."""
     import json
 
     import transformers
@@ -222,6 +228,7 @@ def test_the_prune_stage_runs_dphubert_on_plain_mlp_layouts(model_type: str, tmp
     from compress.data.lm import train_tokenizer
     from compress.families import load as load_model
     from compress.models.decoder import decoder_structure
+    from compress.moe.convert import is_moe
     from tests.conftest import write_recipe
 
     docs = [json.loads(line)["text"] for line in (pycode_slice / "train.jsonl").read_text().splitlines()]
@@ -253,8 +260,14 @@ stages:
     mask_lr: 0.1
     lambda_lr: 0.1
     finetune: {{max_steps: 2, batch_size: 8}}
+  - stage: moefy
+    source: teacher
+    experts: 4
+    calibration_tokens: 2000
+    router: {{steps: 10, batch_tokens: 512}}
+    policy: {{top_k: 2}}
   - stage: export
-    models: [teacher.pruned]
+    models: [teacher.pruned, teacher.moe]
     int8: []
     int4: false
     generation: {{prompts: ["def "], new_tokens: 4, parity_steps: 4}}
@@ -267,3 +280,9 @@ stages:
     assert decoder_structure(load_model(art.path).module) == {k: structure[k] for k in ("kv_heads", "ffn")}
     onnx = result.artifacts["teacher.pruned.onnx"].metrics
     assert onnx["parity_top1_agreement"] == 1.0 and onnx["parity_max_abs_diff"] < 1e-3
+    # moefy on the plain MLP: all experts together are the dense MLP, the MoE reloads and exports like PyTorch
+    moe = result.artifacts["teacher.moe"]
+    assert [layer["all_experts_max_abs_diff"] < 1e-4 for layer in moe.info["moe"]["layers"]] == [True, True]
+    assert is_moe(load_model(moe.path).module)
+    moe_onnx = result.artifacts["teacher.moe.onnx"].metrics
+    assert moe_onnx["parity_top1_agreement"] == 1.0 and moe_onnx["parity_max_abs_diff"] < 1e-3
