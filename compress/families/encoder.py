@@ -49,6 +49,9 @@ ANY = ("hf", "python")
 # list below the base model); the methods that read inside a layer (attention taps, DPHuBERT, LaDiMo, search) need
 # BERT's layout (`BERT_LAYOUT`). Each type is checked by tests/families/test_encoder_architectures.py.
 LAYER_LIST = (*BERT_LAYOUT, "distilbert", "deberta-v2", "modernbert")
+# FFNs that moefy splits (moe/experts.py): BERT's `intermediate` / `output` (DeBERTa-v2 has them too), DistilBERT's
+# `ffn`; not ModernBERT's fused GLU input projection
+FFN_LAYOUT = (*BERT_LAYOUT, "distilbert", "deberta-v2")
 QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))  # BERT's and DistilBERT's projections
 
 @register_family
@@ -194,7 +197,7 @@ _SEARCH = _Search()
 _NAME = EncoderFamily.name
 m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=BERT_LAYOUT)
 m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=BERT_LAYOUT)
-m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=BERT_LAYOUT)
+m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=FFN_LAYOUT)
 m.register(m.SEARCH_DISWOT, _NAME, HF, _SEARCH, architectures=BERT_LAYOUT)
 m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _SEARCH, architectures=BERT_LAYOUT)
 m.register(m.SEARCH_LATENCY, _NAME, HF, True, architectures=BERT_LAYOUT)

@@ -21,6 +21,7 @@ from tests.conftest import minilm_path, text_recipe_head, write_recipe
 TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
 UNLISTED = ["albert"]  # no layout method registered: the generic ones (finetune, kd, export) still run
 OTHER_LAYOUTS = ["distilbert", "deberta-v2", "modernbert"]  # outside BERT's layout: no attention taps, pruning, ...
+FFN_TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2"]  # moefy (not ModernBERT's GLU)
 
 
 def tiny_config(model_type: str, vocab: int = 1000) -> Any:
@@ -74,6 +75,34 @@ def _inputs() -> dict[str, torch.Tensor]:
 def test_the_matrix_lists_exactly_the_registered_types() -> None:
     for method in (m.STUDENT_BERT, m.HIDDEN_STATES):
         assert sorted(m.architectures_of(method.name, "encoder") or ()) == sorted(TYPES), method.name
+    assert sorted(m.architectures_of(m.MOEFY.name, "encoder") or ()) == sorted(FFN_TYPES)
+
+
+@pytest.mark.parametrize("model_type", FFN_TYPES)
+def test_moefy_experts_together_equal_the_dense_ffn(model_type: str) -> None:
+    from compress.errors import ModelError
+    from compress.families import family_of
+    from compress.models.structure import encoder_layer_path
+    from compress.models.task_model import TaskModel
+    from compress.moe import convert
+    from compress.moe.experts import MoeFfn
+
+    model = tiny_encoder(model_type)
+    task = TaskModel(model, "hf", "text", 2)
+    blocks = family_of(task).method(m.MOEFY, "moefy", task)(task, "moefy")
+    assert [b.path for b in blocks] == [f"{encoder_layer_path(model)}.{i}" for i in range(3)]
+    with torch.no_grad():
+        dense = model(**_inputs()).logits
+    calib = convert.capture(model, blocks, [_inputs()], 10_000)
+    for i, block in enumerate(blocks):
+        moe = MoeFfn.from_dense(block, convert.neuron_groups(block, calib.inputs[i], 4, "coactivation", 0))
+        assert torch.allclose(moe.dense(calib.inputs[i]), calib.outputs[i], atol=1e-5)
+        convert.install(block, moe)
+    with torch.no_grad():
+        assert torch.allclose(model(**_inputs()).logits, dense, atol=1e-5)
+    assert [p for p, _ in convert.moe_layers(model)] == [b.path for b in blocks]
+    with pytest.raises(ModelError, match="no FFN blocks"):  # converted layers are not found again
+        convert.find_ffn_blocks(model)
 
 
 @pytest.mark.parametrize("model_type", TYPES)
@@ -136,6 +165,15 @@ STAGES = """stages:
 """
 
 
+MOEFY = """  - stage: moefy
+    source: teacher
+    experts: 4
+    calibration_tokens: 2000
+    router: {steps: 10, batch_tokens: 512}
+    policy: {top_k: 2}
+"""
+
+
 GENERIC = """stages:
   - {stage: finetune, max_steps: 4, batch_size: 16, lr: 1.0e-3}
   - {stage: distill, student: {hf: TEACHER}, max_steps: 4, batch_size: 16, losses: [{name: kd}, {name: ce}]}
@@ -160,7 +198,13 @@ def test_another_layout_finetunes_distils_its_hidden_states_and_exports(
 ) -> None:
     folder = _tiny_folder(tmp_path, model_type)
     text = text_recipe_head(model_type).format(data=sst2_slice, teacher=folder) + STAGES
+    if model_type in FFN_TYPES:  # its FFNs into experts too, exported as a graph that agrees with PyTorch
+        text = text.replace("  - stage: export\n", MOEFY + "  - stage: export\n")
     result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    if model_type in FFN_TYPES:
+        moe = result.artifacts["teacher.moe"]
+        assert [layer["all_experts_max_abs_diff"] < 1e-4 for layer in moe.info["moe"]["layers"]] == [True] * 3
+        assert result.artifacts["teacher.moe.onnx"].metrics["accuracy"] == pytest.approx(moe.metrics["accuracy"])
     student = result.artifacts["student"]
     # both terms are computed, the hidden one on the tapped layers (that losses fall is tested on BERT: this barely
     # fine-tuned random teacher gives near-zero terms that need not fall in a few steps)
