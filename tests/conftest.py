@@ -43,14 +43,15 @@ def minilm_path() -> Path:
 
 
 
-# The two workers take whole files (`--dist loadfile`) in collection order, and the run ends when the slower one
-# does. The longest files go first (measured: 1-3 minutes each on 2 cores) so that the short ones fill the end of
-# both workers instead of one long file running alone at the end: the longest-processing-time-first rule.
-LONGEST_FIRST = ("training/test_distributed.py", "search/test_search_pipeline.py", "families/test_decoder.py",
-                 "pruning/test_prune_pipeline.py", "runtimes/test_executorch.py",
-                 "families/test_decoder_architectures.py", "models/test_gguf.py", "test_chains.py", "test_cli.py",
-                 "test_minilm_real.py", "test_faults.py", "pruning/test_latency_costs.py",
-                 "training/test_checkpoint.py")  # fmt: skip
+# The two workers take whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`: xdist would
+# otherwise hand out the files with the most tests first), and the run ends when the slower one does. The longest
+# files go first (measured on 2 cores, 1-3 minutes each) so that the short ones fill the end of both workers instead
+# of one long file running alone at the end: the longest-processing-time-first rule.
+LONGEST_FIRST = ("families/test_decoder.py", "search/test_search_pipeline.py", "training/test_distributed.py",
+                 "families/test_decoder_architectures.py", "pruning/test_prune_pipeline.py", "models/test_gguf.py",
+                 "runtimes/test_executorch.py", "test_chains.py", "test_cli.py", "test_faults.py",
+                 "pruning/test_latency_costs.py", "quant/test_qat.py", "training/test_checkpoint.py",
+                 "test_minilm_real.py", "moe/test_moefy_stage.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -61,6 +62,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return rank.get(relative, len(rank))
 
     items.sort(key=key)  # stable: the order inside each file, and of the other files, stays
+
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
