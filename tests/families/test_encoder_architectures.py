@@ -80,29 +80,13 @@ def test_the_matrix_lists_exactly_the_registered_types() -> None:
 
 @pytest.mark.parametrize("model_type", FFN_TYPES)
 def test_moefy_experts_together_equal_the_dense_ffn(model_type: str) -> None:
-    from compress.errors import ModelError
-    from compress.families import family_of
     from compress.models.structure import encoder_layer_path
     from compress.models.task_model import TaskModel
-    from compress.moe import convert
-    from compress.moe.experts import MoeFfn
+    from tests.moe.expert_check import split_every_ffn_and_compare
 
     model = tiny_encoder(model_type)
-    task = TaskModel(model, "hf", "text", 2)
-    blocks = family_of(task).method(m.MOEFY, "moefy", task)(task, "moefy")
-    assert [b.path for b in blocks] == [f"{encoder_layer_path(model)}.{i}" for i in range(3)]
-    with torch.no_grad():
-        dense = model(**_inputs()).logits
-    calib = convert.capture(model, blocks, [_inputs()], 10_000)
-    for i, block in enumerate(blocks):
-        moe = MoeFfn.from_dense(block, convert.neuron_groups(block, calib.inputs[i], 4, "coactivation", 0))
-        assert torch.allclose(moe.dense(calib.inputs[i]), calib.outputs[i], atol=1e-5)
-        convert.install(block, moe)
-    with torch.no_grad():
-        assert torch.allclose(model(**_inputs()).logits, dense, atol=1e-5)
-    assert [p for p, _ in convert.moe_layers(model)] == [b.path for b in blocks]
-    with pytest.raises(ModelError, match="no FFN blocks"):  # converted layers are not found again
-        convert.find_ffn_blocks(model)
+    paths = split_every_ffn_and_compare(TaskModel(model, "hf", "text", 2), _inputs(), atol=1e-5)
+    assert paths == [f"{encoder_layer_path(model)}.{i}" for i in range(3)]
 
 
 @pytest.mark.parametrize("model_type", TYPES)
