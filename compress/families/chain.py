@@ -34,11 +34,20 @@ class Chain:
     moe: set[str] = field(default_factory=set)
 
     @property
+    def family_name(self) -> str:
+        """The teacher's family, as errors name it."""
+        return self.family.name
+
+    @property
     def member(self) -> str:
         return f"this teacher ({self.teacher}, {self.family.name} family)"  # `not_yet` names its model type
 
     def supports(self, capability: str) -> bool:
         return self.family.supports(capability, self.kind, self.architecture)
+
+    def alternatives(self, capability: str) -> list[str]:
+        """The other methods of ``capability``'s stage that the teacher's kind and architecture have."""
+        return self.family.alternatives(capability, self.kind, self.architecture)
 
     def implementation(self, method: Method[T]) -> T | None:
         """The implementation of ``method`` the teacher's kind and architecture get (None: not registered)."""

@@ -165,7 +165,7 @@ def check_method(chain: Chain, stage: str, method: str) -> list[str]:
     """A stage method the teacher's family has no implementation of, refused naming the ones it has."""
     if chain.supports(f"{stage}:{method}"):
         return []
-    others = chain.family.alternatives(f"{stage}:{method}", chain.kind, chain.architecture)
+    others = chain.alternatives(f"{stage}:{method}")
     hint = f"use `method: {others[0]}`" if others else f"{stage} does not apply to it"
     return [f"{chain.key}.method: {method} does not apply to {chain.member}{chain.not_yet(f'{stage}:{method}')}; "
             f"{hint}."]

@@ -188,7 +188,7 @@ class QatConfig(_QuantizeBase, TrainSchedule):
         if problems or defaults is None:
             return problems
         try:
-            config = _family_scheme(self, defaults, chain.family.name, chain.key)
+            config = _family_scheme(self, defaults, chain.family_name, chain.key)
         except QuantizationError as exc:
             return [str(exc)]
         graph, _ = chain.graph([self.source])
