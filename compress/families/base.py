@@ -22,7 +22,7 @@ from compress.models.task_model import Kind, Modality, TaskModel
 from compress.registry import Registry
 
 if TYPE_CHECKING:
-    from compress.data.dataset import Batch
+    from compress.data.dataset import Batch, DataBundle
     from compress.graphs import Graph
     from compress.quant.ptq import PtqScheme
 
@@ -54,6 +54,10 @@ class Family(ABC):
         model = build_model(source, modality=self.modality, num_labels=num_labels, in_channels=in_channels,
                             base_dir=base_dir, teacher=teacher, tokenizer=tokenizer, where=where)  # fmt: skip
         return self.adopt(model)
+
+    def student_source(self, source: ModelSource, teacher: TaskModel, data: DataBundle) -> ModelSource:
+        """A recipe's student source with what it leaves to the data decided (default: as given)."""
+        return source
 
     def adopt(self, model: TaskModel) -> TaskModel:
         """Mark a model (built, loaded or made by a library) as a member of this family."""

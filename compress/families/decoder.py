@@ -10,6 +10,7 @@ int8) answer "not supported for the decoder family" before any work.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +30,15 @@ if TYPE_CHECKING:
     from compress.devices import DeviceProfile
     from compress.graphs import Graph
     from compress.losses import LossConfig
+    from compress.models.source import ModelSource
     from compress.moe.experts import FfnBlock
     from compress.pruning.latency_costs import LatencyCosts
     from compress.pruning.masked import MaskedGroups, PruneGoal
     from compress.quant.ptq import PtqScheme
     from compress.search.space import Arch, Space
     from compress.search.supernet import SlicedSuperNet
+
+log = logging.getLogger("compress")
 
 HF = ("hf",)
 # the causal LMs with LLaMA's layer layout (`model.layers.N` with `self_attn.q/k/v/o_proj` and a gated
@@ -48,6 +52,7 @@ HF = ("hf",)
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite")
 # the module layouts that per-layer methods read (models/decoder_layout.py, moe/experts.py): LLaMA-style, GPT-2, OPT
 LAYER_LAYOUTS = (*LLAMA_LAYOUT, "gpt2", "opt")
+CALIBRATION_SEQUENCES = 16  # the training sequences Block Influence is measured on
 
 
 @register_family
@@ -78,6 +83,25 @@ class DecoderFamily(Family):
 
     def check_student(self, model: TaskModel, sample: Callable[[], Batch], where: str) -> None:
         self.check_teacher(model, sample, 0, where)
+
+    def student_source(self, source: ModelSource, teacher: TaskModel, data: DataBundle) -> ModelSource:
+        """A `decoder:` student of the teacher's sizes without `init_from_layers`: its layers chosen by
+        `layer_choice` (Block Influence on the first training sequences, by default)."""
+        from compress.models.layer_map import block_influence, evenly_spaced, most_influential
+
+        spec = source.decoder
+        if spec is None or spec.init_from_layers is not None or any((spec.hidden, spec.heads, spec.kv_heads, spec.ffn)):
+            return source
+        layers = decoder_layers(teacher.module)
+        if spec.layer_choice == "evenly_spaced" or spec.layers >= len(layers):
+            chosen = evenly_spaced(spec.layers, len(layers))
+        else:
+            calibration = data.train.subset(CALIBRATION_SEQUENCES).loader(4)
+            scores = block_influence(teacher.module, layers, (teacher.inputs(b) for b in calibration))
+            chosen = most_influential(scores, spec.layers)
+            log.info("student: Block Influence of the teacher's layers %s; keeping %s",
+                     [round(x, 4) for x in scores], chosen)  # fmt: skip
+        return source.model_copy(update={"decoder": spec.model_copy(update={"init_from_layers": chosen})})
 
     def deploy_graph(self, scheme: PtqScheme | None = None, *, moe: bool = False) -> Graph:
         """The KV-cache graph (prefill and cached decoding)."""
@@ -112,7 +136,6 @@ class _Layers(m.LayerStructure):
 
     def width(self, model: TaskModel) -> int:
         return int(model.module.config.hidden_size)  # type: ignore[union-attr,arg-type]
-
 
 
 def _masked_groups(model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:

@@ -84,7 +84,7 @@ class LogitsGraph(Graph):
 
     def _rtn_4bit(self, name: str, fp32: Artifact, fp32_logits: np.ndarray, job: Job, batch_size: int) -> Artifact:
         path = job.out_dir / f"{name}.int4-rtn.onnx"
-        ortq.quantize_4bit_rtn(fp32.path, path)
+        ortq.quantize_weights_rtn(fp32.path, path)
         art, _ = onnx_artifact(path.name, path, fp32.name, "int4-rtn", fp32.params, job.data, batch_size, fp32_logits,
                                {}, job.stage)  # fmt: skip
         art.info["integer_ops"] = ortq.integer_ops(path)

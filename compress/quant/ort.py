@@ -115,6 +115,8 @@ def _set_attention_heads(graph_model: onnx.ModelProto, head_size: int) -> None:
 
 
 def quantize_dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
+    """onnxruntime's dynamic int8 of ``op_types``: int8 weights with one scale per tensor, uint8 inputs quantized
+    at run time."""
     import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
@@ -146,14 +148,15 @@ def fused_dynamic_int8(src: Path, dst: Path, *, num_heads: int, hidden_size: int
         quantize_dynamic(fused, dst, DYNAMIC_OPS)
 
 
-def quantize_4bit_rtn(src: Path, dst: Path, *, block_size: int = 128) -> None:
-    """onnxruntime's post-training 4-bit weights: round-to-nearest, symmetric, one scale per ``block_size``
-    input channels, MatMul -> MatMulNBits (accuracy level 4: int8 activations on CPU). The PTQ baseline of
-    4-bit QAT."""
+def quantize_weights_rtn(src: Path, dst: Path, *, bits: int = 4, block_size: int = 128) -> None:
+    """onnxruntime's post-training blockwise weights: round-to-nearest, symmetric, one scale per ``block_size``
+    input channels, MatMul -> MatMulNBits with ``bits``-bit weights (accuracy level 4: activations quantized to
+    int8 at run time on CPU, an integer kernel). 4 bits: the PTQ baseline of 4-bit QAT; 8 bits: the int8 of causal
+    LMs (see `graphs/kv_cache.py` for why not `quantize_dynamic` there)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4)
+    cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits)
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     try:
         with _scratch_cwd(), contextlib.redirect_stdout(io.StringIO()):
@@ -161,7 +164,7 @@ def quantize_4bit_rtn(src: Path, dst: Path, *, block_size: int = 128) -> None:
             quantizer.process()
             quantizer.model.save_model_to_file(str(dst.resolve()), use_external_data_format=False)
     except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"onnxruntime 4-bit quantization of {src.name} failed: {exc}") from None
+        raise ExportError(f"onnxruntime {bits}-bit quantization of {src.name} failed: {exc}") from None
 
 
 INTEGER_OPS = {
@@ -172,7 +175,7 @@ INTEGER_OPS = {
     "QLinearConv",
     "ConvInteger",
     "QGemm",
-    "MatMulNBits",  # 4-bit weights; on CPU with accuracy_level 4 an int8 x int4 integer kernel
+    "MatMulNBits",  # 4- or 8-bit weights; on CPU with accuracy_level 4 an integer kernel (int8 inputs)
     "QuantizeLinear",
     "DequantizeLinear",
     "DynamicQuantizeLinear",

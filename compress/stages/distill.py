@@ -164,7 +164,8 @@ def _student(artifacts: Artifacts, config: DistillConfig, ctx: Context, data: Da
         return student, family_of(student)
     torch.manual_seed(ctx.seed)
     family = family_of_source(config.student, data, "distill.student")
-    student = family.build(config.student, num_labels=data.num_labels, in_channels=data.in_channels,
+    source = family.student_source(config.student, teacher, data)
+    student = family.build(source, num_labels=data.num_labels, in_channels=data.in_channels,
                            base_dir=ctx.base_dir, teacher=teacher, tokenizer=teacher.tokenizer,
                            where="distill.student")  # fmt: skip
     return student, family

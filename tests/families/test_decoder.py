@@ -59,6 +59,7 @@ def test_a_teacher_trained_from_scratch_and_a_distilled_student(lm_run: pipeline
     assert s_history[-1]["dev_perplexity"] < s_history[0]["dev_perplexity"]
     model = load(student.path)
     assert family_of(model).name == "decoder" and model.features == ["model.layers.0"]
+    assert model.spec["decoder"]["init_from_layers"] in ([0], [1])  # chosen by Block Influence, recorded
     assert (student.path / "tokenizer.json").is_file()  # the student ships the tokenizer it was trained with
     report = json.loads((lm_run.out_dir / "report.json").read_text())
     assert "test ppl" in (lm_run.out_dir / "report.md").read_text() and report["artifacts"]
