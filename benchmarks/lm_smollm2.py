@@ -58,7 +58,7 @@ def recipe(args: argparse.Namespace, losses: list[str]) -> dict:
     for loss in losses:
         stages.append({**distill, "student": {"decoder": {"layers": args.layers}}, "max_steps": args.steps,
                        "batch_size": args.batch, "warmup_steps": max(1, args.steps // 10),
-                       "eval_every": max(1, args.steps // 3), "teacher_top_k": args.top_k, **LOSSES[loss],
+                       "eval_every": -(-args.steps // 3), "teacher_top_k": args.top_k, **LOSSES[loss],
                        "output": f"student-L{args.layers}-{loss}"})  # fmt: skip
     stages.append({"stage": "export", "models": ["teacher", *[f"student-L{args.layers}-{x}" for x in losses]],
                    "int8": ["dynamic"], "int4": True, "eval_batch_size": 8,
