@@ -34,11 +34,6 @@ class Chain:
     moe: set[str] = field(default_factory=set)
 
     @property
-    def family_name(self) -> str:
-        """The teacher's family, as errors name it."""
-        return self.family.name
-
-    @property
     def member(self) -> str:
         return f"this teacher ({self.teacher}, {self.family.name} family)"  # `not_yet` names its model type
 

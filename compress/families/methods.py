@@ -202,7 +202,10 @@ class QatDefaults:
 
     weight_bits: tuple[int, ...] = (8, 4)  # the weight widths it trains; the first is the default
 
-    def weight_width(self, bits: int | None, *, where: str, source: str, family: str) -> int:
+    def __init__(self, family: str) -> None:
+        self.family = family  # the family registering these defaults, as errors name it
+
+    def weight_width(self, bits: int | None, *, where: str, source: str) -> int:
         """The weight width to train: the default when the recipe names none (``bits`` None), else ``bits`` when the
         family trains it; a clear error naming ``where`` otherwise."""
         if bits is None:
@@ -211,7 +214,7 @@ class QatDefaults:
             from compress.errors import QuantizationError
 
             raise QuantizationError(
-                f"{where}: {bits}-bit QAT does not apply to {source!r} ({family} family); it trains "
+                f"{where}: {bits}-bit QAT does not apply to {source!r} ({self.family} family); it trains "
                 f"{' or '.join(map(str, self.weight_bits))}-bit weights (leave `weights` out for that default)."
             )
         return bits

@@ -46,14 +46,14 @@ def block_influence(
     ``model`` over ``batches`` (``input_ids`` and ``attention_mask``)."""
     sums = [0.0] * len(layers)
     count = 0
-    mask: torch.Tensor | None = None
+    mask = torch.ones(())  # the batch's non-padding positions, set before each forward pass
 
     def hook(i: int) -> Any:
         def record(_: nn.Module, args: tuple, out: Any) -> None:
             x = args[0]
             y = out[0] if isinstance(out, tuple) else out
             cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
-            sums[i] += float((cos * mask).sum()) if mask is not None else float(cos.sum())
+            sums[i] += float((cos * mask).sum())
 
         return record
 

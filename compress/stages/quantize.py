@@ -188,7 +188,7 @@ class QatConfig(_QuantizeBase, TrainSchedule):
         if problems or defaults is None:
             return problems
         try:
-            config = _family_scheme(self, defaults, chain.family_name, chain.key)
+            config = _family_scheme(self, defaults, chain.key)
         except QuantizationError as exc:
             return [str(exc)]
         graph, _ = chain.graph([self.source])
@@ -412,7 +412,7 @@ def _run_qat(
     student = ctx.load_model(source)
     family = family_of(student)
     defaults = family.method(QUANTIZE_QAT, "quantize", student)
-    config = _family_scheme(config, defaults, family.name, "quantize")
+    config = _family_scheme(config, defaults, "quantize")
     graph = family.graph(student)  # asked before NNCF rewrites the module
     graph.check_qat(weight_bits=config.weights.bits, dynamic=config.dynamic, stage="quantize")
     calibration = _calibration(data, student, config.calibration_samples)
@@ -463,12 +463,12 @@ def _run_qat(
     return {art.name: art}
 
 
-def _family_scheme(config: QatConfig, defaults: QatDefaults, family: str, where: str) -> QatConfig:
+def _family_scheme(config: QatConfig, defaults: QatDefaults, where: str) -> QatConfig:
     """The weight width the family trains (`QatDefaults.weight_width`): its default where the recipe names none
     (4-bit weight-only for causal LMs), a clear error where the recipe names one it does not."""
     named = "weights" in config.model_fields_set or "activations" in config.model_fields_set
     bits = defaults.weight_width(config.weights.bits if named else None, where=f"{where}.weights.bits",
-                                 source=config.source, family=family)  # fmt: skip
+                                 source=config.source)  # fmt: skip
     if not named and bits != config.weights.bits:
         return config.model_copy(update={"weights": WeightQuant(bits=bits), "activations": None})
     return config
