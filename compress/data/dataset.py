@@ -18,6 +18,7 @@ from compress.errors import DataError
 from compress.fileio import sha256_file
 
 Batch = dict[str, torch.Tensor]
+LOGITS_BUDGET = 512 * 2**20  # bytes of float32 next-token logits per evaluation batch of a causal LM
 
 
 class Split(Dataset):
@@ -109,6 +110,13 @@ class LmSplit(Split):
     def tokens(self) -> int:
         """Tokens predicted in this split (each block's positions but its last)."""
         return sum(len(b) - 1 for b in self.blocks)
+
+    def logits_batch(self, batch_size: int, vocab: int) -> int:
+        """``batch_size``, or fewer blocks where a batch's full next-token logits would pass `LOGITS_BUDGET`: an
+        evaluation (or the teacher's cache) at a classifier's batch size would hold, for SmolLM2 (49,152 tokens) at
+        128 blocks of 256, three 6.4 GB copies of the logits at once."""
+        longest = max((len(b) for b in self.blocks), default=1)
+        return max(1, min(batch_size, LOGITS_BUDGET // (4 * longest * max(vocab, 1))))
 
     @property
     def task(self) -> str:

@@ -48,10 +48,12 @@ HF = ("hf",)
 # per-head norms, Gemma's head size apart from hidden / heads and its sqrt(hidden) embedding scale, Gemma 2/3's
 # sliding-window layer types and Granite's multipliers fit it. Others (GPT-2's Conv1D, Phi-3's fused qkv and
 # gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout, and DPHuBERT (with parameter or
-# latency targets) where its layout (compress.models.decoder_layout) reads their projections: OPT and GPT-2.
+# latency targets) and moefy where their layouts (compress.models.decoder_layout, compress.moe.experts) read the
+# projections: OPT, GPT-2 and Phi-3.
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite")
-# the module layouts that per-layer methods read (models/decoder_layout.py, moe/experts.py): LLaMA-style, GPT-2, OPT
-LAYER_LAYOUTS = (*LLAMA_LAYOUT, "gpt2", "opt")
+# the module layouts that per-layer methods read (models/decoder_layout.py, moe/experts.py): LLaMA-style, GPT-2, OPT,
+# Phi-3
+LAYER_LAYOUTS = (*LLAMA_LAYOUT, "gpt2", "opt", "phi3")
 CALIBRATION_SEQUENCES = 16  # the training sequences Block Influence is measured on
 
 

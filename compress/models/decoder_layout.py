@@ -12,9 +12,9 @@ the architecture's attention reads), so that a layer with fewer heads or units r
   ``self_attn.num_heads`` is per layer.
 - GPT-2: transposed ``Conv1D`` modules, query / key / value fused in ``attn.c_attn``, a plain MLP ``mlp.c_fc`` /
   ``mlp.c_proj``, biases; ``attn.num_heads`` and ``attn.split_size`` are per layer.
-
-Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``) is not one of them: its attention splits the fused projection at
-``config.num_attention_heads``, one count for every layer, so a layer cannot keep fewer heads than another.
+- Phi-3: query / key / value fused in ``self_attn.qkv_proj``, gate and up fused in ``mlp.gate_up_proj`` (gate rows
+  first); the attention splits the fused projection at ``self.config.num_attention_heads`` and
+  ``self.num_key_value_heads``, so a resized layer gets its own view of the config (`LayerConfig`).
 """
 
 from __future__ import annotations
@@ -158,7 +158,61 @@ class Gpt2Layout(DecoderLayout):
         a.num_heads, a.split_size = heads, weights["q"][0].shape[0]  # GPT-2 splits c_attn's output at split_size
 
 
-LAYOUTS: tuple[DecoderLayout, ...] = (LlamaLayout(), OptLayout(), Gpt2Layout())
+class LayerConfig:
+    """One layer's view of the model's config: ``num_attention_heads`` its own, every other attribute read through
+    to the model's config (so that a later change there, such as the attention implementation, still applies).
+    For attentions that read their head count from ``self.config`` (Phi-3)."""
+
+    def __init__(self, base: Any, heads: int) -> None:
+        self.base, self.num_attention_heads = base, heads
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "base":  # not set yet (copy / unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+class Phi3Layout(DecoderLayout):
+    """Phi-3's fused ``qkv_proj`` (query rows, then key, then value) and ``gate_up_proj`` (gate rows, then up)."""
+
+    name, gated = "phi3", True
+
+    def matches(self, layer: nn.Module) -> bool:
+        a, m = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        return all(isinstance(getattr(x, n, None), nn.Linear) for x, n in ((a, "qkv_proj"), (a, "o_proj"),
+                                                                           (m, "gate_up_proj"), (m, "down_proj")))
+
+    def outputs(self, layer: Any) -> tuple[nn.Module, nn.Module]:
+        return layer.self_attn.o_proj, layer.mlp.down_proj
+
+    def read(self, layer: Any) -> Weights:
+        a, m = layer.self_attn, layer.mlp
+        w, b = _read_linear(a.qkv_proj)
+        q_rows, kv_rows = a.config.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
+        sizes = [q_rows, kv_rows, w.shape[0] - q_rows - kv_rows]
+        q, k, v = w.split(sizes)
+        qb, kb, vb = (None, None, None) if b is None else b.split(sizes)
+        g, gb = _read_linear(m.gate_up_proj)
+        gate, up = g.chunk(2)
+        gate_b, up_b = (None, None) if gb is None else gb.chunk(2)
+        return {"q": (q, qb), "k": (k, kb), "v": (v, vb), "o": _read_linear(a.o_proj), "gate": (gate, gate_b),
+                "up": (up, up_b), "down": _read_linear(m.down_proj)}  # fmt: skip
+
+    @staticmethod
+    def _fused(weights: Weights, names: tuple[str, ...]) -> nn.Linear:
+        bias = None if weights[names[0]][1] is None else torch.cat([weights[n][1] for n in names])  # type: ignore[misc]
+        return _linear(torch.cat([weights[n][0] for n in names]), bias)
+
+    def write(self, layer: Any, weights: Weights, *, heads: int) -> None:
+        a, m = layer.self_attn, layer.mlp
+        a.qkv_proj, a.o_proj = self._fused(weights, ("q", "k", "v")), _linear(*weights["o"])
+        m.gate_up_proj, m.down_proj = self._fused(weights, ("gate", "up")), _linear(*weights["down"])
+        base = a.config.base if isinstance(a.config, LayerConfig) else a.config
+        a.config = base if heads == base.num_attention_heads else LayerConfig(base, heads)
+        a.num_key_value_heads = weights["k"][0].shape[0] // a.head_dim
+
+
+LAYOUTS: tuple[DecoderLayout, ...] = (LlamaLayout(), OptLayout(), Gpt2Layout(), Phi3Layout())
 
 
 def find_layout(layer: nn.Module) -> DecoderLayout | None:
@@ -171,7 +225,7 @@ def layout_of(layer: nn.Module, where: str = "the model") -> DecoderLayout:
     if layout is None:
         raise ModelError(
             f"{where}: decoder layer {type(layer).__name__} has none of the module layouts that per-layer pruning "
-            f"reads ({', '.join(x.name for x in LAYOUTS)}: separate or GPT-2-fused query/key/value projections and "
-            "an MLP with its own output projection)."
+            f"reads ({', '.join(x.name for x in LAYOUTS)}: separate or fused query/key/value projections and an "
+            "MLP with its own output projection)."
         )
     return layout

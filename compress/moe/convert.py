@@ -45,7 +45,7 @@ def capture(module: nn.Module, blocks: list[FfnBlock], batches: Iterable[dict[st
     keep: list[torch.Tensor] = []
     hooks = []
     for i, b in enumerate(blocks):
-        hooks.append(b.w_in.register_forward_pre_hook(lambda _m, a, i=i: ins[i].append(a[0].detach())))
+        hooks.append(b.input_module.register_forward_pre_hook(lambda _m, a, i=i: ins[i].append(a[0].detach())))
         hooks.append(b.w_out.register_forward_hook(lambda _m, _a, o, i=i: outs[i].append(o.detach())))
     seen = 0
     module.eval()

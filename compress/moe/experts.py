@@ -25,7 +25,9 @@ class FfnBlock:
     """One FFN of a layer, whatever its module arrangement (`find_ffn_blocks`): ``act(x W_in^T + b_in)`` (gated:
     ``act(x W_gate^T) * (x W_in^T + b_in)``), then ``W_out``. ``w_in`` / ``w_out`` / ``w_gate`` are the modules:
     ``nn.Linear``, or transformers' transposed ``Conv1D`` (GPT-2; ``transposed``). ``slot`` is where the MoE goes
-    in the layer and ``cleared`` the modules that become Identity after it (the MoE returns the FFN's output)."""
+    in the layer and ``cleared`` the modules that become Identity after it (the MoE returns the FFN's output).
+    ``reads``: the model's module that takes the FFN's input, where ``w_in`` is a copy outside the model (a half of
+    Phi-3's fused projection); ``w_in`` itself otherwise."""
 
     path: str  # the layer's module path
     layer: nn.Module
@@ -36,6 +38,12 @@ class FfnBlock:
     slot: str = "intermediate"
     cleared: tuple[str, ...] = ("output.dense",)
     transposed: bool = False
+    reads: nn.Module | None = None
+
+    @property
+    def input_module(self) -> nn.Module:
+        """The module of the model whose forward input is the FFN's input (calibration hooks go there)."""
+        return self.w_in if self.reads is None else self.reads
 
     def weight(self, module: nn.Module) -> torch.Tensor:
         """``module``'s weight as ``[out, in]``."""
@@ -60,7 +68,7 @@ class FfnBlock:
 # The FFN arrangements moefy reads, by the layer's attributes: (slot the MoE takes, input, output, gate or None,
 # activation, modules cleared after the MoE). Gated LLaMA-style decoders (SwiGLU `mlp`), BERT-family encoders (BERT,
 # RoBERTa, ELECTRA, MiniLM, DeBERTa-v2, ...), OPT (`fc1` / `fc2` on the layer), GPT-2 (`mlp.c_fc` / `mlp.c_proj`,
-# Conv1D) and DistilBERT (`ffn.lin1` / `ffn.lin2`).
+# Conv1D) and DistilBERT (`ffn.lin1` / `ffn.lin2`); Phi-3's fused `mlp.gate_up_proj` is read by `_fused_gated`.
 _ARRANGEMENTS = (
     ("mlp", "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj", "mlp.act_fn", ()),
     ("intermediate", "intermediate.dense", "output.dense", None, "intermediate.intermediate_act_fn",
@@ -86,7 +94,27 @@ def _weighted(module: Any) -> bool:
     return isinstance(module, nn.Module) and isinstance(weight, torch.Tensor) and weight.dim() == 2
 
 
+def _fused_gated(path: str, layer: nn.Module) -> FfnBlock | None:
+    """Phi-3's MLP: gate and up fused in ``mlp.gate_up_proj`` (gate rows first), ``mlp.down_proj``. The block reads
+    the two halves as separate modules (copies; the MoE replaces the whole ``mlp``)."""
+    fused, down, act = (_get(layer, n) for n in ("mlp.gate_up_proj", "mlp.down_proj", "mlp.activation_fn"))
+    if not (isinstance(fused, nn.Linear) and isinstance(down, nn.Linear) and callable(act)):
+        return None
+    halves = []
+    for w, b in zip(fused.weight.detach().chunk(2), (None, None) if fused.bias is None else fused.bias.chunk(2),
+                    strict=True):  # fmt: skip
+        half = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype, device=w.device)
+        with torch.no_grad():
+            half.weight.copy_(w)
+            if b is not None:
+                half.bias.copy_(b)
+        halves.append(half)
+    return FfnBlock(path, layer, halves[1], down, act, halves[0], "mlp", (), reads=fused)
+
+
 def _block(path: str, layer: nn.Module) -> FfnBlock | None:
+    if (fused := _fused_gated(path, layer)) is not None:
+        return fused
     for slot, w_in, w_out, w_gate, act, cleared in _ARRANGEMENTS:
         modules = [_get(layer, n) for n in (w_in, w_out)] + ([_get(layer, w_gate)] if w_gate else [])
         if not all(_weighted(x) for x in modules):
@@ -108,7 +136,8 @@ def find_ffn_blocks(module: nn.Module) -> list[FfnBlock]:
         names = ", ".join(sorted({type(m).__name__ for m in module.modules()})[:12])
         raise ModelError(
             f"moefy: {type(module).__name__} has no FFN blocks the stage understands (expected BERT-family "
-            "layers with `intermediate.dense` and `output.dense`, gated `mlp.gate_proj`, `up_proj` and `down_proj`, "
+            "layers with `intermediate.dense` and `output.dense`, gated `mlp.gate_proj`, `up_proj` and `down_proj` "
+            "(or Phi-3's fused `mlp.gate_up_proj`), "
             f"OPT's `fc1` / `fc2`, GPT-2's `mlp.c_fc` / `mlp.c_proj` or DistilBERT's `ffn.lin1` / `ffn.lin2`; found "
             f"modules: {names} ...)."
         )

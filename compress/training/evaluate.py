@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from compress.data.dataset import Split
+from compress.data.dataset import LmSplit, Split
 from compress.models.task_model import TaskModel
 from compress.training.engine import Engine
 from compress.ui import progress
@@ -58,16 +58,16 @@ def lm_metrics(model: TaskModel, split: Split, batch_size: int, engine: Engine |
     model.module.eval()
     part = split.slice(*engine.shard(len(split))) if engine is not None and engine.distributed else split
     nll, correct, count = torch.zeros((), dtype=torch.float64), torch.zeros(()), torch.zeros(())
-    loader = part.loader(batch_size)
+    loader = part.loader(part.logits_batch(batch_size, model.num_labels) if isinstance(part, LmSplit) else batch_size)
     with progress(f"perplexity on {split.name}", len(loader)) as bar:
         for batch in loader:
             if engine is not None:
                 batch = engine.to_device(batch)
             logits = model.logits(batch).float()
             labels = batch["labels"]
-            keep = labels != -100
-            nll += F.cross_entropy(logits[keep], labels[keep], reduction="sum").double().cpu()
-            correct += (logits[keep].argmax(-1) == labels[keep]).sum().float().cpu()
+            keep = labels != -100  # ignored by cross_entropy too: no copy of the logits' kept rows
+            nll += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").double().cpu()
+            correct += ((logits.argmax(-1) == labels) & keep).sum().float().cpu()
             count += keep.sum().float().cpu()
             bar.advance()
     if engine is not None and engine.distributed:

@@ -21,8 +21,8 @@ from compress.models.task_model import TaskModel
 VOCAB = 200
 TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite"]
 OTHER = ["gpt2", "opt", "phi3"]  # other module layouts: export, generation and the losses run on all three
-# DPHuBERT and moefy read GPT-2's Conv1D (query, key, value fused) and OPT's plain MLP too (not Phi-3's fused ones)
-LAYER_LAYOUTS = [*TYPES, "gpt2", "opt"]
+# DPHuBERT and moefy read GPT-2's Conv1D (query, key, value fused), OPT's plain MLP and Phi-3's fused projections too
+LAYER_LAYOUTS = [*TYPES, "gpt2", "opt", "phi3"]
 LAYOUT_METHODS = {m.STUDENT_DECODER: TYPES, m.PRUNE_DPHUBERT: LAYER_LAYOUTS, m.PRUNE_LATENCY: LAYER_LAYOUTS,
                   m.MOEFY: LAYER_LAYOUTS, m.SEARCH_AUTODISTIL: TYPES}  # fmt: skip
 
@@ -197,11 +197,11 @@ def test_other_layouts_export_their_kv_cache_and_decode_like_pytorch(model_type:
     assert np.abs(np.stack(logits) - ref).max() < 1e-3
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "opt"])
-def test_the_prune_and_moefy_stages_run_on_plain_mlp_layouts(model_type: str, tmp_path: Path,
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "phi3"])
+def test_the_prune_and_moefy_stages_run_on_the_other_layouts(model_type: str, tmp_path: Path,
                                                              pycode_slice: Path) -> None:  # fmt: skip
-    """The `prune` and `moefy` stages on a Hugging Face GPT-2 / OPT teacher (with its own BPE tokenizer, trained on
-    the slice): a parameter target met on the plain-MLP costs, the pruned model reloaded from its recorded
+    """The `prune` and `moefy` stages on a Hugging Face GPT-2 / OPT / Phi-3 teacher (with its own BPE tokenizer,
+    trained on the slice): a parameter target met on the layout's costs, the pruned model reloaded from its recorded
     structure; the MLPs split into experts; both KV-cache graphs decoding like PyTorch."""
     import json
 
@@ -220,10 +220,15 @@ def test_the_prune_and_moefy_stages_run_on_plain_mlp_layouts(model_type: str, tm
     if model_type == "gpt2":
         config: Any = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_inner=128,
                                               n_positions=128, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    else:
+    elif model_type == "opt":
         config = transformers.OPTConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, ffn_dim=128,
                                         num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64,
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    else:
+        config = transformers.Phi3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id,
+                                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
@@ -260,11 +265,11 @@ stages:
     art = result.artifacts["teacher.pruned"]
     structure = art.info["pruning"]["structure"]
     assert art.params < result.artifacts["teacher"].params
-    assert sum(structure["ffn"]) < 256 or sum(structure["kv_heads"]) < 8  # something really went
+    assert sum(structure["ffn"]) < 256 or sum(structure["kv_heads"]) < (4 if model_type == "phi3" else 8)
     assert decoder_structure(load_model(art.path).module) == {k: structure[k] for k in ("kv_heads", "ffn")}
     onnx = result.artifacts["teacher.pruned.onnx"].metrics
     assert onnx["parity_top1_agreement"] == 1.0 and onnx["parity_max_abs_diff"] < 1e-3
-    # moefy on the plain MLP: all experts together are the dense MLP, the MoE reloads and exports like PyTorch
+    # moefy on the MLP: all experts together are the dense MLP, the MoE reloads and exports like PyTorch
     moe = result.artifacts["teacher.moe"]
     assert [layer["all_experts_max_abs_diff"] < 1e-4 for layer in moe.info["moe"]["layers"]] == [True, True]
     assert is_moe(load_model(moe.path).module)
