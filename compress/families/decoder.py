@@ -47,9 +47,9 @@ HF = ("hf",)
 # experts == dense FFN, extracted == sliced super-network, KV-cache export decodes like PyTorch). Qwen3's and OLMo's
 # per-head norms, Gemma's head size apart from hidden / heads and its sqrt(hidden) embedding scale, Gemma 2/3's
 # sliding-window layer types and Granite's multipliers fit it. Others (GPT-2's Conv1D, Phi-3's fused qkv and
-# gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout, and DPHuBERT (with parameter or
-# latency targets) and moefy where their layouts (compress.models.decoder_layout, compress.moe.experts) read the
-# projections: OPT, GPT-2 and Phi-3.
+# gate_up projections, OPT's ungated fc1/fc2) get the methods that read no layout, sliced `decoder:` students, and
+# DPHuBERT (with parameter or latency targets) and moefy where their layouts (compress.models.decoder_layout,
+# compress.moe.experts) read the projections: OPT, GPT-2 and Phi-3; AutoDistil's super-network is LLaMA's only.
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "granite")
 # the module layouts that per-layer methods read (models/decoder_layout.py, moe/experts.py): LLaMA-style, GPT-2, OPT,
 # Phi-3
@@ -218,7 +218,7 @@ _FAMILY = DecoderFamily()
 _NAME = DecoderFamily.name
 m.register(m.EXPORT, _NAME, HF, True)
 m.register(m.HIDDEN_STATES, _NAME, HF, _Layers())
-m.register(m.STUDENT_DECODER, _NAME, HF, True, architectures=LLAMA_LAYOUT)
+m.register(m.STUDENT_DECODER, _NAME, HF, True, architectures=LAYER_LAYOUTS)
 m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
 m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=LAYER_LAYOUTS)
 m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=LAYER_LAYOUTS)

@@ -153,10 +153,9 @@ def build_decoder_student(teacher: nn.Module, spec: DecoderStudentSpec) -> nn.Mo
                              f"{cfg.num_key_value_heads}; choose kv_heads that divides heads.")  # fmt: skip
     elif spec.kv_heads:
         raise ModelError(f"kv_heads: the teacher ({type(teacher).__name__}) has no grouped-query attention.")
-    if hasattr(tcfg, "intermediate_size"):
-        cfg.intermediate_size = spec.ffn or tcfg.intermediate_size
-    elif spec.ffn:
-        cfg.n_inner = spec.ffn
+    ffn_key = next((k for k in ("intermediate_size", "ffn_dim", "n_inner") if hasattr(tcfg, k)), "n_inner")
+    if spec.ffn:  # LLaMA-style and Phi-3: intermediate_size; OPT: ffn_dim; GPT-2: n_inner
+        setattr(cfg, ffn_key, spec.ffn)
     if cfg.hidden_size % cfg.num_attention_heads:
         raise ModelError(f"student hidden={cfg.hidden_size} is not divisible by heads={cfg.num_attention_heads}; "
                          "choose sizes where hidden % heads == 0.")  # fmt: skip
@@ -164,7 +163,7 @@ def build_decoder_student(teacher: nn.Module, spec: DecoderStudentSpec) -> nn.Mo
         cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
     student = AutoModelForCausalLM.from_config(cfg)
     same_width = cfg.hidden_size == tcfg.hidden_size
-    shape = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "n_inner")
+    shape = ("num_attention_heads", "num_key_value_heads", ffn_key)
     same_layers = same_width and all(getattr(cfg, a, None) == getattr(tcfg, a, None) for a in shape)
     if same_width:
         t_state, s_state = teacher.state_dict(), student.state_dict()

@@ -23,7 +23,7 @@ TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
 OTHER = ["gpt2", "opt", "phi3"]  # other module layouts: export, generation and the losses run on all three
 # DPHuBERT and moefy read GPT-2's Conv1D (query, key, value fused), OPT's plain MLP and Phi-3's fused projections too
 LAYER_LAYOUTS = [*TYPES, "gpt2", "opt", "phi3"]
-LAYOUT_METHODS = {m.STUDENT_DECODER: TYPES, m.PRUNE_DPHUBERT: LAYER_LAYOUTS, m.PRUNE_LATENCY: LAYER_LAYOUTS,
+LAYOUT_METHODS = {m.STUDENT_DECODER: LAYER_LAYOUTS, m.PRUNE_DPHUBERT: LAYER_LAYOUTS, m.PRUNE_LATENCY: LAYER_LAYOUTS,
                   m.MOEFY: LAYER_LAYOUTS, m.SEARCH_AUTODISTIL: TYPES}  # fmt: skip
 
 
@@ -73,11 +73,14 @@ def test_the_matrix_lists_exactly_the_registered_types() -> None:
         assert sorted(m.architectures_of(method.name, "decoder") or ()) == sorted(types), method.name
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", LAYER_LAYOUTS)
 def test_a_sliced_student_keeps_the_teachers_layers_and_reloads(model_type: str, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from compress.models.decoder import DecoderStudentSpec, build_decoder_student, decoder_layers
+    from compress.models.decoder import DecoderStudentSpec, build_decoder_student, decoder_layers, decoder_structure
+
+    narrow = build_decoder_student(tiny_causal_lm(model_type), DecoderStudentSpec(layers=2, ffn=48))
+    assert decoder_structure(narrow)["ffn"] == [48, 48]  # each type's own FFN width key
 
     teacher = tiny_causal_lm(model_type)
     student = build_decoder_student(teacher, DecoderStudentSpec(layers=2, init_from_layers=[0, 2])).eval()
@@ -200,9 +203,10 @@ def test_other_layouts_export_their_kv_cache_and_decode_like_pytorch(model_type:
 @pytest.mark.parametrize("model_type", ["gpt2", "opt", "phi3"])
 def test_the_prune_and_moefy_stages_run_on_the_other_layouts(model_type: str, tmp_path: Path,
                                                              pycode_slice: Path) -> None:  # fmt: skip
-    """The `prune` and `moefy` stages on a Hugging Face GPT-2 / OPT / Phi-3 teacher (with its own BPE tokenizer,
-    trained on the slice): a parameter target met on the layout's costs, the pruned model reloaded from its recorded
-    structure; the MLPs split into experts; both KV-cache graphs decoding like PyTorch."""
+    """A `decoder:` student, the `prune` and `moefy` stages on a Hugging Face GPT-2 / OPT / Phi-3 teacher (with its
+    own BPE tokenizer, trained on the slice): a one-layer student distilled; a parameter target met on the layout's
+    costs, the pruned model reloaded from its recorded structure; the MLPs split into experts; both KV-cache graphs
+    decoding like PyTorch."""
     import json
 
     import transformers
@@ -211,7 +215,7 @@ def test_the_prune_and_moefy_stages_run_on_the_other_layouts(model_type: str, tm
     from compress.data.config import TokenizerTraining
     from compress.data.lm import train_tokenizer
     from compress.families import load as load_model
-    from compress.models.decoder import decoder_structure
+    from compress.models.decoder import decoder_layers, decoder_structure
     from compress.moe.convert import is_moe
     from tests.conftest import write_recipe
 
@@ -240,6 +244,7 @@ data: {{format: jsonl, train: {pycode_slice}/train.jsonl, dev: {pycode_slice}/de
        test: {pycode_slice}/test.jsonl, max_length: 64}}
 teacher: {{hf: {tmp_path / "teacher"}}}
 stages:
+  - {{stage: distill, student: {{decoder: {{layers: 1}}}}, max_steps: 2, batch_size: 8, losses: [{{name: fkl}}]}}
   - stage: prune
     source: teacher
     output: teacher.pruned
@@ -262,6 +267,8 @@ stages:
     generation: {{prompts: ["def "], new_tokens: 4, parity_steps: 4}}
 """
     result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    student = load_model(result.artifacts["student"].path)  # one teacher layer (Block Influence's pick), distilled
+    assert len(decoder_layers(student.module)) == 1 and len(student.spec["decoder"]["init_from_layers"]) == 1
     art = result.artifacts["teacher.pruned"]
     structure = art.info["pruning"]["structure"]
     assert art.params < result.artifacts["teacher"].params
