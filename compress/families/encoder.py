@@ -50,7 +50,8 @@ ANY = ("hf", "python")
 # BERT's layout (`BERT_LAYOUT`). Each type is checked by tests/families/test_encoder_architectures.py.
 LAYER_LIST = (*BERT_LAYOUT, "distilbert", "deberta-v2", "modernbert")
 # FFNs that moefy splits (moe/experts.py): BERT's `intermediate` / `output` (DeBERTa-v2 has them too), DistilBERT's
-# `ffn`; not ModernBERT's fused GLU input projection
+# `ffn`; not ModernBERT's fused GLU input projection. The same types have the layouts DPHuBERT prunes
+# (models/encoder_layout.py: heads, FFN units, whole blocks and layers)
 FFN_LAYOUT = (*BERT_LAYOUT, "distilbert", "deberta-v2")
 QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))  # BERT's and DistilBERT's projections
 
@@ -90,9 +91,9 @@ class EncoderFamily(Family):
         if model.kind != "hf" or getattr(cfg, "model_type", None) not in ort.FUSABLE_MODEL_TYPES:
             return PtqScheme()
         size = head_size(cfg)
-        if cfg.model_type in BERT_LAYOUT:  # per-layer head counts: a pruned or searched model's own
+        if cfg.model_type in FFN_LAYOUT:  # per-layer head counts: a pruned or searched model's own
             heads = next((h for h in current_structure(model.module)["heads"] if h), 0)
-        else:  # DistilBERT: nothing resizes its heads
+        else:
             heads = int(cfg.num_attention_heads)
         qkv = tuple(tuple(f"{n}.{k}" for k in names) for n, mod in model.module.named_modules() for names in QKV_NAMES
                     if all(isinstance(getattr(mod, k, None), torch.nn.Linear) for k in names))  # fmt: skip
@@ -117,7 +118,7 @@ class _Layers(m.LayerStructure):
 
 
 def _masked_groups(model: TaskModel, goal: PruneGoal, where: str, data: DataBundle) -> MaskedGroups:
-    """Heads, FFN units and whole layers of BERT-style encoder layers."""
+    """Heads, FFN units and whole layers of the encoder layouts (BERT's, DeBERTa-v2's, DistilBERT's)."""
     from compress.pruning.masked import EncoderGroups
 
     return EncoderGroups(model, goal)
@@ -195,7 +196,7 @@ def _check_bitsandbytes(model: TaskModel, where: str) -> None:
 _FAMILY = EncoderFamily()
 _SEARCH = _Search()
 _NAME = EncoderFamily.name
-m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=BERT_LAYOUT)
+m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=FFN_LAYOUT)
 m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=BERT_LAYOUT)
 m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=FFN_LAYOUT)
 m.register(m.SEARCH_DISWOT, _NAME, HF, _SEARCH, architectures=BERT_LAYOUT)

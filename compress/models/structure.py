@@ -1,21 +1,23 @@
-"""Per-layer encoder structure of BERT-family models: how many attention heads and FFN units each layer keeps.
+"""Per-layer encoder structure of Hugging Face encoders: how many attention heads and FFN units each layer keeps.
 
-Hugging Face BERT sizes every layer from one config (``hidden / heads`` per head, ``intermediate_size`` units).
+Hugging Face encoders size every layer from one config (``hidden / heads`` per head, ``intermediate_size`` units).
 Searched and pruned students differ per layer, so the structure is recorded as the model transform
-``encoder_structure`` (``{"heads": [...], "ffn": [...]}``) and re-applied when the model is loaded. The head size
-stays the config's ``hidden_size // num_attention_heads``; HF's attention reshapes with ``-1`` heads, so a layer
-with smaller Q/K/V projections simply runs fewer heads.
+``encoder_structure`` (``{"heads": [...], "ffn": [...]}``) and re-applied when the model is loaded, through each
+layer's module layout (`compress.models.encoder_layout`: BERT's, DeBERTa-v2's, DistilBERT's). The head size stays
+the config's ``hidden_size // num_attention_heads``; the layout sets the per-layer head count the attention reads.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.encoder_layout import RemovedAttention, RemovedFFNOutput, encoder_layout_of
 from compress.models.transforms import register_transform
+
+__all__ = ["RemovedAttention", "RemovedFFNOutput", "current_structure", "resize_encoder"]
 
 TRANSFORM = "encoder_structure"
 
@@ -57,73 +59,35 @@ def head_size(config: Any) -> int:
 
 
 def current_structure(model: nn.Module) -> dict[str, list[int]]:
-    """Heads and FFN units of every layer, read from the modules themselves."""
+    """Heads and FFN units of every layer, read from the modules themselves (through the layer's layout)."""
     heads, ffn = [], []
     d = head_size(model.config)  # type: ignore[attr-defined]
     for layer in encoder_layers(model):
-        removed_att = isinstance(layer.attention, RemovedAttention)
-        heads.append(0 if removed_att else layer.attention.self.query.out_features // d)
-        ffn.append(0 if isinstance(layer.output, RemovedFFNOutput) else _ffn_units(layer.intermediate))
+        layout = encoder_layout_of(layer)
+        q = layout.projections(layer).get("q")
+        heads.append(0 if q is None else int(q.out_features) // d)  # type: ignore[arg-type]
+        ffn.append(layout.units(layer))
     return {"heads": heads, "ffn": ffn}
-
-
-def _ffn_units(intermediate: nn.Module) -> int:
-    units = getattr(intermediate, "ffn_units", None)  # a replaced FFN (moefy's experts) counts its own units
-    if units is not None:
-        return int(units)
-    return int(intermediate.dense.out_features)  # type: ignore[union-attr,arg-type]
-
-
-class RemovedAttention(nn.Module):
-    """An attention block with no heads left: ``LayerNorm(x + b)``, ``b`` the output projection's bias."""
-
-    def __init__(self, hidden: int, eps: float) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(hidden))
-        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        return self.LayerNorm(hidden_states + self.bias), None
-
-
-class RemovedFFNOutput(nn.Module):
-    """The output of an FFN block with no units left: ``LayerNorm(x + b)`` (its intermediate is an Identity)."""
-
-    def __init__(self, hidden: int, eps: float) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(hidden))
-        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(input_tensor + self.bias)
 
 
 def resize_encoder(model: nn.Module, heads: list[int], ffn: list[int]) -> None:
     """Replace each layer's projections with ones sized for ``heads[i]`` heads and ``ffn[i]`` units (new weights).
-    Zero heads or zero units remove the block: only its output bias and LayerNorm remain."""
+    Zero heads or zero units remove the block: only its output bias (and its LayerNorm, where the block holds
+    one) remain (`compress.models.encoder_layout`)."""
     layers = encoder_layers(model)
     if len(heads) != len(layers) or len(ffn) != len(layers):
         raise ModelError(f"structure has {len(heads)} heads / {len(ffn)} ffn entries for {len(layers)} layers.")
     config: Any = model.config
-    hidden, d = config.hidden_size, head_size(config)
-    eps = config.layer_norm_eps
+    d = head_size(config)
     for layer, n, f in zip(layers, heads, ffn, strict=True):
         if n < 0 or f < 0:
             raise ModelError(f"heads and FFN units cannot be negative (got heads={n}, ffn={f}).")
-        if n == 0:
-            layer.attention = RemovedAttention(hidden, eps)
-        else:
-            attn = layer.attention.self
-            attn.query, attn.key, attn.value = (nn.Linear(hidden, n * d) for _ in range(3))
-            attn.num_attention_heads, attn.all_head_size = n, n * d
-            layer.attention.output.dense = nn.Linear(n * d, hidden)
-        if f == 0:
-            layer.intermediate, layer.output = nn.Identity(), RemovedFFNOutput(hidden, eps)
-        else:
-            layer.intermediate.dense = nn.Linear(hidden, f)
-            layer.output.dense = nn.Linear(f, hidden)
-    if len(set(heads)) == 1 and heads[0] * d == hidden and len(set(ffn)) == 1 and ffn[0] > 0:
-        config.intermediate_size = ffn[0]  # uniform: the config alone describes it
+        encoder_layout_of(layer).resize(layer, config, n, f)
+    if len(set(heads)) == 1 and heads[0] * d == config.hidden_size and len(set(ffn)) == 1 and ffn[0] > 0:
+        if hasattr(config, "intermediate_size"):  # uniform: the config alone describes it
+            config.intermediate_size = ffn[0]
+        elif hasattr(config, "hidden_dim"):  # DistilBERT
+            config.hidden_dim = ffn[0]
 
 
 def drop_encoder_layers(model: nn.Module, removed: list[int]) -> None:

@@ -1,12 +1,13 @@
-"""Structured hard-concrete masks on a BERT-family encoder: heads, whole attention blocks, FFN units, whole
-FFN blocks (DPHuBERT's prunable groups for Transformer layers), and whole layers.
+"""Structured hard-concrete masks on a Hugging Face encoder (the layouts of `compress.models.encoder_layout`: BERT's,
+DeBERTa-v2's, DistilBERT's): heads, whole attention blocks, FFN units, whole FFN blocks (DPHuBERT's prunable groups
+for Transformer layers), and whole layers.
 
 Masks act through forward pre-hooks on the two output projections of each layer: the attention output
 projection sees each head's context vector scaled by ``z_head * z_attention_block``; the FFN output
 projection sees each intermediate unit scaled by ``z_unit * z_ffn_block``. A removed group therefore
 contributes nothing but the projection's bias, which is exactly what the physically pruned model keeps.
 
-A BERT layer is post-LayerNorm: with every head and unit gone it still computes ``LN(LN(x + b1) + b2)``, which
+These layers are post-LayerNorm: with every head and unit gone it still computes ``LN(LN(x + b1) + b2)``, which
 is not the identity and keeps a layer's fixed cost (LayerNorms, residual adds, kernel launches; on int8 graphs
 that per-layer cost is a large share). So each layer also has a gate on its output, applied by a forward hook:
 ``out = z_layer * layer(x) + (1 - z_layer) * x``. A layer whose final gate is zero is exactly the identity and is
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from compress.errors import ModelError
+from compress.models.encoder_layout import encoder_layout_of
 from compress.models.structure import current_structure, encoder_layers, head_size
 from compress.pruning.hardconcrete import HardConcrete, ProjectionGates
 
@@ -115,8 +117,9 @@ class EncoderMasks(ProjectionGates):
     # ---- hooks ---------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> EncoderMasks:
         for i, layer in enumerate(encoder_layers(model)):
-            self.hook_on(layer.attention.output.dense, "heads", i)
-            self.hook_on(layer.output.dense, "units", i)
+            attention, ffn = encoder_layout_of(layer).outputs(layer)
+            self.hook_on(attention, "heads", i)
+            self.hook_on(ffn, "units", i)
             # first among the layer's forward hooks: feature taps and Hugging Face's hidden-state capture see the
             # gated output
             self._handles.append(layer.register_forward_hook(self._layer_hook(i), prepend=True, with_kwargs=True))

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.models.encoder_layout import encoder_layout_of
 from compress.models.structure import drop_encoder_layers, encoder_layers, head_size, resize_encoder
 
 
@@ -18,7 +19,7 @@ from compress.models.structure import drop_encoder_layers, encoder_layers, head_
 def prune_encoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dict[str, list[int]]:
     """Prune ``model`` in place to the non-zero ``gates`` (from `EncoderMasks.deterministic`): layers whose layer
     gate is zero go first (they are the identity), then heads and units; returns the structure that remains and
-    the indices of the removed layers."""
+    the indices of the removed layers. Every layout (`compress.models.encoder_layout`) the same way."""
     removed = [i for i, z in enumerate(gates.get("layers") or []) if float(z) == 0.0]
     if removed:
         drop_encoder_layers(model, removed)
@@ -29,43 +30,52 @@ def prune_encoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dic
     keep_units = [torch.nonzero(z > 0).flatten() for z in gates["units"]]
     structure = {"heads": [len(k) for k in keep_heads], "ffn": [len(k) for k in keep_units]}
     resize_encoder(model, structure["heads"], structure["ffn"])
-    for layer, snap, heads, units, zh, zu in zip(
+    for layer, (snap, norms), heads, units, zh, zu in zip(
         encoder_layers(model), old, keep_heads, keep_units, gates["heads"], gates["units"], strict=True
     ):
+        layout = encoder_layout_of(layer)
+        new = layout.projections(layer)
+        gone_attention, gone_ffn = layout.removed_blocks(layer)
         rows = (heads[:, None] * d + torch.arange(d)).reshape(-1)
         if len(heads):
-            attn = layer.attention.self
-            for name in ("query", "key", "value"):
-                _copy(getattr(attn, name), snap[name][0][rows], snap[name][1][rows])
+            for name in ("q", "k", "v", *(n for n in snap if n not in ROLES)):  # and DeBERTa's position projections
+                _copy(new[name], snap[name][0][rows], None if snap[name][1] is None else snap[name][1][rows])
             scale = zh[heads].repeat_interleave(d)
-            _copy(layer.attention.output.dense, snap["attn_out"][0][:, rows] * scale, snap["attn_out"][1])
+            _copy(new["o"], snap["o"][0][:, rows] * scale, snap["o"][1])
         else:
-            layer.attention.bias.copy_(snap["attn_out"][1])
-            _copy_norm(layer.attention.LayerNorm, snap["attn_norm"])
+            _removed(gone_attention, snap["o"][1], norms.get("attention"))
         if len(units):
-            _copy(layer.intermediate.dense, snap["inter"][0][units], snap["inter"][1][units])
-            _copy(layer.output.dense, snap["out"][0][:, units] * zu[units], snap["out"][1])
+            _copy(new["up"], snap["up"][0][units], snap["up"][1][units])
+            _copy(new["down"], snap["down"][0][:, units] * zu[units], snap["down"][1])
         else:
-            layer.output.bias.copy_(snap["out"][1])
-            _copy_norm(layer.output.LayerNorm, snap["out_norm"])
+            _removed(gone_ffn, snap["down"][1], norms.get("ffn"))
     return structure | {"removed_layers": removed}
 
 
-def _snapshot(layer: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    attn = layer.attention.self
-    pairs = {
-        "query": attn.query, "key": attn.key, "value": attn.value,
-        "attn_out": layer.attention.output.dense, "inter": layer.intermediate.dense, "out": layer.output.dense,
-        "attn_norm": layer.attention.output.LayerNorm, "out_norm": layer.output.LayerNorm,
-    }  # fmt: skip
-    return {k: (m.weight.detach().clone(), m.bias.detach().clone()) for k, m in pairs.items()}
+ROLES = ("q", "k", "v", "o", "up", "down")
+Pair = tuple[torch.Tensor, torch.Tensor | None]
 
 
-def _copy(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+def _snapshot(layer: Any) -> tuple[dict[str, Pair], dict[str, Pair]]:
+    """Copies of the layer's projections and of the LayerNorms inside its blocks."""
+    layout = encoder_layout_of(layer)
+    def pair(m: Any) -> Pair:
+        return m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone()
+
+    return ({k: pair(m) for k, m in layout.projections(layer).items()},
+            {k: pair(m) for k, m in layout.norms(layer).items()})  # fmt: skip
+
+
+def _copy(linear: Any, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     linear.weight.copy_(weight)
-    linear.bias.copy_(bias)
+    if bias is not None:
+        linear.bias.copy_(bias)
 
 
-def _copy_norm(norm: nn.LayerNorm, state: tuple[torch.Tensor, torch.Tensor]) -> None:
-    norm.weight.copy_(state[0])
-    norm.bias.copy_(state[1])
+def _removed(block: Any, bias: torch.Tensor | None, norm: Pair | None) -> None:
+    """A removed block keeps its output projection's bias, and its LayerNorm where it held one."""
+    if bias is not None:
+        block.bias.copy_(bias)
+    if norm is not None:
+        block.LayerNorm.weight.copy_(norm[0])
+        block.LayerNorm.bias.copy_(norm[1])

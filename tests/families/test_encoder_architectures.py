@@ -20,8 +20,9 @@ from tests.conftest import minilm_path, text_recipe_head, write_recipe
 
 TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
 UNLISTED = ["albert"]  # no layout method registered: the generic ones (finetune, kd, export) still run
-OTHER_LAYOUTS = ["distilbert", "deberta-v2", "modernbert"]  # outside BERT's layout: no attention taps, pruning, ...
-FFN_TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2"]  # moefy (not ModernBERT's GLU)
+OTHER_LAYOUTS = ["distilbert", "deberta-v2", "modernbert"]  # outside BERT's layout: no attention taps, search, ...
+# moefy and DPHuBERT (not ModernBERT's GLU)
+FFN_TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2"]
 
 
 def tiny_config(model_type: str, vocab: int = 1000) -> Any:
@@ -75,7 +76,85 @@ def _inputs() -> dict[str, torch.Tensor]:
 def test_the_matrix_lists_exactly_the_registered_types() -> None:
     for method in (m.STUDENT_BERT, m.HIDDEN_STATES):
         assert sorted(m.architectures_of(method.name, "encoder") or ()) == sorted(TYPES), method.name
-    assert sorted(m.architectures_of(m.MOEFY.name, "encoder") or ()) == sorted(FFN_TYPES)
+    for method in (m.MOEFY, m.PRUNE_DPHUBERT):  # FFN splits and DPHuBERT's groups: the same layouts
+        assert sorted(m.architectures_of(method.name, "encoder") or ()) == sorted(FFN_TYPES), method.name
+
+
+def _deberta_v3() -> Any:
+    """DeBERTa-v3's attention: relative positions with their own key / query projections (rows: heads)."""
+    import transformers
+
+    config = transformers.DebertaV2Config(**{**tiny_config("deberta-v2").to_dict(), "relative_attention": True,
+                                             "pos_att_type": ["p2c", "c2p"], "share_att_key": False,
+                                             "position_buckets": 16, "norm_rel_ebd": "layer_norm"})  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.AutoModelForSequenceClassification.from_config(config).eval()
+
+
+@pytest.mark.parametrize("model_type", [*FFN_TYPES, "deberta-v3"])
+def test_dphubert_pruning_equals_the_masked_model_reloads_and_exports(model_type: str, tmp_path: Path) -> None:
+    """Heads, FFN units, a whole attention block and a whole FFN block removed for real: the pruned model computes
+    what the masked one did, reloads from its recorded structure and exports to ONNX."""
+    from compress.exporters.onnx import export_onnx
+    from compress.families import load as load_model
+    from compress.models.structure import TRANSFORM, current_structure, encoder_layers
+    from compress.models.task_model import TaskModel
+    from compress.pruning.encoder_masks import EncoderMasks
+    from compress.pruning.physical import prune_encoder
+    from compress.runtimes.onnxruntime import OrtPredictor
+
+    model = _deberta_v3() if model_type == "deberta-v3" else tiny_encoder(model_type)
+    if model_type == "deberta-v3":
+        assert isinstance(model.deberta.encoder.layer[0].attention.self.pos_key_proj, torch.nn.Linear)
+    full = sum(p.numel() for p in model.parameters())
+    masks = EncoderMasks(model).attach(model)
+    with torch.no_grad():
+        for gate in [*masks.heads, *masks.units]:
+            gate.log_alpha.fill_(8.0)
+        masks.heads[0].log_alpha[1] = -8.0  # layer 0 loses a head
+        masks.units[0].log_alpha[:20] = -8.0  # and 20 FFN units
+        masks.attention_blocks.log_alpha[1] = -8.0  # layer 1 loses its attention block
+        masks.ffn_blocks.log_alpha[2] = -8.0  # layer 2 loses its FFN block
+    masks.eval()
+    with torch.no_grad():
+        want = model(**_inputs()).logits
+    gates = masks.deterministic()
+    masks.detach()
+    structure = prune_encoder(model, gates)
+    assert structure == {"heads": [3, 0, 4], "ffn": [44, 64, 0], "removed_layers": []}
+    assert current_structure(model) == {"heads": [3, 0, 4], "ffn": [44, 64, 0]}
+    assert sum(p.numel() for p in model.parameters()) < full
+    with torch.no_grad():
+        torch.testing.assert_close(model(**_inputs()).logits, want, atol=1e-5, rtol=1e-5)
+    task = TaskModel(model, "hf", "text", 2)
+    task.record(TRANSFORM, current_structure(model))
+    task.save(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert len(encoder_layers(again.module)) == 3
+    torch.testing.assert_close(again.logits(_inputs()), want, atol=1e-5, rtol=1e-5)
+    export_onnx(again, _inputs(), tmp_path / "m.onnx")
+    ort = OrtPredictor(tmp_path / "m.onnx", 1, None)({k: v.numpy() for k, v in _inputs().items()})
+    torch.testing.assert_close(torch.from_numpy(ort), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["distilbert", "deberta-v2"])
+def test_a_closed_layer_gate_removes_the_layer_of_another_layout(model_type: str) -> None:
+    from compress.models.structure import encoder_layers
+    from compress.pruning.encoder_masks import EncoderMasks
+    from compress.pruning.physical import prune_encoder
+
+    model = tiny_encoder(model_type)
+    masks = EncoderMasks(model).attach(model)
+    with torch.no_grad():
+        masks.whole_layers.log_alpha[1] = -20.0
+    masks.eval()
+    with torch.no_grad():
+        want = model(**_inputs()).logits
+    gates = masks.deterministic()
+    masks.detach()
+    assert prune_encoder(model, gates)["removed_layers"] == [1] and len(encoder_layers(model)) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(**_inputs()).logits, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", FFN_TYPES)
@@ -155,6 +234,15 @@ MOEFY = """  - stage: moefy
     calibration_tokens: 2000
     router: {steps: 10, batch_tokens: 512}
     policy: {top_k: 2}
+  - stage: prune
+    source: teacher
+    output: teacher.pruned
+    target: {params: 0.6}
+    max_steps: 30
+    batch_size: 16
+    mask_lr: 0.1
+    lambda_lr: 0.1
+    finetune: {max_steps: 2, batch_size: 16}
 """
 
 
@@ -182,10 +270,18 @@ def test_another_layout_finetunes_distils_its_hidden_states_and_exports(
 ) -> None:
     folder = _tiny_folder(tmp_path, model_type)
     text = text_recipe_head(model_type).format(data=sst2_slice, teacher=folder) + STAGES
-    if model_type in FFN_TYPES:  # its FFNs into experts too, exported as a graph that agrees with PyTorch
+    if model_type in FFN_TYPES:  # its FFNs into experts and DPHuBERT too, exported as graphs that agree with PyTorch
         text = text.replace("  - stage: export\n", MOEFY + "  - stage: export\n")
     result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
-    if model_type in FFN_TYPES:
+    if model_type in FFN_TYPES:  # DPHuBERT: really smaller, reloaded from its structure, exported
+        from compress.families import load as load_model
+        from compress.models.structure import current_structure
+
+        pruned = result.artifacts["teacher.pruned"]
+        structure = pruned.info["pruning"]["structure"]
+        assert pruned.params < result.artifacts["teacher"].params
+        assert current_structure(load_model(pruned.path).module) == {k: structure[k] for k in ("heads", "ffn")}
+        assert result.artifacts["teacher.pruned.onnx"].metrics["accuracy"] == pytest.approx(pruned.metrics["accuracy"])
         moe = result.artifacts["teacher.moe"]
         assert [layer["all_experts_max_abs_diff"] < 1e-4 for layer in moe.info["moe"]["layers"]] == [True] * 3
         assert result.artifacts["teacher.moe.onnx"].metrics["accuracy"] == pytest.approx(moe.metrics["accuracy"])

@@ -1,0 +1,253 @@
+"""Where a Hugging Face encoder layer keeps its attention and FFN weights: one layout per module arrangement.
+
+DPHuBERT's masks, the physical pruning and the per-layer resize on load work on canonical projections whatever
+the architecture: ``q``, ``k``, ``v`` (rows: heads x head size), ``o`` (columns: the same), ``up`` (rows: FFN
+units) and ``down`` (columns: units), plus any other projection whose rows are heads (DeBERTa's relative-position
+projections). A layout reads them from a layer, gives it new projections of a size, sets the per-layer head count
+its attention reads, and replaces a block with nothing left (every head, or every unit, removed) by what that
+block then computes: its output projection's bias (and, where the block holds it, its LayerNorm).
+
+- BERT (BERT, RoBERTa, XLM-R, ELECTRA): ``attention.self.{query,key,value}``, ``attention.output.dense`` and
+  ``.LayerNorm`` (post-LN inside the block), ``intermediate.dense``, ``output.dense`` and ``.LayerNorm``.
+- DeBERTa-v2/v3: the same blocks with ``attention.self.{query,key,value}_proj`` and, where the config does not share
+  them, ``pos_key_proj`` / ``pos_query_proj`` (rows: heads).
+- DistilBERT: ``attention.{q,k,v,out}_lin``, ``ffn.lin1`` / ``ffn.lin2``; its LayerNorms sit on the layer
+  (``sa_layer_norm``, ``output_layer_norm``), outside the blocks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import ModelError
+
+
+class RemovedAttention(nn.Module):
+    """A BERT-style attention block with no heads left: ``LayerNorm(x + b)``, ``b`` the output projection's bias."""
+
+    def __init__(self, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        return self.LayerNorm(hidden_states + self.bias), None
+
+
+class RemovedFFNOutput(nn.Module):
+    """The output of a BERT-style FFN block with no units left: ``LayerNorm(x + b)`` (its intermediate is an
+    Identity)."""
+
+    def __init__(self, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(input_tensor + self.bias)
+
+
+class BiasOnly(nn.Module):
+    """A block with nothing left whose layer adds the residual and normalises itself (DistilBERT): the output
+    projection's bias at every position (with ``None`` attention weights where the block is an attention)."""
+
+    def __init__(self, hidden: int, attention: bool) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.attention = attention
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = self.bias.expand_as(hidden_states)
+        return (out, None) if self.attention else out
+
+
+def _ffn_units(module: nn.Module) -> int:
+    units = getattr(module, "ffn_units", None)  # a replaced FFN (moefy's experts) counts its own units
+    if units is not None:
+        return int(units)
+    return int(module.out_features)  # type: ignore[arg-type]
+
+
+class EncoderLayout(ABC):
+    """One arrangement of an encoder layer's attention and FFN modules."""
+
+    name: str
+
+    @abstractmethod
+    def matches(self, layer: nn.Module) -> bool: ...
+
+    @abstractmethod
+    def projections(self, layer: Any) -> dict[str, nn.Module]:
+        """``q``, ``k``, ``v``, ``o``, ``up``, ``down`` and any other head-row projection (present blocks only)."""
+
+    @abstractmethod
+    def attention_removed(self, layer: Any) -> bool: ...
+
+    @abstractmethod
+    def ffn_removed(self, layer: Any) -> bool: ...
+
+    @abstractmethod
+    def units(self, layer: Any) -> int:
+        """The FFN's units (a moefied FFN's experts together)."""
+
+    @abstractmethod
+    def resize(self, layer: Any, config: Any, heads: int, units: int) -> None:
+        """New, uninitialised projections for ``heads`` heads and ``units`` units; a zero removes the block."""
+
+    @abstractmethod
+    def removed_blocks(self, layer: Any) -> tuple[nn.Module | None, nn.Module | None]:
+        """The modules standing for a removed attention block and FFN block (None where the block is there): each
+        has the output projection's ``bias``, and its ``LayerNorm`` where the block held one."""
+
+    def outputs(self, layer: Any) -> tuple[nn.Module, nn.Module]:
+        """The attention's output projection (its input: heads x head size) and the FFN's (its input: units)."""
+        p = self.projections(layer)
+        return p["o"], p["down"]
+
+    def norms(self, layer: Any) -> dict[str, nn.Module]:
+        """LayerNorms inside the blocks (kept in a removed block): ``attention``, ``ffn``."""
+        return {}
+
+
+def _linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
+    return nn.Linear(n_in, n_out, bias=bias)
+
+
+class BertLayout(EncoderLayout):
+    name = "bert"
+    names = ("query", "key", "value")
+
+    def matches(self, layer: nn.Module) -> bool:
+        attention = getattr(layer, "attention", None)
+        a = getattr(attention, "self", None)
+        heads = isinstance(attention, RemovedAttention) or all(isinstance(getattr(a, n, None), nn.Linear)
+                                                                for n in self.names)  # fmt: skip
+        return heads and hasattr(layer, "intermediate") and hasattr(layer, "output")
+
+    def extra(self, attention: Any) -> dict[str, nn.Module]:
+        return {}
+
+    def projections(self, layer: Any) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {}
+        if not self.attention_removed(layer):
+            a = layer.attention.self
+            out.update({k: getattr(a, n) for k, n in zip("qkv", self.names, strict=True)})
+            out.update(self.extra(a))
+            out["o"] = layer.attention.output.dense
+        up, down = getattr(layer.intermediate, "dense", None), getattr(layer.output, "dense", None)
+        if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):  # not removed, not split into experts
+            out["up"], out["down"] = up, down
+        return out
+
+    def attention_removed(self, layer: Any) -> bool:
+        return isinstance(layer.attention, RemovedAttention)
+
+    def ffn_removed(self, layer: Any) -> bool:
+        return isinstance(layer.output, RemovedFFNOutput)
+
+    def units(self, layer: Any) -> int:
+        return 0 if self.ffn_removed(layer) else _ffn_units(getattr(layer.intermediate, "dense", layer.intermediate))
+
+    def norms(self, layer: Any) -> dict[str, nn.Module]:
+        out = {}
+        if not self.attention_removed(layer):
+            out["attention"] = layer.attention.output.LayerNorm
+        if not self.ffn_removed(layer):
+            out["ffn"] = layer.output.LayerNorm
+        return out
+
+    def resize(self, layer: Any, config: Any, heads: int, units: int) -> None:
+        hidden, d, eps = config.hidden_size, config.hidden_size // config.num_attention_heads, config.layer_norm_eps
+        if heads == 0:
+            layer.attention = RemovedAttention(hidden, eps)
+        else:
+            a = layer.attention.self
+            for n in self.names:
+                setattr(a, n, _linear(hidden, heads * d))
+            for n, module in self.extra(a).items():
+                setattr(a, n, _linear(hidden, heads * d, module.bias is not None))  # type: ignore[union-attr]
+            a.num_attention_heads, a.all_head_size = heads, heads * d
+            layer.attention.output.dense = _linear(heads * d, hidden)
+        if units == 0:
+            layer.intermediate, layer.output = nn.Identity(), RemovedFFNOutput(hidden, eps)
+        else:
+            layer.intermediate.dense, layer.output.dense = _linear(hidden, units), _linear(units, hidden)
+
+    def removed_blocks(self, layer: Any) -> tuple[nn.Module | None, nn.Module | None]:
+        return (layer.attention if self.attention_removed(layer) else None,
+                layer.output if self.ffn_removed(layer) else None)  # fmt: skip
+
+
+class DebertaV2Layout(BertLayout):
+    name = "deberta-v2"
+    names = ("query_proj", "key_proj", "value_proj")
+
+    def extra(self, attention: Any) -> dict[str, nn.Module]:
+        return {n: getattr(attention, n) for n in ("pos_key_proj", "pos_query_proj")
+                if isinstance(getattr(attention, n, None), nn.Linear)}  # fmt: skip
+
+
+class DistilBertLayout(EncoderLayout):
+    name = "distilbert"
+
+    def matches(self, layer: nn.Module) -> bool:
+        a, f = getattr(layer, "attention", None), getattr(layer, "ffn", None)
+        return (isinstance(a, BiasOnly) or all(isinstance(getattr(a, f"{p}_lin", None), nn.Linear)
+                                                for p in ("q", "k", "v", "out"))) \
+            and (isinstance(f, BiasOnly) or isinstance(getattr(f, "lin2", None), nn.Linear | nn.Identity))  # fmt: skip
+
+    def projections(self, layer: Any) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {}
+        if not self.attention_removed(layer):
+            a = layer.attention
+            out.update({"q": a.q_lin, "k": a.k_lin, "v": a.v_lin, "o": a.out_lin})
+        up, down = getattr(layer.ffn, "lin1", None), getattr(layer.ffn, "lin2", None)
+        if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):  # not removed, not split into experts
+            out["up"], out["down"] = up, down
+        return out
+
+    def attention_removed(self, layer: Any) -> bool:
+        return isinstance(layer.attention, BiasOnly)
+
+    def ffn_removed(self, layer: Any) -> bool:
+        return isinstance(layer.ffn, BiasOnly)
+
+    def units(self, layer: Any) -> int:
+        return 0 if self.ffn_removed(layer) else _ffn_units(layer.ffn.lin1)
+
+    def resize(self, layer: Any, config: Any, heads: int, units: int) -> None:
+        hidden, d = config.hidden_size, config.hidden_size // config.num_attention_heads
+        if heads == 0:
+            layer.attention = BiasOnly(hidden, attention=True)
+        else:
+            a = layer.attention
+            a.q_lin, a.k_lin, a.v_lin = (_linear(hidden, heads * d) for _ in range(3))
+            a.out_lin, a.n_heads = _linear(heads * d, hidden), heads
+        if units == 0:
+            layer.ffn = BiasOnly(hidden, attention=False)
+        else:
+            layer.ffn.lin1, layer.ffn.lin2 = _linear(hidden, units), _linear(units, hidden)
+
+    def removed_blocks(self, layer: Any) -> tuple[nn.Module | None, nn.Module | None]:
+        return (layer.attention if self.attention_removed(layer) else None,
+                layer.ffn if self.ffn_removed(layer) else None)  # fmt: skip
+
+
+LAYOUTS: tuple[EncoderLayout, ...] = (BertLayout(), DebertaV2Layout(), DistilBertLayout())
+
+
+def find_encoder_layout(layer: nn.Module) -> EncoderLayout | None:
+    return next((layout for layout in LAYOUTS if layout.matches(layer)), None)
+
+
+def encoder_layout_of(layer: nn.Module, where: str = "the model") -> EncoderLayout:
+    """The layout of ``layer``, or a clear error naming the ones there are."""
+    layout = find_encoder_layout(layer)
+    if layout is None:
+        raise ModelError(f"{where}: encoder layer {type(layer).__name__} has none of the module layouts that "
+                         f"per-layer pruning reads ({', '.join(x.name for x in LAYOUTS)}).")  # fmt: skip
+    return layout
