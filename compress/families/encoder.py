@@ -50,9 +50,9 @@ ANY = ("hf", "python")
 # BERT's layout (`BERT_LAYOUT`). Each type is checked by tests/families/test_encoder_architectures.py.
 LAYER_LIST = (*BERT_LAYOUT, "distilbert", "deberta-v2", "modernbert")
 # FFNs that moefy splits (moe/experts.py): BERT's `intermediate` / `output` (DeBERTa-v2 has them too), DistilBERT's
-# `ffn`; not ModernBERT's fused GLU input projection. The same types have the layouts DPHuBERT prunes
-# (models/encoder_layout.py: heads, FFN units, whole blocks and layers)
-FFN_LAYOUT = (*BERT_LAYOUT, "distilbert", "deberta-v2")
+# `ffn`, ModernBERT's fused GLU `mlp`. The same types have the layouts DPHuBERT prunes (models/encoder_layout.py:
+# heads, FFN units, whole blocks and layers)
+FFN_LAYOUT = (*BERT_LAYOUT, "distilbert", "deberta-v2", "modernbert")
 QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))  # BERT's and DistilBERT's projections
 
 @register_family

@@ -13,6 +13,7 @@ block then computes: its output projection's bias (and, where the block holds it
   them, ``pos_key_proj`` / ``pos_query_proj`` (rows: heads).
 - DistilBERT: ``attention.{q,k,v,out}_lin``, ``ffn.lin1`` / ``ffn.lin2``; its LayerNorms sit on the layer
   (``sa_layer_norm``, ``output_layer_norm``), outside the blocks.
+- ModernBERT (pre-LN): fused ``attn.Wqkv`` and GLU ``mlp.Wi`` (read as ``q``/``k``/``v`` and ``gate``/``up``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 from torch import nn
 
 from compress.errors import ModelError
+
+Weights = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
 
 
 class RemovedAttention(nn.Module):
@@ -108,6 +111,28 @@ class EncoderLayout(ABC):
         p = self.projections(layer)
         return p["o"], p["down"]
 
+    def read(self, layer: Any) -> Weights:
+        """Copies of the canonical projections' ``(weight [out, in], bias)`` (present blocks only)."""
+        return {k: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())  # type: ignore[union-attr,operator]
+                for k, m in self.projections(layer).items()}  # fmt: skip
+
+    @torch.no_grad()
+    def load(self, layer: Any, weights: Weights) -> None:
+        """Copy ``weights`` into the layer's projections (already resized to their shapes)."""
+        modules = self.projections(layer)
+        for name, (w, b) in weights.items():
+            modules[name].weight.copy_(w)  # type: ignore[operator]
+            if b is not None:
+                modules[name].bias.copy_(b)  # type: ignore[operator]
+
+    def heads(self, layer: Any, head_size: int) -> int:
+        """The layer's attention heads (0: its attention block is removed)."""
+        p = self.projections(layer)
+        if "q" in p:
+            return int(p["q"].weight.shape[0]) // head_size  # type: ignore[union-attr,index]
+        q = self.read(layer).get("q")  # fused
+        return 0 if q is None else int(q[0].shape[0]) // head_size
+
     def norms(self, layer: Any) -> dict[str, nn.Module]:
         """LayerNorms inside the blocks (kept in a removed block): ``attention``, ``ffn``."""
         return {}
@@ -115,6 +140,10 @@ class EncoderLayout(ABC):
 
 def _linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
     return nn.Linear(n_in, n_out, bias=bias)
+
+
+def _has_bias(module: Any) -> bool:
+    return getattr(module, "bias", None) is not None
 
 
 class BertLayout(EncoderLayout):
@@ -138,7 +167,8 @@ class BertLayout(EncoderLayout):
             out.update({k: getattr(a, n) for k, n in zip("qkv", self.names, strict=True)})
             out.update(self.extra(a))
             out["o"] = layer.attention.output.dense
-        up, down = getattr(layer.intermediate, "dense", None), getattr(layer.output, "dense", None)
+        up = None if hasattr(layer.intermediate, "ffn_units") else getattr(layer.intermediate, "dense", None)
+        down = getattr(layer.output, "dense", None)
         if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):  # not removed, not split into experts
             out["up"], out["down"] = up, down
         return out
@@ -150,7 +180,10 @@ class BertLayout(EncoderLayout):
         return isinstance(layer.output, RemovedFFNOutput)
 
     def units(self, layer: Any) -> int:
-        return 0 if self.ffn_removed(layer) else _ffn_units(getattr(layer.intermediate, "dense", layer.intermediate))
+        if self.ffn_removed(layer):
+            return 0
+        inter = layer.intermediate  # moefy's experts in the slot, or BERT's intermediate with its `dense`
+        return _ffn_units(inter if hasattr(inter, "ffn_units") else inter.dense)
 
     def norms(self, layer: Any) -> dict[str, nn.Module]:
         out = {}
@@ -237,7 +270,83 @@ class DistilBertLayout(EncoderLayout):
                 layer.ffn if self.ffn_removed(layer) else None)  # fmt: skip
 
 
-LAYOUTS: tuple[EncoderLayout, ...] = (BertLayout(), DebertaV2Layout(), DistilBertLayout())
+class ModernBertLayout(EncoderLayout):
+    """ModernBERT's pre-LN layers: query, key and value fused in ``attn.Wqkv`` (all query rows, then key, then value;
+    the attention views it with ``-1`` heads), ``attn.Wo``; a GLU ``mlp.Wi`` (``act`` on its first half, times its
+    second) and ``mlp.Wo``. Biases where the config has them (none by default)."""
+
+    name = "modernbert"
+
+    def matches(self, layer: nn.Module) -> bool:
+        a, f = getattr(layer, "attn", None), getattr(layer, "mlp", None)
+        return (isinstance(a, BiasOnly) or all(isinstance(getattr(a, n, None), nn.Linear) for n in ("Wqkv", "Wo"))) \
+            and (isinstance(f, BiasOnly) or isinstance(getattr(f, "Wo", None), nn.Linear | nn.Identity)
+                 or hasattr(f, "ffn_units"))  # fmt: skip
+
+    def projections(self, layer: Any) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {}
+        if not self.attention_removed(layer):
+            out["qkv"], out["o"] = layer.attn.Wqkv, layer.attn.Wo
+        up, down = getattr(layer.mlp, "Wi", None), getattr(layer.mlp, "Wo", None)
+        if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
+            out["gate_up"], out["down"] = up, down
+        return out
+
+    def read(self, layer: Any) -> Weights:
+        fused = super().read(layer)
+        out: Weights = {k: v for k, v in fused.items() if k in ("o", "down")}
+        for name, parts in (("qkv", "qkv"), ("gate_up", ("gate", "up"))):
+            if name in fused:
+                w, b = fused[name]
+                n = len(parts)
+                for part, wp, bp in zip(parts, w.chunk(n), (None,) * n if b is None else b.chunk(n), strict=True):
+                    out[part] = (wp, bp)
+        return out
+
+    @torch.no_grad()
+    def load(self, layer: Any, weights: Weights) -> None:
+        fused: Weights = {k: v for k, v in weights.items() if k in ("o", "down")}
+        for name, parts in (("qkv", "qkv"), ("gate_up", ("gate", "up"))):
+            if parts[0] in weights:
+                bias = None if weights[parts[0]][1] is None else torch.cat([weights[p][1] for p in parts])  # type: ignore[misc]
+                fused[name] = (torch.cat([weights[p][0] for p in parts]), bias)
+        super().load(layer, fused)
+
+    def outputs(self, layer: Any) -> tuple[nn.Module, nn.Module]:
+        return layer.attn.Wo, layer.mlp.Wo
+
+    def attention_removed(self, layer: Any) -> bool:
+        return isinstance(layer.attn, BiasOnly)
+
+    def ffn_removed(self, layer: Any) -> bool:
+        return isinstance(layer.mlp, BiasOnly)
+
+    def units(self, layer: Any) -> int:
+        if self.ffn_removed(layer):
+            return 0
+        units = getattr(layer.mlp, "ffn_units", None)  # moefy's experts
+        return int(units) if units is not None else int(layer.mlp.Wo.in_features)
+
+    def resize(self, layer: Any, config: Any, heads: int, units: int) -> None:
+        hidden, d = config.hidden_size, config.hidden_size // config.num_attention_heads
+        if heads == 0:
+            layer.attn = BiasOnly(hidden, attention=True)
+        else:
+            a = layer.attn
+            a.Wqkv = _linear(hidden, 3 * heads * d, _has_bias(a.Wqkv))
+            a.Wo = _linear(heads * d, hidden, _has_bias(a.Wo))
+        if units == 0:
+            layer.mlp = BiasOnly(hidden, attention=False)
+        else:
+            m = layer.mlp
+            m.Wi, m.Wo = _linear(hidden, 2 * units, _has_bias(m.Wi)), _linear(units, hidden, _has_bias(m.Wo))
+
+    def removed_blocks(self, layer: Any) -> tuple[nn.Module | None, nn.Module | None]:
+        return (layer.attn if self.attention_removed(layer) else None,
+                layer.mlp if self.ffn_removed(layer) else None)  # fmt: skip
+
+
+LAYOUTS: tuple[EncoderLayout, ...] = (BertLayout(), DebertaV2Layout(), DistilBertLayout(), ModernBertLayout())
 
 
 def find_encoder_layout(layer: nn.Module) -> EncoderLayout | None:

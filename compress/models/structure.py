@@ -64,8 +64,7 @@ def current_structure(model: nn.Module) -> dict[str, list[int]]:
     d = head_size(model.config)  # type: ignore[attr-defined]
     for layer in encoder_layers(model):
         layout = encoder_layout_of(layer)
-        q = layout.projections(layer).get("q")
-        heads.append(0 if q is None else int(q.out_features) // d)  # type: ignore[arg-type]
+        heads.append(layout.heads(layer, d))
         ffn.append(layout.units(layer))
     return {"heads": heads, "ffn": ffn}
 

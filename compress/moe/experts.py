@@ -68,7 +68,7 @@ class FfnBlock:
 # The FFN arrangements moefy reads, by the layer's attributes: (slot the MoE takes, input, output, gate or None,
 # activation, modules cleared after the MoE). Gated LLaMA-style decoders (SwiGLU `mlp`), BERT-family encoders (BERT,
 # RoBERTa, ELECTRA, MiniLM, DeBERTa-v2, ...), OPT (`fc1` / `fc2` on the layer), GPT-2 (`mlp.c_fc` / `mlp.c_proj`,
-# Conv1D) and DistilBERT (`ffn.lin1` / `ffn.lin2`); Phi-3's fused `mlp.gate_up_proj` is read by `_fused_gated`.
+# Conv1D) and DistilBERT (`ffn.lin1` / `ffn.lin2`); Phi-3's and ModernBERT's fused GLUs are read by `_fused_gated`.
 _ARRANGEMENTS = (
     ("mlp", "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj", "mlp.act_fn", ()),
     ("intermediate", "intermediate.dense", "output.dense", None, "intermediate.intermediate_act_fn",
@@ -94,11 +94,19 @@ def _weighted(module: Any) -> bool:
     return isinstance(module, nn.Module) and isinstance(weight, torch.Tensor) and weight.dim() == 2
 
 
+# fused GLU MLPs: (fused input projection, output projection, activation); ``act`` applies to the first half of the
+# fused rows, which multiplies the second: Phi-3 (`gate_up_proj`) and ModernBERT (`Wi`)
+_FUSED = (("mlp.gate_up_proj", "mlp.down_proj", "mlp.activation_fn"), ("mlp.Wi", "mlp.Wo", "mlp.act"))
+
+
 def _fused_gated(path: str, layer: nn.Module) -> FfnBlock | None:
-    """Phi-3's MLP: gate and up fused in ``mlp.gate_up_proj`` (gate rows first), ``mlp.down_proj``. The block reads
-    the two halves as separate modules (copies; the MoE replaces the whole ``mlp``)."""
-    fused, down, act = (_get(layer, n) for n in ("mlp.gate_up_proj", "mlp.down_proj", "mlp.activation_fn"))
-    if not (isinstance(fused, nn.Linear) and isinstance(down, nn.Linear) and callable(act)):
+    """A fused GLU MLP (`_FUSED`). The block reads the two halves as separate modules (copies; the MoE replaces the
+    whole ``mlp``)."""
+    found = next((m for names in _FUSED if isinstance((m := [_get(layer, n) for n in names])[0], nn.Linear)), None)
+    if found is None:
+        return None
+    fused, down, act = found
+    if not (isinstance(down, nn.Linear) and callable(act)):
         return None
     halves = []
     for w, b in zip(fused.weight.detach().chunk(2), (None, None) if fused.bias is None else fused.bias.chunk(2),
@@ -137,7 +145,7 @@ def find_ffn_blocks(module: nn.Module) -> list[FfnBlock]:
         raise ModelError(
             f"moefy: {type(module).__name__} has no FFN blocks the stage understands (expected BERT-family "
             "layers with `intermediate.dense` and `output.dense`, gated `mlp.gate_proj`, `up_proj` and `down_proj` "
-            "(or Phi-3's fused `mlp.gate_up_proj`), "
+            "(or the fused `mlp.gate_up_proj` of Phi-3, `mlp.Wi` of ModernBERT), "
             f"OPT's `fc1` / `fc2`, GPT-2's `mlp.c_fc` / `mlp.c_proj` or DistilBERT's `ffn.lin1` / `ffn.lin2`; found "
             f"modules: {names} ...)."
         )

@@ -34,42 +34,41 @@ def prune_encoder(model: nn.Module, gates: dict[str, list[torch.Tensor]]) -> dic
         encoder_layers(model), old, keep_heads, keep_units, gates["heads"], gates["units"], strict=True
     ):
         layout = encoder_layout_of(layer)
-        new = layout.projections(layer)
         gone_attention, gone_ffn = layout.removed_blocks(layer)
         rows = (heads[:, None] * d + torch.arange(d)).reshape(-1)
-        if len(heads):
-            for name in ("q", "k", "v", *(n for n in snap if n not in ROLES)):  # and DeBERTa's position projections
-                _copy(new[name], snap[name][0][rows], None if snap[name][1] is None else snap[name][1][rows])
-            scale = zh[heads].repeat_interleave(d)
-            _copy(new["o"], snap["o"][0][:, rows] * scale, snap["o"][1])
-        else:
+        new = {}
+        for name, (w, b) in snap.items():
+            if name == "o":  # the kept gates fold into the output projections' columns; their bias stays whole
+                if len(heads):
+                    new[name] = (w[:, rows] * zh[heads].repeat_interleave(d), b)
+            elif name == "down":
+                if len(units):
+                    new[name] = (w[:, units] * zu[units], b)
+            elif name in UNIT_ROWS:
+                if len(units):
+                    new[name] = (w[units], None if b is None else b[units])
+            elif len(heads):  # query, key, value and any other head-row projection (DeBERTa's position ones)
+                new[name] = (w[rows], None if b is None else b[rows])
+        layout.load(layer, new)
+        if not len(heads):
             _removed(gone_attention, snap["o"][1], norms.get("attention"))
-        if len(units):
-            _copy(new["up"], snap["up"][0][units], snap["up"][1][units])
-            _copy(new["down"], snap["down"][0][:, units] * zu[units], snap["down"][1])
-        else:
+        if not len(units):
             _removed(gone_ffn, snap["down"][1], norms.get("ffn"))
     return structure | {"removed_layers": removed}
 
 
-ROLES = ("q", "k", "v", "o", "up", "down")
+UNIT_ROWS = ("up", "gate")  # rows of FFN units (a GLU's two halves)
 Pair = tuple[torch.Tensor, torch.Tensor | None]
 
 
 def _snapshot(layer: Any) -> tuple[dict[str, Pair], dict[str, Pair]]:
-    """Copies of the layer's projections and of the LayerNorms inside its blocks."""
+    """Copies of the layer's canonical projections and of the LayerNorms inside its blocks."""
     layout = encoder_layout_of(layer)
-    def pair(m: Any) -> Pair:
-        return m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone()
-
-    return ({k: pair(m) for k, m in layout.projections(layer).items()},
-            {k: pair(m) for k, m in layout.norms(layer).items()})  # fmt: skip
-
-
-def _copy(linear: Any, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    linear.weight.copy_(weight)
-    if bias is not None:
-        linear.bias.copy_(bias)
+    norms: dict[str, Pair] = {}
+    for k, m in layout.norms(layer).items():
+        norm: Any = m
+        norms[k] = (norm.weight.detach().clone(), norm.bias.detach().clone())
+    return layout.read(layer), norms
 
 
 def _removed(block: Any, bias: torch.Tensor | None, norm: Pair | None) -> None:

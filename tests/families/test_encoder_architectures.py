@@ -21,8 +21,8 @@ from tests.conftest import minilm_path, text_recipe_head, write_recipe
 TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
 UNLISTED = ["albert"]  # no layout method registered: the generic ones (finetune, kd, export) still run
 OTHER_LAYOUTS = ["distilbert", "deberta-v2", "modernbert"]  # outside BERT's layout: no attention taps, search, ...
-# moefy and DPHuBERT (not ModernBERT's GLU)
-FFN_TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2"]
+# moefy and DPHuBERT (ModernBERT's fused projections included)
+FFN_TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
 
 
 def tiny_config(model_type: str, vocab: int = 1000) -> Any:
@@ -137,7 +137,7 @@ def test_dphubert_pruning_equals_the_masked_model_reloads_and_exports(model_type
     torch.testing.assert_close(torch.from_numpy(ort), want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("model_type", ["distilbert", "deberta-v2"])
+@pytest.mark.parametrize("model_type", ["distilbert", "deberta-v2", "modernbert"])
 def test_a_closed_layer_gate_removes_the_layer_of_another_layout(model_type: str) -> None:
     from compress.models.structure import encoder_layers
     from compress.pruning.encoder_masks import EncoderMasks
