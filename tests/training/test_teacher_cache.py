@@ -76,3 +76,25 @@ def test_distillation_reads_the_top_k_cache_and_reports_it(tmp_path: Path, pycod
     with pytest.raises(CompressError, match=r"stages\[1\].teacher_top_k: 100000 is more than the vocabulary "
                                             r"data.tokenizer trains \(512 tokens\); give at most 512"):  # fmt: skip
         pipeline.validate(too_many)
+
+
+def test_evaluation_batches_are_bounded_by_the_size_of_their_logits(teacher_and_split, monkeypatch) -> None:  # noqa: ANN001
+    """A classifier's batch size (128) over a large vocabulary would hold gigabytes of logits at once: causal-LM
+    evaluation and the teacher cache take as many blocks as `LOGITS_BUDGET` allows, with the same results."""
+    from compress.data import dataset
+    from compress.training.evaluate import lm_metrics
+
+    model, split = teacher_and_split
+    assert LmSplit("x", [[1] * 256], 0).logits_batch(128, 49152) == 10  # SmolLM2: 10 x 256 x 49,152 x 4 B < 512 MiB
+    assert split.logits_batch(128, VOCAB) == 128
+    whole = top_k_logprobs(model, split, 5, batch_size=128)
+    metrics = lm_metrics(model, split, 128)
+    monkeypatch.setattr(dataset, "LOGITS_BUDGET", 4 * 12 * VOCAB * 2)  # two blocks of 12 per batch
+    assert split.logits_batch(128, VOCAB) == 2
+    sizes: list[int] = []
+    loader = LmSplit.loader
+    monkeypatch.setattr(LmSplit, "loader", lambda self, n, **kw: sizes.append(n) or loader(self, n, **kw))
+    small = top_k_logprobs(model, split, 5, batch_size=128)
+    assert torch.equal(small.ids, whole.ids) and torch.allclose(small.logprobs.float(), whole.logprobs.float())
+    assert lm_metrics(model, split, 128) == pytest.approx(metrics)
+    assert sizes == [2, 2]

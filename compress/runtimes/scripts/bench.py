@@ -9,7 +9,8 @@ several) to --out, or prints it on stdout.
         [--prompt 128 --new-tokens 64]
 
 A causal LM is measured as generation instead: a KV-cache graph (inputs ``past.<i>.key``) on onnxruntime or
-OpenVINO (compiled with dynamic shapes), an ExecuTorch program with a static cache on ExecuTorch: time to first
+OpenVINO (compiled with dynamic shapes), an ExecuTorch program with a static cache on ExecuTorch, a GGUF file on
+llama.cpp (``--runtime llamacpp``, llama-cpp-python; what benchmarks compare with): time to first
 token (prefill of a ``--prompt``-token prompt) and milliseconds per decoded token, over ``runs // 10`` (at least
 3) generations of ``--new-tokens`` tokens.
 
@@ -230,10 +231,15 @@ def no_op_times(model: str, args: argparse.Namespace, feeds: Feeds, n: int) -> d
     return {}  # ExecuTorch's per-operator profile (ETDump) needs a devtools build of the runtime
 
 
+def _no_forward(model: str, args: argparse.Namespace) -> tuple[Callable[[Feeds], Any], Feeds, dict[str, Any]]:
+    raise SystemExit(f"{model}: llama.cpp runs GGUF causal LMs, measured as generation only")
+
+
 RUNTIMES = {
     "onnxruntime": (ort_load, ort_op_times),
     "openvino": (ov_load, ov_op_times),
     "executorch": (et_load, no_op_times),
+    "llamacpp": (_no_forward, no_op_times),  # GGUF causal LMs: generation only
 }
 
 
@@ -243,6 +249,8 @@ RUNTIMES = {
 def is_kv_graph(model: str, args: argparse.Namespace) -> bool:
     """A causal LM: an ONNX graph with ``past.<i>.key`` inputs, or an ExecuTorch program with a static cache
     (inputs ``input_ids (1, sequence)`` and a 1-D ``cache_position``)."""
+    if args.runtime == "llamacpp":  # a GGUF file: always a causal LM
+        return True
     if args.runtime == "executorch" and model.endswith(".pte"):
         from executorch.runtime import Runtime
 
@@ -409,7 +417,44 @@ def _et_version() -> str:
         return "unknown"
 
 
-GENERATION = {"onnxruntime": ort_session, "openvino": ov_session, "executorch": et_session}
+class LlamaCppSession:
+    """A GGUF file on llama.cpp (llama-cpp-python), batch 1: what llama.cpp users run, measured the same way
+    (benchmarks compare our graphs with it; the pipeline never exports GGUF). The cache lives in llama.cpp's
+    context (its size is not returned)."""
+
+    def __init__(self, model: str, threads: int, context: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=model, n_ctx=context, n_batch=min(512, context), n_threads=threads or None,
+                         n_threads_batch=threads or None, verbose=False)  # fmt: skip
+
+    def _last(self) -> np.ndarray:
+        return np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)[None, :]
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval([int(t) for t in ids[0]])
+        return self._last()
+
+    def decode(self, token: np.ndarray) -> np.ndarray:
+        self.llm.eval([int(token[0, 0])])
+        return self._last()
+
+    def cache_bytes(self) -> int:
+        return 0
+
+
+def llamacpp_session(model: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    if args.batch != 1:
+        raise SystemExit(f"{model}: llama.cpp is measured at batch 1 (got --batch {args.batch})")
+    from importlib.metadata import version
+
+    session = LlamaCppSession(model, args.threads, args.prompt + args.new_tokens + 8)
+    return session, {"runtime": "llamacpp", "runtime_version": version("llama-cpp-python"), "provider": "CPU"}
+
+
+GENERATION = {"onnxruntime": ort_session, "openvino": ov_session, "executorch": et_session,
+              "llamacpp": llamacpp_session}  # fmt: skip
 
 
 def measure_generation(model: str, args: argparse.Namespace) -> dict[str, Any]:
