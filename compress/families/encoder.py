@@ -53,6 +53,9 @@ LAYER_LIST = (*BERT_LAYOUT, "distilbert", "deberta-v2", "modernbert")
 # `ffn`, ModernBERT's fused GLU `mlp`. The same types have the layouts DPHuBERT prunes (models/encoder_layout.py:
 # heads, FFN units, whole blocks and layers)
 FFN_LAYOUT = (*BERT_LAYOUT, "distilbert", "deberta-v2", "modernbert")
+# ALBERT runs one shared layer N times: students run it fewer times, moefy splits its FFN (one MoE, shared like the
+# layer); no layer list, so no layer taps or per-layer pruning
+SHARED_LAYER = ("albert",)
 QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))  # BERT's and DistilBERT's projections
 
 @register_family
@@ -198,14 +201,14 @@ _SEARCH = _Search()
 _NAME = EncoderFamily.name
 m.register(m.PRUNE_DPHUBERT, _NAME, HF, _masked_groups, architectures=FFN_LAYOUT)
 m.register(m.PRUNE_LATENCY, _NAME, HF, _latency_costs, architectures=BERT_LAYOUT)
-m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=FFN_LAYOUT)
+m.register(m.MOEFY, _NAME, HF, _ffn_blocks, architectures=(*FFN_LAYOUT, *SHARED_LAYER))
 m.register(m.SEARCH_DISWOT, _NAME, HF, _SEARCH, architectures=BERT_LAYOUT)
 m.register(m.SEARCH_AUTODISTIL, _NAME, HF, _SEARCH, architectures=BERT_LAYOUT)
 m.register(m.SEARCH_LATENCY, _NAME, HF, True, architectures=BERT_LAYOUT)
 m.register(m.QUANTIZE_BITSANDBYTES, _NAME, HF, _check_bitsandbytes)
 m.register(m.LOSSES_ATTENTION, _NAME, HF, True, architectures=BERT_LAYOUT)
 m.register(m.HIDDEN_STATES, _NAME, HF, _Layers(), architectures=LAYER_LIST)
-m.register(m.STUDENT_BERT, _NAME, HF, True, architectures=LAYER_LIST)
+m.register(m.STUDENT_BERT, _NAME, HF, True, architectures=(*LAYER_LIST, *SHARED_LAYER))
 m.register(m.GRADIENT_CHECKPOINTING, _NAME, HF, True)
 m.register(m.EXPORT, _NAME, ANY, True)
 m.register(m.QUANTIZE_QAT, _NAME, ANY, _Qat(_NAME))

@@ -1,5 +1,6 @@
 """Encoder students made of the teacher's own layers (any Hugging Face encoder with a layer list: BERT, RoBERTa,
-ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT), and for BERT's layout also narrower ones (hidden / heads / FFN)."""
+ELECTRA, DistilBERT, DeBERTa-v2, ModernBERT; ALBERT's shared layer run fewer times), and for BERT's layout also
+narrower ones (hidden / heads / FFN)."""
 
 from __future__ import annotations
 
@@ -72,9 +73,34 @@ def _load_layer(layer: Any, state: dict[str, Any], s_i: int, t_i: int) -> None:
                  ", ".join(result.unexpected_keys), t_i)  # fmt: skip
 
 
+def _albert_student(teacher: PreTrainedModel, spec: BertStudentSpec) -> PreTrainedModel:
+    """ALBERT runs one shared layer ``num_hidden_layers`` times: its student is the same weights run fewer times
+    (the same parameters, less compute per token)."""
+    tcfg: Any = teacher.config
+    resized = [k for k in ("hidden", "heads", "ffn") if getattr(spec, k) is not None]
+    if resized or getattr(tcfg, "num_hidden_groups", 1) != 1:
+        raise ModelError(f"student.bert: an ALBERT student runs the teacher's shared layer fewer times; give `layers` "
+                         f"only (got {', '.join(resized) or 'a teacher of several layer groups'}).")  # fmt: skip
+    if spec.init_from_layers is not None:
+        raise ModelError("student.bert.init_from_layers: ALBERT's layers are one shared layer; give `layers` only.")
+    cfg = copy.deepcopy(tcfg)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.num_hidden_layers = spec.layers
+    from transformers import AutoModelForSequenceClassification
+
+    student = AutoModelForSequenceClassification.from_config(cfg)
+    student.load_state_dict(float_state_dict(teacher) if is_bnb(teacher) else teacher.state_dict())
+    log.info("student: the teacher's shared ALBERT layer run %d times (the teacher: %d)", spec.layers,
+             tcfg.num_hidden_layers)  # fmt: skip
+    return student
+
+
 def build_bert_student(teacher: PreTrainedModel, spec: BertStudentSpec) -> PreTrainedModel:
     """Build the student from the teacher's config, copying embeddings, chosen layers and the head."""
     tcfg = teacher.config
+    if getattr(tcfg, "model_type", None) == "albert":
+        return _albert_student(teacher, spec)
     t_layers = _layers_of(teacher)
     model_type = getattr(tcfg, "model_type", None)
     resized = {k: v for k, v in (("hidden", spec.hidden), ("heads", spec.heads), ("ffn", spec.ffn)) if v is not None}

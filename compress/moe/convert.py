@@ -42,7 +42,7 @@ def capture(module: nn.Module, blocks: list[FfnBlock], batches: Iterable[dict[st
             max_tokens: int) -> Calibration:  # fmt: skip
     ins: list[list[torch.Tensor]] = [[] for _ in blocks]
     outs: list[list[torch.Tensor]] = [[] for _ in blocks]
-    keep: list[torch.Tensor] = []
+    keep: list[list[torch.Tensor]] = [[] for _ in blocks]  # per block: the token mask of each call
     hooks = []
     for i, b in enumerate(blocks):
         hooks.append(b.input_module.register_forward_pre_hook(lambda _m, a, i=i: ins[i].append(a[0].detach())))
@@ -52,21 +52,22 @@ def capture(module: nn.Module, blocks: list[FfnBlock], batches: Iterable[dict[st
     try:
         for batch in batches:
             mask = batch["attention_mask"].bool()
-            keep.append(mask.flatten())
+            before = [len(x) for x in ins]
             module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            for i, n in enumerate(before):  # a shared layer (ALBERT's) runs, and is captured, several times
+                keep[i] += [mask.flatten()] * (len(ins[i]) - n)
             seen += int(mask.sum())
             if seen >= max_tokens:
                 break
     finally:
         for h in hooks:
             h.remove()
-    sel = torch.cat(keep)
-
-    def flat(parts: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.cat([p.reshape(-1, p.shape[-1]) for p in parts])[sel]
+    def flat(parts: list[torch.Tensor], sel: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat([p.reshape(-1, p.shape[-1]) for p in parts])[torch.cat(sel)]
         return x[:max_tokens]
 
-    return Calibration([flat(p) for p in ins], [flat(p) for p in outs])
+    return Calibration([flat(p, k) for p, k in zip(ins, keep, strict=True)],
+                       [flat(p, k) for p, k in zip(outs, keep, strict=True)])  # fmt: skip
 
 
 def neuron_groups(

@@ -68,7 +68,8 @@ class FfnBlock:
 # The FFN arrangements moefy reads, by the layer's attributes: (slot the MoE takes, input, output, gate or None,
 # activation, modules cleared after the MoE). Gated LLaMA-style decoders (SwiGLU `mlp`), BERT-family encoders (BERT,
 # RoBERTa, ELECTRA, MiniLM, DeBERTa-v2, ...), OPT (`fc1` / `fc2` on the layer), GPT-2 (`mlp.c_fc` / `mlp.c_proj`,
-# Conv1D) and DistilBERT (`ffn.lin1` / `ffn.lin2`); Phi-3's and ModernBERT's fused GLUs are read by `_fused_gated`.
+# Conv1D), DistilBERT (`ffn.lin1` / `ffn.lin2`) and ALBERT (`ffn` / `ffn_output` of its shared layer); Phi-3's and
+# ModernBERT's fused GLUs are read by `_fused_gated`.
 _ARRANGEMENTS = (
     ("mlp", "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj", "mlp.act_fn", ()),
     ("intermediate", "intermediate.dense", "output.dense", None, "intermediate.intermediate_act_fn",
@@ -76,6 +77,7 @@ _ARRANGEMENTS = (
     ("fc1", "fc1", "fc2", None, "activation_fn", ("fc2", "activation_fn")),
     ("mlp.c_fc", "mlp.c_fc", "mlp.c_proj", None, "mlp.act", ("mlp.c_proj", "mlp.act")),
     ("ffn.lin1", "ffn.lin1", "ffn.lin2", None, "ffn.activation", ("ffn.lin2", "ffn.activation")),
+    ("ffn", "ffn", "ffn_output", None, "activation", ("ffn_output", "activation")),
 )  # fmt: skip
 SLOTS = tuple(a[0] for a in _ARRANGEMENTS)
 
@@ -146,7 +148,8 @@ def find_ffn_blocks(module: nn.Module) -> list[FfnBlock]:
             f"moefy: {type(module).__name__} has no FFN blocks the stage understands (expected BERT-family "
             "layers with `intermediate.dense` and `output.dense`, gated `mlp.gate_proj`, `up_proj` and `down_proj` "
             "(or the fused `mlp.gate_up_proj` of Phi-3, `mlp.Wi` of ModernBERT), "
-            f"OPT's `fc1` / `fc2`, GPT-2's `mlp.c_fc` / `mlp.c_proj` or DistilBERT's `ffn.lin1` / `ffn.lin2`; found "
+            f"OPT's `fc1` / `fc2`, GPT-2's `mlp.c_fc` / `mlp.c_proj`, DistilBERT's `ffn.lin1` / `ffn.lin2` or ALBERT's "
+            f"`ffn` / `ffn_output`; found "
             f"modules: {names} ...)."
         )
     return blocks

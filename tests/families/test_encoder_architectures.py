@@ -19,7 +19,7 @@ from compress.families import methods as m
 from tests.conftest import minilm_path, text_recipe_head, write_recipe
 
 TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
-UNLISTED = ["albert"]  # no layout method registered: the generic ones (finetune, kd, export) still run
+UNLISTED = ["mpnet"]  # no layout method registered: the generic ones (finetune, kd, export) still run
 OTHER_LAYOUTS = ["distilbert", "deberta-v2", "modernbert"]  # outside BERT's layout: no attention taps, search, ...
 # moefy and DPHuBERT (ModernBERT's fused projections included)
 FFN_TYPES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
@@ -38,6 +38,8 @@ def tiny_config(model_type: str, vocab: int = 1000) -> Any:
         return transformers.ElectraConfig(embedding_size=32, **small)
     if model_type == "albert":
         return transformers.AlbertConfig(embedding_size=16, **small)
+    if model_type == "mpnet":
+        return transformers.MPNetConfig(**small)
     if model_type == "modernbert":  # its default special-token ids sit beyond a small vocabulary
         return transformers.ModernBertConfig(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
                                              sep_token_id=2, **small)  # fmt: skip
@@ -74,10 +76,41 @@ def _inputs() -> dict[str, torch.Tensor]:
 
 
 def test_the_matrix_lists_exactly_the_registered_types() -> None:
-    for method in (m.STUDENT_BERT, m.HIDDEN_STATES):
-        assert sorted(m.architectures_of(method.name, "encoder") or ()) == sorted(TYPES), method.name
-    for method in (m.MOEFY, m.PRUNE_DPHUBERT):  # FFN splits and DPHuBERT's groups: the same layouts
-        assert sorted(m.architectures_of(method.name, "encoder") or ()) == sorted(FFN_TYPES), method.name
+    def types(method: Any) -> list[str]:
+        return sorted(m.architectures_of(method.name, "encoder") or ())
+
+    assert types(m.HIDDEN_STATES) == sorted(TYPES) and types(m.STUDENT_BERT) == sorted([*TYPES, "albert"])
+    assert types(m.PRUNE_DPHUBERT) == sorted(FFN_TYPES)  # DPHuBERT's groups and FFN splits: the same layouts
+    assert types(m.MOEFY) == sorted([*FFN_TYPES, "albert"])  # and ALBERT's shared FFN
+
+
+def test_an_albert_student_runs_the_shared_layer_fewer_times() -> None:
+    from compress.errors import ModelError
+    from compress.models.bert import BertStudentSpec, build_bert_student
+
+    teacher = tiny_encoder("albert")
+    same = build_bert_student(teacher, BertStudentSpec(layers=3)).eval()
+    with torch.no_grad():  # the teacher's depth: the teacher itself
+        torch.testing.assert_close(same(**_inputs()).logits, teacher(**_inputs()).logits)
+    short = build_bert_student(teacher, BertStudentSpec(layers=1))
+    assert short.config.num_hidden_layers == 1
+    assert sum(p.numel() for p in short.parameters()) == sum(p.numel() for p in teacher.parameters())  # shared
+    with pytest.raises(ModelError, match="runs the teacher's shared layer fewer times; give `layers` only"):
+        build_bert_student(teacher, BertStudentSpec(layers=1, hidden=16))
+
+
+def test_albert_distils_a_shorter_student_and_moefies_its_shared_ffn(tmp_path: Path, sst2_slice: Path) -> None:
+    folder = _tiny_folder(tmp_path, "albert")
+    text = text_recipe_head("albert").format(data=sst2_slice, teacher=folder) + """stages:
+  - {stage: finetune, max_steps: 4, batch_size: 16, lr: 1.0e-3}
+  - {stage: distill, student: {bert: {layers: 1}}, max_steps: 4, batch_size: 16, losses: [{name: kd}]}
+""" + MOEFY.split("  - stage: prune")[0] + """  - {stage: export, models: [student, teacher.moe], int8: []}
+"""
+    result = pipeline.run(write_recipe(tmp_path, text), tmp_path / "out")
+    student, moe = result.artifacts["student"], result.artifacts["teacher.moe"]
+    assert result.artifacts["student.onnx"].metrics["accuracy"] == pytest.approx(student.metrics["accuracy"])
+    assert [layer["all_experts_max_abs_diff"] < 1e-4 for layer in moe.info["moe"]["layers"]] == [True]  # one, shared
+    assert result.artifacts["teacher.moe.onnx"].metrics["accuracy"] == pytest.approx(moe.metrics["accuracy"])
 
 
 def _deberta_v3() -> Any:
