@@ -138,16 +138,34 @@ def merge(paths: list[Path], results: str) -> None:
     for path in paths:
         data = json.loads(path.read_text())
         cpu = data["environment"]["cpu"]
-        runs.append({"file": path.name, "layers": data["layers"], "losses": data["losses"],
+        budget = tuple(data.get(k) for k in ("steps", "batch", "block", "teacher_top_k"))
+        runs.append({"file": path.name, "layers": data["layers"], "losses": data["losses"], "tokens": budget,
                      "wall_seconds": data["wall_seconds"], "cpu": cpu, "summary": data["summary"]})  # fmt: skip
         for r in data["rows"]:
             if r["model"] == "teacher" and any(x["model"] == "teacher" and x["run"] != path.stem for x in rows):
                 r = {**r, "artifact": f"{r['artifact']} ({path.stem})"}  # each run's own teacher reference
-            rows.append({**r, "run": path.stem, "cpu": cpu["model"], "simd": cpu["flags"]})
+            rows.append({**r, "run": path.stem, "cpu": cpu["model"], "simd": cpu["flags"], "layers": data["layers"],
+                         "tokens": budget})  # fmt: skip
     print_table(rows, "SmolLM2-135M on pycode, merged: " + ", ".join(f"{r['file']} ({r['cpu']['model']}, "
                 f"{' '.join(r['cpu']['flags'])})" for r in runs))  # fmt: skip
+    # the loss comparison across invocations: fp32 students of the same depth trained on the same tokens
+    # (perplexity does not depend on the machine; the speed columns compare within a run only)
+    comparison = []
+    for layers, budget in sorted({(r["layers"], r["tokens"]) for r in rows if r.get("loss")}, key=str):
+        fp32 = {r["loss"]: r for r in rows if r.get("loss") and r["precision"] == "fp32" and r["layers"] == layers
+                and r["tokens"] == budget}  # fmt: skip
+        others = [x for x in ("taid", "skl", "gkd") if x in fp32]
+        if "fkl" in fp32 and others:
+            top = min(others, key=lambda x: fp32[x]["perplexity"])
+            gain = 100 * (1 - fp32[top]["perplexity"] / fp32["fkl"]["perplexity"])
+            comparison.append({"layers": layers, "steps_batch_block_topk": budget, "best_of_taid_skl_gkd": top,
+                               "perplexity": {x: r["perplexity"] for x, r in fp32.items()},
+                               "gain_vs_fkl_pct": gain, "target_pct": LOSS_GAIN_TARGET_PCT,
+                               "met": gain >= LOSS_GAIN_TARGET_PCT})  # fmt: skip
+            print(f"L{layers}, steps/batch/block/top-k {budget}: {top} {fp32[top]['perplexity']:.3f} vs fkl "
+                  f"{fp32['fkl']['perplexity']:.3f}: {gain:+.1f}% (target >= {LOSS_GAIN_TARGET_PCT}%)")  # fmt: skip
     target = ROOT / "benchmarks" / "results" / results
-    target.write_text(json.dumps({"runs": runs, "rows": rows}, indent=2))
+    target.write_text(json.dumps({"runs": runs, "rows": rows, "loss_comparison": comparison}, indent=2))
     print(f"saved {target}")
 
 
