@@ -221,8 +221,8 @@ def _speeds(graphs: dict[str, tuple[str, str, str]], work: Path, rounds: int = 3
 
 
 def int4_blocks(args: argparse.Namespace, results: str) -> None:
-    """The teacher's int4 graph (onnxruntime RTN, symmetric) at several block sizes: test perplexity on the first
-    ``--eval-blocks`` test blocks and decoding speed, measured alternately in one run."""
+    """A model's int4 graph (onnxruntime RTN, symmetric; `--int4-model`, default the teacher) at several block
+    sizes: test perplexity on the first ``--eval-blocks`` test blocks and decoding speed, alternately in one run."""
     import sys
 
     from compress.environment import environment
@@ -235,27 +235,32 @@ def int4_blocks(args: argparse.Namespace, results: str) -> None:
     work = args.out / "int4-blocks"
     work.mkdir(parents=True, exist_ok=True)
     test = _test_split(args).subset(args.eval_blocks)
-    teacher = load_model(args.out / arts["teacher"]["path"])
-    fp32 = args.out / arts["teacher.onnx"]["path"]
-    graphs = {"teacher.onnx": (sys.executable, str(fp32), "onnxruntime")}
+    name = args.int4_model
+    if name not in arts or f"{name}.onnx" not in arts:
+        raise SystemExit(f"--int4-model: {name} and {name}.onnx are not artifacts of the run in {args.out} (it has "
+                         f"{', '.join(sorted(arts))})")  # fmt: skip
+    teacher = load_model(args.out / arts[name]["path"])
+    fp32 = args.out / arts[f"{name}.onnx"]["path"]
+    graphs = {f"{name}.onnx": (sys.executable, str(fp32), "onnxruntime")}
     for block in args.int4_blocks:
-        path = work / f"teacher.int4-b{block}.onnx"
+        path = work / f"{name}.int4-b{block}.onnx"
         if not path.is_file():
             quantize_weights_rtn(fp32, path, bits=4, block_size=block)
         graphs[path.name] = (sys.executable, str(path), "onnxruntime")
     rows = []
     speeds = _speeds(graphs, work)
-    for name, (_, path, _) in graphs.items():
-        metrics, _ = decoder_metrics("onnxruntime", Path(path), teacher.module, test, 8, f"perplexity of {name}")
-        rows.append({"artifact": name, "model": "teacher", "loss": None, "perplexity": metrics["perplexity"],
-                     "size_mb": Path(path).stat().st_size / 1e6, **speeds[name]})  # fmt: skip
+    for graph, (_, path, _) in graphs.items():
+        metrics, _ = decoder_metrics("onnxruntime", Path(path), teacher.module, test, 8, f"perplexity of {graph}")
+        rows.append({"artifact": graph, "model": args.int4_model, "loss": None, "perplexity": metrics["perplexity"],
+                     "size_mb": Path(path).stat().st_size / 1e6, **speeds[graph]})  # fmt: skip
     for r in rows:
         r["speedup_vs_teacher_fp32"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
         r["perplexity_increase_pct"] = 100 * (r["perplexity"] / rows[0]["perplexity"] - 1)
     env = environment()
-    print_table(rows, f"SmolLM2-135M int4 block sizes, {len(test)} test blocks; CPU {env['cpu']['model']} "
+    print_table(rows, f"{name}: int4 block sizes, {len(test)} test blocks; CPU {env['cpu']['model']} "
                 f"({' '.join(env['cpu']['flags'])})")  # fmt: skip
-    out = {"eval_blocks": len(test), "rows": rows, "wall_seconds": time.perf_counter() - started, "environment": env}
+    out = {"model": name, "eval_blocks": len(test), "rows": rows, "wall_seconds": time.perf_counter() - started,
+           "environment": env}
     target = ROOT / "benchmarks" / "results" / results
     target.write_text(json.dumps(out, indent=2))
     print(f"saved {target}")
@@ -327,7 +332,8 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these JSONs into one table instead of running")
     parser.add_argument("--llamacpp", default=None, help="the llama.cpp row: python of an env with llama-cpp-python")
     parser.add_argument("--int4-blocks", type=lambda v: [int(x) for x in v.split(",")], default=None,
-                        help="compare the teacher's int4 graph at these block sizes (e.g. 32,128)")
+                        help="compare the int4 graph at these block sizes (e.g. 32,128)")
+    parser.add_argument("--int4-model", default="teacher", help="--int4-blocks: the model artifact of the run")
     args = parser.parse_args()
     if args.merge:
         merge(args.merge, args.results or "lm_smollm2.json")
