@@ -99,6 +99,10 @@ class Family(ABC):
         ``architecture`` when given) have an implementation of a method."""
         return runs_on(capability, self.name, kind, architecture)
 
+    def has(self, method: Method[Any], model: TaskModel) -> bool:
+        """Whether ``model`` (its source kind and Hugging Face model type) has an implementation of ``method``."""
+        return self.supports(method.name, model.kind, model_type(model))
+
     def method(self, method: Method[T], where: str, model: TaskModel | None = None, hint: str = "") -> T:
         """The implementation of ``method`` for ``model`` (for any member when None); a clear error naming the
         family, the stage, the method and the ones that do apply when none is registered."""

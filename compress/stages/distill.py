@@ -16,6 +16,7 @@ from compress.data.dataset import DataBundle, Split
 from compress.data.text import tokenize
 from compress.errors import StageError
 from compress.families import Family, family_of, family_of_source, source_where
+from compress.families.methods import DISTILL_AUGMENT
 from compress.losses import LossConfig, build_terms, default_losses, loss_config_union
 from compress.models.source import ModelSource
 from compress.stages.base import (
@@ -197,7 +198,7 @@ def _augment(
     """The training split followed by its augmented examples, labelled by the teacher: the split, the teacher's
     logits on all of it (cached on disk under the augmentation's settings) and what the report says of it."""
     train = data.train
-    if train.texts is None or train.task != "classification":  # the recipe check refuses this before any run
+    if train.texts is None or not family_of(teacher).has(DISTILL_AUGMENT, teacher):  # the recipe check refuses it
         raise StageError(f"distill.augment: augments text classification data (sentences and labels); the "
                          f"training split is {train.task} data without sentences. Remove `augment`.")  # fmt: skip
     if train.pairs is not None:

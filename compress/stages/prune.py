@@ -25,7 +25,6 @@ from compress.context import Context
 from compress.data.dataset import Batch
 from compress.errors import StageError
 from compress.families import Family, family_of
-from compress.families.base import model_type
 from compress.families.methods import (
     HIDDEN_STATES,
     PRUNE_DPHUBERT,
@@ -341,7 +340,7 @@ def _hidden_pairs(
     config: DphubertConfig, family: Family, student: TaskModel, teacher: TaskModel
 ) -> tuple[list[tuple[str, str]], list[int]]:
     """Student/teacher feature-tap pairs of the L1 + cosine loss (none when the family has no hidden states)."""
-    if config.hidden_weight == 0 or not family.supports(HIDDEN_STATES.name, student.kind, model_type(student)):
+    if config.hidden_weight == 0 or not family.has(HIDDEN_STATES, student):
         return [], []
     structure = family.method(HIDDEN_STATES, "prune", student)
     n_layers = structure.layers(student)
