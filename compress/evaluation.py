@@ -14,7 +14,7 @@ from pydantic import Field
 
 from compress.artifacts import Artifact
 from compress.config import Strict
-from compress.data.dataset import DataBundle, LmSplit, Split
+from compress.data.dataset import DataBundle, Split
 from compress.errors import ExportError
 from compress.models.decoder import cache_shape
 from compress.models.task_model import TaskModel
@@ -147,16 +147,12 @@ def decoder_parity(
 
 
 @torch.no_grad()
-def _rows(split: Split, batch_size: int, vocab: int) -> int:
-    return split.logits_batch(batch_size, vocab) if isinstance(split, LmSplit) else batch_size
-
-
 def teacher_picks(teacher: TaskModel, split: Split, batch_size: int) -> np.ndarray:
     """The teacher's (PyTorch) argmax token at every predicted position of ``split``, in order: computed once,
     compared with every deployed graph."""
     teacher.module.eval()
     out = []
-    loader = split.loader(_rows(split, batch_size, teacher.num_labels))
+    loader = split.loader(split.logits_batch(batch_size, teacher.num_labels))
     with progress(f"teacher tokens on {split.name}", len(loader)) as bar:
         for batch in loader:
             logits = teacher.logits(batch)
@@ -175,7 +171,7 @@ def decoder_metrics(
     runner = decoder_runner(runtime, path, cache_shape(module))
     nll, correct, count = 0.0, 0, 0
     picks = []
-    loader = split.loader(_rows(split, batch_size, int(getattr(module.config, "vocab_size", 0) or 1)))
+    loader = split.loader(split.logits_batch(batch_size, int(getattr(module.config, "vocab_size", 0) or 1)))
     with progress(label, len(loader)) as bar:
         for batch in loader:
             ids, mask, labels = (batch[k].numpy() for k in ("input_ids", "attention_mask", "labels"))

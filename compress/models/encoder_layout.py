@@ -29,7 +29,11 @@ from compress.errors import ModelError
 Weights = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
 
 
-class RemovedAttention(nn.Module):
+class RemovedBlock(nn.Module):
+    """What stands in a layer's slot for a block with nothing left (see the three kinds below)."""
+
+
+class RemovedAttention(RemovedBlock):
     """A BERT-style attention block with no heads left: ``LayerNorm(x + b)``, ``b`` the output projection's bias."""
 
     def __init__(self, hidden: int, eps: float) -> None:
@@ -41,7 +45,7 @@ class RemovedAttention(nn.Module):
         return self.LayerNorm(hidden_states + self.bias), None
 
 
-class RemovedFFNOutput(nn.Module):
+class RemovedFFNOutput(RemovedBlock):
     """The output of a BERT-style FFN block with no units left: ``LayerNorm(x + b)`` (its intermediate is an
     Identity)."""
 
@@ -54,7 +58,7 @@ class RemovedFFNOutput(nn.Module):
         return self.LayerNorm(input_tensor + self.bias)
 
 
-class BiasOnly(nn.Module):
+class BiasOnly(RemovedBlock):
     """A block with nothing left whose layer adds the residual and normalises itself (DistilBERT): the output
     projection's bias at every position (with ``None`` attention weights where the block is an attention)."""
 
@@ -87,11 +91,15 @@ class EncoderLayout(ABC):
     def projections(self, layer: Any) -> dict[str, nn.Module]:
         """``q``, ``k``, ``v``, ``o``, ``up``, ``down`` and any other head-row projection (present blocks only)."""
 
-    @abstractmethod
-    def attention_removed(self, layer: Any) -> bool: ...
+    # the layer attributes that hold a removed attention block and a removed FFN block (a `RemovedBlock`)
+    attention_slot: str
+    ffn_slot: str
 
-    @abstractmethod
-    def ffn_removed(self, layer: Any) -> bool: ...
+    def attention_removed(self, layer: Any) -> bool:
+        return isinstance(getattr(layer, self.attention_slot), RemovedBlock)
+
+    def ffn_removed(self, layer: Any) -> bool:
+        return isinstance(getattr(layer, self.ffn_slot), RemovedBlock)
 
     @abstractmethod
     def units(self, layer: Any) -> int:
@@ -101,10 +109,11 @@ class EncoderLayout(ABC):
     def resize(self, layer: Any, config: Any, heads: int, units: int) -> None:
         """New, uninitialised projections for ``heads`` heads and ``units`` units; a zero removes the block."""
 
-    @abstractmethod
     def removed_blocks(self, layer: Any) -> tuple[nn.Module | None, nn.Module | None]:
         """The modules standing for a removed attention block and FFN block (None where the block is there): each
         has the output projection's ``bias``, and its ``LayerNorm`` where the block held one."""
+        return (getattr(layer, self.attention_slot) if self.attention_removed(layer) else None,
+                getattr(layer, self.ffn_slot) if self.ffn_removed(layer) else None)  # fmt: skip
 
     def outputs(self, layer: Any) -> tuple[nn.Module, nn.Module]:
         """The attention's output projection (its input: heads x head size) and the FFN's (its input: units)."""
@@ -127,11 +136,8 @@ class EncoderLayout(ABC):
 
     def heads(self, layer: Any, head_size: int) -> int:
         """The layer's attention heads (0: its attention block is removed)."""
-        p = self.projections(layer)
-        if "q" in p:
-            return int(p["q"].weight.shape[0]) // head_size  # type: ignore[union-attr,index]
-        q = self.read(layer).get("q")  # fused
-        return 0 if q is None else int(q[0].shape[0]) // head_size
+        q = self.projections(layer).get("q")
+        return 0 if q is None else int(q.weight.shape[0]) // head_size  # type: ignore[union-attr,index]
 
     def norms(self, layer: Any) -> dict[str, nn.Module]:
         """LayerNorms inside the blocks (kept in a removed block): ``attention``, ``ffn``."""
@@ -147,7 +153,7 @@ def _has_bias(module: Any) -> bool:
 
 
 class BertLayout(EncoderLayout):
-    name = "bert"
+    name, attention_slot, ffn_slot = "bert", "attention", "output"
     names = ("query", "key", "value")
 
     def matches(self, layer: nn.Module) -> bool:
@@ -172,12 +178,6 @@ class BertLayout(EncoderLayout):
         if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):  # not removed, not split into experts
             out["up"], out["down"] = up, down
         return out
-
-    def attention_removed(self, layer: Any) -> bool:
-        return isinstance(layer.attention, RemovedAttention)
-
-    def ffn_removed(self, layer: Any) -> bool:
-        return isinstance(layer.output, RemovedFFNOutput)
 
     def units(self, layer: Any) -> int:
         if self.ffn_removed(layer):
@@ -210,10 +210,6 @@ class BertLayout(EncoderLayout):
         else:
             layer.intermediate.dense, layer.output.dense = _linear(hidden, units), _linear(units, hidden)
 
-    def removed_blocks(self, layer: Any) -> tuple[nn.Module | None, nn.Module | None]:
-        return (layer.attention if self.attention_removed(layer) else None,
-                layer.output if self.ffn_removed(layer) else None)  # fmt: skip
-
 
 class DebertaV2Layout(BertLayout):
     name = "deberta-v2"
@@ -225,7 +221,7 @@ class DebertaV2Layout(BertLayout):
 
 
 class DistilBertLayout(EncoderLayout):
-    name = "distilbert"
+    name, attention_slot, ffn_slot = "distilbert", "attention", "ffn"
 
     def matches(self, layer: nn.Module) -> bool:
         a, f = getattr(layer, "attention", None), getattr(layer, "ffn", None)
@@ -243,12 +239,6 @@ class DistilBertLayout(EncoderLayout):
             out["up"], out["down"] = up, down
         return out
 
-    def attention_removed(self, layer: Any) -> bool:
-        return isinstance(layer.attention, BiasOnly)
-
-    def ffn_removed(self, layer: Any) -> bool:
-        return isinstance(layer.ffn, BiasOnly)
-
     def units(self, layer: Any) -> int:
         return 0 if self.ffn_removed(layer) else _ffn_units(layer.ffn.lin1)
 
@@ -265,17 +255,13 @@ class DistilBertLayout(EncoderLayout):
         else:
             layer.ffn.lin1, layer.ffn.lin2 = _linear(hidden, units), _linear(units, hidden)
 
-    def removed_blocks(self, layer: Any) -> tuple[nn.Module | None, nn.Module | None]:
-        return (layer.attention if self.attention_removed(layer) else None,
-                layer.ffn if self.ffn_removed(layer) else None)  # fmt: skip
-
 
 class ModernBertLayout(EncoderLayout):
     """ModernBERT's pre-LN layers: query, key and value fused in ``attn.Wqkv`` (all query rows, then key, then value;
     the attention views it with ``-1`` heads), ``attn.Wo``; a GLU ``mlp.Wi`` (``act`` on its first half, times its
     second) and ``mlp.Wo``. Biases where the config has them (none by default)."""
 
-    name = "modernbert"
+    name, attention_slot, ffn_slot = "modernbert", "attn", "mlp"
 
     def matches(self, layer: nn.Module) -> bool:
         a, f = getattr(layer, "attn", None), getattr(layer, "mlp", None)
@@ -315,11 +301,8 @@ class ModernBertLayout(EncoderLayout):
     def outputs(self, layer: Any) -> tuple[nn.Module, nn.Module]:
         return layer.attn.Wo, layer.mlp.Wo
 
-    def attention_removed(self, layer: Any) -> bool:
-        return isinstance(layer.attn, BiasOnly)
-
-    def ffn_removed(self, layer: Any) -> bool:
-        return isinstance(layer.mlp, BiasOnly)
+    def heads(self, layer: Any, head_size: int) -> int:
+        return 0 if self.attention_removed(layer) else int(layer.attn.Wqkv.out_features) // (3 * head_size)
 
     def units(self, layer: Any) -> int:
         if self.ffn_removed(layer):
@@ -340,10 +323,6 @@ class ModernBertLayout(EncoderLayout):
         else:
             m = layer.mlp
             m.Wi, m.Wo = _linear(hidden, 2 * units, _has_bias(m.Wi)), _linear(units, hidden, _has_bias(m.Wo))
-
-    def removed_blocks(self, layer: Any) -> tuple[nn.Module | None, nn.Module | None]:
-        return (layer.attn if self.attention_removed(layer) else None,
-                layer.mlp if self.ffn_removed(layer) else None)  # fmt: skip
 
 
 LAYOUTS: tuple[EncoderLayout, ...] = (BertLayout(), DebertaV2Layout(), DistilBertLayout(), ModernBertLayout())

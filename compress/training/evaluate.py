@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from compress.data.dataset import LmSplit, Split
+from compress.data.dataset import Split
 from compress.models.task_model import TaskModel
 from compress.training.engine import Engine
 from compress.ui import progress
@@ -58,7 +58,7 @@ def lm_metrics(model: TaskModel, split: Split, batch_size: int, engine: Engine |
     model.module.eval()
     part = split.slice(*engine.shard(len(split))) if engine is not None and engine.distributed else split
     nll, correct, count = torch.zeros((), dtype=torch.float64), torch.zeros(()), torch.zeros(())
-    loader = part.loader(part.logits_batch(batch_size, model.num_labels) if isinstance(part, LmSplit) else batch_size)
+    loader = part.loader(part.logits_batch(batch_size, model.num_labels))
     with progress(f"perplexity on {split.name}", len(loader)) as bar:
         for batch in loader:
             if engine is not None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from compress.data.dataset import DataBundle, LmSplit, Split
+from compress.data.dataset import DataBundle, Split
 from compress.fileio import default_mode, sha256_json
 from compress.models.task_model import TaskModel
 from compress.training.engine import Engine
@@ -76,8 +76,7 @@ def top_k_logprobs(
     part = split.slice(*engine.shard(len(split))) if engine is not None and engine.distributed else split
     length = max((len(b) for b in split.features), default=1)
     ids_out, lp_out = [], []
-    rows = part.logits_batch(batch_size, model.num_labels) if isinstance(part, LmSplit) else batch_size
-    loader = part.loader(rows)
+    loader = part.loader(part.logits_batch(batch_size, model.num_labels))
     with progress(label or f"teacher top-{k} on {split.name}", len(loader)) as bar:
         for batch in loader:
             if engine is not None:
