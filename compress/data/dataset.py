@@ -87,6 +87,10 @@ class Split(Dataset):
         pairs = [self.pairs[i] for i in picked] if self.pairs is not None else None
         return Split(name or self.name, features, self.labels[idx], self.pad_id, texts, pairs)
 
+    def lengths(self) -> list[int] | None:
+        """Each example's token count (text), or None where every example has the same size (images)."""
+        return [len(f) for f in self.features] if self.is_text else None
+
     def logits_batch(self, batch_size: int, vocab: int) -> int:
         """The batch an evaluation takes: ``batch_size`` (a classifier's logits are small; see `LmSplit`)."""
         return batch_size

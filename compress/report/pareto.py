@@ -19,8 +19,9 @@ def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float,
     return best
 
 
-def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
-    """Write ``path`` (PNG); None when no artifact has both an accuracy and a latency."""
+def plot_pareto(report: dict[str, Any], path: Path, x_label: str | None = None) -> Path | None:
+    """Write ``path`` (PNG); None when no artifact has both an accuracy and a latency. ``x_label``: the x axis's
+    label where the latencies are not milliseconds on a device (default "p50 latency on <device> (ms)")."""
     panels = []
     for device in report.get("devices", []):
         pts = [(row["latency"][device]["p50_ms"], 100 * row["metrics"]["accuracy"], row["name"])
@@ -60,7 +61,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path | None:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(-6 if right else 6, 6 + 9 * (i % 3)),
                         ha="right" if right else "left", fontsize=7, annotation_clip=True,
                         color="black" if name in on_front else "dimgray")  # fmt: skip
-        ax.set_xlabel(f"p50 latency on {device} (ms)")
+        ax.set_xlabel(x_label or f"p50 latency on {device} (ms)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(device)
         ax.grid(alpha=0.3)

@@ -26,8 +26,12 @@ def predict_logits(
     part = split
     if engine is not None and engine.distributed:
         part = split.slice(*engine.shard(len(split)))
+    # shortest first: batches of similar lengths pad little (a batch is padded to its longest example); on SST-2's
+    # train split random batches of 128 carry 3x the tokens of their sentences. The order is undone below.
+    lengths = part.lengths()
+    order = sorted(range(len(part)), key=lengths.__getitem__) if lengths else None
     out = []
-    loader = part.loader(batch_size)
+    loader = (part.take(order) if order is not None else part).loader(batch_size)
     with progress(label or f"inference on {split.name}", len(loader)) as bar:
         for batch in loader:
             if engine is not None:
@@ -35,6 +39,8 @@ def predict_logits(
             out.append(model.logits(batch).float().cpu())
             bar.advance()
     logits = torch.cat(out) if out else torch.zeros((0, model.num_labels))
+    if order is not None:
+        logits = logits[torch.argsort(torch.tensor(order, dtype=torch.long))]
     return engine.gather(logits) if engine is not None else logits
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,13 +97,28 @@ def _enable_gradient_checkpointing(module: nn.Module, label: str) -> None:
     enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def epoch_batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+def epoch_batches(n: int, batch_size: int, seed: int, lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
     """One epoch's global batches: the permutation a shuffling DataLoader seeded with ``seed`` draws, in chunks
-    (it draws its workers' base seed from the generator first), so that results match the DataLoader's."""
+    (it draws its workers' base seed from the generator first), so that results match the DataLoader's.
+
+    With ``lengths`` (`group_by_length`), each window of `LENGTH_WINDOW` batches of that permutation is sorted by
+    length before it is cut into batches, and the batches are then shuffled (the scheme of Hugging Face's
+    `group_by_length` sampler): batches of similar lengths, padded to little more than their examples."""
     gen = torch.Generator().manual_seed(seed)
     torch.empty((), dtype=torch.int64).random_(generator=gen)
     perm = torch.randperm(n, generator=gen)
-    return list(torch.split(perm, batch_size))
+    if lengths is None:
+        return list(torch.split(perm, batch_size))
+    size = torch.as_tensor(lengths, dtype=torch.long)
+    windows = torch.split(perm, batch_size * LENGTH_WINDOW)
+    # stable descending sort: the longest batch of each window comes first, ties keep the permutation's order
+    ordered = torch.cat([w[torch.sort(size[w], descending=True, stable=True).indices] for w in windows])
+    batches = list(torch.split(ordered, batch_size))
+    order = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in order]
+
+
+LENGTH_WINDOW = 64  # batches sorted by length together under `group_by_length`
 
 
 def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
@@ -223,7 +238,8 @@ def train(
     with progress(label, steps) as bar:
         bar.advance(step)
         while step < steps:
-            batches = epoch_batches(len(train_split), schedule.batch_size, session.seed + epoch)
+            lengths = train_split.lengths() if schedule.group_by_length else None
+            batches = epoch_batches(len(train_split), schedule.batch_size, session.seed + epoch, lengths)
             for position in range(offset, len(batches)):
                 global_batch = batches[position]
                 micro = engine.my_micro_batches(global_batch)
