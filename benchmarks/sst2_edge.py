@@ -267,15 +267,14 @@ def main() -> None:
         return out
 
     k, tag = args.budget, f"{args.budget:g}x"
-    arts = timed("teacher export", _run, _variant("teacher", _teacher_only), args.out)
-    teacher_dir, teacher_onnx = arts["teacher"].path, arts["teacher.onnx"].path
+    teacher: dict[str, Path] = {}  # its folder and fp32 graph: the budget's recipe exports both
     failed: dict[str, str] = {}  # the budget's recipe could not run to the end: tabled as missed, with the reason
 
     def reach(route: str) -> dict[str, Any] | None:
         """The budget through the recipe (``route`` "-search": the searched variant): its deployed artifacts, or
         None with its failure in ``failed``."""
         if route:  # an absolute limit, from the teacher measured right before
-            reference = _budget_reference(teacher_onnx, args.out / "budget_reference.json", args.remeasure,
+            reference = _budget_reference(teacher["onnx"], args.out / "budget_reference.json", args.remeasure,
                                           tag + route)  # fmt: skip
             logger.info("sst2_edge: budget %s%s: teacher fp32 p50 %.3f ms now, limit %.3f ms", tag, route, reference,
                         reference / k)  # fmt: skip
@@ -292,9 +291,16 @@ def main() -> None:
         limit = (pruning.get("latency_model") or {}).get("limit_ms") or pruning.get("limit_ms")
         return {"budget_ms": limit, "dynamic": a["student.int8-dynamic.onnx"], "static": a["student.int8-static.onnx"],
                 "student": a["student"], "teacher_static": a.get("teacher.int8-static.onnx"),
-                "simple": a.get("simple")}  # fmt: skip
+                "simple": a.get("simple"), "teacher": a["teacher"].path,
+                "teacher_onnx": a["teacher.onnx"].path}  # fmt: skip
 
     ours = {tag: o} if (o := timed(f"budget {tag} (distill, prune, export, profile)", reach, "")) else {}
+    if o is not None:
+        teacher.update({"dir": o["teacher"], "onnx": o["teacher_onnx"]})
+    else:  # the budget failed: the reference rows still get the teacher's graph
+        arts = timed("teacher export", _run, _variant("teacher", _teacher_only), args.out)
+        teacher.update({"dir": arts["teacher"].path, "onnx": arts["teacher.onnx"].path})
+    teacher_dir, teacher_onnx = teacher["dir"], teacher["onnx"]
     simple = timed("simple path (export, QAT-KD)", _run, _variant("simple", _simple), args.out)
     searched = {}
     if args.search and (o := timed(f"budget {tag}, searched route", reach, "-search")):
