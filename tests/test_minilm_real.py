@@ -44,9 +44,10 @@ def test_the_pypi_minilm_is_the_real_pretrained_encoder(tmp_path: Path) -> None:
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (6, 384, 12)
 
 
+@pytest.mark.shared_teacher
 def test_the_fine_tuned_minilm_exports_with_parity_and_int8_agreement(tmp_path: Path) -> None:
     if not SST2.is_dir() or not TEACHER.is_dir():
-        pytest.skip("the shared SST-2 data or fine-tuned MiniLM was not found beside the repository")
+        pytest.skip(f"the shared SST-2 data ({SST2}) or the fine-tuned MiniLM ({TEACHER}) is not beside the repository")
     result = pipeline.run(write_recipe(tmp_path, RECIPE.format(sst2=SST2, teacher=TEACHER)), tmp_path / "out")
     fp32, int8 = result.artifacts["teacher.onnx"], result.artifacts["teacher.int8-dynamic.onnx"]
     assert fp32.metrics["parity_max_abs_diff"] < 1e-3
