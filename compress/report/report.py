@@ -114,7 +114,9 @@ def _budget_spending(recipe: dict[str, Any], history: list[Artifact], rows: list
             return {}
         speedup, percentile, limit = limit, "p50", teacher_ms / limit
     teacher = next((a for a in reversed(history) if a.name == "teacher" and a.kind == "model"), None)
-    t_acc = (teacher.metrics.get("accuracy") if teacher else None) or 0.0
+    t_acc = teacher.metrics.get("accuracy") if teacher else None
+    if t_acc is None:  # a loaded teacher is not evaluated in PyTorch: its fp32 graph's test accuracy stands for it
+        t_acc = next((r["metrics"].get("accuracy") for r in rows if r["name"] == "teacher.onnx"), None)
     steps: list[dict[str, Any]] = []
     for art in history:
         if art.kind != "model" or art.name == "teacher" and art.stage != "finetune":
@@ -145,7 +147,7 @@ def _budget_spending(recipe: dict[str, Any], history: list[Artifact], rows: list
                           "how": f"profile: {percentile}"})  # fmt: skip
     for step in steps:
         acc = step.get("accuracy")
-        step["points_vs_teacher"] = 100 * (acc - t_acc) if acc is not None and teacher else None
+        step["points_vs_teacher"] = 100 * (acc - t_acc) if acc is not None and t_acc is not None else None
         lat = step.get("latency_ms")
         step["of_budget"] = lat / limit if lat else None
     return {"device": device, "percentile": percentile, "limit_ms": limit, "speedup": speedup, "steps": steps}

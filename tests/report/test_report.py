@@ -126,3 +126,19 @@ def test_the_headline_ships_a_teacher_only_chain() -> None:
     ]}  # fmt: skip
     [item] = headline(build_report(arts, {"name": "r"}, Path("/x")))
     assert item["artifact"] == "teacher.int8-dynamic.onnx" and item["speedup_vs_teacher"] == 2.5
+
+
+def test_budget_spending_compares_with_the_teacher_graph_when_the_loaded_teacher_was_not_evaluated() -> None:
+    from compress.report.report import _budget_spending
+
+    recipe = {"budgets": {"cpu": {"p50_ms": 5.0}},
+              "stages": [{"stage": "prune", "target": {"device": "cpu", "latency_ms": 4.0}}]}  # fmt: skip
+    teacher = Artifact("teacher", "model", Path("/x/teacher"), "teacher")  # loaded, never evaluated: no accuracy
+    student = Artifact("student", "model", Path("/x/student"), "prune", parent="teacher", params=10,
+                       metrics={"accuracy": 0.88}, info={"pruning": {"target": {"latency_ms": 4.0}}})  # fmt: skip
+    rows = [{"name": "teacher.onnx", "format": "onnx", "params": 20, "metrics": {"accuracy": 0.9},
+             "latency": {"cpu": {"p50_ms": 10.0}}},
+            {"name": "student.onnx", "format": "onnx", "params": 10, "metrics": {"accuracy": 0.87},
+             "latency": {"cpu": {"p50_ms": 4.5}}}]  # fmt: skip
+    steps = _budget_spending(recipe, [teacher, student], rows)["steps"]
+    assert [round(s["points_vs_teacher"], 6) for s in steps] == [-2.0, -3.0]  # against the graph's 90%, not 0%
