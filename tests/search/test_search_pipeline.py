@@ -217,7 +217,8 @@ def test_budget_driven_search_and_prune(tmp_path: Path, tiny_bert_dir: Path, sst
     deployed = spent["steps"][-1]
     assert deployed["artifact"] == "student.int8-dynamic.onnx" and deployed["of_budget"] == pytest.approx(
         result.artifacts["student.int8-dynamic.onnx"].latency["x86-cpu"]["p90_ms"] / 40)
-    assert all(s["points_vs_teacher"] is not None for s in spent["steps"])
+    # the hf teacher is loaded, never evaluated, and has no fp32 graph here: no difference against a made-up 0%
+    assert all(s["points_vs_teacher"] is None for s in spent["steps"])
     assert "## Budget: where it went (x86-cpu, p90 <= 40 ms)" in (tmp_path / "out" / "report.md").read_text()
 
 
