@@ -111,6 +111,11 @@ def _simple(recipe: dict) -> None:
     recipe["stages"] = [_distill(recipe), {"stage": "export", "models": ["simple"], "int8": ["dynamic"]}, SIMPLE_QAT]
 
 
+def _simple_no_qat(recipe: dict) -> None:
+    _simple(recipe)
+    recipe["stages"] = recipe["stages"][:-1]
+
+
 def _searched(limit_ms: float) -> Any:
     def edit(recipe: dict) -> None:  # the flagship with its distillation replaced by a search + distillation
         budget = recipe["budgets"][recipe["deploy"]["device"]]
@@ -336,7 +341,12 @@ def main() -> None:
         arts = timed("teacher export", _run, _variant("teacher", _teacher_only), args.out)
         teacher.update({"dir": arts["teacher"].path, "onnx": arts["teacher.onnx"].path})
     teacher_dir, teacher_onnx = teacher["dir"], teacher["onnx"]
-    simple = timed("simple path (export, QAT-KD)", _run, _variant("simple", _simple), args.out)
+    try:
+        simple = timed("simple path (export, QAT-KD)", _run, _variant("simple", _simple), args.out)
+    except CompressError as exc:  # e.g. QAT's dynamic-int8 parity on a CPU without VNNI: tabled as missed
+        logger.warning("sst2_edge: the simple path's QAT-KD failed: %s", exc)
+        failed["simple+qat"] = str(exc)
+        simple = timed("simple path (export)", _run, _variant("simple-no-qat", _simple_no_qat), args.out)
     searched = {}
     if args.search and (o := timed(f"budget {tag}, searched route", reach, "-search")):
         searched[tag] = o
@@ -354,8 +364,9 @@ def main() -> None:
                      "path": peers["optimum_intel"]["path"]})  # fmt: skip
     rows.append({"row": "simple path: 3-layer student + dynamic int8", "who": "simple", "runtime": "onnxruntime",
                  "path": simple["simple.int8-dynamic.onnx"].path})  # fmt: skip
-    rows.append({"row": "simple path + QAT-KD for the dynamic-int8 graph", "who": "ours", "budget": "simple+qat",
-                 "runtime": "onnxruntime", "path": simple["simple.int8-qat-dynamic.onnx"].path})  # fmt: skip
+    if "simple.int8-qat-dynamic.onnx" in simple:
+        rows.append({"row": "simple path + QAT-KD for the dynamic-int8 graph", "who": "ours", "budget": "simple+qat",
+                     "runtime": "onnxruntime", "path": simple["simple.int8-qat-dynamic.onnx"].path})  # fmt: skip
     for t, o in ours.items():
         limit = f" ({o['budget_ms']:.2f} ms)" if o["budget_ms"] else ""  # on the row of the budget's device
         rows.append({"row": f"budget {t}{limit * (device == 'x86-cpu')}: int8 dynamic", "who": "ours",
@@ -403,8 +414,9 @@ def main() -> None:
     targets["failed_budgets"] = failed
     _print(rows, targets, k)
     seconds = round(time.perf_counter() - t0, 1)
-    schedules = {"simple (distill)": _training(simple["simple"]),
-                 "simple + QAT-KD": _training(simple["simple.int8-qat-dynamic.onnx"])}  # fmt: skip
+    schedules = {"simple (distill)": _training(simple["simple"])}
+    if "simple.int8-qat-dynamic.onnx" in simple:
+        schedules["simple + QAT-KD"] = _training(simple["simple.int8-qat-dynamic.onnx"])
     schedules |= {f"budget {t} (prune: finetune after the masked phase)": _training(o["student"])
                   for t, o in ours.items()}  # fmt: skip
     payload = {
