@@ -282,6 +282,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["auto", "openvino-cpu", "x86-cpu"], default="auto",
                     help="The device whose int8 graph the budget drives (auto: OpenVINO's static QDQ where the CPU has "
                     "VNNI, onnxruntime's dynamic int8 elsewhere).")  # fmt: skip
+    ap.add_argument("--no-qat", action="store_true", help="Leave out the simple path's QAT-KD row.")
     ap.add_argument("--smoke", type=int, default=0, metavar="N",
                     help="Check the machinery on N training sentences (and N dev / test): no result, nothing saved "
                     "under benchmarks/results unless --results says where.")  # fmt: skip
@@ -342,6 +343,8 @@ def main() -> None:
         teacher.update({"dir": arts["teacher"].path, "onnx": arts["teacher.onnx"].path})
     teacher_dir, teacher_onnx = teacher["dir"], teacher["onnx"]
     try:
+        if args.no_qat:
+            raise CompressError("left out by --no-qat")
         simple = timed("simple path (export, QAT-KD)", _run, _variant("simple", _simple), args.out)
     except CompressError as exc:  # e.g. QAT's dynamic-int8 parity on a CPU without VNNI: tabled as missed
         logger.warning("sst2_edge: the simple path's QAT-KD failed: %s", exc)
