@@ -18,7 +18,7 @@ file in turn in one benchmark process, then every OpenVINO file, so that drift h
   conversion, transformer optimisation, dynamic int8; benchmarks/peers/olive_int8.py); optimum-intel / NNCF
   post-training int8 on OpenVINO (benchmarks/peers/optimum_intel_int8.py). Olive and optimum-intel pin other
   transformers versions than compress, so they run in their own environment, given by --peers-python (made
-  with `pip install -c <(echo torch==2.13.0) olive-ai "optimum-intel[openvino,nncf]"`); without it they are
+  with `pip install -c <(echo torch==2.13.0) olive-ai onnxruntime "optimum-intel[openvino,nncf]"`); without it they are
   left out and the table says so;
 - our simple path: the recipe's own 3-layer student (the teacher's layers 1, 3, 5, distilled with kd + ce) +
   dynamic int8, and the same student after QAT-KD for the dynamic-int8 graph (`activations: {ranges: dynamic}`);
