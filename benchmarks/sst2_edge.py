@@ -162,10 +162,13 @@ def budget_device(choice: str) -> tuple[str, str]:
     student 12.6 ms static QDQ, against the teacher fp32's 21.2 ms on onnxruntime)."""
     if choice != "auto":
         return choice, "--device"
-    flags = set(environment()["cpu"].get("flags", []))
-    if "avx512_vnni" in flags or "avx_vnni" in flags:
+    if _has_vnni(environment()["cpu"].get("flags", [])):
         return "openvino-cpu", "auto: the CPU has VNNI"
     return "x86-cpu", "auto: the CPU has no VNNI"
+
+
+def _has_vnni(flags: list[str]) -> bool:
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def _budget_reference(teacher_onnx: Path, saved: Path, remeasure: bool, tag: str = "") -> float:
@@ -458,8 +461,8 @@ def merge(paths: list[Path], out: Path) -> None:
     merged: list[dict[str, Any]] = []
     for i, (path, run) in enumerate(zip(paths, runs, strict=True)):
         env = run["environment"]
-        flags = env.get("flags") or env.get("cpu", {}).get("flags", [])
-        simd = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
+        flags = env.get("cpu", {}).get("flags", [])
+        simd = "VNNI" if _has_vnni(flags) else "AVX2 only" if "avx2" in flags else "no AVX2"
         cpu = f"{env.get('cpu', {}).get('model', '?')}, {simd}"
         for r in run["rows"]:
             if i == 0 or r["who"] == "ours" and r.get("budget") != "simple+qat":

@@ -235,10 +235,10 @@ def train(
             return _finish(model, result, None, label, engine)
 
     log.info("%s: %d steps (%d per epoch), batch %d, lr %g", label, steps, per_epoch, schedule.batch_size, schedule.lr)
+    lengths = train_split.lengths() if schedule.group_by_length else None  # once, not every epoch
     with progress(label, steps) as bar:
         bar.advance(step)
         while step < steps:
-            lengths = train_split.lengths() if schedule.group_by_length else None
             batches = epoch_batches(len(train_split), schedule.batch_size, session.seed + epoch, lengths)
             for position in range(offset, len(batches)):
                 global_batch = batches[position]
